@@ -1,0 +1,1 @@
+"""Fused Triton kernels for the score losses (import name: `stepdistill_kernels`)."""

@@ -1,0 +1,59 @@
+"""LoRA adapters (peft) on any torch network, switched per role without touching requires_grad.
+
+diffusers' `PeftAdapterMixin` exists only on some models (not `UNet2DModel`), and peft's own
+`enable_adapters` / `set_adapter` also flip `requires_grad` of the adapter weights as a side effect,
+which would undo the trio's explicit trainability. So roles select adapters by setting the two
+flags peft's LoRA layers read in `forward` (`_disable_adapters`, `_active_adapter`) and nothing else.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _tuner_layers(net: nn.Module) -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def adapter_names(net: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for layer in _tuner_layers(net):
+        names.update(getattr(layer, "lora_A", {}).keys())
+    return names
+
+
+def add_lora(net: nn.Module, name: str, *, rank: int, alpha: float | None = None,
+             target_modules: list[str] | None = None) -> None:
+    """Inject a LoRA adapter `name` (Gaussian A, zero B: the network is unchanged at first). peft
+    freezes every non-adapter weight and leaves the new adapter trainable."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if name in adapter_names(net):
+        raise ValueError(f"the network already has an adapter named {name!r}")
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
+                        target_modules=target_modules or DEFAULT_TARGETS)
+    inject_adapter_in_model(config, net, adapter_name=name)
+    activate(net, None)
+
+
+def activate(net: nn.Module, name: str | None) -> None:
+    """Run `net` with adapter `name`, or with all adapters off (the base weights) for None."""
+    for layer in _tuner_layers(net):
+        layer._disable_adapters = name is None
+        if name is not None:
+            layer._active_adapter = [name]
+
+
+def delete_lora(net: nn.Module, name: str) -> None:
+    for layer in _tuner_layers(net):
+        if name in getattr(layer, "lora_A", {}):
+            layer.delete_adapter(name)
+    configs = getattr(net, "peft_config", None)
+    if isinstance(configs, dict):
+        configs.pop(name, None)
+        if not configs:
+            del net.peft_config

@@ -1,0 +1,93 @@
+"""The digits benchmark: FD, KID and class accuracy of class-balanced generated sets.
+
+Protocol (every recipe reports against it, so methods stay comparable):
+- features: penultimate pre-activation features of the shipped `DigitsClassifier`;
+- reference: the 797-image `reference` split, each class weighted equally (its class counts range
+  74..83, and unbalanced sets alone moved FD by a factor of three in an early prototype);
+- a generated set is `n_per_class` images of every class (1,000 by default) drawn with one seed;
+  FD is reported as the mean and standard deviation over several seeds;
+- floor: the 1,000-image `heldout` split (100 per class) against the same reference: what a perfect
+  generator scores at this sample count.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .classifier import DigitsClassifier
+from .data.digits import NUM_CLASSES, load_digits_tensors
+from .metrics import effective_dimension, frechet_distance, gaussian_stats, kernel_inception_distance
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
+
+
+class DigitsBenchmark:
+    def __init__(self, classifier_dir: str | Path = ASSETS / "digits_classifier", *, n_per_class: int = 100,
+                 batch_size: int = 500):
+        self.classifier = DigitsClassifier.from_pretrained(classifier_dir)
+        self.resolution = self.classifier.config["resolution"]
+        self.n_per_class, self.batch_size = n_per_class, batch_size
+        ref_x, ref_y = load_digits_tensors(self.resolution, "reference")
+        self.ref_features, _ = self.features_and_logits(ref_x)
+        counts = np.bincount(ref_y.numpy(), minlength=NUM_CLASSES)
+        self.ref_mu, self.ref_cov = gaussian_stats(self.ref_features, 1.0 / counts[ref_y.numpy()])
+
+    @property
+    def n_samples(self) -> int:
+        return self.n_per_class * NUM_CLASSES
+
+    def labels(self) -> torch.Tensor:
+        """Class-balanced labels 0..9 repeated, so any prefix of the set is nearly balanced."""
+        return torch.arange(NUM_CLASSES).repeat(self.n_per_class)
+
+    @torch.no_grad()
+    def features_and_logits(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if images.ndim != 4 or images.shape[1:] != (1, self.resolution, self.resolution):
+            raise ValueError(f"expected images of shape (N, 1, {self.resolution}, {self.resolution}), "
+                             f"got {tuple(images.shape)}")
+        feats, logits = [], []
+        for chunk in images.float().clamp(-1, 1).split(self.batch_size):
+            f = self.classifier.features(chunk.cpu())
+            feats.append(f)
+            logits.append(self.classifier.head(f))
+        return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """FD, KID and accuracy of one generated set against the reference."""
+        feats, logits = self.features_and_logits(images)
+        mu, cov = gaussian_stats(feats)
+        kid, _ = kernel_inception_distance(feats, self.ref_features, num_subsets=50)
+        acc = float((logits.argmax(1) == labels.cpu().numpy()).mean())
+        return dict(fd=frechet_distance(mu, cov, self.ref_mu, self.ref_cov), kid=kid, accuracy=acc)
+
+    def floor(self) -> dict[str, float]:
+        """The held-out real split scored like a generated set: the best achievable values."""
+        x, y = load_digits_tensors(self.resolution, "heldout")
+        return {**self.score(x, y), "effective_dimension": effective_dimension(self.ref_features),
+                "feature_dim": int(self.ref_features.shape[1])}
+
+    def evaluate(self, sample_fn: SampleFn, seeds: list[int]) -> dict:
+        """Score `sample_fn(labels, generator)` once per seed; mean/std across seeds, median speed."""
+        per_seed, seconds = [], []
+        labels = self.labels()
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed)
+            start = time.perf_counter()
+            images = sample_fn(labels, g)
+            seconds.append((time.perf_counter() - start) / len(labels))
+            per_seed.append(self.score(images, labels))
+        fds = np.array([r["fd"] for r in per_seed])
+        kids = np.array([r["kid"] for r in per_seed])
+        return dict(
+            fd=float(fds.mean()), fd_std=float(fds.std(ddof=1)) if len(fds) > 1 else 0.0,
+            fd_per_seed=[round(float(v), 4) for v in fds],
+            kid=float(kids.mean()), kid_std=float(kids.std(ddof=1)) if len(kids) > 1 else 0.0,
+            accuracy=float(np.mean([r["accuracy"] for r in per_seed])),
+            seconds_per_image=float(np.median(seconds)),
+        )

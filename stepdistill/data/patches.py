@@ -1,0 +1,123 @@
+"""Natural-image patches for super-resolution, from images bundled with scikit-image / scikit-learn.
+
+Nothing is downloaded: only images that ship inside the installed packages are used. The split is by
+source image (`TEST_IMAGES` are held out whole), so train and test patches never share pixels.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+# Photographs shipped inside scikit-image (no pooch download); any that fail to load are skipped.
+SKIMAGE_IMAGES = (
+    "astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "moon", "rocket",
+)
+# Held out whole for split="test"; sklearn's "flower" always loads, so the test split is never empty.
+TEST_IMAGES = frozenset({"coffee", "flower"})
+MIN_SKIMAGE_IMAGES = 5
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
+    image.setflags(write=False)  # shared by the cache: nobody may modify it in place
+    return image
+
+
+@functools.lru_cache(maxsize=1)
+def _named_images() -> tuple[tuple[str, np.ndarray], ...]:
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    named, skipped = [], []
+    for name in SKIMAGE_IMAGES:
+        try:
+            named.append((name, _to_rgb(getattr(skimage.data, name)())))
+        except Exception:  # absent in this skimage version, or would need a download
+            skipped.append(name)
+    if len(named) < MIN_SKIMAGE_IMAGES:
+        raise FileNotFoundError(
+            f"only {len(named)} scikit-image sample images load (need {MIN_SKIMAGE_IMAGES}); "
+            f"missing: {', '.join(skipped)}"
+        )
+    bunch = load_sample_images()  # "china" and "flower", always bundled with scikit-learn
+    for path, image in zip(bunch.filenames, bunch.images):
+        name = path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        named.append((name, _to_rgb(image)))
+    return tuple(named)
+
+
+def natural_image_names() -> list[str]:
+    """Names of the images `natural_images()` returns, in the same order."""
+    return [name for name, _ in _named_images()]
+
+
+def natural_images() -> list[np.ndarray]:
+    """The bundled natural images as read-only uint8 (H, W, 3) arrays (loaded once, then cached)."""
+    return [image for _, image in _named_images()]
+
+
+class PatchDataset(Dataset):
+    """`{"hr": (3, P, P), "lr": (3, P/scale, P/scale)}` in [-1, 1], from fixed random crops.
+
+    Patch positions are drawn once from `numpy.random.default_rng(seed)`, uniformly over all valid
+    crop positions of the split's images. `lr` is the antialiased bicubic downsample of `hr`.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 64,
+        *,
+        scale: int = 4,
+        num_patches: int = 2048,
+        split: Literal["train", "test"] = "train",
+        seed: int = 0,
+    ) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if patch_size <= 0 or scale <= 0 or num_patches <= 0:
+            raise ValueError(
+                "patch_size, scale, num_patches must be positive, "
+                f"got {patch_size}, {scale}, {num_patches}"
+            )
+        if patch_size % scale:
+            raise ValueError(f"patch_size ({patch_size}) must be divisible by scale ({scale})")
+        named = [(n, im) for n, im in _named_images() if (n in TEST_IMAGES) == (split == "test")]
+        for name, image in named:
+            if min(image.shape[:2]) < patch_size:
+                raise ValueError(
+                    f"patch_size {patch_size} does not fit image {name!r} of size {image.shape[:2]}"
+                )
+        self.patch_size, self.scale, self.split = patch_size, scale, split
+        self.source_names = [n for n, _ in named]
+        self._images = [im for _, im in named]
+
+        rng = np.random.default_rng(seed)
+        # Weight images by their number of crop positions so every valid crop is equally likely.
+        rows = np.array([im.shape[0] - patch_size + 1 for im in self._images])
+        cols = np.array([im.shape[1] - patch_size + 1 for im in self._images])
+        counts = rows * cols
+        source = rng.choice(len(self._images), size=num_patches, p=counts / counts.sum())
+        top = rng.integers(0, rows[source])
+        left = rng.integers(0, cols[source])
+        self.positions = np.stack([source, top, left], axis=1)  # (N, 3): image index, top, left
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        source, top, left = (int(v) for v in self.positions[index])
+        p = self.patch_size
+        crop = self._images[source][top : top + p, left : left + p]
+        hr = torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0).contiguous()
+        # Bicubic overshoots near edges, hence the clamp back into the data range.
+        size = (p // self.scale, p // self.scale)
+        lr = F.interpolate(hr[None], size=size, mode="bicubic", antialias=True, align_corners=False)
+        return {"hr": hr, "lr": lr[0].clamp(-1.0, 1.0)}

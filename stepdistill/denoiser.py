@@ -1,0 +1,224 @@
+"""One interface for every network: `Denoiser(x_t, t, **cond) -> x0` in float32.
+
+Conversions between parameterisations are pure functions of (x_t, prediction, alpha, sigma) with
+x_t = alpha x0 + sigma eps. They do not assume alpha^2 + sigma^2 = 1, so the same formulas serve VP,
+EDM and rectified-flow schedules:
+
+    eps   = (x_t - alpha x0) / sigma
+    v     = alpha eps - sigma x0                       (Salimans & Ho 2022, generalised)
+    flow  = eps - x0                                   (d x_t / dt for alpha = 1 - t, sigma = t)
+    score = -(x_t - alpha x0) / sigma^2 = -eps / sigma (Tweedie)
+    edm   : x0 = c_skip x_t + c_out F                  (Karras et al. 2022, Eq. 7, alpha = 1)
+
+Losses, recipes and samplers only ever see x0; the wrapper owns prediction types and dtypes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .schedules import NoiseSchedule
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "to_eps", "to_v", "to_flow", "to_score",
+    "x0_from_eps", "x0_from_v", "x0_from_flow",
+    "to_x0", "from_x0", "native_loss_weight",
+    "Denoiser", "CFGDenoiser", "lcm_guidance_to_cfg",
+]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow", "edm")
+
+
+def _b(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-sample (B,) or scalar coefficients against x (B, ...)."""
+    s = torch.as_tensor(s, device=x.device)
+    if s.ndim == 0:
+        return s
+    return s.reshape(s.shape + (1,) * (x.ndim - s.ndim))
+
+
+# ----------------------------------------------------------------------------
+# x0 -> other parameterisations.
+
+def to_eps(x_t, x0, alpha, sigma):
+    return (x_t - _b(alpha, x0) * x0) / _b(sigma, x0)
+
+
+def to_v(x_t, x0, alpha, sigma):
+    return _b(alpha, x0) * to_eps(x_t, x0, alpha, sigma) - _b(sigma, x0) * x0
+
+
+def to_flow(x_t, x0, alpha, sigma):
+    return to_eps(x_t, x0, alpha, sigma) - x0
+
+
+def to_score(x_t, x0, alpha, sigma):
+    return -(x_t - _b(alpha, x0) * x0) / _b(sigma, x0) ** 2
+
+
+# ----------------------------------------------------------------------------
+# other parameterisations -> x0.
+
+def x0_from_eps(x_t, eps, alpha, sigma):
+    return (x_t - _b(sigma, x_t) * eps) / _b(alpha, x_t)
+
+
+def x0_from_v(x_t, v, alpha, sigma):
+    a, s = _b(alpha, x_t), _b(sigma, x_t)
+    return (a * x_t - s * v) / (a**2 + s**2)
+
+
+def x0_from_flow(x_t, u, alpha, sigma):
+    a, s = _b(alpha, x_t), _b(sigma, x_t)
+    return (x_t - s * u) / (a + s)
+
+
+def _edm_scalings(sigma, sigma_data):
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
+    return c_skip, c_out
+
+
+def to_x0(prediction_type: str, x_t, out, alpha, sigma, sigma_data: float = 0.5):
+    """x0 from a network output of the given prediction type."""
+    if prediction_type == "epsilon":
+        return x0_from_eps(x_t, out, alpha, sigma)
+    if prediction_type == "v_prediction":
+        return x0_from_v(x_t, out, alpha, sigma)
+    if prediction_type == "flow":
+        return x0_from_flow(x_t, out, alpha, sigma)
+    if prediction_type == "sample":
+        return out
+    if prediction_type == "edm":
+        c_skip, c_out = _edm_scalings(torch.as_tensor(sigma), sigma_data)
+        return _b(c_skip, x_t) * x_t + _b(c_out, x_t) * out
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def from_x0(prediction_type: str, x_t, x0, alpha, sigma, sigma_data: float = 0.5):
+    """The network output of the given prediction type that yields x0 (training targets)."""
+    if prediction_type == "epsilon":
+        return to_eps(x_t, x0, alpha, sigma)
+    if prediction_type == "v_prediction":
+        return to_v(x_t, x0, alpha, sigma)
+    if prediction_type == "flow":
+        return to_flow(x_t, x0, alpha, sigma)
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "edm":
+        c_skip, c_out = _edm_scalings(torch.as_tensor(sigma), sigma_data)
+        return (x0 - _b(c_skip, x_t) * x_t) / _b(c_out, x_t)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def native_loss_weight(prediction_type: str, alpha, sigma, sigma_data: float = 0.5) -> torch.Tensor:
+    """w(t) such that w * |x0_hat - x0|^2 == |out_hat - out|^2 in the network's own parameterisation.
+
+    Derived from the Jacobian of `to_x0` with respect to the output: e.g. v-prediction has
+    d x0 / d v = -sigma / (alpha^2 + sigma^2). For "edm" this is EDM's lambda(sigma) (Eq. 8).
+    """
+    alpha, sigma = torch.as_tensor(alpha), torch.as_tensor(sigma)
+    if prediction_type == "epsilon":
+        return (alpha / sigma) ** 2
+    if prediction_type == "v_prediction":
+        return ((alpha**2 + sigma**2) / sigma) ** 2
+    if prediction_type == "flow":
+        return ((alpha + sigma) / sigma) ** 2
+    if prediction_type == "sample":
+        return torch.ones_like(sigma)
+    if prediction_type == "edm":
+        return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+# ----------------------------------------------------------------------------
+# The wrapper.
+
+class Denoiser(nn.Module):
+    """Wrap a diffusers denoising network so that `self(x_t, t, **cond)` is the x0 prediction.
+
+    net:     UNet2DModel (pass `class_labels=`), UNet2DConditionModel (`encoder_hidden_states=`),
+             DiT / PixArt / SD3 transformers (`encoder_hidden_states=`, `pooled_projections=`, ...);
+             any module whose output is a tensor, a tuple or a diffusers `BaseOutput`.
+    t:       native time of `schedule`, a scalar or shape (B,).
+    adapter: for a peft-adapted net shared between roles, the adapter this role runs with; None
+             runs the base weights with adapters disabled (SwiftBrush's real score).
+
+    The network runs in its own dtype; the input scaling and the conversion to x0 run in float32,
+    so losses never branch on dtype or prediction type.
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction_type: str,
+                 *, sigma_data: float = 0.5, adapter: str | None = None, learn_sigma: bool = False):
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        self.net = net
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.sigma_data = sigma_data
+        self.adapter = adapter
+        # DiT/PixArt checkpoints predict (eps, variance) stacked on channels; keep the first half.
+        self.learn_sigma = learn_sigma
+
+    @property
+    def dtype(self) -> torch.dtype:
+        param = next(self.net.parameters(), None)
+        return torch.float32 if param is None else param.dtype
+
+    def _select_adapter(self) -> None:
+        from .adapters import activate, adapter_names
+
+        names = adapter_names(self.net)
+        if self.adapter is not None and self.adapter not in names:
+            raise ValueError(f"adapter {self.adapter!r} requested but the network has {sorted(names) or 'none'}")
+        if names:
+            activate(self.net, self.adapter)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
+        x_t = x_t.float()
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        net_in = (x_t * _b(self.schedule.c_in(t), x_t)).to(self.dtype)
+        self._select_adapter()
+        # timestep by keyword: SD3 / PixArt transformers take encoder_hidden_states second.
+        out = self.net(net_in, timestep=self.schedule.timestep(t), **cond)
+        out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+        if self.learn_sigma:
+            out = out[:, : x_t.shape[1]]
+        return to_x0(self.prediction_type, x_t, out.float(), alpha, sigma, self.sigma_data)
+
+
+class CFGDenoiser(nn.Module):
+    """Classifier-free guidance on x0: `uncond + scale * (cond - uncond)`.
+
+    scale = 1 is the conditional model; scale = 0 the unconditional one. The guidance is linear, so
+    it is the same whether applied to x0, eps or v. `uncond` holds the keyword arguments of the
+    unconditional branch (null class label, empty-prompt embeddings); both branches run as one batch.
+    """
+
+    def __init__(self, denoiser: Denoiser, scale: float):
+        super().__init__()
+        self.denoiser = denoiser
+        self.scale = scale
+
+    def forward(self, x_t, t, *, uncond: dict | None = None, **cond):
+        if self.scale == 1.0 or uncond is None:
+            if self.scale != 1.0:
+                raise ValueError("CFGDenoiser with scale != 1 needs `uncond=` conditioning")
+            return self.denoiser(x_t, t, **cond)
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        both = {k: torch.cat([uncond[k], v]) if torch.is_tensor(v) else v for k, v in cond.items()}
+        x0_uncond, x0_cond = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
+        return x0_uncond + self.scale * (x0_cond - x0_uncond)
+
+
+def lcm_guidance_to_cfg(w: float) -> float:
+    """LCM embeds w with x = cond + w (cond - uncond) (Luo et al. 2023, Eq. 9): our scale is w + 1."""
+    return w + 1.0

@@ -1,0 +1,67 @@
+"""Distribution metrics on feature vectors: Frechet distance, unbiased KID, effective dimension.
+
+Everything runs in float64 numpy: these are small (N x D, D <= 2048) and precision matters more
+than speed for a square root of a covariance product.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["gaussian_stats", "frechet_distance", "kernel_inception_distance", "effective_dimension"]
+
+
+def gaussian_stats(features, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of (N, D) features, optionally with per-sample weights (e.g. 1 / class
+    count, so an unbalanced reference set counts every class equally). Unweighted covariance uses
+    the N - 1 normaliser, as numpy and clean-fid do."""
+    f = np.asarray(features, dtype=np.float64)
+    if weights is None:
+        return f.mean(0), np.cov(f, rowvar=False)
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    mu = w @ f
+    d = f - mu
+    cov = (d * w[:, None]).T @ d / (1 - (w**2).sum())  # reliability-weights unbiased estimator
+    return mu, cov
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)) (Heusel et al. 2017, Eq. 6 / Dowson & Landau).
+
+    tr((C1 C2)^(1/2)) is the sum of square roots of the eigenvalues of C1 C2, which are real and
+    non-negative for covariance matrices; tiny negative round-off is clipped to 0.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    d = mu1.size
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (d, d):
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, cov {cov1.shape} vs {cov2.shape}")
+    eig = np.linalg.eigvals(cov1 @ cov2)
+    tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * tr_sqrt)
+
+
+def kernel_inception_distance(f1, f2, *, num_subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3 (Binkowski et al.
+    2018), averaged over random subsets as clean-fid does. Returns (mean, std over subsets)."""
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    m = min(len(f1), len(f2), subset_size)
+    d = f1.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(num_subsets):
+        x = f1[rng.choice(len(f1), m, replace=False)]
+        y = f2[rng.choice(len(f2), m, replace=False)]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        off = m * (m - 1)
+        values.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def effective_dimension(features) -> float:
+    """Participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues: D for isotropic
+    features, 1 when one direction carries everything. Dead or duplicated units lower it."""
+    lam = np.clip(np.linalg.eigvalsh(np.cov(np.asarray(features, np.float64), rowvar=False)), 0, None)
+    return float(lam.sum() ** 2 / (lam**2).sum())

@@ -1,0 +1,146 @@
+"""Samplers written against the x0-denoiser interface, so they serve every schedule and network.
+
+Teacher baselines integrate the probability-flow ODE over a `time_grid` (native times from t_max down
+to 0). Every step uses only x0 = D(x_t, t) and the schedule's alpha, sigma:
+
+- `ddim` (Song et al. 2021, Eq. 12 with eta = 0): x_s = alpha_s x0 + sigma_s eps_hat. It is exactly
+  Karras et al.'s Euler step in the variables (x / alpha, sigma / alpha), so "euler" is an alias.
+- `heun`: second-order trapezoidal rule (EDM Algorithm 1) on the data-prediction form
+  d(x / sigma) / d(alpha / sigma) = x0, which stays finite when the first step starts at alpha = 0
+  (rectified flow at t = 1); the last step into t = 0 is a first-order step, as in EDM.
+- `dpmpp_2m` (Lu et al. 2022, DPM-Solver++(2M), Algorithm 2), first order on the first and last step.
+
+Students use `one_step` and `multistep` (consistency-style: denoise, then re-noise with fresh noise).
+Every sampler takes `denoise(x_t, t) -> x0`, e.g. `functools.partial(denoiser, class_labels=y)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .schedules import NoiseSchedule, time_grid
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+__all__ = ["ddim", "euler", "heun", "dpmpp_2m", "SAMPLERS", "sample", "nfe_of", "steps_for_nfe",
+           "one_step", "multistep", "prior_noise"]
+
+
+def _coeffs(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[float, float]:
+    """(alpha, sigma) at a grid point; t = 0 is clean data for every schedule (for VP-discrete,
+    index 0 still holds a little noise: this is diffusers' `set_alpha_to_one`)."""
+    if float(t) == 0.0:
+        return 1.0, 0.0
+    t = t.reshape(1).to(torch.float64)
+    return float(schedule.alpha(t)), float(schedule.sigma(t))
+
+
+def _denoise(denoise: DenoiseFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return denoise(x, t.to(torch.float32).expand(x.shape[0]).to(x.device))
+
+
+@torch.no_grad()
+def ddim(denoise: DenoiseFn, x: torch.Tensor, schedule: NoiseSchedule, ts: torch.Tensor) -> torch.Tensor:
+    for t, s in zip(ts[:-1], ts[1:]):
+        a_t, s_t = _coeffs(schedule, t)
+        a_s, s_s = _coeffs(schedule, s)
+        x0 = _denoise(denoise, x, t)
+        eps = (x - a_t * x0) / s_t
+        x = a_s * x0 + s_s * eps
+    return x
+
+
+euler = ddim
+
+
+@torch.no_grad()
+def heun(denoise: DenoiseFn, x: torch.Tensor, schedule: NoiseSchedule, ts: torch.Tensor) -> torch.Tensor:
+    for t, s in zip(ts[:-1], ts[1:]):
+        a_t, s_t = _coeffs(schedule, t)
+        a_s, s_s = _coeffs(schedule, s)
+        x0 = _denoise(denoise, x, t)
+        if s_s == 0:  # final step: x0 is the answer
+            return x0
+        # z = x / sigma, rho = alpha / sigma: dz / drho = x0. Euler predictor, trapezoid corrector.
+        z, h = x / s_t, a_s / s_s - a_t / s_t
+        x_pred = s_s * (z + h * x0)
+        x0_pred = _denoise(denoise, x_pred, s)
+        x = s_s * (z + h * 0.5 * (x0 + x0_pred))
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m(denoise: DenoiseFn, x: torch.Tensor, schedule: NoiseSchedule, ts: torch.Tensor) -> torch.Tensor:
+    x0_prev, h_prev = None, None
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        a_t, s_t = _coeffs(schedule, t)
+        a_s, s_s = _coeffs(schedule, s)
+        x0 = _denoise(denoise, x, t)
+        if s_s == 0:
+            return x0
+        lam_t = math.log(a_t / s_t) if a_t > 0 else -math.inf
+        h = math.log(a_s / s_s) - lam_t
+        d = x0
+        if x0_prev is not None and math.isfinite(h_prev):
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        # x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D   (DPM-Solver++ Eq. 9 / Alg. 2)
+        x = (s_s / s_t) * x - a_s * math.expm1(-h) * d
+        x0_prev, h_prev = x0, h
+    return x
+
+
+SAMPLERS = {"ddim": ddim, "euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m}
+
+
+def nfe_of(sampler: str, steps: int) -> int:
+    """Network evaluations of `steps` intervals (Heun's last step is first order)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """The most steps whose cost does not exceed `nfe` evaluations."""
+    return max(1, (nfe + 1) // 2) if sampler == "heun" else max(1, nfe)
+
+
+def prior_noise(schedule: NoiseSchedule, shape, *, generator: torch.Generator | None = None,
+                device="cpu") -> torch.Tensor:
+    """Pure noise at t_max: unit Gaussian times the prior's standard deviation."""
+    return schedule.prior_std() * torch.randn(shape, generator=generator, device=device)
+
+
+def sample(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, *, sampler: str = "dpmpp_2m",
+           steps: int = 25, spacing: str = "karras") -> torch.Tensor:
+    """Integrate from `noise` (already scaled by `prior_noise`) to data in `steps` intervals."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    ts = time_grid(schedule, steps, spacing)
+    return SAMPLERS[sampler](denoise, noise, schedule, ts)
+
+
+# ----------------------------------------------------------------------------
+# Students.
+
+@torch.no_grad()
+def one_step(generator: Callable[..., torch.Tensor], z: torch.Tensor, **cond) -> torch.Tensor:
+    """x = G(z): a generator already bound to its input time (see `trio.Generator`)."""
+    return generator(z, **cond)
+
+
+@torch.no_grad()
+def multistep(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, ts: torch.Tensor, *,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Consistency / DMD2 multistep sampling: x0 = D(x_t, t_i), then re-noise to t_{i+1} with fresh
+    noise (Song et al. 2023, Algorithm 1). `ts` descends and may end at 0 (then the last x0 is returned)."""
+    x = noise
+    for i, t in enumerate(ts):
+        x0 = _denoise(denoise, x, t)
+        if i + 1 == len(ts) or float(ts[i + 1]) == 0:
+            return x0
+        a_s, s_s = _coeffs(schedule, ts[i + 1])
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+        x = a_s * x0 + s_s * eps
+    return x

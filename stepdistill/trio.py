@@ -1,0 +1,246 @@
+"""The trio every distribution-matching recipe shares: real score, fake score, generator.
+
+- `load_teacher(source)`: a diffusers denoising network and its scheduler config, from the shipped
+  assets (`"digits"`), a local diffusers folder or a hub id; read once into a `Teacher`.
+- `make_real_score`: the frozen teacher as a `Denoiser`.
+- `make_fake_score`: the online score of the generator's distribution, a full trainable copy of the
+  teacher, or a peft LoRA on the teacher's own network (SwiftBrush: adapters on for the fake score,
+  off for the real score, so two networks' weights are in memory, not three).
+- `make_generator`: a trainable copy of the teacher evaluated at a fixed input time (or K copies).
+
+`requires_grad` switching and gradient checkpointing live here so recipes never touch parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .adapters import adapter_names, add_lora, delete_lora
+from .denoiser import Denoiser
+from .schedules import NoiseSchedule, from_scheduler_config
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED = {"digits": ASSETS / "digits_teacher"}
+DENOISER_COMPONENTS = ("unet", "transformer")
+
+__all__ = ["Teacher", "load_teacher", "make_real_score", "make_fake_score", "make_generator", "Generator",
+           "freeze", "trainable", "set_gradient_checkpointing", "SHIPPED"]
+
+
+class TeacherLoadError(ValueError):
+    """A teacher that cannot be found or read; raised before any training work starts."""
+
+
+@dataclass
+class Teacher:
+    net: nn.Module
+    schedule: NoiseSchedule
+    prediction_type: str
+    scheduler_config: dict[str, Any]
+    source: str
+    component: str = "unet"  # the denoiser's sub-folder name in a pipeline folder
+    extra: dict[str, Any] = field(default_factory=dict)  # model_index.json entries of other components
+
+    def denoiser(self, *, adapter: str | None = None, net: nn.Module | None = None) -> Denoiser:
+        n = self.net if net is None else net
+        cfg = getattr(n, "config", {})
+        learn_sigma = cfg.get("out_channels", 0) == 2 * cfg.get("in_channels", -1)
+        sigma_data = self.scheduler_config.get("sigma_data", 0.5)
+        return Denoiser(n, self.schedule, self.prediction_type, sigma_data=sigma_data, adapter=adapter,
+                        learn_sigma=learn_sigma)
+
+
+# ----------------------------------------------------------------------------
+# Loading.
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TeacherLoadError(f"cannot read {path}: {e}") from None
+
+
+def _local_layout(root: Path) -> tuple[str, dict]:
+    """Which sub-folder holds the denoiser, and the other components named in model_index.json."""
+    index = _read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
+    for name in DENOISER_COMPONENTS:
+        if (root / name / "config.json").is_file():
+            extra = {k: v for k, v in index.items() if not k.startswith("_") and k not in (name, "scheduler")}
+            return name, extra
+    raise TeacherLoadError(f"teacher folder {root} has no unet/config.json or transformer/config.json; "
+                           "expected a diffusers pipeline folder (or pass a hub id)")
+
+
+def _model_class(config: dict, where: str):
+    import diffusers
+
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if name else None
+    if cls is None:
+        raise TeacherLoadError(f"{where}: unknown model class {name!r} (not a diffusers model)")
+    return cls
+
+
+def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 revision: str | None = None) -> Teacher:
+    """Load a teacher from `"digits"` (shipped), a local diffusers folder, or a hub repository id.
+
+    The scheduler config decides the schedule and prediction type; a folder without one is an error,
+    since guessing the parameterisation silently ruins distillation.
+    """
+    src = SHIPPED.get(str(source), Path(source))
+    if str(source) in SHIPPED and not Path(src).exists():
+        raise TeacherLoadError(f"the shipped teacher {source!r} is missing from {src}; "
+                               "recreate it with `python recipes/train_teacher.py`")
+    if Path(src).exists():
+        root = Path(src)
+        if not root.is_dir():
+            raise TeacherLoadError(f"teacher {root} is a file; expected a diffusers pipeline folder")
+        component, extra = _local_layout(root)
+        sched_path = root / "scheduler" / "scheduler_config.json"
+        if not sched_path.is_file():
+            raise TeacherLoadError(f"teacher folder {root} has no scheduler/scheduler_config.json, so its "
+                                   "prediction type and noise schedule cannot be read")
+        scheduler_config = _read_json(sched_path)
+        net_config = _read_json(root / component / "config.json")
+        cls = _model_class(net_config, str(root / component))
+        try:
+            net = cls.from_pretrained(root, subfolder=component, torch_dtype=dtype)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise TeacherLoadError(f"cannot load {root / component}: {e}") from None
+    else:
+        net, scheduler_config, component, extra = _load_from_hub(str(source), dtype, revision)
+    try:
+        schedule, prediction_type = from_scheduler_config(scheduler_config)
+    except ValueError as e:
+        raise TeacherLoadError(f"teacher {source}: {e}") from None
+    net = freeze(net.to(device))
+    return Teacher(net, schedule, prediction_type, scheduler_config, str(source), component, extra)
+
+
+def _load_from_hub(repo_id: str, dtype: torch.dtype, revision: str | None):
+    from diffusers import ConfigMixin
+    from huggingface_hub import hf_hub_download
+
+    try:
+        index = json.loads(Path(hf_hub_download(repo_id, "model_index.json", revision=revision)).read_text())
+        component = next((c for c in DENOISER_COMPONENTS if c in index), None)
+        if component is None:
+            raise TeacherLoadError(f"hub repository {repo_id} has no unet or transformer component")
+        cls = getattr(__import__("diffusers"), index[component][1])
+        net = cls.from_pretrained(repo_id, subfolder=component, torch_dtype=dtype, revision=revision)
+        scheduler_config = dict(ConfigMixin.load_config(repo_id, subfolder="scheduler", revision=revision))
+    except TeacherLoadError:
+        raise
+    except Exception as e:  # network errors, missing repos, gated models: one message, no traceback soup
+        raise TeacherLoadError(
+            f"teacher {repo_id!r} is not a local folder and could not be loaded from the hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Pass a local diffusers "
+            f"folder, or 'digits' for the shipped teacher") from None
+    extra = {k: v for k, v in index.items() if not k.startswith("_") and k not in (component, "scheduler")}
+    return net, scheduler_config, component, extra
+
+
+# ----------------------------------------------------------------------------
+# Parameters: freezing, trainability, checkpointing.
+
+def freeze(module: nn.Module) -> nn.Module:
+    return module.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def trainable(module: nn.Module, flag: bool) -> Iterator[None]:
+    """Temporarily set requires_grad on the parameters that are trainable in `module`'s role.
+
+    Used to keep one network's gradients out of another's update (DMD2 trains the fake score and the
+    generator in alternation): the parameters that were trainable on entry are toggled and restored.
+    """
+    params = [p for p in module.parameters() if getattr(p, "_stepdistill_trainable", p.requires_grad)]
+    for p in params:
+        p._stepdistill_trainable = True
+        p.requires_grad_(flag)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def set_gradient_checkpointing(net: nn.Module, enabled: bool = True) -> None:
+    if enabled and hasattr(net, "enable_gradient_checkpointing"):
+        net.enable_gradient_checkpointing()
+    elif not enabled and hasattr(net, "disable_gradient_checkpointing"):
+        net.disable_gradient_checkpointing()
+
+
+# ----------------------------------------------------------------------------
+# The three roles.
+
+def make_real_score(teacher: Teacher) -> Denoiser:
+    """The frozen teacher; with a LoRA fake score on the same network, adapters are off here."""
+    return teacher.denoiser(adapter=None)
+
+
+def make_fake_score(teacher: Teacher, *, lora_rank: int | None = None, lora_alpha: float | None = None,
+                    target_modules: list[str] | None = None, gradient_checkpointing: bool = False) -> Denoiser:
+    """A trainable copy of the teacher, or (lora_rank set) a LoRA adapter named "fake_score" on it."""
+    if lora_rank is None:
+        net = copy.deepcopy(teacher.net).train().requires_grad_(True)
+        set_gradient_checkpointing(net, gradient_checkpointing)
+        return teacher.denoiser(net=net)
+    add_lora(teacher.net, "fake_score", rank=lora_rank, alpha=lora_alpha, target_modules=target_modules)
+    set_gradient_checkpointing(teacher.net, gradient_checkpointing)
+    # peft marks only the adapter's weights trainable; the teacher's own weights stay frozen.
+    return teacher.denoiser(adapter="fake_score")
+
+
+class Generator(nn.Module):
+    """G(z) = D(sigma(t_init) z, t_init): a denoiser fed pure noise at a fixed time (DMD2: t = 999
+    on SD, sigma = 80 on EDM; SiD: sigma_init = 2.5). `z` is unit Gaussian noise."""
+
+    def __init__(self, denoiser: Denoiser, t_init: float):
+        super().__init__()
+        self.denoiser, self.t_init = denoiser, float(t_init)
+        self.input_scale = float(denoiser.schedule.sigma(torch.tensor(self.t_init, dtype=torch.float64)))
+
+    @property
+    def net(self) -> nn.Module:
+        return self.denoiser.net
+
+    def forward(self, z: torch.Tensor, **cond) -> torch.Tensor:
+        return self.denoiser(z * self.input_scale, self.t_init, **cond)
+
+
+def make_generator(teacher: Teacher, t_init: float | None = None, *, copies: int = 1,
+                   lora_rank: int | None = None, lora_alpha: float | None = None,
+                   target_modules: list[str] | None = None,
+                   gradient_checkpointing: bool = False) -> Generator | nn.ModuleList:
+    """Trainable copies of the teacher bound to `t_init` (default: the schedule's t_max).
+
+    `copies > 1` gives the K students of multi-student distillation as an `nn.ModuleList`.
+    With `lora_rank`, each copy trains a LoRA adapter named "generator" instead of all weights.
+    """
+    t_init = teacher.schedule.t_max if t_init is None else t_init
+    students = []
+    for _ in range(copies):
+        net = copy.deepcopy(teacher.net)
+        for name in adapter_names(net):  # drop a LoRA fake score sharing the teacher's network
+            delete_lora(net, name)
+        if lora_rank is None:
+            net.train().requires_grad_(True)
+            adapter = None
+        else:
+            add_lora(net, "generator", rank=lora_rank, alpha=lora_alpha, target_modules=target_modules)
+            net.train()
+            adapter = "generator"
+        set_gradient_checkpointing(net, gradient_checkpointing)
+        students.append(Generator(teacher.denoiser(net=net, adapter=adapter), t_init))
+    return students[0] if copies == 1 else nn.ModuleList(students)

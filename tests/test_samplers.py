@@ -1,0 +1,98 @@
+import functools
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from stepdistill.data.toy2d import GaussianMixture, GaussianMixtureDenoiser
+from stepdistill.denoiser import from_x0
+from stepdistill.samplers import (SAMPLERS, ddim, multistep, nfe_of, prior_noise, sample, steps_for_nfe)
+from stepdistill.schedules import EDM, RectifiedFlow, from_scheduler_config, time_grid
+
+MIXTURE = GaussianMixture()
+
+
+def _vp():
+    return from_scheduler_config(DDIMScheduler(beta_schedule="squaredcos_cap_v2"))[0]
+
+
+def test_ddim_matches_diffusers_ddim_scheduler():
+    """Our DDIM on the exact toy denoiser equals diffusers' DDIMScheduler loop (eta = 0, trailing)."""
+    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=False,
+                              set_alpha_to_one=True, timestep_spacing="trailing")
+    schedule, _ = from_scheduler_config(scheduler)
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    scheduler.set_timesteps(5)  # divides 1000, so DDIM's prev_timestep is the next grid point
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    ours = ddim(den, x.clone(), schedule, torch.cat([scheduler.timesteps.double(), torch.zeros(1, dtype=torch.float64)]))
+    ref = x.clone()
+    for t in scheduler.timesteps:
+        tt = t.float().expand(len(ref))
+        eps = from_x0("epsilon", ref, den(ref, tt), schedule.alpha(tt), schedule.sigma(tt))
+        ref = scheduler.step(eps, t, ref).prev_sample
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def _error(schedule, name, nfe, x, reference):
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    out = sample(den, schedule, x, sampler=name, steps=steps_for_nfe(name, nfe))
+    return float((out - reference).norm(dim=1).mean())
+
+
+@pytest.mark.parametrize("schedule", [_vp(), EDM(), RectifiedFlow()], ids=["vp", "edm", "flow"])
+def test_higher_order_samplers_converge_faster(schedule):
+    """On the exact teacher every sampler converges to the same ODE solution; DDIM at first order
+    (error halves when NFE doubles), Heun and DPM-Solver++(2M) at second order."""
+    x = prior_noise(schedule, (512, 2), generator=torch.Generator().manual_seed(1))
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    reference = sample(den, schedule, x, sampler="dpmpp_2m", steps=400)
+    err = {(name, nfe): _error(schedule, name, nfe, x, reference)
+           for name in ("ddim", "heun", "dpmpp_2m") for nfe in (32, 63)}
+    assert err["ddim", 63] / err["ddim", 32] > 0.4, err  # first order
+    assert err["heun", 63] / err["heun", 32] < 0.4 and err["heun", 63] < 0.5 * err["ddim", 63], err
+    assert err["dpmpp_2m", 32] < 0.4 * err["ddim", 32] and err["dpmpp_2m", 63] < 0.005, err
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_samplers_reach_the_target_mixture(name):
+    schedule = _vp()
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    x = prior_noise(schedule, (2000, 2), generator=torch.Generator().manual_seed(2))
+    out = sample(den, schedule, x, sampler=name, steps=steps_for_nfe(name, 63))
+    radius = out.norm(dim=1)
+    assert abs(float(radius.mean()) - 1.0) < 0.015 and abs(float(radius.std()) - 0.1) < 0.02
+
+
+def test_class_conditional_sampling_lands_on_the_class():
+    schedule = EDM()
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    labels = torch.arange(8).repeat(50)
+    x = prior_noise(schedule, (400, 2), generator=torch.Generator().manual_seed(3))
+    out = sample(functools.partial(den, class_labels=labels), schedule, x, sampler="heun", steps=10)
+    assert float((out - MIXTURE.means[labels].float()).norm(dim=1).max()) < 0.6
+
+
+def test_nfe_accounting():
+    assert [nfe_of("heun", steps_for_nfe("heun", n)) for n in (1, 2, 4, 8, 35)] == [1, 1, 3, 7, 35]
+    assert [nfe_of("dpmpp_2m", steps_for_nfe("dpmpp_2m", n)) for n in (1, 2, 4)] == [1, 2, 4]
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(lambda x, t: x, _vp(), torch.zeros(1, 2), sampler="plms")
+
+
+def test_multistep_student_sampling_with_fresh_noise():
+    """A perfect consistency 'student' (the exact ODE solution from (x_t, t) to data) sampled with
+    DMD2's 4-step schedule stays on the data, with one evaluation per listed time."""
+    schedule = _vp()
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    calls = []
+
+    def student(x, t):
+        calls.append(float(t[0]))
+        ts = torch.linspace(float(t[0]), 0, 65, dtype=torch.float64)
+        return SAMPLERS["dpmpp_2m"](den, x, schedule, ts)
+
+    x = prior_noise(schedule, (1000, 2), generator=torch.Generator().manual_seed(4))
+    out = multistep(student, schedule, x, torch.tensor([999.0, 749.0, 499.0, 249.0]),
+                    generator=torch.Generator().manual_seed(5))
+    assert calls == [999.0, 749.0, 499.0, 249.0] and out.shape == (1000, 2)
+    assert abs(float(out.norm(dim=1).mean()) - 1.0) < 0.02

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from stepdistill.trio import (Generator, TeacherLoadError, load_teacher, make_fake_score, make_generator,
+                              make_real_score, trainable)
+
+
+@pytest.fixture
+def teacher_folder(tmp_path, tiny_unet):
+    tiny_unet.save_pretrained(tmp_path / "teacher" / "unet")
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
+        tmp_path / "teacher" / "scheduler")
+    return tmp_path / "teacher"
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 1, 8, 8, generator=g), torch.tensor([100.0, 500.0, 900.0]), dict(class_labels=torch.tensor([0, 1, 2]))
+
+
+def test_load_teacher_from_local_folder(teacher_folder, tiny_unet):
+    teacher = load_teacher(teacher_folder)
+    assert teacher.prediction_type == "v_prediction" and teacher.component == "unet"
+    assert not any(p.requires_grad for p in teacher.net.parameters())
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.net(x_t, t, **cond).sample, tiny_unet(x_t, t, **cond).sample)
+
+
+def test_load_teacher_errors_are_clear(tmp_path, teacher_folder):
+    with pytest.raises(TeacherLoadError, match="no unet/config.json or transformer/config.json"):
+        load_teacher(tmp_path)  # a folder, but not a pipeline
+    (teacher_folder / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(TeacherLoadError, match="prediction type"):
+        load_teacher(teacher_folder)
+    with pytest.raises(TeacherLoadError, match="could not be loaded from the hub"):
+        load_teacher("nobody/no-such-model-offline")
+
+
+def test_shipped_digits_teacher_loads():
+    teacher = load_teacher("digits")
+    x0 = make_real_score(teacher)(torch.zeros(2, 1, 16, 16), 500.0, class_labels=torch.tensor([3, 10]))
+    assert x0.shape == (2, 1, 16, 16) and torch.isfinite(x0).all()
+
+
+def _one_step(denoiser, params):
+    opt = torch.optim.SGD(params, lr=1.0)
+    x_t, t, cond = _inputs()
+    denoiser(x_t, t, **cond).square().mean().backward()
+    opt.step()
+
+
+def test_lora_fake_score_toggle_leaves_real_score_unchanged(teacher_folder):
+    teacher = load_teacher(teacher_folder)
+    real = make_real_score(teacher)
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        before = real(x_t, t, **cond)
+    base = {k: v.clone() for k, v in teacher.net.state_dict().items()}
+    fake = make_fake_score(teacher, lora_rank=4, target_modules=["to_q", "to_k", "to_v", "conv1", "conv2"])
+    trainable_params = [p for p in fake.parameters() if p.requires_grad]
+    assert trainable_params and all("lora" in n for n, p in fake.named_parameters() if p.requires_grad)
+    assert fake.net is real.net  # one network in memory, two roles
+    _one_step(fake, trainable_params)
+    with torch.no_grad():
+        after_real, after_fake = real(x_t, t, **cond), fake(x_t, t, **cond)
+        real_again = real(x_t, t, **cond)  # toggling back and forth is stateless
+    torch.testing.assert_close(after_real, before, rtol=0, atol=0)
+    torch.testing.assert_close(real_again, before, rtol=0, atol=0)
+    assert (after_fake - before).abs().max() > 1e-4, "the fake score did not move"
+    for k, v in teacher.net.state_dict().items():
+        if k in base:
+            torch.testing.assert_close(v, base[k], rtol=0, atol=0)
+
+
+def test_full_copy_fake_score_and_generators_are_independent(teacher_folder):
+    teacher = load_teacher(teacher_folder)
+    real = make_real_score(teacher)
+    fake = make_fake_score(teacher)
+    students = make_generator(teacher, copies=2)
+    assert isinstance(students[0], Generator) and students[0].t_init == teacher.schedule.t_max
+    assert fake.net is not teacher.net and students[0].net is not students[1].net
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        before = real(x_t, t, **cond)
+        g_before = students[1](x_t, **cond)
+    _one_step(fake, list(fake.parameters()))
+    _one_step(students[0].denoiser, list(students[0].parameters()))
+    with torch.no_grad():
+        torch.testing.assert_close(real(x_t, t, **cond), before, rtol=0, atol=0)
+        torch.testing.assert_close(students[1](x_t, **cond), g_before, rtol=0, atol=0)
+
+
+def test_generator_is_the_denoiser_on_pure_noise_at_t_init(teacher_folder):
+    teacher = load_teacher(teacher_folder)
+    gen = make_generator(teacher, t_init=999)
+    z, _, cond = _inputs()
+    sigma = float(teacher.schedule.sigma(torch.tensor(999.0)))
+    with torch.no_grad():
+        torch.testing.assert_close(gen(z, **cond), make_real_score(teacher)(sigma * z, 999.0, **cond))
+
+
+def test_lora_generator_after_lora_fake_score(teacher_folder):
+    teacher = load_teacher(teacher_folder)
+    make_fake_score(teacher, lora_rank=4)
+    gen = make_generator(teacher, lora_rank=4)
+    names = [n for n, p in gen.named_parameters() if p.requires_grad]
+    assert names and all("lora" in n and "fake_score" not in n for n in names)
+
+
+def test_trainable_toggles_only_trainable_parameters(teacher_folder):
+    teacher = load_teacher(teacher_folder)
+    fake = make_fake_score(teacher, lora_rank=4)
+    lora = {n for n, p in fake.named_parameters() if p.requires_grad}
+    with trainable(fake, False):
+        assert not any(p.requires_grad for p in fake.parameters())
+    assert {n for n, p in fake.named_parameters() if p.requires_grad} == lora
