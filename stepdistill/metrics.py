@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gaussian_stats", "frechet_distance", "kernel_inception_distance", "effective_dimension"]
+__all__ = ["gaussian_stats", "frechet_distance", "kernel_inception_distance", "effective_dimension",
+           "sliced_wasserstein"]
 
 
 def gaussian_stats(features, weights=None) -> tuple[np.ndarray, np.ndarray]:
@@ -65,3 +66,15 @@ def effective_dimension(features) -> float:
     features, 1 when one direction carries everything. Dead or duplicated units lower it."""
     lam = np.clip(np.linalg.eigvalsh(np.cov(np.asarray(features, np.float64), rowvar=False)), 0, None)
     return float(lam.sum() ** 2 / (lam**2).sum())
+
+
+def sliced_wasserstein(x, y, *, num_projections: int = 128, seed: int = 0) -> float:
+    """Mean over random unit directions of the 1-D Wasserstein-1 distance between the projections
+    (equal sample counts: sorted projections matched one to one). For low-dimensional toy data."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"sliced_wasserstein needs equal shapes, got {x.shape} and {y.shape}")
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal((x.shape[1], num_projections))
+    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
+    return float(np.abs(np.sort(x @ dirs, axis=0) - np.sort(y @ dirs, axis=0)).mean())

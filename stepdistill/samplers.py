@@ -26,7 +26,7 @@ from .schedules import NoiseSchedule, time_grid
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["ddim", "euler", "heun", "dpmpp_2m", "SAMPLERS", "sample", "nfe_of", "steps_for_nfe",
-           "one_step", "multistep", "prior_noise"]
+           "one_step", "multistep", "prior_noise", "backward_simulation"]
 
 
 def _coeffs(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[float, float]:
@@ -143,4 +143,18 @@ def multistep(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, 
         a_s, s_s = _coeffs(schedule, ts[i + 1])
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         x = a_s * x0 + s_s * eps
+    return x
+
+
+@torch.no_grad()
+def backward_simulation(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, ts: torch.Tensor,
+                        k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The input a multistep generator sees at its k-th time: run it k steps from pure noise with
+    re-noising (DMD2 Sec. 4.5, "backward simulation"), so training matches inference instead of
+    noising real data. Returns x at ts[k] (k = 0: the noise itself)."""
+    x = noise
+    for i in range(k):
+        x0 = _denoise(denoise, x, ts[i])
+        a_s, s_s = _coeffs(schedule, ts[i + 1])
+        x = a_s * x0 + s_s * torch.randn(x0.shape, generator=generator, device=x0.device)
     return x

@@ -215,8 +215,12 @@ class Generator(nn.Module):
     def net(self) -> nn.Module:
         return self.denoiser.net
 
-    def forward(self, z: torch.Tensor, **cond) -> torch.Tensor:
-        return self.denoiser(z * self.input_scale, self.t_init, **cond)
+    def forward(self, z: torch.Tensor, t: torch.Tensor | float | None = None, **cond) -> torch.Tensor:
+        """One step from unit noise `z` at t_init; with `t`, `z` is instead an input x_t at time t
+        (a multistep generator's later steps, e.g. from backward simulation)."""
+        if t is None:
+            return self.denoiser(z * self.input_scale, self.t_init, **cond)
+        return self.denoiser(z, t, **cond)
 
 
 def make_generator(teacher: Teacher, t_init: float | None = None, *, copies: int = 1,

@@ -1,0 +1,384 @@
+"""DMD2: improved distribution matching distillation (Yin et al. 2024, arXiv:2405.14867).
+
+    accelerate launch recipes/dmd2.py                                        # digits, 1 step, CPU minutes
+    accelerate launch recipes/dmd2.py --config recipes/configs/dmd2/sd15.yaml   # a real model
+    accelerate launch --multi_gpu --num_processes 2 recipes/dmd2.py train.max_steps=20
+    accelerate launch recipes/dmd2.py train.resume=latest                    # after preemption
+
+Algorithm (paper Sec. 4, official code `train_sd.py`): a generator G, initialised from the teacher,
+maps noise to images. Every step the fake score (an online denoiser of G's samples) takes a
+denoising step, and the discriminator head on its bottleneck a GAN step; every `update_ratio` steps
+G takes a step along the distribution-matching gradient (real score minus fake score) plus the
+non-saturating GAN loss (two time-scale update rule). Multistep generators are trained on their own
+samples (backward simulation).
+
+Every random draw (noise, times, labels, real images) is made for the *global* batch from a
+generator seeded by (seed, step), and each process takes its slice: one and N processes see the
+same data, so their runs agree up to reduction order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from stepdistill.benchmark import DigitsBenchmark, teacher_sample_fn
+from stepdistill.checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from stepdistill.conditioning import ClassConditioner
+from stepdistill.config import load_config, save_config, to_dict
+from stepdistill.data import DigitsDataset
+from stepdistill.denoiser import CFGDenoiser, native_loss_weight
+from stepdistill.heads import GANHead, bottleneck_features
+from stepdistill.io import atomic_write_text
+from stepdistill.losses import denoising_loss, discriminator_loss, dmd_loss, generator_gan_loss
+from stepdistill.samplers import backward_simulation, multistep, steps_for_nfe
+from stepdistill.schedules import DiscreteRange, UniformTime
+from stepdistill.trio import load_teacher, make_fake_score, make_generator, make_real_score, trainable
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "digits"  # "digits", a local diffusers folder, or a hub id
+    generator_timesteps: tuple[float, ...] = (999.0,)  # one entry: one-step; DMD2 4-step: 999,749,499,249
+    fake_score_lora_rank: Optional[int] = None  # None: a full copy of the teacher
+    generator_lora_rank: Optional[int] = None
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LossConfig:
+    real_guidance: float = 1.0  # CFG scale of the real score: uncond + s (cond - uncond)
+    min_step: float = 0.02  # DMD times drawn from [2%, 98%] of the schedule's levels
+    max_step: float = 0.98
+    gan: bool = True
+    gan_generator_weight: float = 3e-2
+    gan_discriminator_weight: float = 1e-1
+    gan_max_t: float = 1.0  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
+
+
+@dataclass
+class OptimConfig:
+    lr_generator: float = 5e-5
+    lr_fake: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.99)
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 10.0
+    update_ratio: int = 5  # fake-score updates per generator update
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 3000
+    batch_size: int = 64  # global: split across processes
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    ema_decay: Optional[float] = None
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    time_limit_minutes: Optional[float] = None  # stop early (and still evaluate/export) after this long
+    output_dir: str = "outputs/dmd2_digits"
+    resume: Optional[str] = None  # "latest" or a checkpoint folder
+
+
+@dataclass
+class EvalConfig:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    teacher_rows: bool = True  # measure the teacher in the same run
+    teacher_sampler: str = "dpmpp_2m"
+    teacher_nfe: int = 35
+    results: str = "eval/results/dmd2_digits.json"
+
+
+@dataclass
+class DMD2Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------
+# Global-batch randomness, sliced per process.
+
+class Draw:
+    def __init__(self, accelerator: Accelerator, batch: int, seed: int, step: int):
+        self.acc, self.batch = accelerator, batch
+        self.g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0] // self.acc.num_processes
+        return x[self.acc.process_index * n:(self.acc.process_index + 1) * n].to(self.acc.device)
+
+    def randn(self, *shape) -> torch.Tensor:
+        return self.local(torch.randn(self.batch, *shape, generator=self.g))
+
+    def times(self, sampler, schedule) -> torch.Tensor:
+        return self.local(sampler.sample(schedule, self.batch, generator=self.g))
+
+    def labels(self, conditioner: ClassConditioner) -> torch.Tensor:
+        return self.local(conditioner.sample_labels(self.batch, generator=self.g))
+
+    def real(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.local(torch.randint(0, len(dataset), (self.batch,), generator=self.g)).cpu()
+        items = [dataset[int(i)] for i in idx]
+        return (torch.stack([it["images"] for it in items]).to(self.acc.device),
+                torch.stack([it["class_labels"] for it in items]).to(self.acc.device))
+
+
+def main(cfg: DMD2Config) -> None:
+    # 1. Validate, then build the trio. Every error is raised here, before any step.
+    start_time = time.time()
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    if cfg.train.batch_size % accelerator.num_processes:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
+                         f"{accelerator.num_processes} processes")
+    out = Path(cfg.train.output_dir)
+    resume_from = resolve_resume(cfg.train.resume, out)
+    set_seed(cfg.train.seed)
+    teacher = load_teacher(cfg.model.teacher, device=accelerator.device)
+    schedule = teacher.schedule
+    ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
+    if len(ts) == 0 or bool((ts.diff() >= 0).any()) or float(ts.max()) > schedule.t_max:
+        raise ValueError(f"model.generator_timesteps must descend within [0, {schedule.t_max}]; got {list(ts)}")
+    real_score = make_real_score(teacher)
+    fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
+                                 gradient_checkpointing=cfg.model.gradient_checkpointing)
+    generator = make_generator(teacher, float(ts[0]), lora_rank=cfg.model.generator_lora_rank,
+                               gradient_checkpointing=cfg.model.gradient_checkpointing)
+    num_classes = teacher.net.config.num_class_embeds - 1
+    conditioner = ClassConditioner(num_classes, null_label=num_classes)
+    dataset = DigitsDataset(teacher.net.config.sample_size, split="all")
+    shape = (teacher.net.config.in_channels, teacher.net.config.sample_size, teacher.net.config.sample_size)
+    real_guided = CFGDenoiser(real_score, cfg.loss.real_guidance)
+    head = None
+    if cfg.loss.gan:
+        probe = torch.zeros(1, *shape, device=accelerator.device)
+        head = GANHead.for_denoiser(fake_score, probe, float(ts[0]),
+                                    **conditioner.cond(torch.zeros(1, dtype=torch.long, device=accelerator.device)))
+
+    # 2. Optimisers: AdamW for G, and for the fake score together with the GAN head.
+    fake_params = [p for p in fake_score.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    opt_kw = dict(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt_g = torch.optim.AdamW(gen_params, lr=cfg.optim.lr_generator, **opt_kw)
+    opt_f = torch.optim.AdamW(fake_params, lr=cfg.optim.lr_fake, **opt_kw)
+    sched_g = get_scheduler("constant_with_warmup", opt_g, num_warmup_steps=cfg.optim.warmup_steps)
+    sched_f = get_scheduler("constant_with_warmup", opt_f, num_warmup_steps=cfg.optim.warmup_steps)
+    generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
+        generator, fake_score, opt_g, opt_f, sched_g, sched_f)
+    head_module = None
+    if head is not None:
+        head = accelerator.prepare(head)
+        head_module = accelerator.unwrap_model(head)
+    gen_module, fake_module = accelerator.unwrap_model(generator), accelerator.unwrap_model(fake_score)
+    ema = EMAModel(gen_params, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    dmd_times, fake_times = DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), UniformTime()
+    gan_times = UniformTime(0.0, cfg.loss.gan_max_t)
+    weight = partial(native_loss_weight, teacher.prediction_type)
+
+    def generate(draw: Draw, labels: torch.Tensor) -> torch.Tensor:
+        """G's samples for this step; multistep generators start from a backward-simulated input."""
+        z = draw.randn(*shape)
+        cond = conditioner.cond(labels)
+        if len(ts) == 1:
+            return generator(z, **cond)
+        # The step index is drawn once and broadcast, so every process trains the same step.
+        k = broadcast(torch.randint(0, len(ts), (1,), generator=draw.g).to(accelerator.device))
+        x_k = backward_simulation(partial(gen_module.denoiser, **cond), schedule, z * gen_module.input_scale,
+                                  ts, int(k), generator=draw.g)
+        return generator(x_k, float(ts[int(k)]), **cond)
+
+    def fake_score_step(draw: Draw) -> dict[str, float]:
+        labels = draw.labels(conditioner)
+        with torch.no_grad():
+            x = generate(draw, labels)
+        # 1. Denoising loss on detached generator samples, in the teacher's own parameterisation.
+        t = draw.times(fake_times, schedule)
+        x_t = schedule.add_noise(x, draw.randn(*shape), t)
+        loss_fake = denoising_loss(fake_score(x_t, t, **conditioner.cond(labels)), x,
+                                   weight(schedule.alpha(t), schedule.sigma(t)))
+        logs = {"loss_fake": loss_fake.item()}
+        loss = loss_fake
+        # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
+        if head is not None:
+            real, real_labels = draw.real(dataset)
+            both, both_labels = torch.cat([real, x]), torch.cat([real_labels, labels])
+            t_gan = torch.cat([draw.times(gan_times, schedule), draw.times(gan_times, schedule)])
+            noised = schedule.add_noise(both, torch.cat([draw.randn(*shape), draw.randn(*shape)]), t_gan)
+            # One head call per step (DDP expects each module's forward once per backward).
+            logits_real, logits_fake = head(bottleneck_features(fake_module, noised, t_gan,
+                                                                **conditioner.cond(both_labels))).chunk(2)
+            loss_d = discriminator_loss(logits_real, logits_fake)
+            loss = loss + cfg.loss.gan_discriminator_weight * loss_d
+            logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
+                     "d_fake": torch.sigmoid(logits_fake).mean().item()}
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(fake_params, cfg.optim.grad_clip)
+        opt_f.step()
+        sched_f.step()
+        opt_f.zero_grad(set_to_none=True)
+        return logs
+
+    def generator_step(draw: Draw) -> dict[str, float]:
+        labels = draw.labels(conditioner)
+        x = generate(draw, labels)
+        cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
+        # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
+        t = draw.times(dmd_times, schedule)
+        x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
+        with torch.no_grad():
+            x0_real = real_guided(x_t, t, uncond=uncond, **cond)
+            x0_fake = fake_score(x_t, t, **cond)
+        loss_dm = dmd_loss(x, x0_real, x0_fake)
+        loss, logs = loss_dm, {"loss_dm": loss_dm.item()}
+        # 2. Non-saturating GAN loss through the (frozen for this step) fake-score encoder and head.
+        if head is not None:
+            t_g = draw.times(gan_times, schedule)
+            # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
+            with trainable(fake_module, False), trainable(head_module, False):
+                feats = bottleneck_features(fake_module, schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **cond)
+                loss_g = generator_gan_loss(head_module(feats))
+            loss = loss + cfg.loss.gan_generator_weight * loss_g
+            logs["loss_g_gan"] = loss_g.item()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(gen_params, cfg.optim.grad_clip)
+        opt_g.step()
+        sched_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(gen_params)
+        return logs
+
+    # 3. The loop: fake score every step, generator every `update_ratio` steps.
+    logs: dict[str, float] = {}
+    bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps,
+               desc="dmd2", disable=not accelerator.is_main_process)
+    step = start_step
+    for step in bar:
+        draw = Draw(accelerator, cfg.train.batch_size, cfg.train.seed, step)
+        logs |= fake_score_step(draw)
+        if step % cfg.optim.update_ratio == 0:
+            logs |= generator_step(draw)
+        done = step + 1
+        if done % cfg.train.log_every == 0:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
+        if done % cfg.train.sample_every == 0 and accelerator.is_main_process:
+            save_samples(gen_module, conditioner, shape, ts, out / "samples" / f"step_{done:08d}.png", accelerator)
+        out_of_time = (cfg.train.time_limit_minutes is not None
+                       and time.time() - start_time > 60 * cfg.train.time_limit_minutes)
+        out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.max_steps or out_of_time:
+            save_checkpoint(accelerator, out, done)
+        if out_of_time:
+            break
+    steps_done = step + 1 if cfg.train.max_steps > start_step else start_step
+    train_minutes = (time.time() - start_time) / 60
+
+    # 4. Evaluate on the digits benchmark (teacher rows in the same run), then export.
+    if ema is not None:
+        ema.copy_to(gen_params)
+    if accelerator.is_main_process:
+        save_samples(gen_module, conditioner, shape, ts, out / "samples" / "final.png", accelerator)
+        result = evaluate(cfg, teacher, real_score, gen_module, schedule, ts, steps_done, train_minutes)
+        export(cfg, teacher, gen_module, ts, out, result)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def student_sample_fn(gen_module, schedule, ts, shape):
+    def fn(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        z = torch.randn(len(labels), *shape, generator=g)
+        den = partial(gen_module.denoiser, class_labels=labels.to(z.device))
+        return multistep(den, schedule, z * gen_module.input_scale, ts, generator=g)
+
+    return fn
+
+
+def save_samples(gen_module, conditioner, shape, ts, path: Path, accelerator) -> None:
+    from torchvision.utils import save_image
+
+    labels = torch.arange(conditioner.num_classes).repeat(8)
+    images = student_sample_fn(gen_module, gen_module.denoiser.schedule, ts, shape)(
+        labels.to(accelerator.device), torch.Generator().manual_seed(0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.clamp(-1, 1) * 0.5 + 0.5, path, nrow=conditioner.num_classes, padding=1, pad_value=1.0)
+
+
+def evaluate(cfg, teacher, real_score, gen_module, schedule, ts, steps_done, train_minutes) -> dict:
+    bench = DigitsBenchmark()
+    floor = bench.floor()
+    seeds = list(cfg.eval.seeds)
+    gen_module.eval()
+    rows = [dict(model="dmd2", sampler="one_step" if len(ts) == 1 else "multistep", nfe=len(ts),
+                 **bench.evaluate(student_sample_fn(gen_module, schedule, ts, (1, 16, 16)), seeds))]
+    if cfg.eval.teacher_rows:
+        for nfe, default in ((1, False), (cfg.eval.teacher_nfe, True)):
+            sampler = "ddim" if nfe == 1 else cfg.eval.teacher_sampler
+            steps = steps_for_nfe(sampler, nfe)
+            fn = teacher_sample_fn(real_score, schedule, sampler=sampler, steps=steps)
+            rows.append(dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds),
+                             **({"default": True} if default else {})))
+    teacher_default = next((r for r in rows if r.get("default")), None)
+    student = rows[0]
+    result = dict(
+        benchmark="digits", recipe="dmd2", command="accelerate launch " + " ".join(sys.argv),
+        n_samples=bench.n_samples, seeds=seeds, floor_fd=floor["fd"], floor_accuracy=floor["accuracy"],
+        train_steps=steps_done, train_minutes=round(train_minutes, 2), config=to_dict(cfg), rows=rows,
+    )
+    if teacher_default:
+        result["student_vs_teacher"] = dict(
+            fd_ratio=student["fd"] / teacher_default["fd"],
+            accuracy_difference=student["accuracy"] - teacher_default["accuracy"],
+            speedup=teacher_default["seconds_per_image"] / student["seconds_per_image"])
+    atomic_write_text(cfg.eval.results, json.dumps(result, indent=2) + "\n")
+    print("\n| model | sampler | NFE | FD (mean ± std) | KID | accuracy | ms / image |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | "
+              f"{r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |")
+    if teacher_default:
+        s = result["student_vs_teacher"]
+        print(f"student / teacher FD {s['fd_ratio']:.2f}x, accuracy {s['accuracy_difference']:+.3f}, "
+              f"speed-up {s['speedup']:.0f}x; floor FD {floor['fd']:.3f}; wrote {cfg.eval.results}")
+    return result
+
+
+def export(cfg, teacher, gen_module, ts, out: Path, result: dict) -> None:
+    try:
+        from stepdistill.export import export_class_conditional
+    except ImportError:
+        return
+    student = next(r for r in result["rows"] if r["model"] == "dmd2")
+    card = dict(base_model=str(cfg.model.teacher), recipe="dmd2",
+                metrics={k: student[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")})
+    path = export_class_conditional(out / "pipeline", gen_module.net, teacher.scheduler_config,
+                                    timesteps=[int(round(float(t))) for t in ts],
+                                    null_label=teacher.net.config.num_class_embeds - 1, model_card=card)
+    print(f"exported the student pipeline to {path}")
+
+
+if __name__ == "__main__":
+    main(load_config(DMD2Config))

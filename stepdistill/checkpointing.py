@@ -1,0 +1,70 @@
+"""Training checkpoints through accelerate, written atomically, resumed with `resume=latest`.
+
+A checkpoint is `OUTPUT/checkpoints/step_XXXXXXXX/`: accelerate's `save_state` (models in
+safetensors, optimizers, schedulers, RNG states, registered objects such as the EMA) plus
+`step.json`. It is written under a `.tmp` name and renamed only once complete, so a run killed
+while saving leaves the previous checkpoint as the latest good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+_NAME = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / "step.json").is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, *, keep: int = 2) -> Path:
+    """Save the accelerator state for `step` (the number of completed steps). Call on every process."""
+    final = Path(output_dir) / "checkpoints" / f"step_{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """`None` -> start fresh; "latest" -> newest complete checkpoint in `output_dir` (or fresh if
+    there is none); a path -> that checkpoint, which must be complete. Call before any work starts."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "step.json").is_file():
+        raise FileNotFoundError(f"resume checkpoint {path} does not exist or is incomplete (no step.json); "
+                                f"complete ones: {[p.name for p in checkpoint_dirs(output_dir)] or 'none'}")
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> int:
+    """Restore the accelerator state; returns the number of completed steps."""
+    accelerator.load_state(str(path))
+    return int(json.loads((path / "step.json").read_text())["step"])

@@ -1,0 +1,405 @@
+"""Export a distilled student as a diffusers pipeline folder, write its model card, push it to the hub.
+
+Two kinds of folder, both loadable with stock diffusers in an environment without stepdistill (DESIGN.md 1, 4):
+
+- class-conditional pixel students (the digits teacher's family): `export_class_conditional` writes
+  `unet/` + an `LCMScheduler` + `stepdistill_pipeline.py` (a ~60-line pipeline that needs only torch and
+  diffusers); model_index.json names it as `["stepdistill_pipeline", "<class>"]`, which diffusers resolves
+  to the file inside the folder (or repo). Load with
+  `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
+- SD-family text-to-image students: `export_text_to_image` re-saves every component of the base pipeline,
+  the student unet and an `LCMScheduler`; stock `DiffusionPipeline.from_pretrained(folder)` then
+  `pipe(prompt, num_inference_steps=K, guidance_scale=0, timesteps=[...])` samples with the student.
+
+Why LCMScheduler: its `step` is exactly the few-step student sampler (DMD2, SwiftBrush, consistency models):
+x0 from the network output for the scheduler's prediction type, clipped, then re-noised to the next timestep
+with fresh noise, `x = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps`. Its consistency boundary condition
+`denoised = c_out x0 + c_skip x_t` is made exact identity for every t >= 1 by a large `timestep_scaling`
+(c_skip < 3e-9, c_out = 1 in float32), which is why t = 0 is not a valid student timestep here.
+
+Weights are safetensors only; nothing is pickled. Every folder appears in one rename (`io.atomic_dir`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+from torch import nn
+
+from .io import atomic_dir, atomic_write_text
+
+__all__ = ["export_class_conditional", "export_text_to_image", "write_model_card", "push_to_hub",
+           "PIPELINE_MODULE", "PIPELINE_CLASS"]
+
+PIPELINE_MODULE = "stepdistill_pipeline"  # the file name diffusers imports from the folder (module cache key)
+PIPELINE_CLASS = "StepDistillClassConditionalPipeline"
+TIMESTEP_SCALING = 1e4  # LCM boundary condition: c_skip = 0.25 / ((1e4 t)^2 + 0.25) < 3e-9 for t >= 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+CARD_KEYS = ("base_model", "recipe", "metrics", "tags", "extra")
+
+# The pipeline that travels inside a class-conditional export. torch + diffusers only; keep it short.
+PIPELINE_CODE = '''\
+"""A few-step class-conditional student distilled with stepdistill. Needs only torch and diffusers.
+
+    pipe = DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)
+    images = pipe(class_labels=[3, 7], generator=torch.Generator().manual_seed(0)).images
+
+Sampling, one network evaluation per timestep of `pipe.config.timesteps` (descending, t_0 first):
+    z = randn_tensor((B, C, H, W), generator=generator)   # float32; a CPU generator draws on the CPU
+    x = sqrt(1 - alphas_cumprod[t_0]) * z
+    for t in timesteps:                                    # LCMScheduler.step:
+        x0 = clamp(x0 from unet(x, t, class_labels=y) for the scheduler's prediction_type, -1, 1)
+        x = x0 on the last step, else sqrt(abar_next) x0 + sqrt(1 - abar_next) eps, eps drawn from `generator`
+The saved LCMScheduler's timestep_scaling makes LCM's boundary condition (c_skip, c_out) = (0, 1) for t >= 1.
+Images: output_type "pil" (default), "np" (B, H, W, C) or "pt" (B, C, H, W), in [0, 1] as usual in diffusers.
+"""
+import json
+import os
+import shutil
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+
+class StepDistillClassConditionalPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler, timesteps=(999,), null_label=None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(timesteps=[int(t) for t in timesteps], null_label=null_label)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)  # [-1, 1] -> [0, 1]
+
+    @torch.no_grad()
+    def __call__(self, class_labels=None, num_images=1, generator=None, output_type="pil", return_dict=True):
+        """class_labels: an int, a list of ints or a LongTensor, one image each. None: `num_images` images
+        with the null label (unconditional), or with no label at all for a model without class embeddings."""
+        device = self._execution_device
+        if class_labels is None:
+            labels = None if self.config.null_label is None else torch.full((num_images,), self.config.null_label)
+        else:
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if labels is not None:
+            labels, num_images = labels.to(device), len(labels)
+        cfg = self.unet.config
+        z = randn_tensor((num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=generator,
+                         device=device, dtype=torch.float32)
+        self.scheduler.set_timesteps(timesteps=self.config.timesteps, device=device)
+        x = (1 - self.scheduler.alphas_cumprod[int(self.scheduler.timesteps[0])]).sqrt().to(device) * z
+        for t in self.progress_bar(self.scheduler.timesteps):
+            out = self.unet(x.to(self.unet.dtype), t, class_labels=labels).sample.float()
+            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        images = self.image_processor.postprocess(x, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Re-saving (e.g. after .to(torch.float16)) keeps the folder self-contained: this file goes with it."""
+        super().save_pretrained(save_directory, **kwargs)
+        name = os.path.splitext(os.path.basename(__file__))[0]
+        shutil.copyfile(__file__, os.path.join(save_directory, name + ".py"))
+        path = os.path.join(save_directory, "model_index.json")
+        with open(path) as f:
+            index = json.load(f)
+        index["_class_name"] = [name, type(self).__name__]
+        with open(path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+'''
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# class-conditional students
+
+
+def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_config: Mapping, *,
+                             timesteps: list[int], null_label: int | None, model_card: dict | None = None,
+                             adapter: str | None = None) -> Path:
+    """Write a self-contained diffusers pipeline folder for a class-conditional pixel-space student.
+
+    `unet`: the student (a diffusers model, e.g. `UNet2DModel`, called `unet(x, t, class_labels=y)`); a LoRA
+    student is merged first (`adapter` names the LoRA, needed only when there are several; the caller's
+    network is not modified). `scheduler_config`: the teacher's VP-discrete scheduler config (DDPM family:
+    betas and `prediction_type`). `timesteps`: the student's input times, strictly descending, in
+    [1, num_train_timesteps). `null_label`: the label of the unconditional class, or None.
+    `model_card`: keyword arguments of `write_model_card` (base_model, recipe, metrics, tags, extra).
+
+    Load it, with or without stepdistill installed:
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)(class_labels=[3, 7]).images`
+    """
+    from diffusers import LCMScheduler
+
+    folder = Path(folder).expanduser()
+    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0)
+    timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
+    net = _plain_network(unet, adapter)
+    num_classes = getattr(net.config, "num_class_embeds", None)
+    if null_label is not None and (not isinstance(null_label, int) or num_classes is None
+                                   or not 0 <= null_label < num_classes):
+        raise ValueError(f"null_label={null_label!r} is not a class of the network "
+                         f"(num_class_embeds={num_classes})")
+    card = _card_arguments(model_card, base_model=None)
+    call = textwrap.dedent(f"""\
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained("./{folder.name}", trust_remote_code=True)  # or the hub repo id
+        images = pipe(class_labels=[0, 1, 2], generator=torch.Generator().manual_seed(0)).images""")
+
+    with atomic_dir(folder) as tmp:
+        net.save_pretrained(tmp / "unet", safe_serialization=True)
+        scheduler.save_pretrained(tmp / "scheduler")
+        (tmp / f"{PIPELINE_MODULE}.py").write_text(PIPELINE_CODE)
+        import diffusers
+
+        index = {"_class_name": [PIPELINE_MODULE, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", type(net).__name__], "scheduler": ["diffusers", LCMScheduler.__name__],
+                 "timesteps": timesteps, "null_label": null_label}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_model_card(tmp, pipeline_call=call, **card)
+        _check_complete(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text-to-image students
+
+
+def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn.Module, *, timesteps: list[int],
+                         model_card: dict | None = None, adapter: str | None = None) -> Path:
+    """Write the base pipeline with the student `unet` and an `LCMScheduler` in place of its own.
+
+    `base_pipeline`: a local pipeline folder (with model_index.json) or a hub id. Every other component
+    (VAE, text encoders, tokenizers, ...) is loaded and re-saved as safetensors. A LoRA student is merged
+    (`adapter` as in `export_class_conditional`). `timesteps`: strictly descending, in [1, num_train_timesteps).
+
+    Load it with stock diffusers:
+        `DiffusionPipeline.from_pretrained(folder)(prompt, num_inference_steps=len(timesteps),
+                                                   guidance_scale=0, timesteps=timesteps)`
+    """
+    import inspect
+
+    from diffusers import DiffusionPipeline
+
+    folder = Path(folder).expanduser()
+    local = _is_local(base_pipeline)
+    if local:
+        base = Path(base_pipeline).expanduser()
+        index_path = base / "model_index.json"
+        if not index_path.is_file():
+            raise ValueError(f"base pipeline folder {base} does not exist or has no model_index.json")
+        if "unet" not in json.loads(index_path.read_text()):
+            raise ValueError(f"base pipeline {base} has no `unet` component: export_text_to_image supports "
+                             "unet-based pipelines (SD 1.x/2.x, SDXL)")
+    net = _plain_network(unet, adapter)
+    card = _card_arguments(model_card, base_model=None if local else str(base_pipeline))
+
+    pipe = DiffusionPipeline.from_pretrained(str(base_pipeline), unet=net)
+    if "unet" not in pipe.components:
+        raise ValueError(f"base pipeline {base_pipeline} has no `unet` component: export_text_to_image supports "
+                         "unet-based pipelines (SD 1.x/2.x, SDXL)")
+    pipe.scheduler = _lcm_scheduler(pipe.scheduler.config)
+    timesteps = _check_timesteps(timesteps, pipe.scheduler.config.num_train_timesteps)
+    steps = f"num_inference_steps={len(timesteps)}"
+    if "timesteps" in inspect.signature(type(pipe).__call__).parameters:
+        steps += f", timesteps={timesteps}"
+    else:
+        pipe.scheduler.set_timesteps(len(timesteps))  # the pipeline's only choice: is it the student's?
+        if pipe.scheduler.timesteps.tolist() != timesteps:
+            raise ValueError(f"{type(pipe).__name__} takes no `timesteps` argument and its LCMScheduler would run "
+                             f"{pipe.scheduler.timesteps.tolist()} for {len(timesteps)} steps, not {timesteps}")
+    call = textwrap.dedent(f"""\
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained("./{folder.name}")  # or the hub repo id
+        image = pipe("a photo of a cat", {steps}, guidance_scale=0.0,
+                     generator=torch.Generator().manual_seed(0)).images[0]""")
+
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
+        _check_complete(tmp)
+        os.chmod(tmp, 0o755)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model card and upload
+
+
+def write_model_card(folder: str | Path, *, base_model: str | None, recipe: str, metrics: Mapping,
+                     pipeline_call: str, tags: list[str] | None = None, extra: str = "",
+                     pipeline_tag: str | None = None) -> Path:
+    """Write `folder/README.md`: YAML front matter (library_name diffusers, base_model, tags), a description,
+    the exact loading/sampling code, a metrics table. `base_model` None (e.g. a local teacher) is left out."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    tags = list(dict.fromkeys(["stepdistill", "diffusion-distillation", recipe, *(tags or [])]))
+    data = ModelCardData(library_name="diffusers", base_model=base_model or None, tags=tags,
+                         pipeline_tag=pipeline_tag)
+    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in metrics.items())
+    table = f"| metric | value |\n|---|---|\n{rows}" if metrics else "No metrics were recorded."
+    origin = f"`{base_model}`" if base_model else "its teacher"
+    body = (f"# {recipe} student\n\n"
+            f"A few-step student distilled from {origin} with the `{recipe}` recipe of "
+            f"[stepdistill](https://github.com/stepdistill/stepdistill). It loads with stock `diffusers`; "
+            f"stepdistill is not needed.\n\n"
+            f"## Usage\n\n```python\n{pipeline_call}\n```\n\n## Metrics\n\n{table}\n")
+    if extra:
+        body += f"\n{extra.strip()}\n"
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, str(card))
+    return path
+
+
+def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload distilled student (stepdistill)") -> str:
+    """Create `repo_id` (if needed) and upload the exported `folder`; return the repo URL.
+
+    Refuses, before any network call, a folder that is not a complete export (model_index.json, every component
+    folder it names, safetensors weights), one that holds a pickle (*.bin, *.pt, *.pkl, ...), and one in
+    which any file contains the token (given, or the one huggingface_hub would use).
+    """
+    from huggingface_hub import HfApi, get_token
+
+    folder = Path(folder).expanduser()
+    _check_complete(folder)
+    secret = token or get_token()
+    if secret:
+        leaks = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file() and _contains(p, secret)]
+        if leaks:
+            raise ValueError(f"refusing to upload {folder}: the hub token appears in {', '.join(leaks)}")
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model")
+    return str(url)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _lcm_scheduler(config: Mapping, **overrides):
+    """An LCMScheduler with the teacher's noise schedule, acting as the plain student sampler (module docstring)."""
+    from diffusers import LCMScheduler
+
+    config = dict(config)
+    if config.get("beta_schedule") is None and config.get("trained_betas") is None:
+        raise ValueError(f"scheduler config ({config.get('_class_name', 'no _class_name')}) is not a VP-discrete "
+                         "(DDPM-family) schedule with betas; the export supports those only")
+    if config.get("prediction_type") not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"scheduler config has prediction_type={config.get('prediction_type')!r}; "
+                         "expected one of epsilon, v_prediction, sample")
+    config.pop("_class_name", None)
+    config.update(overrides, timestep_scaling=TIMESTEP_SCALING,
+                  # with k = 1, LCM's default schedule for K steps is 999 - floor(i * N / K): DMD2's evenly spaced
+                  # steps ([999, 749, 499, 249] for K = 4), and every custom timestep lies on its grid
+                  original_inference_steps=config.get("num_train_timesteps", 1000))
+    return LCMScheduler.from_config(config)
+
+
+def _check_timesteps(timesteps, num_train_timesteps: int) -> list[int]:
+    ts = list(timesteps) if timesteps is not None else []
+    if not ts:
+        raise ValueError("timesteps is empty: give the student's input times, e.g. [999] or [999, 749, 499, 249]")
+    if not all(isinstance(t, int) or (hasattr(t, "is_integer") and float(t).is_integer()) for t in ts):
+        raise ValueError(f"timesteps must be integers, got {ts}")
+    ts = [int(t) for t in ts]
+    if any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be strictly descending, got {ts}")
+    if ts[0] >= num_train_timesteps or ts[-1] < 1:
+        raise ValueError(f"timesteps must lie in [1, {num_train_timesteps}) (t = 0 is LCMScheduler's boundary, "
+                         f"where it returns its input), got {ts}")
+    return ts
+
+
+def _plain_network(net: nn.Module, adapter: str | None) -> nn.Module:
+    """The network to save: unwrapped (DDP `.module`, torch.compile `_orig_mod`) and, if it carries peft LoRA
+    layers, a copy with LoRA `adapter` merged into the base weights and every tuner layer replaced by its base."""
+    from diffusers import ModelMixin
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from .adapters import adapter_names
+
+    while hasattr(net, "module") or hasattr(net, "_orig_mod"):
+        net = getattr(net, "_orig_mod", None) or net.module
+    if not isinstance(net, ModelMixin):
+        raise TypeError(f"the student must be a diffusers model (ModelMixin), got {type(net).__name__}")
+    names = sorted(adapter_names(net))
+    if not names:
+        if adapter is not None:
+            raise ValueError(f"adapter={adapter!r} was given but the network has no LoRA adapter")
+        return net
+    if adapter is None and len(names) > 1:
+        raise ValueError(f"the network has LoRA adapters {names}: pass adapter=<name> to choose the student's")
+    adapter = adapter or names[0]
+    if adapter not in names:
+        raise ValueError(f"the network has no LoRA adapter {adapter!r}; it has {names}")
+    net = copy.deepcopy(net)  # the caller keeps training its adapters
+    for name, layer in [(n, m) for n, m in net.named_modules() if isinstance(m, BaseTunerLayer)]:
+        layer.merge(adapter_names=[adapter])
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent), child, layer.get_base_layer())
+    if hasattr(net, "peft_config"):
+        del net.peft_config
+    return net
+
+
+def _card_arguments(model_card: dict | None, *, base_model: str | None) -> dict:
+    card = dict(model_card or {})
+    unknown = sorted(set(card) - set(CARD_KEYS))
+    if unknown:
+        raise ValueError(f"unknown model_card keys {unknown}; valid: {', '.join(CARD_KEYS)}")
+    card.setdefault("base_model", base_model)
+    card.setdefault("recipe", "distilled")
+    card.setdefault("metrics", {})
+    return card
+
+
+def _is_local(base: str | Path) -> bool:
+    """A Path, an existing path, or anything spelled like a path (not `org/name`) is a local folder."""
+    s = str(base)
+    return isinstance(base, Path) or os.path.exists(s) or s.startswith((".", "/", "~")) or s.count("/") > 1 \
+        or os.sep != "/" and os.sep in s
+
+
+def _check_complete(folder: Path) -> None:
+    """A complete, pickle-free export: model_index.json, every component folder it names, safetensors weights."""
+    index_path = folder / "model_index.json"
+    if not folder.is_dir() or not index_path.is_file():
+        raise ValueError(f"{folder} is not an exported pipeline: no model_index.json")
+    index = json.loads(index_path.read_text())
+    missing = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2
+               and all(isinstance(s, str) for s in v) and not (folder / k).is_dir()]
+    if missing:
+        raise ValueError(f"{folder} is incomplete: model_index.json names {missing} but those folders are missing")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    pickles = [str(p.relative_to(folder)) for p in files if p.name.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise ValueError(f"{folder} holds pickled files {pickles}; weights must be safetensors only")
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise ValueError(f"{folder} has no *.safetensors weights")
+
+
+def _contains(path: Path, secret: str, chunk: int = 1 << 24) -> bool:
+    """Whether the file's bytes contain `secret` (read in chunks that overlap by len(secret) - 1)."""
+    needle, tail = secret.encode(), b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-(len(needle) - 1):] if len(needle) > 1 else b""
+    return False
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stepdistill.benchmark import DigitsBenchmark
+from stepdistill.classifier import DigitsClassifier
+from stepdistill.data import DigitsDataset, load_digits_tensors, split_indices
+from stepdistill.io import atomic_dir
+
+
+def test_digits_split_is_fixed_balanced_and_disjoint():
+    held, ref = split_indices("heldout"), split_indices("reference")
+    assert len(held) == 1000 and len(ref) == 797 and not set(held) & set(ref)
+    _, labels = load_digits_tensors(16, "heldout")
+    assert labels.bincount().tolist() == [100] * 10
+    np.testing.assert_array_equal(split_indices("heldout"), held)  # deterministic
+    item = DigitsDataset(16, "reference")[0]
+    assert item["images"].shape == (1, 16, 16) and -1 <= float(item["images"].min()) <= float(item["images"].max()) <= 1
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return DigitsBenchmark()
+
+
+def test_real_heldout_digits_score_at_the_floor(bench):
+    x, y = load_digits_tensors(16, "heldout")
+    fd_real = bench.score(x, y)
+    shuffled = bench.score(x, y[torch.randperm(len(y))])
+    assert fd_real["accuracy"] > 0.98 and shuffled["accuracy"] < 0.2
+    # Noise images are far from the data; blurred digits lie between.
+    noise = bench.score(torch.rand(1000, 1, 16, 16) * 2 - 1, y)
+    blurred = bench.score(torch.nn.functional.avg_pool2d(x, 3, 1, 1), y)
+    assert fd_real["fd"] < blurred["fd"] < noise["fd"] and fd_real["fd"] < 0.1 * noise["fd"]
+    assert abs(fd_real["kid"]) < blurred["kid"] < noise["kid"]
+
+
+def test_evaluate_reports_mean_std_and_speed(bench):
+    x, y = load_digits_tensors(16, "all")
+
+    def real_digits(labels, generator):  # a perfect 'generator': random real digits of each label
+        idx = torch.stack([torch.nonzero(y == int(c)).flatten()[torch.randint(0, int((y == c).sum()), (1,),
+                           generator=generator)] for c in labels]).flatten()
+        return x[idx]
+
+    row = bench.evaluate(real_digits, seeds=[0, 1, 2])
+    assert len(row["fd_per_seed"]) == 3 and row["fd_std"] > 0 and row["accuracy"] > 0.98
+    assert row["fd"] < 3 * bench.floor()["fd"] and row["seconds_per_image"] > 0
+    with pytest.raises(ValueError, match="expected images of shape"):
+        bench.score(torch.zeros(10, 3, 16, 16), torch.zeros(10, dtype=torch.long))
+
+
+def test_classifier_round_trip_and_missing_folder(tmp_path):
+    model = DigitsClassifier().eval()
+    model.save_pretrained(tmp_path / "clf")
+    loaded = DigitsClassifier.from_pretrained(tmp_path / "clf")
+    x = torch.randn(4, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), model(x))
+    with pytest.raises(FileNotFoundError, match="train_classifier"):
+        DigitsClassifier.from_pretrained(tmp_path / "missing")
+
+
+def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_dir(target) as d:
+        (d / "a.json").write_text(json.dumps(1))
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as d:
+            (d / "a.json").write_text(json.dumps(2))
+            raise RuntimeError("crash while saving")
+    assert json.loads((target / "a.json").read_text()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary leftovers
+    with atomic_dir(target) as d:
+        (d / "a.json").write_text(json.dumps(3))
+    assert json.loads((target / "a.json").read_text()) == 3
