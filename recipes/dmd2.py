@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator  # noqa: F401  (type of the Draw helper)
 from accelerate.utils import broadcast, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -41,6 +41,7 @@ from stepdistill.conditioning import ClassConditioner
 from stepdistill.config import load_config, save_config, to_dict
 from stepdistill.data import DigitsDataset
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
+from stepdistill.distributed import make_accelerator
 from stepdistill.heads import GANHead, bottleneck_features
 from stepdistill.io import atomic_write_text
 from stepdistill.losses import denoising_loss, discriminator_loss, dmd_loss, generator_gan_loss
@@ -92,11 +93,13 @@ class TrainConfig:
     checkpoint_every: int = 500
     time_limit_minutes: Optional[float] = None  # stop early (and still evaluate/export) after this long
     output_dir: str = "outputs/dmd2_digits"
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
     resume: Optional[str] = None  # "latest" or a checkpoint folder
 
 
 @dataclass
 class EvalConfig:
+    enabled: bool = True
     seeds: tuple[int, ...] = (0, 1, 2)
     teacher_rows: bool = True  # measure the teacher in the same run
     teacher_sampler: str = "dpmpp_2m"
@@ -118,7 +121,7 @@ class DMD2Config:
 
 class Draw:
     def __init__(self, accelerator: Accelerator, batch: int, seed: int, step: int):
-        self.acc, self.batch = accelerator, batch
+        self.acc, self.batch, self.k = accelerator, batch, None
         self.g = torch.Generator().manual_seed(seed * 1_000_003 + step)
 
     def local(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +147,8 @@ class Draw:
 def main(cfg: DMD2Config) -> None:
     # 1. Validate, then build the trio. Every error is raised here, before any step.
     start_time = time.time()
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, project_dir=cfg.train.output_dir,
+                              log_with=None if cfg.train.report_to == "none" else cfg.train.report_to)
     if cfg.train.batch_size % accelerator.num_processes:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
                          f"{accelerator.num_processes} processes")
@@ -192,8 +196,8 @@ def main(cfg: DMD2Config) -> None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
+    out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     dmd_times, fake_times = DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), UniformTime()
     gan_times = UniformTime(0.0, cfg.loss.gan_max_t)
@@ -207,8 +211,10 @@ def main(cfg: DMD2Config) -> None:
             return generator(z, **cond)
         # The step index is drawn once and broadcast, so every process trains the same step.
         k = broadcast(torch.randint(0, len(ts), (1,), generator=draw.g).to(accelerator.device))
+        draw.k = int(k)
+        renoise = [draw.randn(*shape) for _ in range(int(k))]  # global draws: any process count
         x_k = backward_simulation(partial(gen_module.denoiser, **cond), schedule, z * gen_module.input_scale,
-                                  ts, int(k), generator=draw.g)
+                                  ts, int(k), renoise=renoise)
         return generator(x_k, float(ts[int(k)]), **cond)
 
     def fake_score_step(draw: Draw) -> dict[str, float]:
@@ -273,18 +279,25 @@ def main(cfg: DMD2Config) -> None:
         return logs
 
     # 3. The loop: fake score every step, generator every `update_ratio` steps.
-    logs: dict[str, float] = {}
+    accelerator.init_trackers("dmd2", config={k: str(v) for k, v in to_dict(cfg).items()})
     bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps,
                desc="dmd2", disable=not accelerator.is_main_process)
     step = start_step
+    log_file, shown = (out / f"log_rank{accelerator.process_index}.jsonl").open("a"), {}
     for step in bar:
         draw = Draw(accelerator, cfg.train.batch_size, cfg.train.seed, step)
-        logs |= fake_score_step(draw)
+        logs = fake_score_step(draw)
         if step % cfg.optim.update_ratio == 0:
             logs |= generator_step(draw)
+        if draw.k is not None:
+            logs["backsim_step"] = draw.k
+        log_file.write(json.dumps({"step": step, **logs}) + "\n")
+        shown |= logs
         done = step + 1
         if done % cfg.train.log_every == 0:
-            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
+            log_file.flush()
+            bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+            accelerator.log(shown, step=done)
         if done % cfg.train.sample_every == 0 and accelerator.is_main_process:
             save_samples(gen_module, conditioner, shape, ts, out / "samples" / f"step_{done:08d}.png", accelerator)
         out_of_time = (cfg.train.time_limit_minutes is not None
@@ -294,6 +307,7 @@ def main(cfg: DMD2Config) -> None:
             save_checkpoint(accelerator, out, done)
         if out_of_time:
             break
+    log_file.close()
     steps_done = step + 1 if cfg.train.max_steps > start_step else start_step
     train_minutes = (time.time() - start_time) / 60
 
@@ -302,7 +316,8 @@ def main(cfg: DMD2Config) -> None:
         ema.copy_to(gen_params)
     if accelerator.is_main_process:
         save_samples(gen_module, conditioner, shape, ts, out / "samples" / "final.png", accelerator)
-        result = evaluate(cfg, teacher, real_score, gen_module, schedule, ts, steps_done, train_minutes)
+        result = evaluate(cfg, real_score, gen_module, schedule, ts, shape, steps_done, train_minutes) \
+            if cfg.eval.enabled else None
         export(cfg, teacher, gen_module, ts, out, result)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -328,18 +343,18 @@ def save_samples(gen_module, conditioner, shape, ts, path: Path, accelerator) ->
     save_image(images.clamp(-1, 1) * 0.5 + 0.5, path, nrow=conditioner.num_classes, padding=1, pad_value=1.0)
 
 
-def evaluate(cfg, teacher, real_score, gen_module, schedule, ts, steps_done, train_minutes) -> dict:
+def evaluate(cfg, real_score, gen_module, schedule, ts, shape, steps_done, train_minutes) -> dict:
     bench = DigitsBenchmark()
     floor = bench.floor()
     seeds = list(cfg.eval.seeds)
     gen_module.eval()
     rows = [dict(model="dmd2", sampler="one_step" if len(ts) == 1 else "multistep", nfe=len(ts),
-                 **bench.evaluate(student_sample_fn(gen_module, schedule, ts, (1, 16, 16)), seeds))]
+                 **bench.evaluate(student_sample_fn(gen_module, schedule, ts, shape), seeds))]
     if cfg.eval.teacher_rows:
         for nfe, default in ((1, False), (cfg.eval.teacher_nfe, True)):
             sampler = "ddim" if nfe == 1 else cfg.eval.teacher_sampler
             steps = steps_for_nfe(sampler, nfe)
-            fn = teacher_sample_fn(real_score, schedule, sampler=sampler, steps=steps)
+            fn = teacher_sample_fn(real_score, schedule, sampler=sampler, steps=steps, shape=shape)
             rows.append(dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds),
                              **({"default": True} if default else {})))
     teacher_default = next((r for r in rows if r.get("default")), None)
@@ -366,14 +381,16 @@ def evaluate(cfg, teacher, real_score, gen_module, schedule, ts, steps_done, tra
     return result
 
 
-def export(cfg, teacher, gen_module, ts, out: Path, result: dict) -> None:
+def export(cfg, teacher, gen_module, ts, out: Path, result: dict | None) -> None:
     try:
         from stepdistill.export import export_class_conditional
     except ImportError:
         return
-    student = next(r for r in result["rows"] if r["model"] == "dmd2")
-    card = dict(base_model=str(cfg.model.teacher), recipe="dmd2",
-                metrics={k: student[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")})
+    metrics = {}
+    if result is not None:
+        student = next(r for r in result["rows"] if r["model"] == "dmd2")
+        metrics = {k: student[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")}
+    card = dict(base_model=str(cfg.model.teacher), recipe="dmd2", metrics=metrics)
     path = export_class_conditional(out / "pipeline", gen_module.net, teacher.scheduler_config,
                                     timesteps=[int(round(float(t))) for t in ts],
                                     null_label=teacher.net.config.num_class_embeds - 1, model_card=card)

@@ -109,6 +109,7 @@ class StepDistillClassConditionalPipeline(DiffusionPipeline):
         with open(path) as f:
             index = json.load(f)
         index["_class_name"] = [name, type(self).__name__]
+        index.pop("_name_or_path", None)
         with open(path, "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
 '''
@@ -133,6 +134,7 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
     Load it, with or without stepdistill installed:
         `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)(class_labels=[3, 7]).images`
     """
+    import diffusers
     from diffusers import LCMScheduler
 
     folder = Path(folder).expanduser()
@@ -156,8 +158,6 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
         net.save_pretrained(tmp / "unet", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
         (tmp / f"{PIPELINE_MODULE}.py").write_text(PIPELINE_CODE)
-        import diffusers
-
         index = {"_class_name": [PIPELINE_MODULE, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
                  "unet": ["diffusers", type(net).__name__], "scheduler": ["diffusers", LCMScheduler.__name__],
                  "timesteps": timesteps, "null_label": null_label}
@@ -198,6 +198,7 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
         if "unet" not in json.loads(index_path.read_text()):
             raise ValueError(f"base pipeline {base} has no `unet` component: export_text_to_image supports "
                              "unet-based pipelines (SD 1.x/2.x, SDXL)")
+    _check_timesteps(timesteps, None)  # the upper bound once the base scheduler is known
     net = _plain_network(unet, adapter)
     card = _card_arguments(model_card, base_model=None if local else str(base_pipeline))
 
@@ -225,6 +226,9 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
 
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        index = json.loads((tmp / "model_index.json").read_text())
+        index.pop("_name_or_path", None)  # the base's local path: private, and meaningless elsewhere
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
         _check_complete(tmp)
         os.chmod(tmp, 0o755)
@@ -250,7 +254,7 @@ def write_model_card(folder: str | Path, *, base_model: str | None, recipe: str,
     origin = f"`{base_model}`" if base_model else "its teacher"
     body = (f"# {recipe} student\n\n"
             f"A few-step student distilled from {origin} with the `{recipe}` recipe of "
-            f"[stepdistill](https://github.com/stepdistill/stepdistill). It loads with stock `diffusers`; "
+            f"stepdistill. It loads with stock `diffusers`; "
             f"stepdistill is not needed.\n\n"
             f"## Usage\n\n```python\n{pipeline_call}\n```\n\n## Metrics\n\n{table}\n")
     if extra:
@@ -258,6 +262,7 @@ def write_model_card(folder: str | Path, *, base_model: str | None, recipe: str,
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = Path(folder) / "README.md"
     atomic_write_text(path, str(card))
+    os.chmod(path, 0o644)  # mkstemp makes it owner-only
     return path
 
 
@@ -300,6 +305,8 @@ def _lcm_scheduler(config: Mapping, **overrides):
         raise ValueError(f"scheduler config has prediction_type={config.get('prediction_type')!r}; "
                          "expected one of epsilon, v_prediction, sample")
     config.pop("_class_name", None)
+    # The teacher's values, defaults included, are its schedule: LCMScheduler's defaults differ (SD's betas).
+    config.pop("_use_default_values", None)
     config.update(overrides, timestep_scaling=TIMESTEP_SCALING,
                   # with k = 1, LCM's default schedule for K steps is 999 - floor(i * N / K): DMD2's evenly spaced
                   # steps ([999, 749, 499, 249] for K = 4), and every custom timestep lies on its grid
@@ -307,7 +314,7 @@ def _lcm_scheduler(config: Mapping, **overrides):
     return LCMScheduler.from_config(config)
 
 
-def _check_timesteps(timesteps, num_train_timesteps: int) -> list[int]:
+def _check_timesteps(timesteps, num_train_timesteps: int | None) -> list[int]:
     ts = list(timesteps) if timesteps is not None else []
     if not ts:
         raise ValueError("timesteps is empty: give the student's input times, e.g. [999] or [999, 749, 499, 249]")
@@ -316,9 +323,9 @@ def _check_timesteps(timesteps, num_train_timesteps: int) -> list[int]:
     ts = [int(t) for t in ts]
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly descending, got {ts}")
-    if ts[0] >= num_train_timesteps or ts[-1] < 1:
-        raise ValueError(f"timesteps must lie in [1, {num_train_timesteps}) (t = 0 is LCMScheduler's boundary, "
-                         f"where it returns its input), got {ts}")
+    if ts[-1] < 1 or num_train_timesteps is not None and ts[0] >= num_train_timesteps:
+        raise ValueError(f"timesteps must lie in [1, {num_train_timesteps or 'num_train_timesteps'}) (t = 0 is "
+                         f"LCMScheduler's boundary, where it returns its input), got {ts}")
     return ts
 
 
@@ -330,8 +337,9 @@ def _plain_network(net: nn.Module, adapter: str | None) -> nn.Module:
 
     from .adapters import adapter_names
 
-    while hasattr(net, "module") or hasattr(net, "_orig_mod"):
-        net = getattr(net, "_orig_mod", None) or net.module
+    for wrapper in ("_orig_mod", "module", "_orig_mod"):  # torch.compile(DDP(compile(net)))
+        inner = getattr(net, wrapper, None)
+        net = inner if isinstance(inner, nn.Module) else net
     if not isinstance(net, ModelMixin):
         raise TypeError(f"the student must be a diffusers model (ModelMixin), got {type(net).__name__}")
     names = sorted(adapter_names(net))
@@ -391,9 +399,12 @@ def _check_complete(folder: Path) -> None:
 
 
 def _contains(path: Path, secret: str, chunk: int = 1 << 24) -> bool:
-    """Whether the file's bytes contain `secret` (read in chunks that overlap by len(secret) - 1)."""
+    """Whether the file's text contains `secret`. Every file is read (in chunks that overlap by len(secret) - 1)
+    but safetensors files, of which only the JSON header (with any metadata) is text."""
     needle, tail = secret.encode(), b""
     with open(path, "rb") as f:
+        if path.suffix == ".safetensors":
+            return needle in f.read(min(int.from_bytes(f.read(8), "little"), 1 << 27))
         while block := f.read(chunk):
             if needle in tail + block:
                 return True

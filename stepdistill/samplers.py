@@ -148,13 +148,16 @@ def multistep(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, 
 
 @torch.no_grad()
 def backward_simulation(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, ts: torch.Tensor,
-                        k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+                        k: int, *, renoise: list[torch.Tensor] | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """The input a multistep generator sees at its k-th time: run it k steps from pure noise with
     re-noising (DMD2 Sec. 4.5, "backward simulation"), so training matches inference instead of
-    noising real data. Returns x at ts[k] (k = 0: the noise itself)."""
+    noising real data. Returns x at ts[k] (k = 0: the noise itself). `renoise` supplies the k fresh
+    noises (else they are drawn from `generator`)."""
     x = noise
     for i in range(k):
         x0 = _denoise(denoise, x, ts[i])
         a_s, s_s = _coeffs(schedule, ts[i + 1])
-        x = a_s * x0 + s_s * torch.randn(x0.shape, generator=generator, device=x0.device)
+        eps = renoise[i] if renoise is not None else torch.randn(x0.shape, generator=generator, device=x0.device)
+        x = a_s * x0 + s_s * eps
     return x

@@ -1,0 +1,290 @@
+"""Export: pipeline folders that stock diffusers loads, without stepdistill, and that sample like the student."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, LCMScheduler, UNet2DConditionModel, UNet2DModel
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from stepdistill.adapters import activate, add_lora, adapter_names
+from stepdistill.export import export_class_conditional, export_text_to_image, push_to_hub, write_model_card
+
+SEED, LABELS = 0, [3, 1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _modules_cache(tmp_path_factory):
+    """diffusers copies a folder's pipeline file into HF_MODULES_CACHE before importing it: keep it in tmp."""
+    import diffusers.utils.dynamic_modules_utils as dynamic
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))
+        yield dynamic.HF_MODULES_CACHE
+
+
+@pytest.fixture(scope="module")
+def base_sd(tmp_path_factory):
+    from stepdistill.tiny import build_tiny_text_to_image
+
+    return build_tiny_text_to_image(tmp_path_factory.mktemp("base") / "tiny-sd", seed=0)
+
+
+def scheduler_config(prediction_type="v_prediction"):
+    return DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type).config
+
+
+@torch.no_grad()
+def reference(unet, config, timesteps, labels, seed):
+    """The student sampler written out: z ~ N(0, I) from a CPU generator, x = sigma(t0) z, then per step
+    x0 = clamp(x0(unet(x, t)), -1, 1) and, between steps, x = alpha_s x0 + sigma_s eps with fresh eps."""
+    abar = DDPMScheduler.from_config(config).alphas_cumprod
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((len(labels), 1, 8, 8), generator=g)
+    x = (1 - abar[timesteps[0]]).sqrt() * z
+    for i, t in enumerate(timesteps):
+        alpha, sigma = abar[t].sqrt(), (1 - abar[t]).sqrt()
+        out = unet(x, t, class_labels=torch.tensor(labels)).sample
+        x0 = alpha * x - sigma * out if config.prediction_type == "v_prediction" else (x - sigma * out) / alpha
+        x0 = x0.clamp(-1, 1)
+        if i + 1 < len(timesteps):
+            s = timesteps[i + 1]
+            x = abar[s].sqrt() * x0 + (1 - abar[s]).sqrt() * torch.randn(x0.shape, generator=g)
+    return (x0 / 2 + 0.5).clamp(0, 1)  # diffusers' image convention
+
+
+def sample(folder):
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, pipe(class_labels=LABELS, generator=torch.Generator().manual_seed(SEED), output_type="pt").images
+
+
+@pytest.mark.parametrize("prediction_type,timesteps", [("v_prediction", [999]), ("v_prediction", [999, 499]),
+                                                       ("epsilon", [999, 499])])
+def test_class_conditional_matches_the_student_sampler(tmp_path, tiny_unet, prediction_type, timesteps):
+    config = scheduler_config(prediction_type)
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, config, timesteps=timesteps, null_label=3,
+                                      model_card={"recipe": "dmd2", "metrics": {"FD": 1.5}})
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["stepdistill_pipeline", "StepDistillClassConditionalPipeline"]
+    assert index["timesteps"] == timesteps and index["null_label"] == 3
+    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in folder.rglob("*"))
+    assert "trust_remote_code=True" in (folder / "README.md").read_text()
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), tiny_unet.state_dict().values()))
+
+    pipe, images = sample(folder)
+    assert isinstance(pipe.scheduler, LCMScheduler) and pipe.config.timesteps == timesteps
+    torch.testing.assert_close(images, reference(tiny_unet, config, timesteps, LABELS, SEED), atol=1e-5, rtol=0)
+
+    if len(timesteps) > 1:  # other output types, the null label, and a re-save that stays self-contained
+        assert pipe(class_labels=7 % 4, output_type="pil").images[0].size == (8, 8)
+        assert pipe(num_images=2, output_type="np").images.shape == (2, 8, 8, 1)
+        pipe.save_pretrained(tmp_path / "resaved")
+        _, again = sample(tmp_path / "resaved")
+        torch.testing.assert_close(again, images, atol=0, rtol=0)
+
+
+CHILD = r"""
+import importlib.abc, sys
+
+class HideStepdistill(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "stepdistill" or name.startswith("stepdistill."):
+            raise ImportError("stepdistill is hidden in this process")
+
+sys.meta_path.insert(0, HideStepdistill())
+try:
+    import stepdistill
+    raise SystemExit("stepdistill is importable")
+except ImportError:
+    pass
+
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import save_file
+
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+images = pipe(class_labels=[3, 1], generator=torch.Generator().manual_seed(0), output_type="pt").images
+save_file({"images": images.contiguous()}, sys.argv[2])
+"""
+
+
+def test_loads_in_a_process_without_stepdistill(tmp_path, tiny_unet):
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999, 499],
+                                      null_label=3)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
+    run = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folder), str(tmp_path / "out.safetensors")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _, images = sample(folder)
+    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["images"], images, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_text_to_image_uses_the_student_at_its_timesteps(tmp_path, base_sd):
+    student = UNet2DConditionModel.from_pretrained(base_sd, subfolder="unet")
+    student.conv_in.weight[0, 0, 0, 0] += 0.01
+    folder = export_text_to_image(tmp_path / "sd-student", base_sd, student, timesteps=[999],
+                                  model_card={"recipe": "dmd2", "metrics": {"clip": 0.25}})
+    assert "timesteps=[999]" in (folder / "README.md").read_text()
+    assert "_name_or_path" not in json.loads((folder / "model_index.json").read_text())
+
+    pipe = DiffusionPipeline.from_pretrained(folder)  # stock: no remote code
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    assert torch.equal(pipe.unet.conv_in.weight, student.conv_in.weight)
+    assert torch.equal(pipe.vae.decoder.conv_out.weight,
+                       DiffusionPipeline.from_pretrained(base_sd).vae.decoder.conv_out.weight)
+    used = []
+
+    def record(p, i, t, kwargs):
+        used.append(int(t))
+        return kwargs
+
+    latents = pipe("a red square", num_inference_steps=1, guidance_scale=0, timesteps=[999], output_type="latent",
+                   generator=torch.Generator().manual_seed(SEED), callback_on_step_end=record).images
+    assert used == [999] and pipe.scheduler.timesteps.tolist() == [999]
+    # one step from pure noise: x0 = (z - sigma eps) / alpha at t = 999 (epsilon teacher)
+    z = torch.randn(latents.shape, generator=torch.Generator().manual_seed(SEED))
+    emb = pipe.encode_prompt("a red square", "cpu", 1, False)[0]
+    abar = pipe.scheduler.alphas_cumprod[999]
+    x0 = (z - (1 - abar).sqrt() * student(z, 999, encoder_hidden_states=emb).sample) / abar.sqrt()
+    torch.testing.assert_close(latents, x0, atol=1e-4, rtol=1e-4)
+    image = pipe("a red square", num_inference_steps=1, guidance_scale=0, timesteps=[999], output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
+
+
+@torch.no_grad()
+def test_lora_student_is_merged_into_a_plain_unet(tmp_path, base_sd):
+    student = UNet2DConditionModel.from_pretrained(base_sd, subfolder="unet")
+    add_lora(student, "generator", rank=4)
+    for name, p in student.named_parameters():
+        if "lora_B" in name:
+            p.normal_(0, 0.1)
+    activate(student, "generator")
+    x, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    expected = student(x, 999, encoder_hidden_states=emb).sample
+
+    folder = export_text_to_image(tmp_path / "lora-student", base_sd, student, timesteps=[999])
+    with safe_open(folder / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k or "base_layer" in k]
+    saved = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    torch.testing.assert_close(saved(x, 999, encoder_hidden_states=emb).sample, expected, atol=1e-5, rtol=1e-5)
+    assert adapter_names(student) == {"generator"}  # the caller's network is untouched
+    torch.testing.assert_close(student(x, 999, encoder_hidden_states=emb).sample, expected, atol=0, rtol=0)
+
+
+def test_model_card_front_matter_and_metrics(tmp_path):
+    from huggingface_hub import ModelCard
+
+    path = write_model_card(tmp_path, base_model="org/teacher", recipe="dmd2", metrics={"FD": 12.25, "acc": 0.935},
+                            pipeline_call="pipe = DiffusionPipeline.from_pretrained('x')", tags=["digits"],
+                            pipeline_tag="text-to-image")
+    card = ModelCard.load(path)
+    assert card.data.library_name == "diffusers" and card.data.base_model == "org/teacher"
+    assert {"stepdistill", "diffusion-distillation", "dmd2", "digits"} <= set(card.data.tags)
+    assert card.data.pipeline_tag == "text-to-image"
+    assert "| FD | 12.25 |" in card.text and "| acc | 0.935 |" in card.text
+    assert "pipe = DiffusionPipeline.from_pretrained('x')" in card.text
+
+
+TOKEN = "hf_testTOKENabcdefghijklmnopqrstuv"
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", self.token, repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        calls.append(("upload_folder", self.token, kwargs["repo_id"], kwargs))
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return calls
+
+
+def test_push_to_hub_passes_the_token_but_never_writes_it(tmp_path, tiny_unet, hub_calls):
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999],
+                                      null_label=3)
+    url = push_to_hub(folder, "me/digits-dmd2", token=TOKEN, private=True)
+    assert url == "https://huggingface.co/me/digits-dmd2"
+    assert [c[:3] for c in hub_calls] == [("create_repo", TOKEN, "me/digits-dmd2"),
+                                          ("upload_folder", TOKEN, "me/digits-dmd2")]
+    assert hub_calls[0][3]["private"] is True and hub_calls[1][3]["folder_path"] == str(folder)
+    assert not [p for p in folder.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+
+
+def test_push_to_hub_refuses_unsafe_folders(tmp_path, tiny_unet, hub_calls, monkeypatch):
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999],
+                                      null_label=3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="model_index.json"):
+        push_to_hub(tmp_path / "empty", "me/x", token=TOKEN)
+    with pytest.raises(ValueError, match="token"):  # a README leaking the token
+        (folder / "README.md").write_text(f"token: {TOKEN}\n")
+        push_to_hub(folder, "me/x", token=TOKEN)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # also the token huggingface_hub would pick up by itself
+    with pytest.raises(ValueError, match="token"):
+        push_to_hub(folder, "me/x")
+    (folder / "README.md").write_text("fine\n")
+    (folder / "unet" / "extra.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(ValueError, match="pickled"):
+        push_to_hub(folder, "me/x", token=TOKEN)
+    (folder / "unet" / "extra.bin").unlink()
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="safetensors"):
+        push_to_hub(folder, "me/x", token=TOKEN)
+    os.rename(folder / "unet", tmp_path / "unet-away")
+    with pytest.raises(ValueError, match="unet"):
+        push_to_hub(folder, "me/x", token=TOKEN)
+    assert hub_calls == []
+
+
+def test_a_failed_export_keeps_the_previous_folder(tmp_path, tiny_unet, monkeypatch):
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999],
+                                      null_label=3)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tiny_unet, "save_pretrained", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_class_conditional(folder, tiny_unet, scheduler_config(), timesteps=[999, 499], null_label=3)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no temporary folder left behind
+
+
+def test_inputs_are_validated_before_anything_is_written(tmp_path, tiny_unet, base_sd):
+    config = scheduler_config()
+    for timesteps, match in [([], "empty"), ([499, 999], "descending"), ([999, 999], "descending"),
+                             ([1000], r"\[1, 1000\)"), ([999, 0], r"\[1, 1000\)"), ([999.5], "integers")]:
+        with pytest.raises(ValueError, match=match):
+            export_class_conditional(tmp_path / "a", tiny_unet, config, timesteps=timesteps, null_label=3)
+    with pytest.raises(ValueError, match="null_label"):
+        export_class_conditional(tmp_path / "a", tiny_unet, config, timesteps=[999], null_label=4)
+    with pytest.raises(ValueError, match="VP-discrete"):
+        export_class_conditional(tmp_path / "a", tiny_unet, {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                                             "num_train_timesteps": 1000}, timesteps=[999],
+                                 null_label=3)
+    with pytest.raises(ValueError, match="valid: base_model"):
+        export_class_conditional(tmp_path / "a", tiny_unet, config, timesteps=[999], null_label=3,
+                                 model_card={"metric": {}})
+    with pytest.raises(ValueError, match="model_index.json"):
+        export_text_to_image(tmp_path / "b", tmp_path / "no-such-base", tiny_unet, timesteps=[999])
+    with pytest.raises(ValueError, match="descending"):
+        export_text_to_image(tmp_path / "b", base_sd, tiny_unet, timesteps=[499, 999])
+    assert list(tmp_path.iterdir()) == []
