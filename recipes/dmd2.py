@@ -37,13 +37,15 @@ from tqdm.auto import tqdm
 
 from stepdistill.benchmark import DigitsBenchmark, teacher_sample_fn
 from stepdistill.checkpointing import load_checkpoint, resolve_resume, save_checkpoint
-from stepdistill.conditioning import ClassConditioner
+from stepdistill.conditioning import ClassConditioner, TextConditioner
 from stepdistill.config import load_config, save_config, to_dict
-from stepdistill.data import DigitsDataset
+from stepdistill.data import DigitsDataset, ImageFolder, load_prompts
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.distributed import make_accelerator
+from stepdistill.export import export_class_conditional, export_text_to_image
 from stepdistill.heads import GANHead, bottleneck_features
 from stepdistill.io import atomic_write_text
+from stepdistill.latents import LatentSpace, PixelSpace
 from stepdistill.losses import denoising_loss, discriminator_loss, dmd_loss, generator_gan_loss
 from stepdistill.samplers import backward_simulation, multistep, steps_for_nfe
 from stepdistill.schedules import DiscreteRange, UniformTime
@@ -98,6 +100,13 @@ class TrainConfig:
 
 
 @dataclass
+class DataConfig:
+    prompts: Optional[str] = None  # text-to-image: a prompt file (.txt/.csv/.json/.jsonl)
+    images: Optional[str] = None  # real images for the GAN (an image folder); the digits teacher uses digits
+    image_channels: int = 3
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -113,7 +122,33 @@ class DMD2Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def setup_data(cfg: DMD2Config, teacher, device):
+    """(conditioner, sample space, real-image dataset or None) for a class- or text-conditional teacher."""
+    net_cfg = teacher.net.config
+    if cfg.data.prompts is not None:
+        conditioner = TextConditioner(load_prompts(cfg.data.prompts), teacher.load_component("tokenizer"),
+                                      teacher.load_component("text_encoder"), device=device)
+        space = LatentSpace(teacher.load_component("vae").to(device))
+        resolution = net_cfg.sample_size * 2 ** (len(space.vae.config.block_out_channels) - 1)
+    elif net_cfg.get("num_class_embeds"):
+        conditioner = ClassConditioner(net_cfg.num_class_embeds - 1, null_label=net_cfg.num_class_embeds - 1)
+        space, resolution = PixelSpace(), net_cfg.sample_size
+    else:
+        raise ValueError(f"teacher {cfg.model.teacher} has no class embeddings: give data.prompts for a "
+                         "text-conditional teacher")
+    if cfg.data.images is not None:
+        dataset = ImageFolder(cfg.data.images, resolution, channels=cfg.data.image_channels)
+    elif cfg.model.teacher == "digits" or (isinstance(space, PixelSpace) and net_cfg.in_channels == 1):
+        dataset = DigitsDataset(resolution, split="all")
+    else:
+        dataset = None
+    if cfg.loss.gan and dataset is None:
+        raise ValueError("loss.gan=true needs real images: set data.images to an image folder (or loss.gan=false)")
+    return conditioner, space, dataset
 
 
 # ----------------------------------------------------------------------------
@@ -134,14 +169,15 @@ class Draw:
     def times(self, sampler, schedule) -> torch.Tensor:
         return self.local(sampler.sample(schedule, self.batch, generator=self.g))
 
-    def labels(self, conditioner: ClassConditioner) -> torch.Tensor:
+    def labels(self, conditioner) -> torch.Tensor:
         return self.local(conditioner.sample_labels(self.batch, generator=self.g))
 
-    def real(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def real(self, dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = self.local(torch.randint(0, len(dataset), (self.batch,), generator=self.g)).cpu()
         items = [dataset[int(i)] for i in idx]
-        return (torch.stack([it["images"] for it in items]).to(self.acc.device),
-                torch.stack([it["class_labels"] for it in items]).to(self.acc.device))
+        labels = torch.stack([it["class_labels"] for it in items]).to(self.acc.device) \
+            if "class_labels" in items[0] else None
+        return torch.stack([it["images"] for it in items]).to(self.acc.device), labels
 
 
 def main(cfg: DMD2Config) -> None:
@@ -165,9 +201,8 @@ def main(cfg: DMD2Config) -> None:
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
     generator = make_generator(teacher, float(ts[0]), lora_rank=cfg.model.generator_lora_rank,
                                gradient_checkpointing=cfg.model.gradient_checkpointing)
-    num_classes = teacher.net.config.num_class_embeds - 1
-    conditioner = ClassConditioner(num_classes, null_label=num_classes)
-    dataset = DigitsDataset(teacher.net.config.sample_size, split="all")
+    conditioner, space, dataset = setup_data(cfg, teacher, accelerator.device)
+    labelled_real = dataset is not None and "class_labels" in dataset[0]
     shape = (teacher.net.config.in_channels, teacher.net.config.sample_size, teacher.net.config.sample_size)
     real_guided = CFGDenoiser(real_score, cfg.loss.real_guidance)
     head = None
@@ -231,7 +266,12 @@ def main(cfg: DMD2Config) -> None:
         # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
         if head is not None:
             real, real_labels = draw.real(dataset)
-            both, both_labels = torch.cat([real, x]), torch.cat([real_labels, labels])
+            real = space.encode(real)
+            # Real images without labels (e.g. an uncaptioned folder): both sides use the null condition,
+            # so the discriminator cannot tell them apart by their conditioning.
+            fake_labels = labels if real_labels is not None else torch.full_like(labels, -1)
+            real_labels = real_labels if real_labels is not None else fake_labels
+            both, both_labels = torch.cat([real, x]), torch.cat([real_labels, fake_labels])
             t_gan = torch.cat([draw.times(gan_times, schedule), draw.times(gan_times, schedule)])
             noised = schedule.add_noise(both, torch.cat([draw.randn(*shape), draw.randn(*shape)]), t_gan)
             # One head call per step (DDP expects each module's forward once per backward).
@@ -264,8 +304,10 @@ def main(cfg: DMD2Config) -> None:
         if head is not None:
             t_g = draw.times(gan_times, schedule)
             # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
+            gan_cond = cond if labelled_real else conditioner.cond(torch.full_like(labels, -1))
             with trainable(fake_module, False), trainable(head_module, False):
-                feats = bottleneck_features(fake_module, schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **cond)
+                feats = bottleneck_features(fake_module, schedule.add_noise(x, draw.randn(*shape), t_g), t_g,
+                                            **gan_cond)
                 loss_g = generator_gan_loss(head_module(feats))
             loss = loss + cfg.loss.gan_generator_weight * loss_g
             logs["loss_g_gan"] = loss_g.item()
@@ -299,7 +341,8 @@ def main(cfg: DMD2Config) -> None:
             bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
             accelerator.log(shown, step=done)
         if done % cfg.train.sample_every == 0 and accelerator.is_main_process:
-            save_samples(gen_module, conditioner, shape, ts, out / "samples" / f"step_{done:08d}.png", accelerator)
+            save_samples(gen_module, conditioner, space, shape, ts, out / "samples" / f"step_{done:08d}.png",
+                         accelerator.device)
         out_of_time = (cfg.train.time_limit_minutes is not None
                        and time.time() - start_time > 60 * cfg.train.time_limit_minutes)
         out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
@@ -315,41 +358,47 @@ def main(cfg: DMD2Config) -> None:
     if ema is not None:
         ema.copy_to(gen_params)
     if accelerator.is_main_process:
-        save_samples(gen_module, conditioner, shape, ts, out / "samples" / "final.png", accelerator)
-        result = evaluate(cfg, real_score, gen_module, schedule, ts, shape, steps_done, train_minutes) \
-            if cfg.eval.enabled else None
+        save_samples(gen_module, conditioner, space, shape, ts, out / "samples" / "final.png", accelerator.device)
+        # The digits benchmark measures class-conditional 16x16 students; text-to-image students are
+        # measured by eval/ (FID / CLIP) on their exported pipeline.
+        benchmarkable = isinstance(conditioner, ClassConditioner) and shape == (1, 16, 16)
+        result = evaluate(cfg, real_score, gen_module, conditioner, schedule, ts, shape, steps_done, train_minutes) \
+            if cfg.eval.enabled and benchmarkable else None
         export(cfg, teacher, gen_module, ts, out, result)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
-@torch.no_grad()
-def student_sample_fn(gen_module, schedule, ts, shape):
+def student_sample_fn(gen_module, conditioner, schedule, ts, shape):
+    """A `SampleFn` for the benchmark: multistep sampling with re-noising (one step for len(ts) == 1)."""
+    @torch.no_grad()
     def fn(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        z = torch.randn(len(labels), *shape, generator=g)
-        den = partial(gen_module.denoiser, class_labels=labels.to(z.device))
+        z = torch.randn(len(labels), *shape, generator=g).to(labels.device)
+        den = partial(gen_module.denoiser, **conditioner.cond(labels))
         return multistep(den, schedule, z * gen_module.input_scale, ts, generator=g)
 
     return fn
 
 
-def save_samples(gen_module, conditioner, shape, ts, path: Path, accelerator) -> None:
+def save_samples(gen_module, conditioner, space, shape, ts, path: Path, device) -> None:
+    """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise."""
     from torchvision.utils import save_image
 
-    labels = torch.arange(conditioner.num_classes).repeat(8)
-    images = student_sample_fn(gen_module, gen_module.denoiser.schedule, ts, shape)(
-        labels.to(accelerator.device), torch.Generator().manual_seed(0))
+    columns = min(conditioner.num_classes, 10)
+    labels = torch.arange(columns).repeat(8).to(device)
+    x = student_sample_fn(gen_module, conditioner, gen_module.denoiser.schedule, ts, shape)(
+        labels, torch.Generator().manual_seed(0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.clamp(-1, 1) * 0.5 + 0.5, path, nrow=conditioner.num_classes, padding=1, pad_value=1.0)
+    save_image(space.decode(x) * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
 
 
-def evaluate(cfg, real_score, gen_module, schedule, ts, shape, steps_done, train_minutes) -> dict:
+def evaluate(cfg, real_score, gen_module, conditioner, schedule, ts, shape, steps_done, train_minutes) -> dict:
     bench = DigitsBenchmark()
     floor = bench.floor()
     seeds = list(cfg.eval.seeds)
     gen_module.eval()
     rows = [dict(model="dmd2", sampler="one_step" if len(ts) == 1 else "multistep", nfe=len(ts),
-                 **bench.evaluate(student_sample_fn(gen_module, schedule, ts, shape), seeds))]
+                 **bench.evaluate(student_sample_fn(gen_module, conditioner, schedule, ts, shape), seeds))]
     if cfg.eval.teacher_rows:
         for nfe, default in ((1, False), (cfg.eval.teacher_nfe, True)):
             sampler = "ddim" if nfe == 1 else cfg.eval.teacher_sampler
@@ -382,18 +431,20 @@ def evaluate(cfg, real_score, gen_module, schedule, ts, shape, steps_done, train
 
 
 def export(cfg, teacher, gen_module, ts, out: Path, result: dict | None) -> None:
-    try:
-        from stepdistill.export import export_class_conditional
-    except ImportError:
-        return
+    """The student as a diffusers pipeline folder with a model card (see stepdistill.export)."""
     metrics = {}
     if result is not None:
         student = next(r for r in result["rows"] if r["model"] == "dmd2")
         metrics = {k: student[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")}
     card = dict(base_model=str(cfg.model.teacher), recipe="dmd2", metrics=metrics)
-    path = export_class_conditional(out / "pipeline", gen_module.net, teacher.scheduler_config,
-                                    timesteps=[int(round(float(t))) for t in ts],
-                                    null_label=teacher.net.config.num_class_embeds - 1, model_card=card)
+    timesteps = [int(round(float(t))) for t in ts]
+    if cfg.data.prompts is not None:
+        path = export_text_to_image(out / "pipeline", teacher.root, gen_module.net, timesteps=timesteps,
+                                    model_card=card)
+    else:
+        path = export_class_conditional(out / "pipeline", gen_module.net, teacher.scheduler_config,
+                                        timesteps=timesteps, null_label=teacher.net.config.num_class_embeds - 1,
+                                        model_card=card)
     print(f"exported the student pipeline to {path}")
 
 

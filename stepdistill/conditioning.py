@@ -24,6 +24,9 @@ class ClassConditioner:
         return torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
 
     def cond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Label -1 stands for "no label" and maps to the null class."""
+        if self.null_label is not None:
+            labels = torch.where(labels < 0, torch.full_like(labels, self.null_label), labels)
         return {"class_labels": labels}
 
     def uncond(self, labels: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -37,3 +40,50 @@ class ClassConditioner:
             return labels
         mask = torch.rand(labels.shape, generator=generator).to(labels.device) < p
         return torch.where(mask, torch.full_like(labels, self.null_label), labels)
+
+
+class TextConditioner:
+    """Prompts as `encoder_hidden_states=` for SD-family UNets / transformers.
+
+    Labels are prompt indices (-1 is the empty prompt, the unconditional branch of CFG). Embeddings
+    are computed once per prompt, on first use, and cached in float16 on the CPU; the empty prompt's
+    embedding is computed up front.
+    """
+
+    def __init__(self, prompts: list[str], tokenizer, text_encoder, *, device="cpu"):
+        if not prompts:
+            raise ValueError("TextConditioner needs at least one prompt")
+        self.prompts, self.tokenizer, self.device = prompts, tokenizer, torch.device(device)
+        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        self.num_classes = len(prompts)
+        self._cache: dict[int, torch.Tensor] = {}
+        self.null = self._encode([""])[0]
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(tokens)[0].float()
+
+    def embeddings(self, labels: torch.Tensor) -> torch.Tensor:
+        missing = sorted({int(i) for i in labels.tolist() if i >= 0 and int(i) not in self._cache})
+        if missing:
+            for i, e in zip(missing, self._encode([self.prompts[i] for i in missing])):
+                self._cache[i] = e.half().cpu()
+        rows = [self.null if int(i) < 0 else self._cache[int(i)].float().to(self.device) for i in labels.tolist()]
+        return torch.stack(rows).to(labels.device)
+
+    def sample_labels(self, n: int, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+        return torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
+
+    def cond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"encoder_hidden_states": self.embeddings(labels)}
+
+    def uncond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"encoder_hidden_states": self.embeddings(torch.full_like(labels, -1))}
+
+    def drop(self, labels: torch.Tensor, p: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        if p <= 0:
+            return labels
+        mask = torch.rand(labels.shape, generator=generator).to(labels.device) < p
+        return torch.where(mask, torch.full_like(labels, -1), labels)

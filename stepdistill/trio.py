@@ -28,7 +28,15 @@ from .denoiser import Denoiser
 from .schedules import NoiseSchedule, from_scheduler_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"digits": ASSETS / "digits_teacher"}
+SHIPPED = {"digits": ASSETS / "digits_teacher"}  # name -> folder; "tiny-sd" is built on first use
+
+
+def _shipped(name: str) -> Path | None:
+    if name == "tiny-sd":  # a random SD-shaped pipeline for smoke tests of the text-to-image path
+        from .tiny import ensure_tiny_text_to_image
+
+        return ensure_tiny_text_to_image()
+    return SHIPPED.get(name)
 DENOISER_COMPONENTS = ("unet", "transformer")
 
 __all__ = ["Teacher", "load_teacher", "make_real_score", "make_fake_score", "make_generator", "Generator",
@@ -48,6 +56,21 @@ class Teacher:
     source: str
     component: str = "unet"  # the denoiser's sub-folder name in a pipeline folder
     extra: dict[str, Any] = field(default_factory=dict)  # model_index.json entries of other components
+    root: str = ""  # the local folder or hub id everything was loaded from
+
+    def load_component(self, name: str, *, dtype: torch.dtype | None = None):
+        """Another pipeline component (vae, text_encoder, tokenizer, ...) by its model_index.json entry."""
+        import importlib
+
+        if name not in self.extra:
+            raise TeacherLoadError(f"teacher {self.source} has no {name!r} component; it has {sorted(self.extra)}")
+        library, class_name = self.extra[name]
+        cls = getattr(importlib.import_module(library), class_name)
+        kwargs = {"torch_dtype": dtype} if dtype is not None and hasattr(cls, "dtype") else {}
+        try:
+            return cls.from_pretrained(self.root, subfolder=name, **kwargs)
+        except (OSError, ValueError) as e:
+            raise TeacherLoadError(f"cannot load component {name!r} of teacher {self.source}: {e}") from None
 
     def denoiser(self, *, adapter: str | None = None, net: nn.Module | None = None) -> Denoiser:
         n = self.net if net is None else net
@@ -96,7 +119,7 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
     The scheduler config decides the schedule and prediction type; a folder without one is an error,
     since guessing the parameterisation silently ruins distillation.
     """
-    src = SHIPPED.get(str(source), Path(source))
+    src = _shipped(str(source)) or Path(source)
     if str(source) in SHIPPED and not Path(src).exists():
         raise TeacherLoadError(f"the shipped teacher {source!r} is missing from {src}; "
                                "recreate it with `python recipes/train_teacher.py`")
@@ -123,7 +146,8 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
     except ValueError as e:
         raise TeacherLoadError(f"teacher {source}: {e}") from None
     net = freeze(net.to(device))
-    return Teacher(net, schedule, prediction_type, scheduler_config, str(source), component, extra)
+    root = str(src) if Path(src).exists() else str(source)
+    return Teacher(net, schedule, prediction_type, scheduler_config, str(source), component, extra, root)
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype, revision: str | None):

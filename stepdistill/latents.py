@@ -1,0 +1,33 @@
+"""Where the trio's samples live: pixels, or a VAE's latents (SD-family models)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class PixelSpace:
+    """Identity: the networks see images in [-1, 1]."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(-1, 1)
+
+
+class LatentSpace:
+    """A diffusers `AutoencoderKL`: latents = scaling_factor * (mean of q(z | image) - shift)."""
+
+    def __init__(self, vae):
+        self.vae = vae.eval().requires_grad_(False)
+        self.scale = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return ((posterior.mean - self.shift) * self.scale).float()
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode((x / self.scale + self.shift).to(self.vae.dtype)).sample.float().clamp(-1, 1)
