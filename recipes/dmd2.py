@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from accelerate import Accelerator  # noqa: F401  (type of the Draw helper)
+from accelerate import Accelerator
 from accelerate.utils import broadcast, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -180,147 +180,200 @@ class Draw:
         return torch.stack([it["images"] for it in items]).to(self.acc.device), labels
 
 
-def main(cfg: DMD2Config) -> None:
-    # 1. Validate, then build the trio. Every error is raised here, before any step.
-    start_time = time.time()
+@dataclass
+class Run:
+    """Everything `setup` builds; the step functions below read it."""
+
+    cfg: DMD2Config
+    accelerator: Accelerator
+    teacher: object
+    schedule: object
+    ts: torch.Tensor  # the generator's timesteps
+    shape: tuple[int, ...]
+    conditioner: object
+    space: object
+    dataset: object
+    real_guided: CFGDenoiser
+    fake_score: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    generator: torch.nn.Module
+    head: Optional[torch.nn.Module]
+    opt_g: torch.optim.Optimizer
+    opt_f: torch.optim.Optimizer
+    sched_g: object
+    sched_f: object
+    ema: Optional[EMAModel]
+    resume_from: Optional[Path]
+
+    @property
+    def gen_module(self):
+        return self.accelerator.unwrap_model(self.generator)
+
+    @property
+    def fake_module(self):
+        return self.accelerator.unwrap_model(self.fake_score)
+
+    @property
+    def head_module(self):
+        return self.accelerator.unwrap_model(self.head) if self.head is not None else None
+
+    @property
+    def labelled_real(self) -> bool:
+        return self.dataset is not None and "class_labels" in self.dataset[0]
+
+    def params(self, role: str) -> list[torch.nn.Parameter]:
+        if role == "generator":
+            return [p for p in self.generator.parameters() if p.requires_grad]
+        return [p for p in self.fake_score.parameters() if p.requires_grad] + \
+            (list(self.head.parameters()) if self.head is not None else [])
+
+
+def setup(cfg: DMD2Config) -> Run:
+    """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
     accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, project_dir=cfg.train.output_dir,
-                              log_with=None if cfg.train.report_to == "none" else cfg.train.report_to)
+                                   log_with=None if cfg.train.report_to == "none" else cfg.train.report_to)
     if cfg.train.batch_size % accelerator.num_processes:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
                          f"{accelerator.num_processes} processes")
-    out = Path(cfg.train.output_dir)
-    resume_from = resolve_resume(cfg.train.resume, out)
+    resume_from = resolve_resume(cfg.train.resume, cfg.train.output_dir)
     set_seed(cfg.train.seed)
     teacher = load_teacher(cfg.model.teacher, device=accelerator.device)
     schedule = teacher.schedule
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) == 0 or bool((ts.diff() >= 0).any()) or float(ts.max()) > schedule.t_max:
         raise ValueError(f"model.generator_timesteps must descend within [0, {schedule.t_max}]; got {list(ts)}")
+    conditioner, space, dataset = setup_data(cfg, teacher, accelerator.device)
     real_score = make_real_score(teacher)
     fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
     generator = make_generator(teacher, float(ts[0]), lora_rank=cfg.model.generator_lora_rank,
                                gradient_checkpointing=cfg.model.gradient_checkpointing)
-    conditioner, space, dataset = setup_data(cfg, teacher, accelerator.device)
-    labelled_real = dataset is not None and "class_labels" in dataset[0]
     shape = (teacher.net.config.in_channels, teacher.net.config.sample_size, teacher.net.config.sample_size)
-    real_guided = CFGDenoiser(real_score, cfg.loss.real_guidance)
     head = None
-    if cfg.loss.gan:
-        probe = torch.zeros(1, *shape, device=accelerator.device)
-        head = GANHead.for_denoiser(fake_score, probe, float(ts[0]),
-                                    **conditioner.cond(torch.zeros(1, dtype=torch.long, device=accelerator.device)))
+    if cfg.loss.gan:  # sized by probing the fake score's bottleneck once
+        probe_cond = conditioner.cond(torch.zeros(1, dtype=torch.long, device=accelerator.device))
+        head = GANHead.for_denoiser(fake_score, torch.zeros(1, *shape, device=accelerator.device), float(ts[0]),
+                                    **probe_cond)
 
-    # 2. Optimisers: AdamW for G, and for the fake score together with the GAN head.
-    fake_params = [p for p in fake_score.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    # AdamW for G, and for the fake score together with the GAN head.
     opt_kw = dict(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    fake_params = [p for p in fake_score.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     opt_g = torch.optim.AdamW(gen_params, lr=cfg.optim.lr_generator, **opt_kw)
     opt_f = torch.optim.AdamW(fake_params, lr=cfg.optim.lr_fake, **opt_kw)
     sched_g = get_scheduler("constant_with_warmup", opt_g, num_warmup_steps=cfg.optim.warmup_steps)
     sched_f = get_scheduler("constant_with_warmup", opt_f, num_warmup_steps=cfg.optim.warmup_steps)
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-    head_module = None
     if head is not None:
         head = accelerator.prepare(head)
-        head_module = accelerator.unwrap_model(head)
-    gen_module, fake_module = accelerator.unwrap_model(generator), accelerator.unwrap_model(fake_score)
-    ema = EMAModel(gen_params, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
-    if ema is not None:
+    ema = None
+    if cfg.train.ema_decay:
+        ema = EMAModel(gen_params, decay=cfg.train.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
+    return Run(cfg, accelerator, teacher, schedule, ts, shape, conditioner, space, dataset,
+               CFGDenoiser(real_score, cfg.loss.real_guidance), fake_score, generator, head,
+               opt_g, opt_f, sched_g, sched_f, ema, resume_from)
+
+
+def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
+    """G's samples for this step; multistep generators start from a backward-simulated input."""
+    z = draw.randn(*run.shape)
+    cond = run.conditioner.cond(labels)
+    if len(run.ts) == 1:
+        return run.generator(z, **cond)
+    # The step index is drawn once and broadcast, so every process trains the same step.
+    k = int(broadcast(torch.randint(0, len(run.ts), (1,), generator=draw.g).to(run.accelerator.device)))
+    draw.k = k
+    renoise = [draw.randn(*run.shape) for _ in range(k)]  # global draws: any process count
+    gen = run.gen_module
+    x_k = backward_simulation(partial(gen.denoiser, **cond), run.schedule, z * gen.input_scale, run.ts, k,
+                              renoise=renoise)
+    return run.generator(x_k, float(run.ts[k]), **cond)
+
+
+def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
+    cfg, schedule, shape, conditioner = run.cfg, run.schedule, run.shape, run.conditioner
+    labels = draw.labels(conditioner)
+    with torch.no_grad():
+        x = generate(run, draw, labels)
+    # 1. Denoising loss on detached generator samples, in the teacher's own parameterisation.
+    t = draw.times(UniformTime(), schedule)
+    x_t = schedule.add_noise(x, draw.randn(*shape), t)
+    weight = native_loss_weight(run.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
+    loss = loss_fake = denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x, weight)
+    logs = {"loss_fake": loss_fake.item()}
+    # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
+    if run.head is not None:
+        real, real_labels = draw.real(run.dataset)
+        real = run.space.encode(real)
+        # Real images without labels (an uncaptioned folder): both sides get the null condition, so
+        # the discriminator cannot tell them apart by their conditioning.
+        fake_labels = labels if real_labels is not None else torch.full_like(labels, -1)
+        real_labels = real_labels if real_labels is not None else fake_labels
+        gan_times = UniformTime(0.0, cfg.loss.gan_max_t)
+        t_gan = torch.cat([draw.times(gan_times, schedule), draw.times(gan_times, schedule)])
+        noised = schedule.add_noise(torch.cat([real, x]), torch.cat([draw.randn(*shape), draw.randn(*shape)]), t_gan)
+        # One head call per step (DDP expects each module's forward once per backward).
+        features = bottleneck_features(run.fake_module, noised, t_gan,
+                                       **conditioner.cond(torch.cat([real_labels, fake_labels])))
+        logits_real, logits_fake = run.head(features).chunk(2)
+        loss_d = discriminator_loss(logits_real, logits_fake)
+        loss = loss + cfg.loss.gan_discriminator_weight * loss_d
+        logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
+                 "d_fake": torch.sigmoid(logits_fake).mean().item()}
+    run.accelerator.backward(loss)
+    run.accelerator.clip_grad_norm_(run.params("fake_score"), cfg.optim.grad_clip)
+    run.opt_f.step()
+    run.sched_f.step()
+    run.opt_f.zero_grad(set_to_none=True)
+    return logs
+
+
+def generator_step(run: Run, draw: Draw) -> dict[str, float]:
+    cfg, schedule, shape, conditioner = run.cfg, run.schedule, run.shape, run.conditioner
+    labels = draw.labels(conditioner)
+    x = generate(run, draw, labels)
+    cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
+    # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
+    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
+    x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
+    with torch.no_grad():
+        x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
+        x0_fake = run.fake_score(x_t, t, **cond)
+    loss = loss_dm = dmd_loss(x, x0_real, x0_fake)
+    logs = {"loss_dm": loss_dm.item()}
+    # 2. Non-saturating GAN loss through the fake-score encoder and head, both frozen for this step.
+    if run.head is not None:
+        t_g = draw.times(UniformTime(0.0, cfg.loss.gan_max_t), schedule)
+        gan_cond = cond if run.labelled_real else conditioner.cond(torch.full_like(labels, -1))
+        # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
+        fake, head = run.fake_module, run.head_module
+        with trainable(fake, False), trainable(head, False):
+            features = bottleneck_features(fake, schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
+            loss_g = generator_gan_loss(head(features))
+        loss = loss + cfg.loss.gan_generator_weight * loss_g
+        logs["loss_g_gan"] = loss_g.item()
+    run.accelerator.backward(loss)
+    run.accelerator.clip_grad_norm_(run.params("generator"), cfg.optim.grad_clip)
+    run.opt_g.step()
+    run.sched_g.step()
+    run.opt_g.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(run.params("generator"))
+    return logs
+
+
+def main(cfg: DMD2Config) -> None:
+    start_time = time.time()
+    run = setup(cfg)
+    accelerator, out = run.accelerator, Path(cfg.train.output_dir)
+    start_step = load_checkpoint(accelerator, run.resume_from) if run.resume_from else 0
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
-    dmd_times, fake_times = DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), UniformTime()
-    gan_times = UniformTime(0.0, cfg.loss.gan_max_t)
-    weight = partial(native_loss_weight, teacher.prediction_type)
 
-    def generate(draw: Draw, labels: torch.Tensor) -> torch.Tensor:
-        """G's samples for this step; multistep generators start from a backward-simulated input."""
-        z = draw.randn(*shape)
-        cond = conditioner.cond(labels)
-        if len(ts) == 1:
-            return generator(z, **cond)
-        # The step index is drawn once and broadcast, so every process trains the same step.
-        k = broadcast(torch.randint(0, len(ts), (1,), generator=draw.g).to(accelerator.device))
-        draw.k = int(k)
-        renoise = [draw.randn(*shape) for _ in range(int(k))]  # global draws: any process count
-        x_k = backward_simulation(partial(gen_module.denoiser, **cond), schedule, z * gen_module.input_scale,
-                                  ts, int(k), renoise=renoise)
-        return generator(x_k, float(ts[int(k)]), **cond)
-
-    def fake_score_step(draw: Draw) -> dict[str, float]:
-        labels = draw.labels(conditioner)
-        with torch.no_grad():
-            x = generate(draw, labels)
-        # 1. Denoising loss on detached generator samples, in the teacher's own parameterisation.
-        t = draw.times(fake_times, schedule)
-        x_t = schedule.add_noise(x, draw.randn(*shape), t)
-        loss_fake = denoising_loss(fake_score(x_t, t, **conditioner.cond(labels)), x,
-                                   weight(schedule.alpha(t), schedule.sigma(t)))
-        logs = {"loss_fake": loss_fake.item()}
-        loss = loss_fake
-        # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
-        if head is not None:
-            real, real_labels = draw.real(dataset)
-            real = space.encode(real)
-            # Real images without labels (e.g. an uncaptioned folder): both sides use the null condition,
-            # so the discriminator cannot tell them apart by their conditioning.
-            fake_labels = labels if real_labels is not None else torch.full_like(labels, -1)
-            real_labels = real_labels if real_labels is not None else fake_labels
-            both, both_labels = torch.cat([real, x]), torch.cat([real_labels, fake_labels])
-            t_gan = torch.cat([draw.times(gan_times, schedule), draw.times(gan_times, schedule)])
-            noised = schedule.add_noise(both, torch.cat([draw.randn(*shape), draw.randn(*shape)]), t_gan)
-            # One head call per step (DDP expects each module's forward once per backward).
-            logits_real, logits_fake = head(bottleneck_features(fake_module, noised, t_gan,
-                                                                **conditioner.cond(both_labels))).chunk(2)
-            loss_d = discriminator_loss(logits_real, logits_fake)
-            loss = loss + cfg.loss.gan_discriminator_weight * loss_d
-            logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
-                     "d_fake": torch.sigmoid(logits_fake).mean().item()}
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(fake_params, cfg.optim.grad_clip)
-        opt_f.step()
-        sched_f.step()
-        opt_f.zero_grad(set_to_none=True)
-        return logs
-
-    def generator_step(draw: Draw) -> dict[str, float]:
-        labels = draw.labels(conditioner)
-        x = generate(draw, labels)
-        cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
-        # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
-        t = draw.times(dmd_times, schedule)
-        x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
-        with torch.no_grad():
-            x0_real = real_guided(x_t, t, uncond=uncond, **cond)
-            x0_fake = fake_score(x_t, t, **cond)
-        loss_dm = dmd_loss(x, x0_real, x0_fake)
-        loss, logs = loss_dm, {"loss_dm": loss_dm.item()}
-        # 2. Non-saturating GAN loss through the (frozen for this step) fake-score encoder and head.
-        if head is not None:
-            t_g = draw.times(gan_times, schedule)
-            # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
-            gan_cond = cond if labelled_real else conditioner.cond(torch.full_like(labels, -1))
-            with trainable(fake_module, False), trainable(head_module, False):
-                feats = bottleneck_features(fake_module, schedule.add_noise(x, draw.randn(*shape), t_g), t_g,
-                                            **gan_cond)
-                loss_g = generator_gan_loss(head_module(feats))
-            loss = loss + cfg.loss.gan_generator_weight * loss_g
-            logs["loss_g_gan"] = loss_g.item()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(gen_params, cfg.optim.grad_clip)
-        opt_g.step()
-        sched_g.step()
-        opt_g.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(gen_params)
-        return logs
-
-    # 3. The loop: fake score every step, generator every `update_ratio` steps.
+    # 1. The loop: fake score every step, generator every `update_ratio` steps.
     accelerator.init_trackers("dmd2", config={k: str(v) for k, v in to_dict(cfg).items()})
     bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps,
                desc="dmd2", disable=not accelerator.is_main_process)
@@ -328,9 +381,9 @@ def main(cfg: DMD2Config) -> None:
     log_file, shown = (out / f"log_rank{accelerator.process_index}.jsonl").open("a"), {}
     for step in bar:
         draw = Draw(accelerator, cfg.train.batch_size, cfg.train.seed, step)
-        logs = fake_score_step(draw)
+        logs = fake_score_step(run, draw)
         if step % cfg.optim.update_ratio == 0:
-            logs |= generator_step(draw)
+            logs |= generator_step(run, draw)
         if draw.k is not None:
             logs["backsim_step"] = draw.k
         log_file.write(json.dumps({"step": step, **logs}) + "\n")
@@ -341,8 +394,7 @@ def main(cfg: DMD2Config) -> None:
             bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
             accelerator.log(shown, step=done)
         if done % cfg.train.sample_every == 0 and accelerator.is_main_process:
-            save_samples(gen_module, conditioner, space, shape, ts, out / "samples" / f"step_{done:08d}.png",
-                         accelerator.device)
+            save_samples(run, out / "samples" / f"step_{done:08d}.png")
         out_of_time = (cfg.train.time_limit_minutes is not None
                        and time.time() - start_time > 60 * cfg.train.time_limit_minutes)
         out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
@@ -354,56 +406,58 @@ def main(cfg: DMD2Config) -> None:
     steps_done = step + 1 if cfg.train.max_steps > start_step else start_step
     train_minutes = (time.time() - start_time) / 60
 
-    # 4. Evaluate on the digits benchmark (teacher rows in the same run), then export.
-    if ema is not None:
-        ema.copy_to(gen_params)
+    # 2. Evaluate on the digits benchmark (teacher rows in the same run), then export.
+    if run.ema is not None:
+        run.ema.copy_to(run.params("generator"))
     if accelerator.is_main_process:
-        save_samples(gen_module, conditioner, space, shape, ts, out / "samples" / "final.png", accelerator.device)
+        save_samples(run, out / "samples" / "final.png")
         # The digits benchmark measures class-conditional 16x16 students; text-to-image students are
         # measured by eval/ (FID / CLIP) on their exported pipeline.
-        benchmarkable = isinstance(conditioner, ClassConditioner) and shape == (1, 16, 16)
-        result = evaluate(cfg, real_score, gen_module, conditioner, schedule, ts, shape, steps_done, train_minutes) \
-            if cfg.eval.enabled and benchmarkable else None
-        export(cfg, teacher, gen_module, ts, out, result)
+        benchmarkable = isinstance(run.conditioner, ClassConditioner) and run.shape == (1, 16, 16)
+        result = evaluate(run, steps_done, train_minutes) if cfg.eval.enabled and benchmarkable else None
+        export(run, out / "pipeline", result)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
-def student_sample_fn(gen_module, conditioner, schedule, ts, shape):
-    """A `SampleFn` for the benchmark: multistep sampling with re-noising (one step for len(ts) == 1)."""
+def student_sample_fn(run: Run):
+    """A `SampleFn` for the benchmark: multistep sampling with re-noising (one step for one time)."""
+    gen = run.gen_module
+
     @torch.no_grad()
     def fn(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        z = torch.randn(len(labels), *shape, generator=g).to(labels.device)
-        den = partial(gen_module.denoiser, **conditioner.cond(labels))
-        return multistep(den, schedule, z * gen_module.input_scale, ts, generator=g)
+        z = torch.randn(len(labels), *run.shape, generator=g).to(labels.device)
+        den = partial(gen.denoiser, **run.conditioner.cond(labels))
+        return multistep(den, run.schedule, z * gen.input_scale, run.ts, generator=g)
 
     return fn
 
 
-def save_samples(gen_module, conditioner, space, shape, ts, path: Path, device) -> None:
+def save_samples(run: Run, path: Path) -> None:
     """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise."""
     from torchvision.utils import save_image
 
-    columns = min(conditioner.num_classes, 10)
-    labels = torch.arange(columns).repeat(8).to(device)
-    x = student_sample_fn(gen_module, conditioner, gen_module.denoiser.schedule, ts, shape)(
-        labels, torch.Generator().manual_seed(0))
+    columns = min(run.conditioner.num_classes, 10)
+    labels = torch.arange(columns).repeat(8).to(run.accelerator.device)
+    x = student_sample_fn(run)(labels, torch.Generator().manual_seed(0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(space.decode(x) * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
+    save_image(run.space.decode(x) * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
 
 
-def evaluate(cfg, real_score, gen_module, conditioner, schedule, ts, shape, steps_done, train_minutes) -> dict:
+def evaluate(run: Run, steps_done: int, train_minutes: float) -> dict:
+    cfg = run.cfg
     bench = DigitsBenchmark()
     floor = bench.floor()
     seeds = list(cfg.eval.seeds)
-    gen_module.eval()
-    rows = [dict(model="dmd2", sampler="one_step" if len(ts) == 1 else "multistep", nfe=len(ts),
-                 **bench.evaluate(student_sample_fn(gen_module, conditioner, schedule, ts, shape), seeds))]
+    run.gen_module.eval()
+    rows = [dict(model="dmd2", sampler="one_step" if len(run.ts) == 1 else "multistep", nfe=len(run.ts),
+                 **bench.evaluate(student_sample_fn(run), seeds))]
     if cfg.eval.teacher_rows:
+        real = run.real_guided.denoiser
         for nfe, default in ((1, False), (cfg.eval.teacher_nfe, True)):
             sampler = "ddim" if nfe == 1 else cfg.eval.teacher_sampler
-            steps = steps_for_nfe(sampler, nfe)
-            fn = teacher_sample_fn(real_score, schedule, sampler=sampler, steps=steps, shape=shape)
+            fn = teacher_sample_fn(real, run.schedule, sampler=sampler, steps=steps_for_nfe(sampler, nfe),
+                                   shape=run.shape)
             rows.append(dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds),
                              **({"default": True} if default else {})))
     teacher_default = next((r for r in rows if r.get("default")), None)
@@ -430,21 +484,21 @@ def evaluate(cfg, real_score, gen_module, conditioner, schedule, ts, shape, step
     return result
 
 
-def export(cfg, teacher, gen_module, ts, out: Path, result: dict | None) -> None:
+def export(run: Run, folder: Path, result: dict | None) -> None:
     """The student as a diffusers pipeline folder with a model card (see stepdistill.export)."""
+    cfg, teacher = run.cfg, run.teacher
     metrics = {}
     if result is not None:
         student = next(r for r in result["rows"] if r["model"] == "dmd2")
         metrics = {k: student[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")}
     card = dict(base_model=str(cfg.model.teacher), recipe="dmd2", metrics=metrics)
-    timesteps = [int(round(float(t))) for t in ts]
+    timesteps = [int(round(float(t))) for t in run.ts]
+    net = run.gen_module.net
     if cfg.data.prompts is not None:
-        path = export_text_to_image(out / "pipeline", teacher.root, gen_module.net, timesteps=timesteps,
-                                    model_card=card)
+        path = export_text_to_image(folder, teacher.root, net, timesteps=timesteps, model_card=card)
     else:
-        path = export_class_conditional(out / "pipeline", gen_module.net, teacher.scheduler_config,
-                                        timesteps=timesteps, null_label=teacher.net.config.num_class_embeds - 1,
-                                        model_card=card)
+        path = export_class_conditional(folder, net, teacher.scheduler_config, timesteps=timesteps,
+                                        null_label=teacher.net.config.num_class_embeds - 1, model_card=card)
     print(f"exported the student pipeline to {path}")
 
 
