@@ -164,7 +164,6 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, pipeline_call=call, **card)
         _check_complete(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only
     return folder
 
 
@@ -231,7 +230,6 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
         _check_complete(tmp)
-        os.chmod(tmp, 0o755)
     return folder
 
 
@@ -262,7 +260,6 @@ def write_model_card(folder: str | Path, *, base_model: str | None, recipe: str,
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = Path(folder) / "README.md"
     atomic_write_text(path, str(card))
-    os.chmod(path, 0o644)  # mkstemp makes it owner-only
     return path
 
 

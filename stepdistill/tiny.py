@@ -177,7 +177,6 @@ def build_tiny_text_to_image(folder: str | Path, *, seed: int = 0, prediction_ty
         pipe = _build_pipeline(seed, prediction_type)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only
     return folder
 
 
