@@ -3,7 +3,7 @@
     accelerate launch recipes/dmd2.py                                        # digits, 1 step, CPU minutes
     accelerate launch recipes/dmd2.py --config recipes/configs/dmd2/sd15.yaml   # a real model
     accelerate launch --multi_gpu --num_processes 2 recipes/dmd2.py train.max_steps=20
-    accelerate launch recipes/dmd2.py train.resume=latest                    # after preemption
+    accelerate launch recipes/dmd2.py --resume latest                        # after preemption
 
 Algorithm (paper Sec. 4, official code `train_sd.py`): a generator G, initialised from the teacher,
 maps noise to images. Every step the fake score (an online denoiser of G's samples) takes a
@@ -41,7 +41,7 @@ from stepdistill.config import load_config, save_config, to_dict
 from stepdistill.data import DigitsDataset, ImageFolder, load_prompts
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.distributed import make_accelerator
-from stepdistill.export import export_class_conditional, export_text_to_image
+from stepdistill.export import export_class_conditional, export_text_to_image, push_to_hub
 from stepdistill.heads import GANHead, bottleneck_features
 from stepdistill.io import atomic_write_text
 from stepdistill.latents import LatentSpace, PixelSpace
@@ -99,7 +99,6 @@ class TrainConfig:
     time_limit_minutes: Optional[float] = None  # stop early (and still evaluate/export) after this long
     output_dir: str = "outputs/dmd2_digits"
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    resume: Optional[str] = None  # "latest" or a checkpoint folder
 
 
 @dataclass
@@ -120,6 +119,13 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    enabled: bool = True  # write OUTPUT/pipeline (a diffusers folder with a model card)
+    hub_repo: Optional[str] = None  # also upload it; the token comes from HF_TOKEN / huggingface-cli login
+    private: bool = True
+
+
+@dataclass
 class DMD2Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -127,6 +133,8 @@ class DMD2Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 def setup_data(cfg: DMD2Config, teacher, device):
@@ -262,7 +270,7 @@ def setup(cfg: DMD2Config) -> Run:
     if cfg.train.batch_size % accelerator.num_processes:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
                          f"{accelerator.num_processes} processes")
-    resume_from = resolve_resume(cfg.train.resume, cfg.train.output_dir)
+    resume_from = resolve_resume(cfg.resume, cfg.train.output_dir)
     set_seed(cfg.train.seed)
     teacher = load_teacher(cfg.model.teacher, device=accelerator.device)
     schedule = teacher.schedule
@@ -456,7 +464,10 @@ def main(cfg: DMD2Config) -> None:
         # measured by eval/ (FID / CLIP) on their exported pipeline.
         benchmarkable = isinstance(run.conditioner, ClassConditioner) and run.shape == (1, 16, 16)
         result = evaluate(run, steps_done, train_minutes) if cfg.eval.enabled and benchmarkable else None
-        export(run, out / "pipeline", result)
+        if cfg.export.enabled:
+            folder = export(run, out / "pipeline", result)
+            if cfg.export.hub_repo:
+                print(f"uploaded to {push_to_hub(folder, cfg.export.hub_repo, private=cfg.export.private)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -525,7 +536,7 @@ def evaluate(run: Run, steps_done: int, train_minutes: float) -> dict:
     return result
 
 
-def export(run: Run, folder: Path, result: dict | None) -> None:
+def export(run: Run, folder: Path, result: dict | None) -> Path:
     """The student as a diffusers pipeline folder with a model card (see stepdistill.export)."""
     cfg, teacher = run.cfg, run.teacher
     metrics = {}
@@ -541,6 +552,7 @@ def export(run: Run, folder: Path, result: dict | None) -> None:
         path = export_class_conditional(folder, net, teacher.scheduler_config, timesteps=timesteps,
                                         null_label=teacher.net.config.num_class_embeds - 1, model_card=card)
     print(f"exported the student pipeline to {path}")
+    return path
 
 
 if __name__ == "__main__":

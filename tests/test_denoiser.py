@@ -146,3 +146,18 @@ def test_unknown_prediction_type_is_named(tiny_unet):
     schedule, _ = from_scheduler_config(DDIMScheduler())
     with pytest.raises(ValueError, match="x_start"):
         Denoiser(tiny_unet, schedule, "x_start")
+
+
+def test_denoiser_dit_with_learned_variance():
+    """DiT-style class-conditional transformers predict (eps, variance) stacked on channels."""
+    from diffusers import DiTTransformer2DModel
+
+    net = DiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=1,
+                                num_attention_heads=2, attention_head_dim=8, num_embeds_ada_norm=10).eval()
+    schedule, _ = from_scheduler_config(DDIMScheduler())
+    x_t, t, y = torch.randn(2, 4, 8, 8), torch.tensor([100.0, 800.0]), torch.tensor([1, 7])
+    with torch.no_grad():
+        out = net(x_t, timestep=t, class_labels=y).sample
+        x0 = Denoiser(net, schedule, "epsilon", learn_sigma=True)(x_t, t, class_labels=y)
+    assert out.shape[1] == 8
+    torch.testing.assert_close(x0, to_x0("epsilon", x_t, out[:, :4], schedule.alpha(t), schedule.sigma(t)))

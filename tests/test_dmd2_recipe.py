@@ -51,7 +51,7 @@ def test_resume_continues_at_the_saved_step_with_identical_state(teacher_dir, tm
     dmd2.main(_cfg(*_overrides(teacher_dir, resumed, "train.max_steps=2", "train.checkpoint_every=2")))
     first = [json.loads(line) for line in (resumed / "log_rank0.jsonl").read_text().splitlines()]
     dmd2.main(_cfg(*_overrides(teacher_dir, resumed, "train.max_steps=4", "train.checkpoint_every=2",
-                               "train.resume=latest")))
+                               "resume=latest")))
     log = [json.loads(line) for line in (resumed / "log_rank0.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1, 2, 3] and len(first) == 2  # continued at step 2
     a, b = _generator_weights(straight), _generator_weights(resumed)
@@ -64,11 +64,47 @@ def test_resume_continues_at_the_saved_step_with_identical_state(teacher_dir, tm
         torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=0)
 
 
+CHILD = r"""
+import importlib.abc, sys
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "stepdistill":
+            raise ImportError("stepdistill is hidden in this process")
+
+sys.meta_path.insert(0, Hide())
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import save_file
+
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+images = pipe(class_labels=[3, 7], generator=torch.Generator().manual_seed(0), output_type="pt").images
+save_file({"images": images.contiguous()}, sys.argv[2])
+"""
+
+
+def test_exported_student_reproduces_the_trained_generator_without_stepdistill(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    dmd2.main(_cfg(*_overrides(teacher_dir, out, "train.max_steps=2", "train.checkpoint_every=2")))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
+    child = subprocess.run([sys.executable, "-I", "-c", CHILD, str(out / "pipeline"), str(tmp_path / "x.safetensors")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    from stepdistill.trio import load_teacher, make_generator
+
+    gen = make_generator(load_teacher(teacher_dir))
+    gen.net.load_state_dict({k.removeprefix("denoiser.net."): v for k, v in _generator_weights(out).items()})
+    with torch.no_grad():
+        z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        expected = gen(z, class_labels=torch.tensor([3, 7])).clamp(-1, 1) * 0.5 + 0.5
+    torch.testing.assert_close(load_file(str(tmp_path / "x.safetensors"))["images"], expected, atol=1e-5, rtol=0)
+
+
 def test_bad_input_fails_before_any_step(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="generator_timesteps"):
         dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "x", "model.generator_timesteps=[499,999]")))
     with pytest.raises(FileNotFoundError, match="incomplete"):
-        dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "y", f"train.resume={tmp_path / 'nothing'}")))
+        dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "y", f"resume={tmp_path / 'nothing'}")))
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 

@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler
 from stepdistill.data.toy2d import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.denoiser import from_x0
 from stepdistill.samplers import (SAMPLERS, ddim, multistep, nfe_of, prior_noise, sample, steps_for_nfe)
-from stepdistill.schedules import EDM, RectifiedFlow, from_scheduler_config, time_grid
+from stepdistill.schedules import EDM, RectifiedFlow, from_scheduler_config
 
 MIXTURE = GaussianMixture()
 
