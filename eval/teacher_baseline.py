@@ -77,7 +77,7 @@ def sample_grid(fns: dict, path: Path) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n| model | sampler | NFE | FD (mean ± std) | KID | accuracy | ms / image |\n|---|---|---|---|---|---|---|")
+    print("\n| model | sampler | NFE | FD (mean ± std) | KID | accuracy | ms / image |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']}{' (default)' if r.get('default') else ''} | {r['sampler']} | {r['nfe']} | "
               f"{r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | {r['accuracy']:.3f} | "

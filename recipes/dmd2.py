@@ -45,7 +45,8 @@ from stepdistill.export import export_class_conditional, export_text_to_image, p
 from stepdistill.heads import GANHead, bottleneck_features
 from stepdistill.io import atomic_write_text
 from stepdistill.latents import LatentSpace, PixelSpace
-from stepdistill.losses import denoising_loss, discriminator_loss, dmd_loss, generator_gan_loss
+from stepdistill import ops
+from stepdistill.losses import denoising_loss, discriminator_loss, generator_gan_loss
 from stepdistill.samplers import backward_simulation, multistep, steps_for_nfe
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.trio import load_teacher, make_fake_score, make_generator, make_real_score, trainable
@@ -379,7 +380,7 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
     with torch.no_grad():
         x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
         x0_fake = run.fake_score(x_t, t, **cond)
-    loss = loss_dm = dmd_loss(x, x0_real, x0_fake)
+    loss = loss_dm = ops.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
     logs = {"loss_dm": loss_dm.item()}
     # 2. Non-saturating GAN loss through the fake-score encoder and head, both frozen for this step.
     if run.head is not None:

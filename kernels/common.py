@@ -1,0 +1,39 @@
+"""Torch-side helpers shared by the fused losses (no Triton import, so references stay importable anywhere)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Check that all tensors have the same (B, ...) shape and return each as a contiguous (B, N) view.
+
+    The kernels index sample b, element n at `b * N + n`, so they need contiguous rows; a copy is made
+    only for a non-contiguous input (Liger's `ensure_contiguous`).
+    """
+    shape = tensors[0].shape
+    if len(shape) < 2 or shape[0] == 0:
+        raise ValueError(f"expected (B, ...) tensors with B >= 1 and a feature dim, got shape {tuple(shape)}")
+    for t in tensors[1:]:
+        if t.shape != shape:
+            raise ValueError(f"shape mismatch: {tuple(t.shape)} vs {tuple(shape)}")
+        if t.device != tensors[0].device:
+            raise ValueError(f"device mismatch: {t.device} vs {tensors[0].device}")
+    return [t.contiguous().view(shape[0], -1) for t in tensors]
+
+
+def per_sample(value: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A float or a (B,) tensor as a contiguous float32 (B,) vector on `like`'s device."""
+    v = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    if v.ndim == 0:
+        v = v.expand(batch)
+    if v.shape != (batch,):
+        raise ValueError(f"expected a float or a ({batch},) per-sample tensor, got shape {tuple(v.shape)}")
+    return v.contiguous()
+
+
+def is_one(grad_output: torch.Tensor) -> bool:
+    """Liger's fast path: the backward of a scalar loss usually starts at exactly 1, so the saved
+    gradient can be returned as is instead of paying one more full read + write to scale it.
+    (`item()` is one host sync on CUDA, far cheaper than that pass.)"""
+    return grad_output.numel() == 1 and grad_output.item() == 1.0

@@ -1,0 +1,81 @@
+"""What an autograd graph keeps for backward: the memory figure the fused losses are judged on (CPU-measurable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class SavedBytes:
+    """Bytes packed by autograd between forward and backward.
+
+    saved: everything packed (numel * element_size of each saved tensor);
+    new:   the part not sharing storage with an argument, i.e. memory that would not exist without the graph
+           (saving an input only extends the life of a tensor the caller already holds).
+    """
+
+    saved: int
+    new: int
+
+
+def saved_bytes(loss_fn: Callable[..., torch.Tensor], *args: object) -> SavedBytes:
+    """Run `loss_fn(*args)` under `torch.autograd.graph.saved_tensors_hooks` and total what is packed."""
+    arg_storages = {a.untyped_storage().data_ptr() for a in args if torch.is_tensor(a)}
+    saved = new = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved, new
+        size = t.numel() * t.element_size()
+        saved += size
+        if t.untyped_storage().data_ptr() not in arg_storages:
+            new += size
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(*args)
+    return SavedBytes(saved, new)
+
+
+def loss_and_grads(
+    loss_fn: Callable[..., torch.Tensor], args: tuple[object, ...], scale: float = 1.0
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The loss and, after `(scale * loss).backward()`, the .grad of every tensor argument that requires grad
+    (scale != 1 exercises the grad_output != 1 path)."""
+    leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+    for leaf in leaves:
+        leaf.grad = None
+    loss = loss_fn(*args)
+    (loss * scale if scale != 1.0 else loss).backward()
+    return loss.detach(), [leaf.grad for leaf in leaves]
+
+
+def max_errors(
+    fused: Callable[..., torch.Tensor], reference: Callable[..., torch.Tensor], args: tuple[object, ...],
+    scale: float = 1.0,
+) -> dict[str, float]:
+    """Largest absolute differences fused - reference: the loss, and each gradient (also relative to the
+    reference gradient's largest entry)."""
+    loss_f, grads_f = loss_and_grads(fused, args, scale)
+    loss_r, grads_r = loss_and_grads(reference, args, scale)
+    out = {"loss": float((loss_f - loss_r).abs()), "loss_value": float(loss_r)}
+    for k, (gf, gr) in enumerate(zip(grads_f, grads_r)):
+        err = float((gf.float() - gr.float()).abs().max())
+        out[f"grad{k}"] = err
+        out[f"grad{k}_rel"] = err / max(float(gr.float().abs().max()), 1e-30)
+    return out
+
+
+def randn(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, *, strided: bool = False,
+    requires_grad: bool = False,
+) -> torch.Tensor:
+    """A standard-normal (B, ...) leaf tensor; `strided=True` makes it a non-contiguous view (every other
+    element of the last dim of a twice-wider tensor), the case the fused functions must copy."""
+    if strided:
+        t = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype, device=device)[..., ::2]
+    else:
+        t = torch.randn(shape, dtype=dtype, device=device)
+    return t.requires_grad_(requires_grad)
