@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test teacher classifier baseline clean
+.PHONY: venv demo teacher-demo test teacher classifier baseline overhead clean
 
 venv: $(VENV)/.installed
 
@@ -17,8 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-# Teacher baseline on the shipped digits teacher: FD / accuracy / speed at 1, 8 and 35 NFE (~3 min).
+# The main job on the embedded default: DMD2 distils the shipped digits teacher into a one-step
+# generator, then prints teacher-vs-student FD / accuracy / speed-up, writes sample grids under
+# outputs/dmd2_digits/samples and the exported pipeline under outputs/dmd2_digits/pipeline (~15 min).
 demo: venv
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/dmd2.py eval.results=outputs/dmd2_digits/dmd2_digits.json
+
+# The shipped teacher's sampler baseline: FD / accuracy / speed at 1, 8 and 35 NFE (~3 min).
+teacher-demo: venv
 	$(PY) eval/teacher_baseline.py --demo --seeds 0 1 --out outputs/demo/teacher_digits.json
 
 test: venv
@@ -30,7 +37,9 @@ teacher: venv
 classifier: venv
 	$(PY) recipes/train_classifier.py
 baseline: venv
-	$(PY) eval/teacher_baseline.py
+	$(PY) eval/teacher_baseline.py --seeds 0 1 2
+overhead: venv
+	$(PY) eval/dmd2_step_overhead.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

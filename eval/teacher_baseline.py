@@ -32,12 +32,17 @@ GRID = {"ddim": [1, 2, 4, 8, 16, 32, DEFAULT_NFE], "dpmpp_2m": [1, 2, 4, 8, 16, 
 
 
 def resolving_power(rows: list[dict], default: dict, nfe: int = 8) -> dict:
-    """How many pooled seed-to-seed standard deviations separate the default row from NFE `nfe`."""
+    """How far apart the default row and NFE `nfe` of the same sampler are, in standard deviations:
+    unpaired (pooled seed-to-seed std) and paired (every row uses the same seeds, so the per-seed
+    differences share their sampling noise: common random numbers)."""
     few = next(r for r in rows if r["sampler"] == default["sampler"] and r["nfe"] == nfe)
     pooled = float(np.sqrt((few["fd_std"] ** 2 + default["fd_std"] ** 2) / 2))
+    diffs = np.array(few["fd_per_seed"]) - np.array(default["fd_per_seed"])
     return dict(sampler=default["sampler"], nfe=nfe, default_nfe=default["nfe"],
                 fd_difference=few["fd"] - default["fd"], pooled_std=pooled,
-                separation_in_pooled_std=(few["fd"] - default["fd"]) / pooled)
+                separation_in_pooled_std=(few["fd"] - default["fd"]) / pooled,
+                per_seed_differences=[round(float(d), 4) for d in diffs],
+                paired_separation=float(diffs.mean() / diffs.std(ddof=1)))
 
 
 def plot(result: dict, path: Path) -> None:
@@ -133,7 +138,9 @@ def main() -> None:
           f"NFE {default['nfe']}: FD {default['fd']:.3f} ± {default['fd_std']:.3f}")
     print_table(rows)
     if result["resolving_power"]:
-        print(f"NFE 8 vs default: {result['resolving_power']['separation_in_pooled_std']:.1f} pooled std apart")
+        rp = result["resolving_power"]
+        print(f"NFE 8 vs default: {rp['separation_in_pooled_std']:.1f} pooled std apart, "
+              f"{rp['paired_separation']:.1f} std of the paired per-seed differences")
     print(f"wrote {args.out}")
 
 

@@ -71,15 +71,15 @@ class LossConfig:
     # DMD2 authors' advice: pick the generator's GAN weight so that its gradient on the generated
     # image has `gan_balance` times the norm of the distribution-matching gradient. When set, the
     # weight follows that ratio (EMA-smoothed) instead of `gan_generator_weight`.
-    gan_balance: Optional[float] = None
+    gan_balance: Optional[float] = 1.0
     gan_discriminator_weight: float = 1e-1
-    gan_max_t: float = 1.0  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
+    gan_max_t: float = 0.5  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
 
 
 @dataclass
 class OptimConfig:
-    lr_generator: float = 5e-5
-    lr_fake: float = 1e-4
+    lr_generator: float = 1e-4
+    lr_fake: float = 2e-4
     betas: tuple[float, float] = (0.0, 0.99)
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -89,15 +89,16 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 3000
+    max_steps: int = 2400
     batch_size: int = 64  # global: split across processes
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
-    ema_decay: Optional[float] = None
+    ema_decay: Optional[float] = 0.99
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 500
-    time_limit_minutes: Optional[float] = None  # stop early (and still evaluate/export) after this long
+    # Stop early (then still evaluate and export) after this long: keeps the CPU default within 15 min.
+    time_limit_minutes: Optional[float] = 12.5
     output_dir: str = "outputs/dmd2_digits"
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
 
