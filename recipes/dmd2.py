@@ -98,7 +98,7 @@ class TrainConfig:
     sample_every: int = 500
     checkpoint_every: int = 500
     # Stop early (then still evaluate and export) after this long: keeps the CPU default within 15 min.
-    time_limit_minutes: Optional[float] = 12.5
+    time_limit_minutes: Optional[float] = 11.5
     output_dir: str = "outputs/dmd2_digits"
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
 
