@@ -23,6 +23,7 @@ Weights are safetensors only; nothing is pickled. Every folder appears in one re
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import textwrap
@@ -301,9 +302,10 @@ def _lcm_scheduler(config: Mapping, **overrides):
     if config.get("prediction_type") not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"scheduler config has prediction_type={config.get('prediction_type')!r}; "
                          "expected one of epsilon, v_prediction, sample")
-    config.pop("_class_name", None)
-    # The teacher's values, defaults included, are its schedule: LCMScheduler's defaults differ (SD's betas).
-    config.pop("_use_default_values", None)
+    # Keep only what LCMScheduler takes (a DDPM config's variance_type etc. mean nothing to it); the
+    # teacher's values, defaults included, are its schedule: LCMScheduler's defaults differ (SD's betas).
+    accepted = set(inspect.signature(LCMScheduler.__init__).parameters) - {"self"}
+    config = {k: v for k, v in config.items() if k in accepted}
     config.update(overrides, timestep_scaling=TIMESTEP_SCALING,
                   # with k = 1, LCM's default schedule for K steps is 999 - floor(i * N / K): DMD2's evenly spaced
                   # steps ([999, 749, 499, 249] for K = 4), and every custom timestep lies on its grid
