@@ -31,14 +31,15 @@ GRID = {"ddim": [1, 2, 4, 8, 16, 32, DEFAULT_NFE], "dpmpp_2m": [1, 2, 4, 8, 16, 
         "heun": [7, 15, DEFAULT_NFE]}
 
 
-def resolving_power(rows: list[dict], default: dict, nfe: int = 8) -> dict:
-    """How far apart the default row and NFE `nfe` of the same sampler are, in standard deviations:
-    unpaired (pooled seed-to-seed std) and paired (every row uses the same seeds, so the per-seed
-    differences share their sampling noise: common random numbers)."""
-    few = next(r for r in rows if r["sampler"] == default["sampler"] and r["nfe"] == nfe)
+def resolving_power(rows: list[dict], default: dict, nfe: int = 8, sampler: str | None = None) -> dict:
+    """How far apart the default row and `sampler` (default: the default row's) at NFE `nfe` are, in
+    standard deviations: unpaired (pooled seed-to-seed std) and paired (every row uses the same
+    seeds, so the per-seed differences share their sampling noise: common random numbers)."""
+    sampler = sampler or default["sampler"]
+    few = next(r for r in rows if r["sampler"] == sampler and r["nfe"] == nfe)
     pooled = float(np.sqrt((few["fd_std"] ** 2 + default["fd_std"] ** 2) / 2))
     diffs = np.array(few["fd_per_seed"]) - np.array(default["fd_per_seed"])
-    return dict(sampler=default["sampler"], nfe=nfe, default_nfe=default["nfe"],
+    return dict(sampler=sampler, nfe=nfe, default_sampler=default["sampler"], default_nfe=default["nfe"],
                 fd_difference=few["fd"] - default["fd"], pooled_std=pooled,
                 separation_in_pooled_std=(few["fd"] - default["fd"]) / pooled,
                 per_seed_differences=[round(float(d), 4) for d in diffs],
@@ -123,7 +124,9 @@ def main() -> None:
         n_samples=bench.n_samples, seeds=args.seeds, batch_size=bench.n_samples,
         floor_fd=floor["fd"], floor_kid=floor["kid"], floor_accuracy=floor["accuracy"],
         feature_dim=floor["feature_dim"], effective_dimension=floor["effective_dimension"],
-        resolving_power=resolving_power(rows, default) if grid is GRID else None,
+        # The NFE sweep's baseline sampler (DDIM) and the default's own sampler, each at 8 NFE.
+        resolving_power=[resolving_power(rows, default, sampler=s) for s in ("ddim", default["sampler"])]
+        if grid is GRID else None,
         machine=dict(platform=platform.platform(), torch=torch.__version__, threads=torch.get_num_threads(),
                      device="cpu"),
         date=datetime.date.today().isoformat(), rows=rows,
@@ -138,9 +141,9 @@ def main() -> None:
           f"NFE {default['nfe']}: FD {default['fd']:.3f} ± {default['fd_std']:.3f}")
     print_table(rows)
     if result["resolving_power"]:
-        rp = result["resolving_power"]
-        print(f"NFE 8 vs default: {rp['separation_in_pooled_std']:.1f} pooled std apart, "
-              f"{rp['paired_separation']:.1f} std of the paired per-seed differences")
+        for rp in result["resolving_power"]:
+            print(f"{rp['sampler']} at NFE 8 vs the default: {rp['separation_in_pooled_std']:.1f} pooled std apart, "
+                  f"{rp['paired_separation']:.1f} std of the paired per-seed differences")
     print(f"wrote {args.out}")
 
 
