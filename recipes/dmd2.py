@@ -71,9 +71,9 @@ class LossConfig:
     # DMD2 authors' advice: pick the generator's GAN weight so that its gradient on the generated
     # image has `gan_balance` times the norm of the distribution-matching gradient. When set, the
     # weight follows that ratio (EMA-smoothed) instead of `gan_generator_weight`.
-    gan_balance: Optional[float] = 1.0
+    gan_balance: Optional[float] = 2.0
     gan_discriminator_weight: float = 1e-1
-    gan_max_t: float = 0.5  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
+    gan_max_t: float = 0.2  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
 
 
 @dataclass
