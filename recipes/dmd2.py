@@ -241,6 +241,7 @@ class Run:
     ema: Optional[EMAModel]
     gan_weight: GANWeight
     resume_from: Optional[Path]
+    labelled_real: bool  # real images carry class labels (read once: an item may decode an image)
 
     @property
     def gen_module(self):
@@ -253,10 +254,6 @@ class Run:
     @property
     def head_module(self):
         return self.accelerator.unwrap_model(self.head) if self.head is not None else None
-
-    @property
-    def labelled_real(self) -> bool:
-        return self.dataset is not None and "class_labels" in self.dataset[0]
 
     def params(self, role: str) -> list[torch.nn.Parameter]:
         if role == "generator":
@@ -313,7 +310,8 @@ def setup(cfg: DMD2Config) -> Run:
     accelerator.register_for_checkpointing(gan_weight)
     return Run(cfg, accelerator, teacher, schedule, ts, shape, conditioner, space, dataset,
                CFGDenoiser(real_score, cfg.loss.real_guidance), fake_score, generator, head,
-               opt_g, opt_f, sched_g, sched_f, ema, gan_weight, resume_from)
+               opt_g, opt_f, sched_g, sched_f, ema, gan_weight, resume_from,
+               labelled_real=dataset is not None and "class_labels" in dataset[0])
 
 
 def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
