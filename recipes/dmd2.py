@@ -19,37 +19,28 @@ same data, so their runs agree up to reduction order.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, set_seed
-from diffusers.optimization import get_scheduler
+from accelerate.utils import broadcast
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
-from stepdistill.benchmark import DigitsBenchmark, teacher_sample_fn
-from stepdistill.checkpointing import load_checkpoint, resolve_resume, save_checkpoint
-from stepdistill.conditioning import ClassConditioner, TextConditioner
-from stepdistill.config import load_config, save_config, to_dict
-from stepdistill.data import DigitsDataset, ImageFolder, load_prompts
-from stepdistill.denoiser import CFGDenoiser, native_loss_weight
-from stepdistill.distributed import make_accelerator
-from stepdistill.export import export_class_conditional, export_text_to_image, push_to_hub
-from stepdistill.heads import GANHead, bottleneck_features
-from stepdistill.io import atomic_write_text
-from stepdistill.latents import LatentSpace, PixelSpace
 from stepdistill import ops
+from stepdistill.checkpointing import load_checkpoint
+from stepdistill.config import load_config, save_config
+from stepdistill.denoiser import CFGDenoiser, native_loss_weight
+from stepdistill.heads import GANHead, bottleneck_features
 from stepdistill.losses import denoising_loss, discriminator_loss, generator_gan_loss
-from stepdistill.samplers import backward_simulation, multistep, steps_for_nfe
+from stepdistill.samplers import backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
-from stepdistill.trio import load_teacher, make_fake_score, make_generator, make_real_score, trainable
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Student, TrainConfig, finish,
+                                  make_ema, make_optimizer, save_samples, setup_data, start, train_loop)
+from stepdistill.trio import make_fake_score, make_generator, make_real_score, trainable
 
 
 @dataclass
@@ -88,109 +79,15 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
-    max_steps: int = 2400
-    batch_size: int = 64  # global: split across processes
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
-    ema_decay: Optional[float] = 0.99
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 500
-    # Stop early (then still evaluate and export) after this long: keeps the CPU default within 15 min.
-    time_limit_minutes: Optional[float] = 11.5
-    output_dir: str = "outputs/dmd2_digits"
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
-
-
-@dataclass
-class DataConfig:
-    prompts: Optional[str] = None  # text-to-image: a prompt file (.txt/.csv/.json/.jsonl)
-    images: Optional[str] = None  # real images for the GAN (an image folder); the digits teacher uses digits
-    image_channels: int = 3
-
-
-@dataclass
-class EvalConfig:
-    enabled: bool = True
-    seeds: tuple[int, ...] = (0, 1, 2)
-    teacher_rows: bool = True  # measure the teacher in the same run
-    teacher_sampler: str = "dpmpp_2m"
-    teacher_nfe: int = 35
-    results: str = "eval/results/dmd2_digits.json"
-
-
-@dataclass
-class ExportConfig:
-    enabled: bool = True  # write OUTPUT/pipeline (a diffusers folder with a model card)
-    hub_repo: Optional[str] = None  # also upload it; the token comes from HF_TOKEN / huggingface-cli login
-    private: bool = True
-
-
-@dataclass
 class DMD2Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="outputs/dmd2_digits"))
     data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/dmd2_digits.json"))
     export: ExportConfig = field(default_factory=ExportConfig)
     resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
-
-
-def setup_data(cfg: DMD2Config, teacher, device):
-    """(conditioner, sample space, real-image dataset or None) for a class- or text-conditional teacher."""
-    net_cfg = teacher.net.config
-    if cfg.data.prompts is not None:
-        conditioner = TextConditioner(load_prompts(cfg.data.prompts), teacher.load_component("tokenizer"),
-                                      teacher.load_component("text_encoder"), device=device)
-        space = LatentSpace(teacher.load_component("vae").to(device))
-        resolution = net_cfg.sample_size * 2 ** (len(space.vae.config.block_out_channels) - 1)
-    elif net_cfg.get("num_class_embeds"):
-        conditioner = ClassConditioner(net_cfg.num_class_embeds - 1, null_label=net_cfg.num_class_embeds - 1)
-        space, resolution = PixelSpace(), net_cfg.sample_size
-    else:
-        raise ValueError(f"teacher {cfg.model.teacher} has no class embeddings: give data.prompts for a "
-                         "text-conditional teacher")
-    if cfg.data.images is not None:
-        dataset = ImageFolder(cfg.data.images, resolution, channels=cfg.data.image_channels)
-    elif cfg.model.teacher == "digits" or (isinstance(space, PixelSpace) and net_cfg.in_channels == 1):
-        dataset = DigitsDataset(resolution, split="all")
-    else:
-        dataset = None
-    if cfg.loss.gan and dataset is None:
-        raise ValueError("loss.gan=true needs real images: set data.images to an image folder (or loss.gan=false)")
-    return conditioner, space, dataset
-
-
-# ----------------------------------------------------------------------------
-# Global-batch randomness, sliced per process.
-
-class Draw:
-    def __init__(self, accelerator: Accelerator, batch: int, seed: int, step: int):
-        self.acc, self.batch, self.k = accelerator, batch, None
-        self.g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-    def local(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0] // self.acc.num_processes
-        return x[self.acc.process_index * n:(self.acc.process_index + 1) * n].to(self.acc.device)
-
-    def randn(self, *shape) -> torch.Tensor:
-        return self.local(torch.randn(self.batch, *shape, generator=self.g))
-
-    def times(self, sampler, schedule) -> torch.Tensor:
-        return self.local(sampler.sample(schedule, self.batch, generator=self.g))
-
-    def labels(self, conditioner) -> torch.Tensor:
-        return self.local(conditioner.sample_labels(self.batch, generator=self.g))
-
-    def real(self, dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
-        idx = self.local(torch.randint(0, len(dataset), (self.batch,), generator=self.g)).cpu()
-        items = [dataset[int(i)] for i in idx]
-        labels = torch.stack([it["class_labels"] for it in items]).to(self.acc.device) \
-            if "class_labels" in items[0] else None
-        return torch.stack([it["images"] for it in items]).to(self.acc.device), labels
 
 
 class GANWeight:
@@ -264,25 +161,18 @@ class Run:
 
 def setup(cfg: DMD2Config) -> Run:
     """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
-    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, project_dir=cfg.train.output_dir,
-                                   log_with=None if cfg.train.report_to == "none" else cfg.train.report_to)
-    if cfg.train.batch_size % accelerator.num_processes:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
-                         f"{accelerator.num_processes} processes")
-    resume_from = resolve_resume(cfg.resume, cfg.train.output_dir)
-    set_seed(cfg.train.seed)
-    teacher = load_teacher(cfg.model.teacher, device=accelerator.device)
+    begin = start(cfg.train, cfg.model.teacher, cfg.resume)
+    accelerator, teacher, shape = begin.accelerator, begin.teacher, begin.shape
     schedule = teacher.schedule
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) == 0 or bool((ts.diff() >= 0).any()) or float(ts.max()) > schedule.t_max:
         raise ValueError(f"model.generator_timesteps must descend within [0, {schedule.t_max}]; got {list(ts)}")
-    conditioner, space, dataset = setup_data(cfg, teacher, accelerator.device)
+    conditioner, space, dataset = setup_data(cfg.data, teacher, accelerator.device, need_images=cfg.loss.gan)
     real_score = make_real_score(teacher)
     fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
     generator = make_generator(teacher, float(ts[0]), lora_rank=cfg.model.generator_lora_rank,
                                gradient_checkpointing=cfg.model.gradient_checkpointing)
-    shape = (teacher.net.config.in_channels, teacher.net.config.sample_size, teacher.net.config.sample_size)
     head = None
     if cfg.loss.gan:  # sized by probing the fake score's bottleneck once
         probe_cond = conditioner.cond(torch.zeros(1, dtype=torch.long, device=accelerator.device))
@@ -290,27 +180,23 @@ def setup(cfg: DMD2Config) -> Run:
                                     **probe_cond)
 
     # AdamW for G, and for the fake score together with the GAN head.
-    opt_kw = dict(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    o = cfg.optim
     gen_params = [p for p in generator.parameters() if p.requires_grad]
     fake_params = [p for p in fake_score.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    opt_g = torch.optim.AdamW(gen_params, lr=cfg.optim.lr_generator, **opt_kw)
-    opt_f = torch.optim.AdamW(fake_params, lr=cfg.optim.lr_fake, **opt_kw)
-    sched_g = get_scheduler("constant_with_warmup", opt_g, num_warmup_steps=cfg.optim.warmup_steps)
-    sched_f = get_scheduler("constant_with_warmup", opt_f, num_warmup_steps=cfg.optim.warmup_steps)
+    opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
+                                    warmup_steps=o.warmup_steps)
+    opt_f, sched_f = make_optimizer(fake_params, lr=o.lr_fake, betas=o.betas, weight_decay=o.weight_decay,
+                                    warmup_steps=o.warmup_steps)
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
     if head is not None:
         head = accelerator.prepare(head)
-    ema = None
-    if cfg.train.ema_decay:
-        ema = EMAModel(gen_params, decay=cfg.train.ema_decay)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)
     gan_weight = GANWeight(cfg.loss.gan_generator_weight, cfg.loss.gan_balance)
     accelerator.register_for_checkpointing(gan_weight)
     return Run(cfg, accelerator, teacher, schedule, ts, shape, conditioner, space, dataset,
                CFGDenoiser(real_score, cfg.loss.real_guidance), fake_score, generator, head,
-               opt_g, opt_f, sched_g, sched_f, ema, gan_weight, resume_from,
+               opt_g, opt_f, sched_g, sched_f, ema, gan_weight, begin.resume_from,
                labelled_real=dataset is not None and "class_labels" in dataset[0])
 
 
@@ -423,136 +309,27 @@ def main(cfg: DMD2Config) -> None:
         save_config(cfg, out / "config.yaml")
 
     # 1. The loop: fake score every step, generator every `update_ratio` steps.
-    accelerator.init_trackers("dmd2", config={k: str(v) for k, v in to_dict(cfg).items()})
-    bar = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps,
-               desc="dmd2", disable=not accelerator.is_main_process)
-    step = start_step
-    log_file, shown = (out / f"log_rank{accelerator.process_index}.jsonl").open("a"), {}
-    for step in bar:
-        draw = Draw(accelerator, cfg.train.batch_size, cfg.train.seed, step)
+    def step_fn(draw: Draw, step: int) -> dict[str, float]:
         logs = fake_score_step(run, draw)
         if step % cfg.optim.update_ratio == 0:
             logs |= generator_step(run, draw)
         if draw.k is not None:
             logs["backsim_step"] = draw.k
-        log_file.write(json.dumps({"step": step, **logs}) + "\n")
-        shown |= logs
-        done = step + 1
-        if done % cfg.train.log_every == 0:
-            log_file.flush()
-            bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
-            accelerator.log(shown, step=done)
-        if done % cfg.train.sample_every == 0 and accelerator.is_main_process:
-            save_samples(run, out / "samples" / f"step_{done:08d}.png")
-        out_of_time = (cfg.train.time_limit_minutes is not None
-                       and time.time() - start_time > 60 * cfg.train.time_limit_minutes)
-        out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.max_steps or out_of_time:
-            save_checkpoint(accelerator, out, done)
-        if out_of_time:
-            break
-    log_file.close()
-    steps_done = step + 1 if cfg.train.max_steps > start_step else start_step
-    train_minutes = (time.time() - start_time) / 60
+        return logs
+
+    steps_done = train_loop(accelerator, cfg.train, name="dmd2", config=cfg, start_step=start_step,
+                            start_time=start_time, step_fn=step_fn,
+                            save_samples=lambda path: save_samples(student(run), path, accelerator.device))
 
     # 2. Evaluate on the digits benchmark (teacher rows in the same run), then export.
     if run.ema is not None:
         run.ema.copy_to(run.params("generator"))
-    if accelerator.is_main_process:
-        save_samples(run, out / "samples" / "final.png")
-        # The digits benchmark measures class-conditional 16x16 students; text-to-image students are
-        # measured by eval/ (FID / CLIP) on their exported pipeline.
-        benchmarkable = isinstance(run.conditioner, ClassConditioner) and run.shape == (1, 16, 16)
-        result = evaluate(run, steps_done, train_minutes) if cfg.eval.enabled and benchmarkable else None
-        if cfg.export.enabled:
-            folder = export(run, out / "pipeline", result)
-            if cfg.export.hub_repo:
-                print(f"uploaded to {push_to_hub(folder, cfg.export.hub_repo, private=cfg.export.private)}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish("dmd2", cfg, accelerator, student(run), run.teacher, run.real_guided.denoiser,
+           steps_done=steps_done, train_minutes=(time.time() - start_time) / 60)
 
 
-def student_sample_fn(run: Run):
-    """A `SampleFn` for the benchmark: multistep sampling with re-noising (one step for one time)."""
-    gen = run.gen_module
-
-    @torch.no_grad()
-    def fn(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        z = torch.randn(len(labels), *run.shape, generator=g).to(labels.device)
-        den = partial(gen.denoiser, **run.conditioner.cond(labels))
-        return multistep(den, run.schedule, z * gen.input_scale, run.ts, generator=g)
-
-    return fn
-
-
-def save_samples(run: Run, path: Path) -> None:
-    """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise."""
-    from torchvision.utils import save_image
-
-    columns = min(run.conditioner.num_classes, 10)
-    labels = torch.arange(columns).repeat(8).to(run.accelerator.device)
-    x = student_sample_fn(run)(labels, torch.Generator().manual_seed(0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(run.space.decode(x) * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
-
-
-def evaluate(run: Run, steps_done: int, train_minutes: float) -> dict:
-    cfg = run.cfg
-    bench = DigitsBenchmark()
-    floor = bench.floor()
-    seeds = list(cfg.eval.seeds)
-    run.gen_module.eval()
-    rows = [dict(model="dmd2", sampler="one_step" if len(run.ts) == 1 else "multistep", nfe=len(run.ts),
-                 **bench.evaluate(student_sample_fn(run), seeds))]
-    if cfg.eval.teacher_rows:
-        real = run.real_guided.denoiser
-        for nfe, default in ((1, False), (cfg.eval.teacher_nfe, True)):
-            sampler = "ddim" if nfe == 1 else cfg.eval.teacher_sampler
-            fn = teacher_sample_fn(real, run.schedule, sampler=sampler, steps=steps_for_nfe(sampler, nfe),
-                                   shape=run.shape)
-            rows.append(dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds),
-                             **({"default": True} if default else {})))
-    teacher_default = next((r for r in rows if r.get("default")), None)
-    student = rows[0]
-    result = dict(
-        benchmark="digits", recipe="dmd2", command="accelerate launch " + " ".join(sys.argv),
-        n_samples=bench.n_samples, seeds=seeds, floor_fd=floor["fd"], floor_accuracy=floor["accuracy"],
-        train_steps=steps_done, train_minutes=round(train_minutes, 2), config=to_dict(cfg), rows=rows,
-    )
-    if teacher_default:
-        result["student_vs_teacher"] = dict(
-            fd_ratio=student["fd"] / teacher_default["fd"],
-            accuracy_difference=student["accuracy"] - teacher_default["accuracy"],
-            speedup=teacher_default["seconds_per_image"] / student["seconds_per_image"])
-    atomic_write_text(cfg.eval.results, json.dumps(result, indent=2) + "\n")
-    print("\n| model | sampler | NFE | FD (mean ± std) | KID | accuracy | ms / image |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | "
-              f"{r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |")
-    if teacher_default:
-        s = result["student_vs_teacher"]
-        print(f"student / teacher FD {s['fd_ratio']:.2f}x, accuracy {s['accuracy_difference']:+.3f}, "
-              f"speed-up {s['speedup']:.0f}x; floor FD {floor['fd']:.3f}; wrote {cfg.eval.results}")
-    return result
-
-
-def export(run: Run, folder: Path, result: dict | None) -> Path:
-    """The student as a diffusers pipeline folder with a model card (see stepdistill.export)."""
-    cfg, teacher = run.cfg, run.teacher
-    metrics = {}
-    if result is not None:
-        student = next(r for r in result["rows"] if r["model"] == "dmd2")
-        metrics = {k: student[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")}
-    card = dict(base_model=str(cfg.model.teacher), recipe="dmd2", metrics=metrics)
-    timesteps = [int(round(float(t))) for t in run.ts]
-    net = run.gen_module.net
-    if cfg.data.prompts is not None:
-        path = export_text_to_image(folder, teacher.root, net, timesteps=timesteps, model_card=card)
-    else:
-        path = export_class_conditional(folder, net, teacher.scheduler_config, timesteps=timesteps,
-                                        null_label=teacher.net.config.num_class_embeds - 1, model_card=card)
-    print(f"exported the student pipeline to {path}")
-    return path
+def student(run: Run) -> Student:
+    return Student(run.gen_module, run.conditioner, run.schedule, run.ts, run.shape, run.space)
 
 
 if __name__ == "__main__":

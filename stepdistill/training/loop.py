@@ -1,0 +1,54 @@
+"""The step loop every recipe runs: progress bar, jsonl logs and trackers, sample grids, atomic
+checkpoints, and a wall-clock limit after which the run still evaluates and exports."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast
+from tqdm.auto import tqdm
+
+from ..checkpointing import save_checkpoint
+from ..config import to_dict
+from .draw import Draw
+from .sections import TrainConfig
+
+StepFn = Callable[[Draw, int], dict]  # (draw, step) -> logs; one optimisation step of the recipe
+
+
+def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, config, start_step: int,
+               start_time: float, step_fn: StepFn, save_samples: Callable[[Path], None]) -> int:
+    """Run `step_fn` from `start_step` to `train.max_steps` (or the time limit); returns the number
+    of completed steps. `save_samples(path)` is called on the main process every `sample_every`."""
+    out = Path(train.output_dir)
+    accelerator.init_trackers(name, config={k: str(v) for k, v in to_dict(config).items()})
+    bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=train.max_steps,
+               desc=name, disable=not accelerator.is_main_process)
+    done, shown = start_step, {}
+    with (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
+        for step in bar:
+            draw = Draw(accelerator, train.batch_size, train.seed, step)
+            logs = step_fn(draw, step)
+            log_file.write(json.dumps({"step": step, **logs}) + "\n")
+            shown |= logs
+            done = step + 1
+            if done % train.log_every == 0:
+                log_file.flush()
+                bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+                accelerator.log(shown, step=done)
+            if done % train.sample_every == 0 and accelerator.is_main_process:
+                save_samples(out / "samples" / f"step_{done:08d}.png")
+            out_of_time = (train.time_limit_minutes is not None
+                           and time.time() - start_time > 60 * train.time_limit_minutes)
+            # Every process stops at the same step, whatever its own clock says.
+            out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
+            if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time:
+                save_checkpoint(accelerator, out, done)
+            if out_of_time:
+                break
+    return done

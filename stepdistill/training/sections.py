@@ -1,0 +1,48 @@
+"""Config sections shared by the distillation recipes; each recipe sets its own defaults in them
+(e.g. `TrainConfig(output_dir="outputs/sid_digits")`) and adds a `model` / `loss` / `optim` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2400
+    batch_size: int = 64  # global: split across processes
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    ema_decay: Optional[float] = 0.99
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    # Stop early (then still evaluate and export) after this long: keeps the CPU default within 15 min.
+    time_limit_minutes: Optional[float] = 11.5
+    output_dir: str = "outputs/run"
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+
+
+@dataclass
+class DataConfig:
+    prompts: Optional[str] = None  # text-to-image: a prompt file (.txt/.csv/.json/.jsonl)
+    prompt_dropout: float = 0.1  # condition dropout where a recipe trains on conditions (fake score)
+    images: Optional[str] = None  # real images (an image folder); the digits teacher uses digits
+    image_channels: int = 3
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    seeds: tuple[int, ...] = (0, 1, 2)
+    teacher_rows: bool = True  # measure the teacher in the same run
+    teacher_sampler: str = "dpmpp_2m"
+    teacher_nfe: int = 35
+    results: str = "eval/results/run_digits.json"
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True  # write OUTPUT/pipeline (a diffusers folder with a model card)
+    hub_repo: Optional[str] = None  # also upload it; the token comes from HF_TOKEN / huggingface-cli login
+    private: bool = True
