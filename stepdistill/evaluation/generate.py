@@ -1,0 +1,300 @@
+"""Generation for evaluation: any model, one random generator per image seed, split across processes.
+
+Models (`load_model`):
+- a shipped or local teacher (`"digits"`, a diffusers folder) sampled with a named ODE sampler
+  (`stepdistill.samplers`) at a requested NFE;
+- an exported student pipeline folder (`stepdistill.export`): class-conditional (its own
+  `LCMScheduler` multistep sampler; an NFE other than its own runs DMD2's evenly spaced timesteps
+  999 - floor(i * 1000 / K)) or text-to-image (`num_inference_steps=K`, guidance 0);
+- a training checkpoint folder `<output_dir>/checkpoints/step_*` of a distillation recipe: the teacher and
+  the generator's timesteps are read from `<output_dir>/config.yaml`, the generator's weights from
+  `model.safetensors` (EMA weights when the checkpoint holds them).
+
+Reproducibility (EDM2's `StackedRandomGenerator`): every draw is made per image from a
+`torch.Generator` seeded with the image's seed, so an image does not depend on the batch size or on how
+many processes share the work (`accelerate`'s `PartialState.split_between_processes`).
+Images are written as PNG files `<seed>.png` or as one npz per process (`images` uint8 NHWC, `seeds`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["StackedRandomGenerator", "load_model", "generate_images", "read_images", "to_uint8",
+           "TeacherModel", "PipelineModel", "CheckpointModel"]
+
+
+class StackedRandomGenerator:
+    """One `torch.Generator` per image seed; `randn(shape)` draws (len(seeds), *shape)."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)
+                            for g in self.generators])
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW -> uint8 NHWC."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _lcm_timesteps(nfe: int, num_train_timesteps: int = 1000) -> list[int]:
+    return [num_train_timesteps - 1 - (i * num_train_timesteps) // nfe for i in range(nfe)]
+
+
+# ----------------------------------------------------------------------------
+# Models: __call__(conditions, rng, nfe) -> images in [-1, 1], NCHW.
+
+class TeacherModel:
+    """A teacher with an ODE sampler; class labels go to the network as `class_labels`."""
+
+    def __init__(self, source: str, sampler: str = "dpmpp_2m", spacing: str = "karras"):
+        from ..trio import load_teacher, make_real_score
+
+        self.teacher = load_teacher(source)
+        if self.teacher.extra:
+            raise ValueError(f"teacher {source} is a text-to-image pipeline; evaluate an exported pipeline folder")
+        self.denoiser = make_real_score(self.teacher)
+        cfg = self.teacher.net.config
+        self.shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        self.name, self.sampler, self.spacing = "teacher", sampler, spacing
+        self.native_nfe = None
+        self.info = dict(kind="teacher", source=str(source), sampler=sampler, spacing=spacing)
+
+    @torch.no_grad()
+    def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
+        from ..samplers import sample, steps_for_nfe
+
+        noise = self.teacher.schedule.prior_std() * rng.randn(self.shape)
+        labels = None if conditions[0] is None else torch.as_tensor(list(conditions), dtype=torch.long)
+        return sample(partial(self.denoiser, class_labels=labels), self.teacher.schedule, noise,
+                      sampler=self.sampler, steps=steps_for_nfe(self.sampler, nfe), spacing=self.spacing)
+
+    def nfe_of(self, nfe: int) -> int:
+        from ..samplers import nfe_of, steps_for_nfe
+
+        return nfe_of(self.sampler, steps_for_nfe(self.sampler, nfe))
+
+
+class PipelineModel:
+    """An exported pipeline folder (class-conditional with `trust_remote_code`, or text-to-image)."""
+
+    def __init__(self, folder: str | Path, name: str | None = None):
+        from diffusers import DiffusionPipeline
+
+        folder = Path(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        self.pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.text = "text_encoder" in index
+        self.own_timesteps = None if self.text else list(self.pipe.config.timesteps)
+        self.native_nfe = None if self.text else len(self.own_timesteps)
+        self.name = name or _recipe_tag(folder) or folder.name
+        self.sampler = "one_step" if self.native_nfe == 1 else "multistep"
+        self.info = dict(kind="pipeline", source=str(folder), pipeline=type(self.pipe).__name__,
+                         scheduler=type(self.pipe.scheduler).__name__, timesteps=self.own_timesteps)
+
+    @torch.no_grad()
+    def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
+        if self.text:
+            out = self.pipe(list(conditions), num_inference_steps=nfe, guidance_scale=0.0,
+                            generator=rng.generators, output_type="pt").images
+        else:
+            ts = self.own_timesteps if nfe == self.native_nfe else _lcm_timesteps(nfe)
+            self.pipe.register_to_config(timesteps=ts)
+            labels = None if conditions[0] is None else list(conditions)
+            out = self.pipe(class_labels=labels, num_images=len(conditions), generator=rng.generators,
+                            output_type="pt").images
+            self.pipe.register_to_config(timesteps=self.own_timesteps)
+        return out.float() * 2 - 1
+
+    def nfe_of(self, nfe: int) -> int:
+        return nfe
+
+
+def _recipe_tag(folder: Path) -> str | None:
+    """The recipe named in the model card's tags (`stepdistill.export.write_model_card`)."""
+    from huggingface_hub import ModelCard
+
+    if not (folder / "README.md").is_file():
+        return None
+    tags = ModelCard.load(folder / "README.md").data.tags or []
+    return next((t for t in tags if t not in ("stepdistill", "diffusion-distillation")), None)
+
+
+class CheckpointModel:
+    """A recipe's training checkpoint: generator weights on the teacher's architecture, multistep sampling
+    with re-noising (one step for one timestep)."""
+
+    def __init__(self, checkpoint: str | Path, name: str | None = None):
+        import yaml
+        from safetensors.torch import load_file
+
+        from ..trio import load_teacher, make_generator
+
+        checkpoint = Path(checkpoint)
+        config_path = checkpoint.parent.parent / "config.yaml"
+        if not (checkpoint / "model.safetensors").is_file() or not config_path.is_file():
+            raise FileNotFoundError(f"{checkpoint} is not a training checkpoint: expected model.safetensors in it "
+                                    f"and the run's config.yaml at {config_path}")
+        cfg = yaml.safe_load(config_path.read_text())
+        self.teacher = load_teacher(cfg["model"]["teacher"])
+        self.ts = torch.tensor(cfg["model"]["generator_timesteps"], dtype=torch.float64)
+        self.generator = make_generator(self.teacher, float(self.ts[0]))
+        self.generator.load_state_dict(load_file(checkpoint / "model.safetensors"))
+        ema = self._apply_ema(checkpoint)
+        self.generator.eval().requires_grad_(False)
+        cfg_net = self.teacher.net.config
+        self.shape = (cfg_net.in_channels, cfg_net.sample_size, cfg_net.sample_size)
+        self.native_nfe = len(self.ts)
+        self.name = name or checkpoint.parent.parent.name
+        self.sampler = "one_step" if self.native_nfe == 1 else "multistep"
+        self.info = dict(kind="checkpoint", source=str(checkpoint), teacher=str(cfg["model"]["teacher"]),
+                         timesteps=[float(t) for t in self.ts], ema=ema)
+
+    def _apply_ema(self, checkpoint: Path) -> bool:
+        """diffusers' EMAModel state (registered first for checkpointing), if the checkpoint holds one."""
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - not a tensors-only state: not the EMA
+                continue
+            shadow = state.get("shadow_params") if isinstance(state, dict) else None
+            if shadow is not None and len(shadow) == len(params) and all(
+                    s.shape == p.shape for s, p in zip(shadow, params)):
+                with torch.no_grad():
+                    for p, s in zip(params, shadow):
+                        p.copy_(s)
+                return True
+        return False
+
+    @torch.no_grad()
+    def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
+        from ..samplers import _coeffs
+
+        ts = self.ts if nfe == self.native_nfe else torch.tensor(_lcm_timesteps(nfe), dtype=torch.float64)
+        cond = {} if conditions[0] is None else {"class_labels": torch.as_tensor(list(conditions))}
+        den = partial(self.generator.denoiser, **cond)
+        x = rng.randn(self.shape) * self.generator.input_scale
+        for i, t in enumerate(ts):
+            x0 = den(x, t.to(torch.float32).expand(x.shape[0]))
+            if i + 1 == len(ts):
+                return x0
+            a, s = _coeffs(self.teacher.schedule, ts[i + 1])
+            x = a * x0 + s * rng.randn(self.shape)
+        return x
+
+    def nfe_of(self, nfe: int) -> int:
+        return nfe
+
+
+def load_model(spec: str, *, sampler: str = "dpmpp_2m", name: str | None = None):
+    """`digits` or a teacher folder (with model_index.json but no `stepdistill_pipeline.py` and no
+    LCMScheduler) -> TeacherModel; an exported pipeline folder -> PipelineModel; a checkpoint folder
+    (model.safetensors) -> CheckpointModel."""
+    p = Path(spec)
+    if (p / "model.safetensors").is_file():
+        return CheckpointModel(p, name)
+    if (p / "model_index.json").is_file():
+        index = json.loads((p / "model_index.json").read_text())
+        if index.get("scheduler", [None, None])[1] == "LCMScheduler":
+            return PipelineModel(p, name)
+    return TeacherModel(spec, sampler)
+
+
+# ----------------------------------------------------------------------------
+# Generation and storage.
+
+def _state():
+    from accelerate import PartialState
+
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return PartialState(cpu=cpu) if cpu else PartialState()
+
+
+def generate_images(model, conditions: Sequence, seeds: Sequence[int], nfe: int, out_dir: str | Path, *,
+                    batch_size: int = 250, image_format: str = "npz", device: str | torch.device = "cpu",
+                    progress: bool = True) -> dict:
+    """Generate one image per (seed, condition) into `out_dir`, this process's share of them; returns this
+    process's timing. Call on every process; all processes return after the folder is complete."""
+    from tqdm.auto import tqdm
+
+    state = _state()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = list(zip([int(s) for s in seeds], conditions))
+    with state.split_between_processes(items) as local:
+        local = list(local)
+    images, done, elapsed = [], [], 0.0
+    batches = [local[i:i + batch_size] for i in range(0, len(local), batch_size)]
+    bar = tqdm(batches, desc=f"{out_dir.name} nfe {nfe}", disable=not (progress and state.is_main_process),
+               leave=False)
+    for batch in bar:
+        bseeds = [s for s, _ in batch]
+        start = time.perf_counter()
+        x = model([c for _, c in batch], StackedRandomGenerator(bseeds, device), nfe)
+        elapsed += time.perf_counter() - start
+        u8 = to_uint8(x)
+        if image_format == "png":
+            _write_png(u8, bseeds, out_dir)
+        else:
+            images.append(u8)
+        done += bseeds
+    if image_format == "npz":
+        arr = np.concatenate(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
+        np.savez(out_dir / f"images_rank{state.process_index:03d}.npz", images=arr, seeds=np.array(done))
+    state.wait_for_everyone()
+    return dict(seconds_per_image=elapsed / max(1, len(done)), images=len(done), processes=state.num_processes)
+
+
+def _write_png(u8: np.ndarray, seeds: Sequence[int], out_dir: Path) -> None:
+    from PIL import Image
+
+    for im, s in zip(u8, seeds):
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(out_dir / f"{s:08d}.png")
+
+
+def read_images(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 NHWC images, seeds) of a generated folder, sorted by seed."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    shards = sorted(out_dir.glob("images_rank*.npz"))
+    if shards:
+        data = [np.load(p) for p in shards]
+        images = np.concatenate([d["images"] for d in data if len(d["seeds"])])
+        seeds = np.concatenate([d["seeds"] for d in data])
+    else:
+        files = sorted(out_dir.glob("*.png"))
+        if not files:
+            raise FileNotFoundError(f"no generated images in {out_dir}")
+        seeds = np.array([int(f.stem) for f in files])
+        images = np.stack([np.asarray(Image.open(f)) for f in files])
+        images = images[..., None] if images.ndim == 3 else images
+    order = np.argsort(seeds)
+    return images[order], seeds[order]
+
+
+def describe(model) -> dict[str, Any]:
+    return {**model.info, "model": model.name, "sampler": model.sampler}
+
+
+def nfe_grid(model, requested: Sequence[int] | None) -> list[int]:
+    if requested:
+        return [int(n) for n in requested]
+    if model.native_nfe is None:
+        raise ValueError("give the NFE grid (--nfe 1 2 4 ...) for a model without a native step count")
+    return [model.native_nfe]

@@ -1,0 +1,88 @@
+"""Per-image seeds: an image depends on its seed only, not on the batch size or the process count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from stepdistill.evaluation.generate import (PipelineModel, StackedRandomGenerator, TeacherModel, generate_images,
+                                             load_model, read_images)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny digits-shaped teacher (8x8, 10 classes + null), random weights."""
+    folder = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                norm_num_groups=4, attention_head_dim=8, num_class_embeds=11).save_pretrained(folder / "unet")
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(folder / "scheduler")
+    return folder
+
+
+def _one_by_one(model, labels, seeds, nfe):
+    return torch.cat([model(labels[i:i + 1], StackedRandomGenerator(seeds[i:i + 1]), nfe) for i in range(len(seeds))])
+
+
+def test_stacked_generator_draws_per_seed():
+    a = StackedRandomGenerator([5, 9]).randn((2, 3))
+    b = StackedRandomGenerator([9]).randn((2, 3))
+    assert torch.equal(a[1:], b)
+
+
+def test_teacher_images_do_not_depend_on_batch_size(teacher_dir):
+    model = load_model(str(teacher_dir), sampler="dpmpp_2m")
+    assert isinstance(model, TeacherModel)
+    seeds, labels = list(range(100, 107)), [i % 10 for i in range(7)]
+    batch = model(labels, StackedRandomGenerator(seeds), 3)
+    torch.testing.assert_close(batch, _one_by_one(model, labels, seeds, 3), atol=1e-5, rtol=1e-5)
+
+
+def test_exported_student_images_do_not_depend_on_batch_size(teacher_dir, tmp_path):
+    """A 2-step exported pipeline: its re-noising draws come from the per-image generators too."""
+    from stepdistill.export import export_class_conditional
+
+    unet = UNet2DModel.from_pretrained(teacher_dir / "unet")
+    sched = dict(DDPMScheduler.from_pretrained(teacher_dir / "scheduler").config)
+    folder = export_class_conditional(tmp_path / "pipe", unet, sched, timesteps=[999, 499], null_label=10,
+                                      model_card=dict(recipe="dmd2"))
+    model = load_model(str(folder))
+    assert isinstance(model, PipelineModel) and (model.name, model.native_nfe, model.sampler) == ("dmd2", 2, "multistep")
+    seeds, labels = list(range(7)), [3, 1, 4, 1, 5, 9, 2]
+    batch = model(labels, StackedRandomGenerator(seeds), 2)
+    torch.testing.assert_close(batch, _one_by_one(model, labels, seeds, 2), atol=1e-5, rtol=1e-5)
+    assert model.pipe.config.timesteps == [999, 499]  # an NFE grid point other than its own leaves it intact
+    assert model(labels[:2], StackedRandomGenerator(seeds[:2]), 4).shape == (2, 1, 8, 8)
+    assert model.pipe.config.timesteps == [999, 499]
+
+
+def test_one_and_two_processes_write_the_same_images(teacher_dir, tmp_path):
+    labels, seeds = [i % 10 for i in range(14)], list(range(14))
+    generate_images(TeacherModel(str(teacher_dir), "ddim"), labels, seeds, 2, tmp_path / "one", batch_size=3,
+                    image_format="npz", progress=False)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", "2", "--multi_gpu", str(ROOT / "eval" / "evaluate.py"), "gen",
+           "--protocol", "digits", "--model", str(teacher_dir), "--sampler", "ddim", "--nfe", "2", "--num-images", "14",
+           "--sets", "0", "--batch-size", "7", "--outdir", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    folder = tmp_path / "two" / "teacher-ddim" / "nfe002" / "set0"
+    assert len(list(folder.glob("images_rank*.npz"))) == 2
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["processes"], meta["image_seeds"], meta["nfe"]) == (2, [0, 13], 2)
+    one, seeds_one = read_images(tmp_path / "one")
+    two, seeds_two = read_images(folder)
+    assert seeds_one.tolist() == seeds_two.tolist() == seeds
+    assert np.abs(one.astype(int) - two.astype(int)).max() <= 1  # uint8 rounding of float noise at most
+    assert (one != two).mean() < 0.01
