@@ -3,17 +3,12 @@
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from torch import nn
+from toy2d_training import SCHEDULE, train_toy_generator
 
-from stepdistill.data.toy2d import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.heads import GANHead, bottleneck_features
-from stepdistill.losses import denoising_loss, discriminator_loss, dmd_grad, dmd_loss, generator_gan_loss
-from stepdistill.metrics import sliced_wasserstein
-from stepdistill.schedules import DiscreteRange, UniformTime, from_scheduler_config
+from stepdistill.losses import discriminator_loss, dmd_grad, dmd_loss, generator_gan_loss
+from stepdistill.schedules import DiscreteRange
 from stepdistill.trio import load_teacher, make_fake_score, make_generator
-
-SCHEDULE, _ = from_scheduler_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
-MIXTURE = GaussianMixture()
 
 
 def test_dmd_gradient_is_the_normalised_score_difference():
@@ -34,61 +29,22 @@ def test_gan_losses_are_non_saturating():
     assert float(logits.grad.abs().min()) > 0.2 / 4  # the gradient does not vanish
 
 
-def _mlp(i, o, h=128):
-    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
-                         nn.Linear(h, o))
-
-
-class ToyFakeScore(nn.Module):
-    """x0(x_t, t) = MLP(x_t, log-SNR) + alpha x_t: a small online denoiser for 2-D data."""
-
-    def __init__(self):
-        super().__init__()
-        self.f = _mlp(3, 2)
-
-    def forward(self, x_t, t):
-        a, s = SCHEDULE.alpha(t), SCHEDULE.sigma(t)
-        log_snr = (2 * torch.log(a / s)).clamp(-20, 20)[:, None] / 10
-        return self.f(torch.cat([x_t, log_snr], 1)) + a[:, None] * x_t
-
-
 def test_dmd_drives_a_generator_to_the_target_mixture():
     """Two time-scale DMD on toy2d with the exact real score: the generator's samples reach the
     8-mode mixture. Threshold: sliced Wasserstein 0.1, where the untrained generator scores ~0.6
     and two independent 2,000-sample draws of the target ~0.015; every mode gets >= 6% of samples."""
-    torch.manual_seed(0)
-    real = GaussianMixtureDenoiser(MIXTURE, SCHEDULE)
-    gen, fake = _mlp(2, 2), ToyFakeScore()
-    opt_g, opt_f = torch.optim.Adam(gen.parameters(), 1e-3), torch.optim.Adam(fake.parameters(), 1e-3)
-    dmd_times, fake_times = DiscreteRange(0.02, 0.98), UniformTime()
-    target, _ = MIXTURE.sample(2000, generator=torch.Generator().manual_seed(1))
-    z_eval = torch.randn(2000, 2, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        start = sliced_wasserstein(gen(z_eval), target)
-    for step in range(2500):
+    dmd_times = DiscreteRange(0.02, 0.98)
+
+    def generator_loss(x, real, fake):
+        t = dmd_times.sample(SCHEDULE, x.shape[0])
+        x_t = SCHEDULE.add_noise(x.detach(), torch.randn_like(x), t)
         with torch.no_grad():
-            x = gen(torch.randn(256, 2))
-        t = fake_times.sample(SCHEDULE, 256)
-        x_t = SCHEDULE.add_noise(x, torch.randn_like(x), t)
-        loss = denoising_loss(fake(x_t, t), x, (SCHEDULE.alpha(t) / SCHEDULE.sigma(t)) ** 2)
-        opt_f.zero_grad()
-        loss.backward()
-        opt_f.step()
-        if step % 5 == 0:
-            x = gen(torch.randn(256, 2))
-            t = dmd_times.sample(SCHEDULE, 256)
-            x_t = SCHEDULE.add_noise(x.detach(), torch.randn_like(x), t)
-            with torch.no_grad():
-                x0_real, x0_fake = real(x_t, t), fake(x_t, t)
-            opt_g.zero_grad()
-            dmd_loss(x, x0_real, x0_fake).backward()
-            opt_g.step()
-    with torch.no_grad():
-        samples = gen(z_eval)
-    end = sliced_wasserstein(samples, target)
-    modes = torch.cdist(samples.double(), MIXTURE.means).argmin(1).bincount(minlength=8).float() / 2000
-    assert start > 0.4 and end < 0.1, (start, end)
-    assert float(modes.min()) > 0.06, modes
+            x0_real, x0_fake = real(x_t, t), fake(x_t, t)
+        return dmd_loss(x, x0_real, x0_fake)
+
+    result = train_toy_generator(generator_loss, steps=2500, ratio=5)
+    assert result.start > 0.4 and result.end < 0.1, (result.start, result.end)
+    assert float(result.modes.min()) > 0.06, result.modes
 
 
 @pytest.fixture
