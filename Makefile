@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo teacher-demo test teacher classifier baseline overhead clean
+.PHONY: venv demo teacher-demo test teacher classifier baseline overhead evaluate clean
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,16 @@ classifier: venv
 	$(PY) recipes/train_classifier.py
 baseline: venv
 	$(PY) eval/teacher_baseline.py --seeds 0 1 2
+
+# The evaluation harness on the digits protocol: the shipped teacher at 1, 8 and 35 NFE and the DMD2
+# student exported by `make demo`, checked against the committed figures (~10 min on one thread).
+EVAL_OUT ?= outputs/eval/digits
+evaluate: venv
+	$(PY) eval/evaluate.py gen --protocol digits --model digits --sampler dpmpp_2m --nfe 1 8 35 --outdir $(EVAL_OUT)
+	$(PY) eval/evaluate.py gen --protocol digits --model digits --sampler ddim --nfe 1 --outdir $(EVAL_OUT)
+	$(PY) eval/evaluate.py gen --protocol digits --model outputs/dmd2_digits/pipeline --outdir $(EVAL_OUT)
+	$(PY) eval/evaluate.py calc --protocol digits --outdir $(EVAL_OUT) --results eval/results/evaluate_digits.json \
+		--compare eval/results/teacher_digits.json eval/results/dmd2_digits.json
 overhead: venv
 	$(PY) eval/dmd2_step_overhead.py
 
