@@ -37,6 +37,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows, key = result["rows"], primary_metric(result["rows"])
     fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
@@ -51,6 +52,7 @@ def plot(result: dict, path: Path) -> None:
             ax.axhline(floor, color="k", ls="--", label="real vs real (floor)")
         ax.set_xscale("log", base=2 if ax is ax_nfe else 10)
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{key.upper()} (mean ± std over sets)")
         ax.legend(fontsize=8)
