@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,15 +18,8 @@ from stepdistill.config import apply_overrides  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    """A tiny digits-shaped teacher (16x16, 10 classes + null), random weights."""
-    folder = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                norm_num_groups=4, attention_head_dim=8, num_class_embeds=11).save_pretrained(folder / "unet")
-    DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(folder / "scheduler")
-    return folder
+def teacher_dir(digits_like_teacher):
+    return digits_like_teacher
 
 
 def _overrides(teacher_dir, out, *extra):

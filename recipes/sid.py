@@ -1,0 +1,238 @@
+"""SiD: Score identity Distillation (Zhou et al. 2024, ICML, arXiv:2404.04057), with LSG for
+text-to-image (SiD-LSG, Zhou et al. 2024, arXiv:2406.01561).
+
+    accelerate launch recipes/sid.py                                          # digits, 1 step, CPU minutes
+    accelerate launch recipes/sid.py --config recipes/configs/sid/tiny_t2i.yaml   # text-to-image smoke test
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sid.py \
+        --config recipes/configs/sid/sd15.yaml data.prompts=PROMPTS.txt
+
+Algorithm (official code `training/sid_training_loop.py`, `training/sid_loss.py`): data-free. A
+generator G (initialised from the teacher) maps noise to images in one step; a fake score (a
+trainable copy of the teacher) follows G's distribution by denoising G's detached samples. The two
+alternate strictly 1:1, each step on fresh samples:
+  1. fake score: EDM-weighted denoising loss on sg(G(z)) (SiD Eq. 9), EDM's lognormal noise levels;
+  2. generator: the SiD loss (Eq. 23) at a noised copy of G(z),
+         (x0_r - x0_f) . ((x0_r - x) - alpha (x0_r - x0_f)) / sg(mean|x - x0_r|),
+     whose gradient flows through x and through *both* networks' activations (their parameters are
+     frozen for this step): this is what separates SiD from DMD, which treats both predictions as
+     constants.
+Adam with beta1 = 0, NaN/inf gradients zeroed, optional EMA. LSG (long and short classifier-free
+guidance): one guidance scale for the teacher, for training the fake score and for evaluating it.
+
+Bad input fails in `setup`, before any step; checkpoints are atomic and `--resume latest` continues.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import torch
+from accelerate import Accelerator
+
+from stepdistill import ops
+from stepdistill.checkpointing import load_checkpoint
+from stepdistill.config import load_config, save_config
+from stepdistill.denoiser import CFGDenoiser, native_loss_weight
+from stepdistill.losses import denoising_loss
+from stepdistill.schedules import DiscreteRange, LogNormalSigma, UniformTime
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Student, TrainConfig, finish,
+                                  make_ema, make_optimizer, save_samples, setup_data, start, train_loop)
+from stepdistill.trio import make_fake_score, make_generator, make_real_score, trainable
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "digits"  # "digits", a local diffusers folder, or a hub id
+    # G(z) = teacher(sigma(t) z, t) at this one time (SiD: sigma_init 2.5 on EDM; SiD-LSG: t = 625 on SD).
+    generator_timesteps: tuple[float, ...] = (999.0,)
+    gradient_checkpointing: bool = False  # the generator loss backpropagates through two more networks
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 1.2  # SiD Eq. 23 (1.2 in the paper; 1.0 for AFHQ and SiD-LSG)
+    guidance: float = 1.0  # LSG: teacher, fake-score training and fake-score evaluation alike
+    min_step: float = 0.02  # generator-loss times: an index drawn from [min_step, max_step) of the levels
+    max_step: float = 0.98
+    fake_weighting: Literal["edm", "native"] = "edm"  # EDM's lambda(sigma) + lognormal levels, or the
+    #   teacher's own parameterisation with uniform times (SiD-LSG's eps-MSE)
+    p_mean: float = -1.2  # EDM lognormal noise levels of the fake-score loss
+    p_std: float = 1.2
+
+
+@dataclass
+class OptimConfig:
+    lr_generator: float = 1e-4
+    lr_fake: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.999)  # SiD: beta1 = 0 for both networks
+    eps: float = 1e-8  # 1e-6 with fp16 in the official code
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: Optional[float] = 10.0  # SiD-LSG README: fp16 "requires gradient clipping"
+
+
+@dataclass
+class SiDConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="outputs/sid_digits"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/sid_digits.json"))
+    export: ExportConfig = field(default_factory=ExportConfig)
+    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
+
+
+@dataclass
+class Run:
+    """Everything `setup` builds; the step functions below read it."""
+
+    cfg: SiDConfig
+    accelerator: Accelerator
+    teacher: object
+    schedule: object
+    ts: torch.Tensor
+    shape: tuple[int, ...]
+    conditioner: object
+    space: object
+    real: CFGDenoiser  # the teacher with LSG guidance
+    fake_score: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    generator: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_f: torch.optim.Optimizer
+    sched_g: object
+    sched_f: object
+    ema: object
+    resume_from: Optional[Path]
+
+    @property
+    def gen_module(self):
+        return self.accelerator.unwrap_model(self.generator)
+
+    @property
+    def fake_module(self):
+        return self.accelerator.unwrap_model(self.fake_score)
+
+    def student(self) -> Student:
+        return Student(self.gen_module, self.conditioner, self.schedule, self.ts, self.shape, self.space)
+
+
+def setup(cfg) -> Run:
+    """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
+    begin = start(cfg.train, cfg.model.teacher, cfg.resume)
+    accelerator, teacher = begin.accelerator, begin.teacher
+    ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
+    if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
+        raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
+                         f"(a one-step generator); got {list(ts)}")
+    if cfg.loss.guidance != 1.0 and teacher.net.config.get("num_class_embeds") is None and cfg.data.prompts is None:
+        raise ValueError("loss.guidance != 1 needs a conditional teacher")
+    conditioner, space, _ = setup_data(cfg.data, teacher, accelerator.device, need_images=False)
+    fake_score = make_fake_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing)
+    generator = make_generator(teacher, float(ts[0]), gradient_checkpointing=cfg.model.gradient_checkpointing)
+    o = cfg.optim
+    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, eps=o.eps,
+                                    weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
+    opt_f, sched_f = make_optimizer([p for p in fake_score.parameters() if p.requires_grad], lr=o.lr_fake,
+                                    betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                    warmup_steps=o.warmup_steps)
+    generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
+        generator, fake_score, opt_g, opt_f, sched_g, sched_f)
+    ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)
+    return Run(cfg, accelerator, teacher, teacher.schedule, ts, begin.shape, conditioner, space,
+               CFGDenoiser(make_real_score(teacher), cfg.loss.guidance), fake_score, generator,
+               opt_g, opt_f, sched_g, sched_f, ema, begin.resume_from)
+
+
+def guided(denoiser, scale: float, x_t, t, conditioner, labels):
+    """`uncond + scale (cond - uncond)`: one batched call; the conditional prediction alone at scale 1."""
+    cond = conditioner.cond(labels)
+    return CFGDenoiser(denoiser, scale)(x_t, t, uncond=conditioner.uncond(labels) if scale != 1 else None, **cond)
+
+
+def optimizer_step(run: Run, loss: torch.Tensor, params: list, opt, sched) -> None:
+    """Backward, NaN/inf gradients zeroed (SiD's `nan_to_num` on every gradient), clip, step."""
+    run.accelerator.backward(loss)
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+    if run.cfg.optim.grad_clip is not None:
+        run.accelerator.clip_grad_norm_(params, run.cfg.optim.grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
+    """Denoising on detached G samples (SiD Eq. 9), with LSG's guidance on the fake score's output."""
+    cfg, schedule, conditioner = run.cfg, run.schedule, run.conditioner
+    labels = draw.labels(conditioner)
+    with torch.no_grad():
+        x = run.generator(draw.randn(*run.shape), **conditioner.cond(labels))
+    labels = draw.dropped(labels, cfg.data.prompt_dropout)
+    if cfg.loss.fake_weighting == "edm":  # EDM Eq. 8: lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2
+        t = draw.times(LogNormalSigma(cfg.loss.p_mean, cfg.loss.p_std), schedule)
+        weight = native_loss_weight("edm", 1.0, schedule.sigma(t) / schedule.alpha(t))
+    else:
+        t = draw.times(UniformTime(), schedule)
+        weight = native_loss_weight(run.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
+    x_t = schedule.add_noise(x, draw.randn(*run.shape), t)
+    loss = denoising_loss(guided(run.fake_score, cfg.loss.guidance, x_t, t, conditioner, labels), x, weight)
+    optimizer_step(run, loss, [p for p in run.fake_score.parameters() if p.requires_grad], run.opt_f, run.sched_f)
+    return {"loss_fake": loss.item()}
+
+
+GeneratorLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def generator_step(run: Run, draw: Draw, generator_loss: GeneratorLoss) -> dict[str, float]:
+    """`generator_loss(x, x0_real, x0_fake, t)` at a noised copy of fresh G samples; gradients reach G
+    through x, x_t and both frozen networks' activations."""
+    cfg, schedule, conditioner = run.cfg, run.schedule, run.conditioner
+    labels = draw.labels(conditioner)
+    x = run.generator(draw.randn(*run.shape), **conditioner.cond(labels))
+    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
+    x_t = schedule.add_noise(x, draw.randn(*run.shape), t)  # not detached: SiD differentiates through x_t
+    fake = run.fake_module  # unwrapped: its weights take no gradient here, so DDP must not wait for them
+    with trainable(fake, False):
+        x0_real = guided(run.real.denoiser, cfg.loss.guidance, x_t, t, conditioner, labels)
+        x0_fake = guided(fake, cfg.loss.guidance, x_t, t, conditioner, labels)
+        loss = generator_loss(x, x0_real, x0_fake, t)
+        optimizer_step(run, loss, [p for p in run.generator.parameters() if p.requires_grad], run.opt_g, run.sched_g)
+    if run.ema is not None:
+        run.ema.step([p for p in run.generator.parameters() if p.requires_grad])
+    return {"loss_g": loss.item()}
+
+
+def main(cfg: SiDConfig, *, name: str = "sid", generator_loss: GeneratorLoss | None = None) -> dict | None:
+    start_time = time.time()
+    run = setup(cfg)
+    generator_loss = generator_loss or (lambda x, x0_real, x0_fake, t: ops.sid_loss(x, x0_real, x0_fake,
+                                                                                     cfg.loss.alpha))
+    accelerator, out = run.accelerator, Path(cfg.train.output_dir)
+    start_step = load_checkpoint(accelerator, run.resume_from) if run.resume_from else 0
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "config.yaml")
+
+    # 1. Strict 1:1 alternation, each update on fresh generator samples.
+    def step_fn(draw: Draw, step: int) -> dict[str, float]:
+        return fake_score_step(run, draw) | generator_step(run, draw, generator_loss)
+
+    steps_done = train_loop(accelerator, cfg.train, name=name, config=cfg, start_step=start_step,
+                            start_time=start_time, step_fn=step_fn,
+                            save_samples=lambda path: save_samples(run.student(), path, accelerator.device))
+
+    # 2. EMA weights, then the digits benchmark (teacher rows in the same run) and export.
+    if run.ema is not None:
+        run.ema.copy_to([p for p in run.generator.parameters() if p.requires_grad])
+    return finish(name, cfg, accelerator, run.student(), run.teacher, run.real.denoiser, steps_done=steps_done,
+                  train_minutes=(time.time() - start_time) / 60)
+
+
+if __name__ == "__main__":
+    main(load_config(SiDConfig))

@@ -1,0 +1,224 @@
+"""SwiftBrush: one-step text-to-image by variational score distillation (Nguyen & Tran 2024,
+CVPR, arXiv:2312.05239), image-free.
+
+    accelerate launch recipes/swiftbrush.py                                      # digits, 1 step, CPU minutes
+    accelerate launch recipes/swiftbrush.py --config recipes/configs/swiftbrush/tiny_t2i.yaml
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/swiftbrush.py \
+        --config recipes/configs/swiftbrush/sd21.yaml data.prompts=PROMPTS.txt
+
+Algorithm (official code `train_swiftbrush.py`): no real images, only prompts (or class labels).
+The fake score is a LoRA on the teacher itself (peft): adapters off is the teacher, adapters on the
+fake score, so two denoising networks are in memory (teacher and generator), not three. Each step,
+on the same generated batch x = G(z):
+  1. generator: the VSD gradient (ProlificDreamer Eq. 9, SwiftBrush Eq. 6)
+         w(t) (x0_lora^cfg - x0_teacher^cfg) with w(t) = alpha_t sigma_t in x0 units
+     (= the paper's sigma_t^2 (eps_teacher - eps_lora)), both predictions classifier-free guided, fed to
+     G through the surrogate 0.5 ||x - sg(x - grad)||^2;
+  2. LoRA: its own denoising loss on sg(x) (the official alpha_t-scaled eps-MSE), with condition dropout
+     so that its unconditional branch exists for guidance.
+Adam, constant learning rates (the LoRA's much larger), gradient clipping, optional EMA.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+
+from stepdistill import ops
+from stepdistill.checkpointing import load_checkpoint
+from stepdistill.config import load_config, save_config
+from stepdistill.denoiser import native_loss_weight
+from stepdistill.losses import denoising_loss
+from stepdistill.schedules import DiscreteRange, UniformTime
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Student, TrainConfig, finish,
+                                  make_ema, make_optimizer, save_samples, setup_data, start, train_loop)
+from stepdistill.trio import make_fake_score, make_generator, make_real_score
+
+# LoRA targets: attention projections (SD's to_q/to_v in the official code) plus the residual blocks'
+# convolutions and time projections, which small pixel UNets with few attention layers need.
+DIGITS_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "digits"  # "digits", a local diffusers folder, or a hub id
+    generator_timesteps: tuple[float, ...] = (999.0,)  # SwiftBrush: pure noise at t = 999
+    lora_rank: int = 32  # the fake score's LoRA on the teacher (official: 64)
+    lora_alpha: Optional[float] = None  # None: = rank (official: 108 with rank 64)
+    lora_targets: tuple[str, ...] = tuple(DIGITS_LORA_TARGETS)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LossConfig:
+    real_guidance: float = 1.0  # CFG of the teacher (official README 4.5)
+    fake_guidance: float = 1.0  # CFG of the LoRA fake score (official: the same as the teacher's)
+    min_step: float = 0.02  # VSD times: an index drawn from [min_step, max_step) of the levels (t ~ U[20, 981))
+    max_step: float = 0.98
+
+
+@dataclass
+class OptimConfig:
+    lr_generator: float = 5e-5
+    lr_lora: float = 1e-3  # official 1e-6 (G) / 1e-3 (LoRA)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # constant learning rates
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SwiftBrushConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="outputs/swiftbrush_digits"))
+    data: DataConfig = field(default_factory=DataConfig)  # prompt_dropout 0.1 for the LoRA, as official
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/swiftbrush_digits.json"))
+    export: ExportConfig = field(default_factory=ExportConfig)
+    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
+
+
+@dataclass
+class Run:
+    cfg: SwiftBrushConfig
+    accelerator: Accelerator
+    teacher: object
+    schedule: object
+    ts: torch.Tensor
+    shape: tuple[int, ...]
+    conditioner: object
+    space: object
+    real_score: torch.nn.Module  # the teacher, adapters off
+    fake_score: torch.nn.Module  # the same network, LoRA on (prepared: DDP-wrapped when distributed)
+    generator: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_f: torch.optim.Optimizer
+    sched_g: object
+    sched_f: object
+    ema: object
+    resume_from: Optional[Path]
+
+    @property
+    def gen_module(self):
+        return self.accelerator.unwrap_model(self.generator)
+
+    @property
+    def fake_module(self):
+        return self.accelerator.unwrap_model(self.fake_score)
+
+    def student(self) -> Student:
+        return Student(self.gen_module, self.conditioner, self.schedule, self.ts, self.shape, self.space)
+
+
+def setup(cfg: SwiftBrushConfig) -> Run:
+    """Validate, build the teacher-with-LoRA and the generator, optimisers. Errors raise here."""
+    begin = start(cfg.train, cfg.model.teacher, cfg.resume)
+    accelerator, teacher = begin.accelerator, begin.teacher
+    ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
+    if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
+        raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
+                         f"(a one-step generator); got {list(ts)}")
+    if cfg.model.lora_rank < 1:
+        raise ValueError(f"model.lora_rank={cfg.model.lora_rank}: SwiftBrush's fake score is a LoRA (rank >= 1)")
+    conditioner, space, _ = setup_data(cfg.data, teacher, accelerator.device, need_images=False)
+    guided = cfg.loss.real_guidance != 1 or cfg.loss.fake_guidance != 1
+    if guided and conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
+        raise ValueError("guidance != 1 needs a teacher with an unconditional branch")
+    # The generator first (a plain copy), then the LoRA on the teacher's own network.
+    generator = make_generator(teacher, float(ts[0]), gradient_checkpointing=cfg.model.gradient_checkpointing)
+    fake_score = make_fake_score(teacher, lora_rank=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
+                                 target_modules=list(cfg.model.lora_targets),
+                                 gradient_checkpointing=cfg.model.gradient_checkpointing)
+    o = cfg.optim
+    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
+                                    warmup_steps=o.warmup_steps)
+    opt_f, sched_f = make_optimizer([p for p in fake_score.parameters() if p.requires_grad], lr=o.lr_lora,
+                                    betas=o.betas, weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
+    generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
+        generator, fake_score, opt_g, opt_f, sched_g, sched_f)
+    ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)
+    return Run(cfg, accelerator, teacher, teacher.schedule, ts, begin.shape, conditioner, space,
+               make_real_score(teacher), fake_score, generator, opt_g, opt_f, sched_g, sched_f, ema,
+               begin.resume_from)
+
+
+def cond_and_uncond(denoiser, scale: float, x_t, t, conditioner, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conditional and unconditional x0 predictions (one batched call); at scale 1 only the first
+    is needed and is returned twice, since the guided prediction is then the conditional one."""
+    cond = conditioner.cond(labels)
+    if scale == 1:
+        x0 = denoiser(x_t, t, **cond)
+        return x0, x0
+    uncond = conditioner.uncond(labels)
+    both = {k: torch.cat([uncond[k], v]) for k, v in cond.items()}
+    x0_uncond, x0_cond = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
+    return x0_cond, x0_uncond
+
+
+def step(run: Run, draw: Draw) -> dict[str, float]:
+    cfg, schedule, conditioner, shape = run.cfg, run.schedule, run.conditioner, run.shape
+    labels = draw.labels(conditioner)
+    x = run.generator(draw.randn(*shape), **conditioner.cond(labels))
+
+    # 1. Generator: VSD with both predictions guided; no gradient through either network.
+    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
+    x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
+    fake = run.fake_module
+    with torch.no_grad():
+        real_c, real_u = cond_and_uncond(run.real_score, cfg.loss.real_guidance, x_t, t, conditioner, labels)
+        fake_c, fake_u = cond_and_uncond(fake, cfg.loss.fake_guidance, x_t, t, conditioner, labels)
+    weight = schedule.alpha(t) * schedule.sigma(t)  # sigma_t^2 in eps units
+    loss_vsd = ops.vsd_loss(x, real_c, real_u, fake_c, fake_u, cfg.loss.real_guidance, cfg.loss.fake_guidance, weight)
+    run.accelerator.backward(loss_vsd)
+    gen_params = [p for p in run.generator.parameters() if p.requires_grad]
+    run.accelerator.clip_grad_norm_(gen_params, cfg.optim.grad_clip)
+    run.opt_g.step()
+    run.sched_g.step()
+    run.opt_g.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(gen_params)
+
+    # 2. LoRA: denoising on the same, detached samples, labels dropped to null with prob. prompt_dropout.
+    t = draw.times(UniformTime(), schedule)
+    x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
+    dropped = draw.dropped(labels, cfg.data.prompt_dropout)
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    weight = native_loss_weight(run.teacher.prediction_type, alpha, sigma) * alpha ** 2  # MSE(a eps_hat, a eps)
+    loss_lora = denoising_loss(run.fake_score(x_t, t, **conditioner.cond(dropped)), x.detach(), weight)
+    run.accelerator.backward(loss_lora)
+    lora_params = [p for p in run.fake_score.parameters() if p.requires_grad]
+    run.accelerator.clip_grad_norm_(lora_params, cfg.optim.grad_clip)
+    run.opt_f.step()
+    run.sched_f.step()
+    run.opt_f.zero_grad(set_to_none=True)
+    return {"loss_vsd": loss_vsd.item(), "loss_lora": loss_lora.item()}
+
+
+def main(cfg: SwiftBrushConfig) -> dict | None:
+    start_time = time.time()
+    run = setup(cfg)
+    accelerator, out = run.accelerator, Path(cfg.train.output_dir)
+    start_step = load_checkpoint(accelerator, run.resume_from) if run.resume_from else 0
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "config.yaml")
+
+    steps_done = train_loop(accelerator, cfg.train, name="swiftbrush", config=cfg, start_step=start_step,
+                            start_time=start_time, step_fn=lambda draw, _: step(run, draw),
+                            save_samples=lambda path: save_samples(run.student(), path, accelerator.device))
+
+    if run.ema is not None:
+        run.ema.copy_to([p for p in run.generator.parameters() if p.requires_grad])
+    return finish("swiftbrush", cfg, accelerator, run.student(), run.teacher, run.real_score,
+                  steps_done=steps_done, train_minutes=(time.time() - start_time) / 60)
+
+
+if __name__ == "__main__":
+    main(load_config(SwiftBrushConfig))

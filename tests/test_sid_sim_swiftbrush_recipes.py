@@ -1,0 +1,142 @@
+"""SiD, SIM and SwiftBrush recipes end to end on tiny teachers: presets, the text-to-image path and
+export, what each generator step may touch, SwiftBrush's two-network memory, resume.
+(Convergence of each loss is tested on the exact 2-D teacher; digits quality is measured by the
+recipes' own runs.)"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+import sid  # noqa: E402
+import sim  # noqa: E402
+import swiftbrush  # noqa: E402
+from stepdistill.config import apply_overrides, load_config  # noqa: E402
+from stepdistill.training import Draw  # noqa: E402
+
+RECIPES = {"sid": (sid, sid.SiDConfig), "sim": (sim, sim.SIMConfig), "swiftbrush": (swiftbrush, swiftbrush.SwiftBrushConfig)}
+
+
+def _cfg(name, teacher, out, *extra):
+    _, config = RECIPES[name]
+    return apply_overrides(config(), [f"model.teacher={teacher}", f"train.output_dir={out}", "train.batch_size=4",
+                                      "train.log_every=1", "train.sample_every=1000", "optim.warmup_steps=0",
+                                      "eval.enabled=false", *extra])
+
+
+@pytest.mark.parametrize("preset", sorted(p for r in RECIPES for p in (ROOT / "recipes" / "configs" / r).glob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_preset_parses_into_its_recipe_config(preset):
+    _, config = RECIPES[preset.parent.name]
+    cfg = load_config(config, ["--config", str(preset)])
+    assert cfg.model.teacher and cfg.train.batch_size > 0
+    if preset.stem != "digits":  # real-model and smoke presets are text-to-image
+        assert "tiny_t2i" in preset.stem or "/" in cfg.model.teacher
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_tiny_text_to_image_preset_trains_two_steps_and_exports(name, tmp_path, monkeypatch):
+    """Latents through the VAE, cached CLIP embeddings, guidance; the export loads in stock diffusers
+    and generates at one step."""
+    from diffusers import DiffusionPipeline, LCMScheduler
+
+    module, config = RECIPES[name]
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    module.main(load_config(config, ["--config", f"recipes/configs/{name}/tiny_t2i.yaml",
+                                     f"train.output_dir={tmp_path / 'run'}"]))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log_rank0.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1]
+    assert all(torch.isfinite(torch.tensor(v)) for r in log for k, v in r.items() if k.startswith("loss"))
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    image = pipe("a red square", num_inference_steps=1, guidance_scale=0.0, output_type="pt",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+
+
+def _networks(run) -> set[int]:
+    """Distinct denoising networks reachable from a run's roles."""
+    nets = {id(m.net) for m in (run.real_score, run.fake_module, run.gen_module.denoiser)}
+    return nets
+
+
+def test_swiftbrush_holds_exactly_two_denoising_networks(digits_like_teacher, tmp_path):
+    run = swiftbrush.setup(_cfg("swiftbrush", digits_like_teacher, tmp_path, "model.lora_rank=4"))
+    assert len(_networks(run)) == 2  # the generator, and the teacher whose LoRA is the fake score
+    assert run.real_score.net is run.fake_module.net
+    storages = {p.untyped_storage().data_ptr() for m in (run.real_score, run.fake_module, run.gen_module)
+                for p in m.parameters()}
+    teacher_params = sum(1 for n, _ in run.real_score.net.named_parameters() if "lora_" not in n)
+    lora_params = sum(1 for n, _ in run.real_score.net.named_parameters() if "lora_" in n)
+    assert len(storages) == 2 * teacher_params + lora_params
+    trainable_fake = [n for n, p in run.fake_module.named_parameters() if p.requires_grad]
+    assert trainable_fake and all("lora_" in n for n in trainable_fake)
+    # Adapters off is exactly the teacher; on, the fake score (B = 0 at first, then trained).
+    x, t, cond = torch.randn(2, 1, 16, 16), torch.tensor([100.0, 700.0]), {"class_labels": torch.tensor([1, 2])}
+    with torch.no_grad():
+        for p in run.fake_module.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+        real, fake = run.real_score(x, t, **cond), run.fake_module(x, t, **cond)
+    from stepdistill.trio import load_teacher
+
+    plain = load_teacher(digits_like_teacher).denoiser()
+    torch.testing.assert_close(real, plain(x, t, **cond))
+    assert float((fake - real).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["sid", "sim"])
+def test_generator_step_trains_the_generator_through_frozen_networks(name, digits_like_teacher, tmp_path):
+    """SiD / SIM differentiate through the teacher's and fake score's activations, but only the
+    generator's weights move on a generator step."""
+    module, _ = RECIPES[name]
+    cfg = _cfg(name, digits_like_teacher, tmp_path)
+    run = sid.setup(cfg)
+    loss = (lambda x, r, f, t: sid.ops.sid_loss(x, r, f, 1.2)) if name == "sid" else \
+        (lambda x, r, f, t: sim.sim_loss(x, r, f, 0.01))
+    seen = {}
+
+    def spy(x, x0_real, x0_fake, t):
+        seen.update(real=x0_real.requires_grad, fake=x0_fake.requires_grad)
+        return loss(x, x0_real, x0_fake, t)
+
+    before = {k: [p.detach().clone() for p in m.parameters()] for k, m in
+              (("gen", run.gen_module), ("fake", run.fake_module), ("real", run.real.denoiser))}
+    sid.generator_step(run, Draw(run.accelerator, 4, 0, 0), spy)
+    assert seen == {"real": True, "fake": True}  # both predictions carry gradient back to x_t
+    moved = {k: any(not torch.equal(a, b.detach()) for a, b in zip(before[k], m.parameters()))
+             for k, m in (("gen", run.gen_module), ("fake", run.fake_module), ("real", run.real.denoiser))}
+    assert moved == {"gen": True, "fake": False, "real": False}
+    assert all(p.grad is None for p in run.fake_module.parameters())
+
+
+def test_sid_resume_continues_with_identical_state(digits_like_teacher, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    sid.main(_cfg("sid", digits_like_teacher, straight, "train.max_steps=4", "train.checkpoint_every=2"))
+    sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=2", "train.checkpoint_every=2"))
+    sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=4", "train.checkpoint_every=2",
+                  "resume=latest"))
+    steps = [json.loads(l)["step"] for l in (resumed / "log_rank0.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+    for a, b in (("model.safetensors", "model.safetensors"), ("model_1.safetensors", "model_1.safetensors")):
+        wa = load_file(str(straight / "checkpoints" / "step_00000004" / a))
+        wb = load_file(str(resumed / "checkpoints" / "step_00000004" / b))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("name,override,match", [
+    ("sid", "model.generator_timesteps=[999,499]", "one-step"),
+    ("swiftbrush", "model.lora_rank=0", "LoRA"),
+    ("sid", "data.prompt_dropout=1.5", "prompt_dropout"),
+])
+def test_bad_input_fails_before_any_step(name, override, match, digits_like_teacher, tmp_path):
+    module, _ = RECIPES[name]
+    with pytest.raises(ValueError, match=match):
+        module.setup(_cfg(name, digits_like_teacher, tmp_path / "x", override))
+    assert not (tmp_path / "x" / "checkpoints").exists()
