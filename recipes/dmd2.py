@@ -31,15 +31,15 @@ from accelerate.utils import broadcast
 from diffusers.training_utils import EMAModel
 
 from stepdistill import ops
-from stepdistill.checkpointing import load_checkpoint
-from stepdistill.config import load_config, save_config
+from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.heads import GANHead, bottleneck_features
 from stepdistill.losses import denoising_loss, discriminator_loss, generator_gan_loss
 from stepdistill.samplers import backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Student, TrainConfig, finish,
-                                  make_ema, make_optimizer, save_samples, setup_data, start, train_loop)
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
+                                  make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
+                                  train_loop)
 from stepdistill.trio import make_fake_score, make_generator, make_real_score, trainable
 
 
@@ -115,7 +115,7 @@ class GANWeight:
 
 
 @dataclass
-class Run:
+class Run(Roles):
     """Everything `setup` builds; the step functions below read it."""
 
     cfg: DMD2Config
@@ -139,14 +139,6 @@ class Run:
     gan_weight: GANWeight
     resume_from: Optional[Path]
     labelled_real: bool  # real images carry class labels (read once: an item may decode an image)
-
-    @property
-    def gen_module(self):
-        return self.accelerator.unwrap_model(self.generator)
-
-    @property
-    def fake_module(self):
-        return self.accelerator.unwrap_model(self.fake_score)
 
     @property
     def head_module(self):
@@ -246,11 +238,7 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
         loss = loss + cfg.loss.gan_discriminator_weight * loss_d
         logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
                  "d_fake": torch.sigmoid(logits_fake).mean().item()}
-    run.accelerator.backward(loss)
-    run.accelerator.clip_grad_norm_(run.params("fake_score"), cfg.optim.grad_clip)
-    run.opt_f.step()
-    run.sched_f.step()
-    run.opt_f.zero_grad(set_to_none=True)
+    optimizer_step(run.accelerator, loss, run.params("fake_score"), run.opt_f, run.sched_f, grad_clip=cfg.optim.grad_clip)
     return logs
 
 
@@ -280,11 +268,7 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
             balance_gan_weight(run, x, loss_dm, loss_g)
         loss = loss + run.gan_weight.value * loss_g
         logs |= {"loss_g_gan": loss_g.item(), "gan_weight": run.gan_weight.value}
-    run.accelerator.backward(loss)
-    run.accelerator.clip_grad_norm_(run.params("generator"), cfg.optim.grad_clip)
-    run.opt_g.step()
-    run.sched_g.step()
-    run.opt_g.zero_grad(set_to_none=True)
+    optimizer_step(run.accelerator, loss, run.params("generator"), run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
     if run.ema is not None:
         run.ema.step(run.params("generator"))
     return logs
@@ -302,11 +286,8 @@ def balance_gan_weight(run: Run, x: torch.Tensor, loss_dm: torch.Tensor, loss_g:
 def main(cfg: DMD2Config) -> None:
     start_time = time.time()
     run = setup(cfg)
-    accelerator, out = run.accelerator, Path(cfg.train.output_dir)
-    start_step = load_checkpoint(accelerator, run.resume_from) if run.resume_from else 0
-    out.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
+    accelerator = run.accelerator
+    start_step = begin(accelerator, run.resume_from, cfg)
 
     # 1. The loop: fake score every step, generator every `update_ratio` steps.
     def step_fn(draw: Draw, step: int) -> dict[str, float]:
@@ -319,17 +300,13 @@ def main(cfg: DMD2Config) -> None:
 
     steps_done = train_loop(accelerator, cfg.train, name="dmd2", config=cfg, start_step=start_step,
                             start_time=start_time, step_fn=step_fn,
-                            save_samples=lambda path: save_samples(student(run), path, accelerator.device))
+                            save_samples=lambda path: save_samples(run.student(), path, accelerator.device))
 
     # 2. Evaluate on the digits benchmark (teacher rows in the same run), then export.
     if run.ema is not None:
         run.ema.copy_to(run.params("generator"))
-    finish("dmd2", cfg, accelerator, student(run), run.teacher, run.real_guided.denoiser,
+    finish("dmd2", cfg, accelerator, run.student(), run.teacher, run.real_guided.denoiser,
            steps_done=steps_done, train_minutes=(time.time() - start_time) / 60)
-
-
-def student(run: Run) -> Student:
-    return Student(run.gen_module, run.conditioner, run.schedule, run.ts, run.shape, run.space)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,13 @@ import torch
 from accelerate import Accelerator
 
 from stepdistill import ops
-from stepdistill.checkpointing import load_checkpoint
-from stepdistill.config import load_config, save_config
+from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.losses import denoising_loss
 from stepdistill.schedules import DiscreteRange, LogNormalSigma, UniformTime
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Student, TrainConfig, finish,
-                                  make_ema, make_optimizer, save_samples, setup_data, start, train_loop)
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
+                                  make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
+                                  train_loop)
 from stepdistill.trio import make_fake_score, make_generator, make_real_score, trainable
 
 
@@ -87,7 +87,7 @@ class SiDConfig:
 
 
 @dataclass
-class Run:
+class Run(Roles):
     """Everything `setup` builds; the step functions below read it."""
 
     cfg: SiDConfig
@@ -107,17 +107,6 @@ class Run:
     sched_f: object
     ema: object
     resume_from: Optional[Path]
-
-    @property
-    def gen_module(self):
-        return self.accelerator.unwrap_model(self.generator)
-
-    @property
-    def fake_module(self):
-        return self.accelerator.unwrap_model(self.fake_score)
-
-    def student(self) -> Student:
-        return Student(self.gen_module, self.conditioner, self.schedule, self.ts, self.shape, self.space)
 
 
 def setup(cfg) -> Run:
@@ -154,17 +143,10 @@ def guided(denoiser, scale: float, x_t, t, conditioner, labels):
     return CFGDenoiser(denoiser, scale)(x_t, t, uncond=conditioner.uncond(labels) if scale != 1 else None, **cond)
 
 
-def optimizer_step(run: Run, loss: torch.Tensor, params: list, opt, sched) -> None:
-    """Backward, NaN/inf gradients zeroed (SiD's `nan_to_num` on every gradient), clip, step."""
-    run.accelerator.backward(loss)
-    for p in params:
-        if p.grad is not None:
-            torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
-    if run.cfg.optim.grad_clip is not None:
-        run.accelerator.clip_grad_norm_(params, run.cfg.optim.grad_clip)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
+def update(run: Run, loss: torch.Tensor, module: torch.nn.Module, opt, sched) -> None:
+    """One optimiser step on `module`'s trainable weights, NaN/inf gradients zeroed as SiD does."""
+    optimizer_step(run.accelerator, loss, [p for p in module.parameters() if p.requires_grad], opt, sched,
+                   grad_clip=run.cfg.optim.grad_clip, nan_to_num=True)
 
 
 def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
@@ -182,7 +164,7 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
         weight = native_loss_weight(run.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
     x_t = schedule.add_noise(x, draw.randn(*run.shape), t)
     loss = denoising_loss(guided(run.fake_score, cfg.loss.guidance, x_t, t, conditioner, labels), x, weight)
-    optimizer_step(run, loss, [p for p in run.fake_score.parameters() if p.requires_grad], run.opt_f, run.sched_f)
+    update(run, loss, run.fake_score, run.opt_f, run.sched_f)
     return {"loss_fake": loss.item()}
 
 
@@ -202,7 +184,7 @@ def generator_step(run: Run, draw: Draw, generator_loss: GeneratorLoss) -> dict[
         x0_real = guided(run.real.denoiser, cfg.loss.guidance, x_t, t, conditioner, labels)
         x0_fake = guided(fake, cfg.loss.guidance, x_t, t, conditioner, labels)
         loss = generator_loss(x, x0_real, x0_fake, t)
-        optimizer_step(run, loss, [p for p in run.generator.parameters() if p.requires_grad], run.opt_g, run.sched_g)
+        update(run, loss, run.generator, run.opt_g, run.sched_g)
     if run.ema is not None:
         run.ema.step([p for p in run.generator.parameters() if p.requires_grad])
     return {"loss_g": loss.item()}
@@ -213,11 +195,8 @@ def main(cfg: SiDConfig, *, name: str = "sid", generator_loss: GeneratorLoss | N
     run = setup(cfg)
     generator_loss = generator_loss or (lambda x, x0_real, x0_fake, t: ops.sid_loss(x, x0_real, x0_fake,
                                                                                      cfg.loss.alpha))
-    accelerator, out = run.accelerator, Path(cfg.train.output_dir)
-    start_step = load_checkpoint(accelerator, run.resume_from) if run.resume_from else 0
-    out.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
+    accelerator = run.accelerator
+    start_step = begin(accelerator, run.resume_from, cfg)
 
     # 1. Strict 1:1 alternation, each update on fresh generator samples.
     def step_fn(draw: Draw, step: int) -> dict[str, float]:

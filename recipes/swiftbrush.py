@@ -30,13 +30,13 @@ import torch
 from accelerate import Accelerator
 
 from stepdistill import ops
-from stepdistill.checkpointing import load_checkpoint
-from stepdistill.config import load_config, save_config
+from stepdistill.config import load_config
 from stepdistill.denoiser import native_loss_weight
 from stepdistill.losses import denoising_loss
 from stepdistill.schedules import DiscreteRange, UniformTime
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Student, TrainConfig, finish,
-                                  make_ema, make_optimizer, save_samples, setup_data, start, train_loop)
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
+                                  make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
+                                  train_loop)
 from stepdistill.trio import make_fake_score, make_generator, make_real_score
 
 # LoRA targets: attention projections (SD's to_q/to_v in the official code) plus the residual blocks'
@@ -85,7 +85,7 @@ class SwiftBrushConfig:
 
 
 @dataclass
-class Run:
+class Run(Roles):
     cfg: SwiftBrushConfig
     accelerator: Accelerator
     teacher: object
@@ -103,17 +103,6 @@ class Run:
     sched_f: object
     ema: object
     resume_from: Optional[Path]
-
-    @property
-    def gen_module(self):
-        return self.accelerator.unwrap_model(self.generator)
-
-    @property
-    def fake_module(self):
-        return self.accelerator.unwrap_model(self.fake_score)
-
-    def student(self) -> Student:
-        return Student(self.gen_module, self.conditioner, self.schedule, self.ts, self.shape, self.space)
 
 
 def setup(cfg: SwiftBrushConfig) -> Run:
@@ -176,12 +165,8 @@ def step(run: Run, draw: Draw) -> dict[str, float]:
         fake_c, fake_u = cond_and_uncond(fake, cfg.loss.fake_guidance, x_t, t, conditioner, labels)
     weight = schedule.alpha(t) * schedule.sigma(t)  # sigma_t^2 in eps units
     loss_vsd = ops.vsd_loss(x, real_c, real_u, fake_c, fake_u, cfg.loss.real_guidance, cfg.loss.fake_guidance, weight)
-    run.accelerator.backward(loss_vsd)
     gen_params = [p for p in run.generator.parameters() if p.requires_grad]
-    run.accelerator.clip_grad_norm_(gen_params, cfg.optim.grad_clip)
-    run.opt_g.step()
-    run.sched_g.step()
-    run.opt_g.zero_grad(set_to_none=True)
+    optimizer_step(run.accelerator, loss_vsd, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
     if run.ema is not None:
         run.ema.step(gen_params)
 
@@ -192,23 +177,16 @@ def step(run: Run, draw: Draw) -> dict[str, float]:
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     weight = native_loss_weight(run.teacher.prediction_type, alpha, sigma) * alpha ** 2  # MSE(a eps_hat, a eps)
     loss_lora = denoising_loss(run.fake_score(x_t, t, **conditioner.cond(dropped)), x.detach(), weight)
-    run.accelerator.backward(loss_lora)
-    lora_params = [p for p in run.fake_score.parameters() if p.requires_grad]
-    run.accelerator.clip_grad_norm_(lora_params, cfg.optim.grad_clip)
-    run.opt_f.step()
-    run.sched_f.step()
-    run.opt_f.zero_grad(set_to_none=True)
+    optimizer_step(run.accelerator, loss_lora, [p for p in run.fake_score.parameters() if p.requires_grad],
+                   run.opt_f, run.sched_f, grad_clip=cfg.optim.grad_clip)
     return {"loss_vsd": loss_vsd.item(), "loss_lora": loss_lora.item()}
 
 
 def main(cfg: SwiftBrushConfig) -> dict | None:
     start_time = time.time()
     run = setup(cfg)
-    accelerator, out = run.accelerator, Path(cfg.train.output_dir)
-    start_step = load_checkpoint(accelerator, run.resume_from) if run.resume_from else 0
-    out.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
+    accelerator = run.accelerator
+    start_step = begin(accelerator, run.resume_from, cfg)
 
     steps_done = train_loop(accelerator, cfg.train, name="swiftbrush", config=cfg, start_step=start_step,
                             start_time=start_time, step_fn=lambda draw, _: step(run, draw),

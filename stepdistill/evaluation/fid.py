@@ -14,7 +14,6 @@ clean-fid's `kernel_distance` (subsets of at most 1,000, cubic kernel).
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path

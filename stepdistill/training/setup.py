@@ -95,3 +95,31 @@ def make_ema(params: list[torch.nn.Parameter], decay: float | None, accelerator:
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     return ema
+
+
+def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: list[torch.nn.Parameter], opt, sched, *,
+                   grad_clip: float | None, nan_to_num: bool = False) -> None:
+    """Backward, optionally zero NaN/inf gradients (SiD's `nan_to_num` on every gradient), clip, step."""
+    accelerator.backward(loss)
+    if nan_to_num:
+        for p in params:
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+    if grad_clip is not None:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def begin(accelerator: Accelerator, resume_from: Path | None, cfg) -> int:
+    """Restore a checkpoint (returns its step, else 0) and write the run's config next to its outputs."""
+    from ..checkpointing import load_checkpoint
+    from ..config import save_config
+
+    start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "config.yaml")
+    return start_step

@@ -138,3 +138,19 @@ def finish(recipe: str, cfg, accelerator, student: Student, teacher, real_denois
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+class Roles:
+    """Mixin for a recipe's run dataclass holding `accelerator`, the prepared `generator` and
+    `fake_score`, and what sampling needs: the unwrapped modules and the run's `Student`."""
+
+    @property
+    def gen_module(self):
+        return self.accelerator.unwrap_model(self.generator)
+
+    @property
+    def fake_module(self):
+        return self.accelerator.unwrap_model(self.fake_score)
+
+    def student(self) -> Student:
+        return Student(self.gen_module, self.conditioner, self.schedule, self.ts, self.shape, self.space)
