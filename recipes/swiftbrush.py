@@ -31,7 +31,7 @@ from accelerate import Accelerator
 
 from stepdistill import ops
 from stepdistill.config import load_config
-from stepdistill.denoiser import native_loss_weight
+from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.losses import denoising_loss
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
@@ -147,10 +147,7 @@ def cond_and_uncond(denoiser, scale: float, x_t, t, conditioner, labels) -> tupl
     if scale == 1:
         x0 = denoiser(x_t, t, **cond)
         return x0, x0
-    uncond = conditioner.uncond(labels)
-    both = {k: torch.cat([uncond[k], v]) for k, v in cond.items()}
-    x0_uncond, x0_cond = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
-    return x0_cond, x0_uncond
+    return CFGDenoiser(denoiser, scale).branches(x_t, t, uncond=conditioner.uncond(labels), **cond)
 
 
 def step(run: Run, draw: Draw) -> dict[str, float]:

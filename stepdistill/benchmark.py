@@ -88,15 +88,20 @@ class DigitsBenchmark:
             images = sample_fn(labels, g)
             seconds.append((time.perf_counter() - start) / len(labels))
             per_seed.append(self.score(images, labels))
-        fds = np.array([r["fd"] for r in per_seed])
-        kids = np.array([r["kid"] for r in per_seed])
-        return dict(
-            fd=float(fds.mean()), fd_std=float(fds.std(ddof=1)) if len(fds) > 1 else 0.0,
-            fd_per_seed=[round(float(v), 4) for v in fds],
-            kid=float(kids.mean()), kid_std=float(kids.std(ddof=1)) if len(kids) > 1 else 0.0,
-            accuracy=float(np.mean([r["accuracy"] for r in per_seed])),
-            seconds_per_image=float(np.median(seconds)),
-        )
+        return aggregate(per_seed, seconds)
+
+
+def aggregate(per_seed: list[dict], seconds: list[float]) -> dict:
+    """One row from per-seed scores: FD and KID mean and std across seeds, mean accuracy, median speed."""
+    fds = np.array([r["fd"] for r in per_seed])
+    kids = np.array([r["kid"] for r in per_seed])
+    return dict(
+        fd=float(fds.mean()), fd_std=float(fds.std(ddof=1)) if len(fds) > 1 else 0.0,
+        fd_per_seed=[round(float(v), 4) for v in fds],
+        kid=float(kids.mean()), kid_std=float(kids.std(ddof=1)) if len(kids) > 1 else 0.0,
+        accuracy=float(np.mean([r["accuracy"] for r in per_seed])),
+        seconds_per_image=float(np.median(seconds)),
+    )
 
 
 def teacher_sample_fn(denoiser, schedule, *, sampler: str, steps: int, spacing: str = "karras",

@@ -211,12 +211,18 @@ class CFGDenoiser(nn.Module):
             if self.scale != 1.0:
                 raise ValueError("CFGDenoiser with scale != 1 needs `uncond=` conditioning")
             return self.denoiser(x_t, t, **cond)
+        x0_cond, x0_uncond = self.branches(x_t, t, uncond=uncond, **cond)
+        return x0_uncond + self.scale * (x0_cond - x0_uncond)
+
+    def branches(self, x_t, t, *, uncond: dict, **cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional and unconditional x0 predictions, from one batched call (for losses that
+        apply the guidance themselves, such as the fused VSD kernel)."""
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         both = {k: torch.cat([uncond[k], v]) if torch.is_tensor(v) else v for k, v in cond.items()}
         x0_uncond, x0_cond = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
-        return x0_uncond + self.scale * (x0_cond - x0_uncond)
+        return x0_cond, x0_uncond
 
 
 def lcm_guidance_to_cfg(w: float) -> float:
