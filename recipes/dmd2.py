@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from accelerate import Accelerator
@@ -73,9 +73,12 @@ class OptimConfig:
     lr_fake: float = 2e-4
     betas: tuple[float, float] = (0.0, 0.99)
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # training steps (the generator warms up over warmup_steps / update_ratio of its own)
     grad_clip: float = 10.0
     update_ratio: int = 5  # fake-score updates per generator update
+    # "linear" / "cosine": both learning rates decay to zero at train.max_steps (the generator's at
+    # its own max_steps / update_ratio-th step), so set max_steps to what the time limit allows.
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
 
 
 @dataclass
@@ -176,9 +179,11 @@ def setup(cfg: DMD2Config) -> Run:
     gen_params = [p for p in generator.parameters() if p.requires_grad]
     fake_params = [p for p in fake_score.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
-                                    warmup_steps=o.warmup_steps)
+                                    warmup_steps=-(-o.warmup_steps // o.update_ratio), schedule=o.lr_schedule,
+                                    total_steps=-(-cfg.train.max_steps // o.update_ratio))
     opt_f, sched_f = make_optimizer(fake_params, lr=o.lr_fake, betas=o.betas, weight_decay=o.weight_decay,
-                                    warmup_steps=o.warmup_steps)
+                                    warmup_steps=o.warmup_steps, schedule=o.lr_schedule,
+                                    total_steps=cfg.train.max_steps)
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
     if head is not None:

@@ -72,6 +72,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     grad_clip: Optional[float] = 10.0  # SiD-LSG README: fp16 "requires gradient clipping"
+    # "linear" / "cosine": both rates decay to zero at train.max_steps (set it to what the time limit allows)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
 
 
 @dataclass
@@ -124,11 +126,11 @@ def setup(cfg) -> Run:
     generator = make_generator(teacher, float(ts[0]), gradient_checkpointing=cfg.model.gradient_checkpointing)
     o = cfg.optim
     gen_params = [p for p in generator.parameters() if p.requires_grad]
+    decay = dict(warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=cfg.train.max_steps)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, eps=o.eps,
-                                    weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
+                                    weight_decay=o.weight_decay, **decay)
     opt_f, sched_f = make_optimizer([p for p in fake_score.parameters() if p.requires_grad], lr=o.lr_fake,
-                                    betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                    warmup_steps=o.warmup_steps)
+                                    betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, **decay)
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
     ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)

@@ -16,6 +16,9 @@ def make_accelerator(**kwargs) -> Accelerator:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not torch.cuda.is_available():
         kwargs.setdefault("cpu", True)
+    # Recipes draw the *global* batch and slice it per process, so a learning-rate schedule counts
+    # optimiser steps; accelerate's default would step it num_processes times per step.
+    kwargs.setdefault("step_scheduler_with_optimizer", False)
     accelerator = Accelerator(**kwargs)
     if accelerator.device.type == "cpu" and "STEPDISTILL_KEEP_THREADS" not in os.environ:
         # `accelerate launch` pins OMP_NUM_THREADS=1; on a CPU give each process its share of the

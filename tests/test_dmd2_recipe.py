@@ -111,8 +111,10 @@ def _launch(teacher_dir, out, processes, *extra):
 
 def test_two_processes_match_one_with_the_same_global_batch(teacher_dir, tmp_path):
     """Multistep generator (backward simulation): the step index is the same on both ranks, and
-    two processes x 4 samples train the same weights as one process x 8 samples."""
-    extra = ("train.max_steps=3", "train.checkpoint_every=3", "model.generator_timesteps=[999,499]")
+    two processes x 4 samples train the same weights as one process x 8 samples. The learning rates
+    decay linearly, so a schedule stepped once per process (accelerate's default) would differ."""
+    extra = ("train.max_steps=3", "train.checkpoint_every=3", "model.generator_timesteps=[999,499]",
+             "optim.lr_schedule=linear")
     _launch(teacher_dir, tmp_path / "one", 1, *extra)
     _launch(teacher_dir, tmp_path / "two", 2, *extra)
     logs = [[json.loads(l) for l in (tmp_path / "two" / f"log_rank{r}.jsonl").read_text().splitlines()]

@@ -80,11 +80,21 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     return conditioner, space, dataset
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tuple[float, float],
-                   weight_decay: float = 0.0, warmup_steps: int = 0, eps: float = 1e-8):
-    """AdamW with a constant learning rate after a linear warm-up (diffusers' scheduler)."""
+                   weight_decay: float = 0.0, warmup_steps: int = 0, eps: float = 1e-8,
+                   schedule: str = "constant", total_steps: int | None = None):
+    """AdamW after a linear warm-up, then a constant learning rate or a linear / cosine decay to zero
+    at `total_steps` (this optimiser's own steps), through diffusers' schedulers."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+    if schedule != "constant" and (total_steps is None or total_steps <= warmup_steps):
+        raise ValueError(f"a {schedule} decay needs total_steps > warmup_steps={warmup_steps}; got {total_steps}")
     opt = torch.optim.AdamW(list(params), lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
-    return opt, get_scheduler("constant_with_warmup", opt, num_warmup_steps=warmup_steps)
+    name = "constant_with_warmup" if schedule == "constant" else schedule
+    return opt, get_scheduler(name, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
 
 
 def make_ema(params: list[torch.nn.Parameter], decay: float | None, accelerator: Accelerator) -> EMAModel | None:

@@ -1,0 +1,39 @@
+"""Optimiser construction shared by the recipes: warm-up, then constant or decaying learning rates."""
+
+import pytest
+import torch
+
+from stepdistill.training import make_optimizer
+
+
+def _lrs(schedule, steps, **kw):
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt, sched = make_optimizer([p], lr=1.0, betas=(0.9, 0.999), schedule=schedule, **kw)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_warmup_then_constant():
+    assert _lrs("constant", 5, warmup_steps=2) == pytest.approx([0.0, 0.5, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("schedule, halfway", [("linear", 0.5), ("cosine", 0.5)])
+def test_decays_reach_zero_at_total_steps(schedule, halfway):
+    lrs = _lrs(schedule, 11, warmup_steps=0, total_steps=10)
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[5] == pytest.approx(halfway)
+    assert lrs[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_bad_schedules_fail_clearly():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        make_optimizer(p, lr=1.0, betas=(0.9, 0.999), schedule="step")
+    with pytest.raises(ValueError, match="total_steps > warmup_steps"):
+        make_optimizer(p, lr=1.0, betas=(0.9, 0.999), schedule="cosine", total_steps=5, warmup_steps=5)
