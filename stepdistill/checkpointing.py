@@ -29,7 +29,8 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, *, keep: int = 2) -> Path:
-    """Save the accelerator state for `step` (the number of completed steps). Call on every process."""
+    """Save the accelerator state for `step` (the number of completed steps), keeping the newest
+    `keep` checkpoints (0: all of them). Call on every process."""
     final = Path(output_dir) / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -43,7 +44,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in checkpoint_dirs(output_dir)[:-keep]:
+        for old in checkpoint_dirs(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

@@ -37,3 +37,16 @@ def test_bad_schedules_fail_clearly():
         make_optimizer(p, lr=1.0, betas=(0.9, 0.999), schedule="step")
     with pytest.raises(ValueError, match="total_steps > warmup_steps"):
         make_optimizer(p, lr=1.0, betas=(0.9, 0.999), schedule="cosine", total_steps=5, warmup_steps=5)
+
+
+@pytest.mark.parametrize("keep, expected", [(2, [3, 4]), (0, [1, 2, 3, 4])])
+def test_checkpoint_rotation_keeps_the_newest(tmp_path, keep, expected):
+    from accelerate import Accelerator
+
+    from stepdistill.checkpointing import checkpoint_dirs, save_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(2, 2))
+    for step in (1, 2, 3, 4):
+        save_checkpoint(accelerator, tmp_path, step, keep=keep)
+    assert [int(p.name.split("_")[1]) for p in checkpoint_dirs(tmp_path)] == expected

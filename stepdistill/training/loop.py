@@ -48,7 +48,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, confi
             # Every process stops at the same step, whatever its own clock says.
             out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
             if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time:
-                save_checkpoint(accelerator, out, done)
+                save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints)
             if out_of_time:
                 break
     return done

@@ -17,6 +17,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # the newest N (0: all, e.g. to score a run's checkpoints afterwards)
     # Stop early (then still evaluate and export) after this long: keeps the CPU default within 15 min.
     time_limit_minutes: Optional[float] = 11.5
     output_dir: str = "outputs/run"

@@ -41,6 +41,8 @@ def start(train: TrainConfig, teacher: str, resume: str | None) -> Start:
     """The accelerator (gloo processes on a CPU machine), a checked resume point, seeds, the teacher."""
     accelerator = make_accelerator(mixed_precision=train.mixed_precision, project_dir=train.output_dir,
                                    log_with=None if train.report_to == "none" else train.report_to)
+    if train.keep_checkpoints < 0:
+        raise ValueError(f"train.keep_checkpoints={train.keep_checkpoints} must be >= 0 (0 keeps every checkpoint)")
     if train.batch_size % accelerator.num_processes:
         raise ValueError(f"train.batch_size={train.batch_size} is not divisible by "
                          f"{accelerator.num_processes} processes")
