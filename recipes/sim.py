@@ -45,7 +45,7 @@ class SIMConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="outputs/sim_digits"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1100, output_dir="outputs/sim_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/sim_digits.json"))
     export: ExportConfig = field(default_factory=ExportConfig)

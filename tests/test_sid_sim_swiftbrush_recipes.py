@@ -119,7 +119,9 @@ def test_generator_step_trains_the_generator_through_frozen_networks(name, digit
 def test_sid_resume_continues_with_identical_state(digits_like_teacher, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     sid.main(_cfg("sid", digits_like_teacher, straight, "train.max_steps=4", "train.checkpoint_every=2"))
-    sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=2", "train.checkpoint_every=2"))
+    # Interrupted after its first step (a zero time limit), resumed with the same (cosine-decayed) config.
+    sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=4", "train.checkpoint_every=2",
+                  "train.time_limit_minutes=0"))
     sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=4", "train.checkpoint_every=2",
                   "resume=latest"))
     steps = [json.loads(l)["step"] for l in (resumed / "log_rank0.jsonl").read_text().splitlines()]
