@@ -18,13 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stepdistill.benchmark import DigitsBenchmark  # noqa: E402
-from stepdistill.checkpointing import checkpoint_dirs  # noqa: E402
+from stepdistill.checkpointing import checkpoint_dirs, checkpoint_step  # noqa: E402
 from stepdistill.conditioning import ClassConditioner  # noqa: E402
 from stepdistill.evaluation.generate import CheckpointModel  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402
@@ -37,7 +36,7 @@ def student_of(checkpoint: Path) -> Student:
     n = model.teacher.net.config.num_class_embeds
     if not n:
         raise ValueError(f"{checkpoint}: the digits benchmark needs a class-conditional run")
-    return Student(model.generator, ClassConditioner(n - 1, null_label=n - 1), model.teacher.schedule, model.ts,
+    return Student(model.generator, ClassConditioner.for_embeddings(n), model.teacher.schedule, model.ts,
                    model.shape, PixelSpace())
 
 
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     bench = DigitsBenchmark()
     rows = []
     for ckpt in checkpoints:
-        step = json.loads((ckpt / "step.json").read_text())["step"]
+        step = checkpoint_step(ckpt)
         row = dict(step=step, **bench.evaluate(student_of(ckpt).sample_fn(), args.seeds))
         rows.append(row)
         print(f"step {step:6d}  FD {row['fd']:.3f} ± {row['fd_std']:.3f}  accuracy {row['accuracy']:.3f}", flush=True)

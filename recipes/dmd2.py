@@ -19,11 +19,12 @@ same data, so their runs agree up to reduction order.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -37,8 +38,8 @@ from stepdistill.heads import GANHead, bottleneck_features
 from stepdistill.losses import denoising_loss, discriminator_loss, generator_gan_loss
 from stepdistill.samplers import backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
-                                  make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Roles, TrainConfig, begin,
+                                  finish, make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
                                   train_loop)
 from stepdistill.trio import make_fake_score, make_generator, make_real_score, trainable
 
@@ -79,7 +80,7 @@ class OptimConfig:
     update_ratio: int = 5  # fake-score updates per generator update
     # "linear" / "cosine": both learning rates decay to zero at train.max_steps (the generator's at
     # its own max_steps / update_ratio-th step), so set max_steps to what the time limit allows.
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    lr_schedule: LRSchedule = "cosine"
 
 
 @dataclass
@@ -181,8 +182,8 @@ def setup(cfg: DMD2Config) -> Run:
     gen_params = [p for p in generator.parameters() if p.requires_grad]
     fake_params = [p for p in fake_score.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
-                                    warmup_steps=-(-o.warmup_steps // o.update_ratio), schedule=o.lr_schedule,
-                                    total_steps=-(-cfg.train.max_steps // o.update_ratio))
+                                    warmup_steps=math.ceil(o.warmup_steps / o.update_ratio), schedule=o.lr_schedule,
+                                    total_steps=math.ceil(cfg.train.max_steps / o.update_ratio))
     opt_f, sched_f = make_optimizer(fake_params, lr=o.lr_fake, betas=o.betas, weight_decay=o.weight_decay,
                                     warmup_steps=o.warmup_steps, schedule=o.lr_schedule,
                                     total_steps=cfg.train.max_steps)

@@ -37,8 +37,8 @@ from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.losses import denoising_loss
 from stepdistill.schedules import DiscreteRange, LogNormalSigma, UniformTime
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
-                                  make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Roles, TrainConfig, begin,
+                                  finish, make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
                                   train_loop)
 from stepdistill.trio import make_fake_score, make_generator, make_real_score, trainable
 
@@ -77,7 +77,7 @@ class OptimConfig:
     warmup_steps: int = 100
     grad_clip: Optional[float] = 10.0  # SiD-LSG README: fp16 "requires gradient clipping"
     # "linear" / "cosine": both rates decay to zero at train.max_steps (set it to what the time limit allows)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    lr_schedule: LRSchedule = "cosine"
 
 
 @dataclass

@@ -65,7 +65,12 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return path
 
 
+def checkpoint_step(path: Path) -> int:
+    """The number of completed steps a complete checkpoint holds."""
+    return int(json.loads((Path(path) / "step.json").read_text())["step"])
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path) -> int:
     """Restore the accelerator state; returns the number of completed steps."""
     accelerator.load_state(str(path))
-    return int(json.loads((path / "step.json").read_text())["step"])
+    return checkpoint_step(path)

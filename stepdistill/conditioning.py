@@ -20,6 +20,12 @@ class ClassConditioner:
     num_classes: int
     null_label: int | None = None
 
+    @classmethod
+    def for_embeddings(cls, num_class_embeds: int) -> "ClassConditioner":
+        """A diffusers UNet with `num_class_embeds` embeddings, the last one the null class (how the
+        shipped teacher and the recipes' teachers are trained with label dropout)."""
+        return cls(num_class_embeds - 1, null_label=num_class_embeds - 1)
+
     def sample_labels(self, n: int, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
         return torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
 

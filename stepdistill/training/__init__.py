@@ -9,10 +9,10 @@
 
 from .draw import Draw
 from .loop import train_loop
-from .sections import DataConfig, EvalConfig, ExportConfig, TrainConfig
+from .sections import DataConfig, EvalConfig, ExportConfig, LRSchedule, TrainConfig
 from .setup import Start, begin, make_ema, make_optimizer, optimizer_step, setup_data, start
 from .student import Roles, Student, evaluate_on_digits, export_student, finish, save_samples
 
-__all__ = ["DataConfig", "Draw", "EvalConfig", "ExportConfig", "Roles", "Start", "Student", "TrainConfig", "begin",
+__all__ = ["DataConfig", "Draw", "EvalConfig", "ExportConfig", "LRSchedule", "Roles", "Start", "Student", "TrainConfig", "begin",
            "evaluate_on_digits", "export_student", "finish", "make_ema", "make_optimizer", "optimizer_step",
            "save_samples", "setup_data", "start", "train_loop"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+# Learning rate after the warm-up: constant, or decaying to zero at the optimiser's last step.
+LRSchedule = Literal["constant", "linear", "cosine"]
+
 
 @dataclass
 class TrainConfig:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, get_args
 
 import torch
 from accelerate import Accelerator
@@ -21,7 +21,7 @@ from ..data import DigitsDataset, ImageFolder, load_prompts
 from ..distributed import make_accelerator
 from ..latents import LatentSpace, PixelSpace
 from ..trio import Teacher, load_teacher
-from .sections import DataConfig, TrainConfig
+from .sections import DataConfig, LRSchedule, TrainConfig
 
 
 @dataclass
@@ -65,7 +65,7 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
         space = LatentSpace(teacher.load_component("vae").to(device))
         resolution = net_cfg.sample_size * 2 ** (len(space.vae.config.block_out_channels) - 1)
     elif net_cfg.get("num_class_embeds"):
-        conditioner = ClassConditioner(net_cfg.num_class_embeds - 1, null_label=net_cfg.num_class_embeds - 1)
+        conditioner = ClassConditioner.for_embeddings(net_cfg.num_class_embeds)
         space, resolution = PixelSpace(), net_cfg.sample_size
     else:
         raise ValueError(f"teacher {teacher.source} has no class embeddings: give data.prompts for a "
@@ -82,16 +82,13 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     return conditioner, space, dataset
 
 
-LR_SCHEDULES = ("constant", "linear", "cosine")
-
-
 def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tuple[float, float],
                    weight_decay: float = 0.0, warmup_steps: int = 0, eps: float = 1e-8,
-                   schedule: str = "constant", total_steps: int | None = None):
+                   schedule: LRSchedule = "constant", total_steps: int | None = None):
     """AdamW after a linear warm-up, then a constant learning rate or a linear / cosine decay to zero
     at `total_steps` (this optimiser's own steps), through diffusers' schedulers."""
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+    if schedule not in get_args(LRSchedule):
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {get_args(LRSchedule)}")
     if schedule != "constant" and (total_steps is None or total_steps <= warmup_steps):
         raise ValueError(f"a {schedule} decay needs total_steps > warmup_steps={warmup_steps}; got {total_steps}")
     opt = torch.optim.AdamW(list(params), lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
