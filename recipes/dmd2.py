@@ -34,9 +34,10 @@ from diffusers.training_utils import EMAModel
 from stepdistill import ops
 from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
+from stepdistill.data.ode_pairs import ODEPairs, make_ode_pairs
 from stepdistill.heads import GANHead, bottleneck_features
-from stepdistill.losses import denoising_loss, discriminator_loss, generator_gan_loss
-from stepdistill.samplers import backward_simulation
+from stepdistill.losses import denoising_loss, discriminator_loss, generator_gan_loss, regression_loss
+from stepdistill.samplers import SAMPLERS, backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Roles, TrainConfig, begin,
                                   finish, make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
@@ -67,6 +68,12 @@ class LossConfig:
     gan_balance: Optional[float] = 1.0
     gan_discriminator_weight: float = 1e-1
     gan_max_t: float = 0.2  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
+    # DMD's regression loss (Eq. 9) on noise-image pairs from the teacher's ODE solver (at the real
+    # score's guidance), solved once before training; 0 turns it off, as in DMD2's recipes.
+    regression_weight: float = 0.0
+    regression_pairs: int = 1024
+    regression_sampler: str = "dpmpp_2m"
+    regression_nfe: int = 35
 
 
 @dataclass
@@ -143,6 +150,7 @@ class Run(Roles):
     sched_f: object
     ema: Optional[EMAModel]
     gan_weight: GANWeight
+    pairs: Optional[ODEPairs]  # the regression loss's teacher ODE pairs
     resume_from: Optional[Path]
     labelled_real: bool  # real images carry class labels (read once: an item may decode an image)
 
@@ -165,6 +173,12 @@ def setup(cfg: DMD2Config) -> Run:
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) == 0 or bool((ts.diff() >= 0).any()) or float(ts.max()) > schedule.t_max:
         raise ValueError(f"model.generator_timesteps must descend within [0, {schedule.t_max}]; got {list(ts)}")
+    loss_cfg = cfg.loss
+    if loss_cfg.regression_weight < 0 or loss_cfg.regression_pairs < 1 or loss_cfg.regression_nfe < 1 or \
+            loss_cfg.regression_sampler not in SAMPLERS:
+        raise ValueError(f"loss.regression_*: weight >= 0, pairs >= 1, nfe >= 1 and a sampler in {sorted(SAMPLERS)} "
+                         f"expected; got {loss_cfg.regression_weight}, {loss_cfg.regression_pairs}, "
+                         f"{loss_cfg.regression_nfe}, {loss_cfg.regression_sampler!r}")
     conditioner, space, dataset = setup_data(cfg.data, teacher, accelerator.device, need_images=cfg.loss.gan)
     real_score = make_real_score(teacher)
     fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
@@ -194,9 +208,16 @@ def setup(cfg: DMD2Config) -> Run:
     ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)
     gan_weight = GANWeight(cfg.loss.gan_generator_weight, cfg.loss.gan_balance)
     accelerator.register_for_checkpointing(gan_weight)
+    real_guided = CFGDenoiser(real_score, cfg.loss.real_guidance)
+    pairs = None
+    if loss_cfg.regression_weight > 0:
+        pairs = make_ode_pairs(real_guided, schedule, conditioner, shape, n=loss_cfg.regression_pairs,
+                               sampler=loss_cfg.regression_sampler, nfe=loss_cfg.regression_nfe,
+                               seed=cfg.train.seed, accelerator=accelerator,
+                               cache=Path(cfg.train.output_dir) / "ode_pairs.safetensors")
     return Run(cfg, accelerator, teacher, schedule, ts, shape, conditioner, space, dataset,
-               CFGDenoiser(real_score, cfg.loss.real_guidance), fake_score, generator, head,
-               opt_g, opt_f, sched_g, sched_f, ema, gan_weight, begin.resume_from,
+               real_guided, fake_score, generator, head,
+               opt_g, opt_f, sched_g, sched_f, ema, gan_weight, pairs, begin.resume_from,
                labelled_real=dataset is not None and "class_labels" in dataset[0])
 
 
@@ -276,6 +297,13 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
             balance_gan_weight(run, x, loss_dm, loss_g)
         loss = loss + run.gan_weight.value * loss_g
         logs |= {"loss_g_gan": loss_g.item(), "gan_weight": run.gan_weight.value}
+    # 3. DMD's regression to the teacher's ODE solutions (a multistep generator's first step).
+    if run.pairs is not None:
+        i = draw.index(len(run.pairs))
+        x_reg = run.generator(run.pairs.z[i], **conditioner.cond(run.pairs.labels[i]))
+        loss_reg = regression_loss(x_reg, run.pairs.x[i])
+        loss = loss + cfg.loss.regression_weight * loss_reg
+        logs["loss_reg"] = loss_reg.item()
     optimizer_step(run.accelerator, loss, run.params("generator"), run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
     if run.ema is not None:
         run.ema.step(run.params("generator"))

@@ -96,7 +96,36 @@ def test_exported_student_reproduces_the_trained_generator_without_stepdistill(t
     torch.testing.assert_close(load_file(str(tmp_path / "x.safetensors"))["images"], expected, atol=1e-5, rtol=0)
 
 
+def test_regression_pairs_are_the_teachers_ode_solutions_and_are_reused(teacher_dir, tmp_path):
+    """DMD's regression data: x is the teacher's ODE solution from z; the file is read back (not
+    solved again) when the settings match, and solved again when they change."""
+    from accelerate import Accelerator
+    from stepdistill.conditioning import ClassConditioner
+    from stepdistill.data.ode_pairs import make_ode_pairs
+    from stepdistill.denoiser import CFGDenoiser
+    from stepdistill.samplers import sample
+    from stepdistill.trio import load_teacher
+
+    teacher = load_teacher(teacher_dir)
+    den, cond = CFGDenoiser(teacher.denoiser(), 1.0), ClassConditioner.for_embeddings(11)
+    cache = tmp_path / "pairs.safetensors"
+    kw = dict(sampler="ddim", nfe=4, seed=3, accelerator=Accelerator(cpu=True), cache=cache)
+    pairs = make_ode_pairs(den, teacher.schedule, cond, (1, 16, 16), n=5, **kw)
+    with torch.no_grad():
+        x = sample(lambda x_t, t: den(x_t, t, class_labels=pairs.labels), teacher.schedule,
+                   pairs.z * teacher.schedule.prior_std(), sampler="ddim", steps=4)
+    torch.testing.assert_close(pairs.x, x, rtol=0, atol=1e-6)
+    stamp = cache.stat().st_mtime_ns
+    again = make_ode_pairs(den, teacher.schedule, cond, (1, 16, 16), n=5, **kw)
+    assert cache.stat().st_mtime_ns == stamp and torch.equal(again.x, pairs.x)
+    more = make_ode_pairs(den, teacher.schedule, cond, (1, 16, 16), n=6, **kw)
+    assert len(more) == 6 and torch.equal(more.z[:5], pairs.z)
+
+
 def test_bad_input_fails_before_any_step(teacher_dir, tmp_path):
+    with pytest.raises(ValueError, match="regression"):
+        dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "x", "loss.regression_weight=1",
+                                   "loss.regression_sampler=euler_a")))
     with pytest.raises(ValueError, match="generator_timesteps"):
         dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "x", "model.generator_timesteps=[499,999]")))
     with pytest.raises(FileNotFoundError, match="incomplete"):
@@ -116,9 +145,11 @@ def _launch(teacher_dir, out, processes, *extra):
 def test_two_processes_match_one_with_the_same_global_batch(teacher_dir, tmp_path):
     """Multistep generator (backward simulation): the step index is the same on both ranks, and
     two processes x 4 samples train the same weights as one process x 8 samples. The learning rates
-    decay linearly, so a schedule stepped once per process (accelerate's default) would differ."""
+    decay linearly, so a schedule stepped once per process (accelerate's default) would differ. The
+    regression loss's teacher ODE pairs are solved half on each process and gathered."""
     extra = ("train.max_steps=3", "train.checkpoint_every=3", "model.generator_timesteps=[999,499]",
-             "optim.lr_schedule=linear")
+             "optim.lr_schedule=linear", "loss.regression_weight=0.5", "loss.regression_pairs=7",
+             "loss.regression_nfe=3")
     _launch(teacher_dir, tmp_path / "one", 1, *extra)
     _launch(teacher_dir, tmp_path / "two", 2, *extra)
     logs = [[json.loads(l) for l in (tmp_path / "two" / f"log_rank{r}.jsonl").read_text().splitlines()]
@@ -128,6 +159,10 @@ def test_two_processes_match_one_with_the_same_global_batch(teacher_dir, tmp_pat
     one, two = _generator_weights(tmp_path / "one"), _generator_weights(tmp_path / "two")
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
     assert worst < 1e-5, worst  # float reduction order only
+    pairs = [load_file(str(tmp_path / run / "ode_pairs.safetensors")) for run in ("one", "two")]
+    assert len(pairs[0]["labels"]) == 7 and all("loss_reg" in r for r in logs[0] if "loss_dm" in r)
+    for k in pairs[0]:
+        torch.testing.assert_close(pairs[0][k], pairs[1][k], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "recipes" / "configs" / "dmd2").glob("*.yaml")), ids=lambda p: p.stem)

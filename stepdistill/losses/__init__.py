@@ -10,9 +10,9 @@ from stepdistill_kernels.sid.reference import sid_loss
 from stepdistill_kernels.vsd.reference import vsd_loss
 
 from .denoising import denoising_loss
-from .dmd import dmd_grad, dmd_loss
+from .dmd import dmd_grad, dmd_loss, regression_loss
 from .gan import discriminator_loss, generator_gan_loss
 from .sim import sim_loss
 
 __all__ = ["denoising_loss", "dmd_grad", "dmd_loss", "discriminator_loss", "generator_gan_loss",
-           "pseudo_huber_loss", "sid_loss", "sim_loss", "vsd_loss"]
+           "pseudo_huber_loss", "regression_loss", "sid_loss", "sim_loss", "vsd_loss"]

@@ -28,3 +28,12 @@ def dmd_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> t
     """
     grad = dmd_grad(x.detach(), x0_real.detach(), x0_fake.detach())
     return 0.5 * F.mse_loss(x.float(), (x.detach().float() - grad), reduction="mean")
+
+
+def regression_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """DMD's regression loss (Yin et al. 2024a, Eq. 9): the generator's image for a stored noise
+    against the teacher's ODE solution from the same noise. DMD uses LPIPS on 64-512 px images;
+    this is the mean squared error, for images too small for a perceptual network (and for latents).
+    It anchors the generator to the teacher's noise-to-image map, which the distribution-matching
+    gradient alone leaves free. Shapes: (B, ...), target without grad; returns a float32 scalar."""
+    return F.mse_loss(x.float(), target.detach().float())

@@ -38,8 +38,12 @@ class Draw:
         keep = self.rand() >= p
         return torch.where(keep, labels, torch.full_like(labels, -1))
 
+    def index(self, n: int) -> torch.Tensor:
+        """Indices into a collection of `n` items (CPU), drawn with replacement."""
+        return self.local(torch.randint(0, n, (self.batch,), generator=self.g)).cpu()
+
     def real(self, dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
-        idx = self.local(torch.randint(0, len(dataset), (self.batch,), generator=self.g)).cpu()
+        idx = self.index(len(dataset))
         items = [dataset[int(i)] for i in idx]
         labels = torch.stack([it["class_labels"] for it in items]).to(self.acc.device) \
             if "class_labels" in items[0] else None
