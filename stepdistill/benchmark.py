@@ -78,6 +78,23 @@ class DigitsBenchmark:
         return {**self.score(x, y), "effective_dimension": effective_dimension(self.ref_features),
                 "feature_dim": int(self.ref_features.shape[1])}
 
+    def resampled(self, split: str, seed: int, *, replace: bool) -> dict[str, float]:
+        """A real split scored like a generated set: `n_per_class` images of every class drawn from it
+        with or without replacement. Drawn with replacement from `all` (the teacher's training set), it
+        is what a perfect sampler of the training distribution scores."""
+        x, y = load_digits_tensors(self.resolution, split)
+        g = torch.Generator().manual_seed(seed)
+        idx = []
+        for c in range(NUM_CLASSES):
+            pool = torch.nonzero(y == c).flatten()
+            if not replace and len(pool) < self.n_per_class:
+                raise ValueError(f"split {split!r} has {len(pool)} images of class {c}, fewer than {self.n_per_class}")
+            pick = torch.randint(0, len(pool), (self.n_per_class,), generator=g) if replace \
+                else torch.randperm(len(pool), generator=g)[:self.n_per_class]
+            idx.append(pool[pick])
+        idx = torch.cat(idx)
+        return self.score(x[idx], y[idx])
+
     def evaluate(self, sample_fn: SampleFn, seeds: list[int]) -> dict:
         """Score `sample_fn(labels, generator)` once per seed; mean/std across seeds, median speed."""
         per_seed, seconds = [], []

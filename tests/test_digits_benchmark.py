@@ -37,6 +37,20 @@ def test_real_heldout_digits_score_at_the_floor(bench):
     assert abs(fd_real["kid"]) < blurred["kid"] < noise["kid"]
 
 
+def test_resampled_real_sets(bench):
+    """Drawing every held-out image once is the floor itself; distinct images of the teacher's
+    training set (which holds the reference split) score well below the floor, and i.i.d. draws
+    from it (repeats) above those; a split with fewer images of a class than a set needs cannot be
+    drawn without replacement."""
+    floor = bench.floor()["fd"]
+    assert bench.resampled("heldout", 0, replace=False)["fd"] == pytest.approx(floor, rel=1e-6)
+    distinct = [bench.resampled("all", seed, replace=False)["fd"] for seed in range(3)]
+    iid = [bench.resampled("all", seed, replace=True)["fd"] for seed in range(3)]
+    assert max(distinct) < 0.8 * floor and sum(distinct) < sum(iid)
+    with pytest.raises(ValueError, match="fewer than 100"):
+        bench.resampled("reference", 0, replace=False)
+
+
 def test_evaluate_reports_mean_std_and_speed(bench):
     x, y = load_digits_tensors(16, "all")
 
