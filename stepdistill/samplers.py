@@ -17,7 +17,7 @@ Every sampler takes `denoise(x_t, t) -> x0`, e.g. `functools.partial(denoiser, c
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
@@ -25,7 +25,7 @@ from .schedules import NoiseSchedule, time_grid
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["ddim", "euler", "heun", "dpmpp_2m", "SAMPLERS", "sample", "nfe_of", "steps_for_nfe",
+__all__ = ["ddim", "euler", "heun", "dpmpp_2m", "SAMPLERS", "SamplerName", "sample", "nfe_of", "steps_for_nfe",
            "one_step", "multistep", "prior_noise", "backward_simulation"]
 
 
@@ -94,6 +94,7 @@ def dpmpp_2m(denoise: DenoiseFn, x: torch.Tensor, schedule: NoiseSchedule, ts: t
 
 
 SAMPLERS = {"ddim": ddim, "euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m}
+SamplerName = Literal["ddim", "euler", "heun", "dpmpp_2m"]  # the keys of SAMPLERS, for typed configs
 
 
 def nfe_of(sampler: str, steps: int) -> int:

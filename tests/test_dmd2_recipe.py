@@ -123,9 +123,11 @@ def test_regression_pairs_are_the_teachers_ode_solutions_and_are_reused(teacher_
 
 
 def test_bad_input_fails_before_any_step(teacher_dir, tmp_path):
-    with pytest.raises(ValueError, match="regression"):
+    with pytest.raises(ValueError, match="regression_sampler"):
+        _cfg(*_overrides(teacher_dir, tmp_path / "x", "loss.regression_sampler=euler_a"))
+    with pytest.raises(ValueError, match="regression_pairs"):
         dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "x", "loss.regression_weight=1",
-                                   "loss.regression_sampler=euler_a")))
+                                   "loss.regression_pairs=0")))
     with pytest.raises(ValueError, match="generator_timesteps"):
         dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "x", "model.generator_timesteps=[499,999]")))
     with pytest.raises(FileNotFoundError, match="incomplete"):

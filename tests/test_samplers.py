@@ -96,3 +96,11 @@ def test_multistep_student_sampling_with_fresh_noise():
                     generator=torch.Generator().manual_seed(5))
     assert calls == [999.0, 749.0, 499.0, 249.0] and out.shape == (1000, 2)
     assert abs(float(out.norm(dim=1).mean()) - 1.0) < 0.02
+
+
+def test_sampler_name_type_lists_every_sampler():
+    from typing import get_args
+
+    from stepdistill.samplers import SAMPLERS, SamplerName
+
+    assert set(get_args(SamplerName)) == set(SAMPLERS)

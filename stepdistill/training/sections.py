@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from ..samplers import SamplerName
+
 # Learning rate after the warm-up: constant, or decaying to zero at the optimiser's last step.
 LRSchedule = Literal["constant", "linear", "cosine"]
 
@@ -40,7 +42,7 @@ class EvalConfig:
     enabled: bool = True
     seeds: tuple[int, ...] = (0, 1, 2)
     teacher_rows: bool = True  # measure the teacher in the same run
-    teacher_sampler: str = "dpmpp_2m"
+    teacher_sampler: SamplerName = "dpmpp_2m"
     teacher_nfe: int = 35
     results: str = "eval/results/run_digits.json"
 
