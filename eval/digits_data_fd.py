@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepdistill.benchmark import DigitsBenchmark
+from stepdistill.benchmark import DigitsBenchmark, default_row
 from stepdistill.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,8 +38,9 @@ def main() -> None:
         rows.append(dict(source=f"all, {'with' if replace else 'without'} replacement", draws=args.draws,
                          fd=float(np.mean(fds)), fd_std=float(np.std(fds, ddof=1)),
                          fd_range=[round(min(fds), 4), round(max(fds), 4)]))
-    teacher = json.loads((RESULTS / "teacher_digits.json").read_text())
-    default = next(r for r in teacher["rows"] if r.get("default"))
+    default = default_row(json.loads((RESULTS / "teacher_digits.json").read_text())["rows"])
+    if default is None:
+        raise SystemExit("eval/results/teacher_digits.json has no default row (run eval/teacher_baseline.py)")
     rows.append(dict(source=f"teacher {default['sampler']} {default['nfe']} NFE (teacher_digits.json)",
                      draws=len(default["fd_per_seed"]), fd=default["fd"], fd_std=default["fd_std"]))
     atomic_write_text(args.out, json.dumps(dict(benchmark="digits", n_samples=bench.n_samples, rows=rows),

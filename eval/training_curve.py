@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stepdistill.benchmark import DigitsBenchmark  # noqa: E402
+from stepdistill.benchmark import DigitsBenchmark, default_row  # noqa: E402
 from stepdistill.checkpointing import checkpoint_dirs, checkpoint_step  # noqa: E402
 from stepdistill.conditioning import ClassConditioner  # noqa: E402
 from stepdistill.evaluation.generate import CheckpointModel  # noqa: E402
@@ -43,8 +43,8 @@ def student_of(checkpoint: Path) -> Student:
 def teacher_default_fd(path: Path) -> float | None:
     if not path.is_file():
         return None
-    rows = [r for r in json.loads(path.read_text())["rows"] if r.get("default")]
-    return rows[0]["fd"] if rows else None
+    row = default_row(json.loads(path.read_text())["rows"])
+    return row["fd"] if row else None
 
 
 def main(argv: list[str] | None = None) -> dict:

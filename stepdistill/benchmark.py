@@ -108,6 +108,11 @@ class DigitsBenchmark:
         return aggregate(per_seed, seconds)
 
 
+def default_row(rows: list[dict]) -> dict | None:
+    """The teacher's default row of a results table (marked `"default": true`), if it has one."""
+    return next((r for r in rows if r.get("default")), None)
+
+
 def aggregate(per_seed: list[dict], seconds: list[float]) -> dict:
     """One row from per-seed scores: FD and KID mean and std across seeds, mean accuracy, median speed."""
     fds = np.array([r["fd"] for r in per_seed])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..benchmark import DigitsBenchmark, SampleFn, teacher_sample_fn
+from ..benchmark import DigitsBenchmark, SampleFn, default_row, teacher_sample_fn
 from ..conditioning import ClassConditioner
 from ..config import to_dict
 from ..export import export_class_conditional, export_text_to_image, push_to_hub
@@ -75,7 +75,7 @@ def evaluate_on_digits(recipe: str, student: Student, real_denoiser, cfg, *, ste
                                    steps=steps_for_nfe(sampler, nfe), shape=student.shape)
             rows.append(dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds),
                              **({"default": True} if default else {})))
-    teacher_default = next((r for r in rows if r.get("default")), None)
+    teacher_default = default_row(rows)
     first = rows[0]
     result = dict(
         benchmark="digits", recipe=recipe, command="accelerate launch " + " ".join(sys.argv),
