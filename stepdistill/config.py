@@ -147,7 +147,17 @@ def from_dict(cls: type[T], data: dict, *, where: str = "") -> T:
     for name, f in fields.items():
         if name not in data and f.default is _MISSING and f.default_factory is _MISSING:
             raise ConfigError(f"config key '{_join(where, name)}' is required")
-    return cls(**{k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()})
+    return cls(**{k: _coerce(hints[k], _over_default(fields[k], v), _join(where, k)) for k, v in data.items()})
+
+
+def _over_default(f: dataclasses.Field, v: Any) -> Any:
+    """A mapping given for a section updates the field's own default, not the section class's:
+    with ``train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1100))``,
+    ``train.lr=1e-4`` must keep ``max_steps`` at 1100."""
+    default = f.default_factory() if f.default_factory is not _MISSING else f.default
+    if isinstance(v, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return _merge(to_dict(default), v)
+    return v
 
 
 def to_dict(cfg: Any) -> Any:

@@ -147,6 +147,21 @@ def test_override_section_mapping_updates_only_named_keys():
     assert cfg.train.lr == 0.5 and cfg.train.max_steps == 1000
 
 
+@dataclass
+class Recipe:
+    train: Train = field(default_factory=lambda: Train(max_steps=7, out_dir=Path("runs/recipe")))
+
+
+def test_override_keeps_the_recipe_section_defaults(tmp_path):
+    """A recipe's section default (here `max_steps` 7, not Train's 1000) survives overrides and presets
+    that name other keys of that section."""
+    cfg = load_config(Recipe, ["train.lr=0.5"])
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.train.out_dir) == (0.5, 7, Path("runs/recipe"))
+    cfg = load_config(Recipe, ["--config", str(write_yaml(tmp_path, {"train": {"batch_size": 2}}))])
+    assert (cfg.train.batch_size, cfg.train.max_steps) == (2, 7)
+    assert apply_overrides(Recipe(), ["train={lr: 0.5}"]).train.max_steps == 7
+
+
 def test_cli_forms():
     expected = apply_overrides(Config(), ["train.max_steps=100", "train.resume=latest"])
     for argv in (["train.max_steps=100", "train.resume=latest"],
