@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from sid import ModelConfig, OptimConfig
+from sid import GeneratorLoss, ModelConfig, OptimConfig
 from sid import main as sid_main
 from stepdistill.config import load_config
 from stepdistill.losses import sim_loss
@@ -32,6 +32,9 @@ from stepdistill.training import DataConfig, EvalConfig, ExportConfig, TrainConf
 class LossConfig:
     # Pseudo-Huber c in x0 units over a whole sample; None: iCT's 0.00054 sqrt(d), d = elements per sample.
     c: Optional[float] = None
+    # Per-sample weight: "none", or "sid": SiD's detached 1 / mean|x - x0_real| (Eq. 23's omega), which
+    # weights low noise levels up (omega grows with t) as SiD does.
+    weighting: Literal["none", "sid"] = "none"
     guidance: float = 1.0  # LSG: teacher, fake-score training and fake-score evaluation alike
     min_step: float = 0.02  # generator-loss times: an index drawn from [min_step, max_step) of the levels
     max_step: float = 0.98
@@ -52,12 +55,20 @@ class SIMConfig:
     resume: Optional[str] = None
 
 
-def main(cfg: SIMConfig) -> dict | None:
+def make_generator_loss(loss: LossConfig) -> GeneratorLoss:
+    """SiD's `generator_loss(x, x0_real, x0_fake, t)` slot filled with SIM's loss under `loss`'s c and weighting."""
     def generator_loss(x, x0_real, x0_fake, t):
-        c = cfg.loss.c if cfg.loss.c is not None else 0.00054 * math.sqrt(x[0].numel())
-        return sim_loss(x, x0_real, x0_fake, c)
+        c = loss.c if loss.c is not None else 0.00054 * math.sqrt(x[0].numel())
+        weight = None
+        if loss.weighting == "sid":  # SiD Eq. 23's omega, detached
+            weight = 1 / (x.detach().float() - x0_real.detach().float()).abs().flatten(1).mean(1).clamp_min(1e-5)
+        return sim_loss(x, x0_real, x0_fake, c, weight=weight)
 
-    return sid_main(cfg, name="sim", generator_loss=generator_loss)
+    return generator_loss
+
+
+def main(cfg: SIMConfig) -> dict | None:
+    return sid_main(cfg, name="sim", generator_loss=make_generator_loss(cfg.loss))
 
 
 if __name__ == "__main__":

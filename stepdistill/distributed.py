@@ -8,6 +8,24 @@ import torch
 from accelerate import Accelerator
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether this machine runs bfloat16 matmuls and convolutions in hardware: a CUDA GPU that
+    supports it, or a CPU with AMX or AVX512-BF16 (oneDNN otherwise emulates bf16, slower than fp32)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return False
+
+
+def resolve_mixed_precision(mixed_precision: str, device_type: str) -> str:
+    """accelerate's `mixed_precision` for a config's choice: "auto" is "bf16" where `native_bf16`, else "no"."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if native_bf16(device_type) else "no"
+
+
 def make_accelerator(**kwargs) -> Accelerator:
     """accelerate's `Accelerator`, switched to CPU multi-process (gloo) when launched as several
     processes on a machine without GPUs. Without this, `accelerate launch --multi_gpu
@@ -16,6 +34,9 @@ def make_accelerator(**kwargs) -> Accelerator:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not torch.cuda.is_available():
         kwargs.setdefault("cpu", True)
+    if "mixed_precision" in kwargs:
+        device_type = "cpu" if kwargs.get("cpu") or not torch.cuda.is_available() else "cuda"
+        kwargs["mixed_precision"] = resolve_mixed_precision(kwargs["mixed_precision"], device_type)
     # Recipes draw the *global* batch and slice it per process, so a learning-rate schedule counts
     # optimiser steps; accelerate's default would step it num_processes times per step.
     kwargs.setdefault("step_scheduler_with_optimizer", False)

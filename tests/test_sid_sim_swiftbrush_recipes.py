@@ -108,12 +108,29 @@ def test_generator_step_trains_the_generator_through_frozen_networks(name, digit
 
     before = {k: [p.detach().clone() for p in m.parameters()] for k, m in
               (("gen", run.gen_module), ("fake", run.fake_module), ("real", run.real.denoiser))}
-    sid.generator_step(run, Draw(run.accelerator, 4, 0, 0), spy)
+    draw = Draw(run.accelerator, 4, 0, 0)
+    sid.generator_step(run, draw, *sid.generate(run, draw), spy)
     assert seen == {"real": True, "fake": True}  # both predictions carry gradient back to x_t
     moved = {k: any(not torch.equal(a, b.detach()) for a, b in zip(before[k], m.parameters()))
              for k, m in (("gen", run.gen_module), ("fake", run.fake_module), ("real", run.real.denoiser))}
     assert moved == {"gen": True, "fake": False, "real": False}
     assert all(p.grad is None for p in run.fake_module.parameters())
+
+
+def test_sim_generator_loss_weightings():
+    """SIM's loss in the recipe: the default c is iCT's 0.00054 sqrt(d); `loss.weighting=sid` weights each
+    sample by SiD's detached 1 / mean|x - x0_real|, so its gradient is the unweighted one scaled per sample."""
+    g = torch.Generator().manual_seed(0)
+    x, r, f = (torch.randn(3, 1, 4, 4, generator=g, requires_grad=True) for _ in range(3))
+    c = 0.00054 * 4
+    plain = sim.make_generator_loss(sim.LossConfig())(x, r, f, None)
+    torch.testing.assert_close(plain, sim.sim_loss(x, r, f, c))
+    omega = (x - r).abs().flatten(1).mean(1).detach()
+    weighted = sim.make_generator_loss(sim.LossConfig(weighting="sid"))(x, r, f, None)
+    torch.testing.assert_close(weighted, sim.sim_loss(x, r, f, c, weight=1 / omega))
+    gx_plain, = torch.autograd.grad(plain, x)
+    gx_weighted, = torch.autograd.grad(weighted, x)
+    torch.testing.assert_close(gx_weighted, gx_plain / omega.view(-1, 1, 1, 1))
 
 
 def test_sid_resume_continues_with_identical_state(digits_like_teacher, tmp_path):

@@ -50,3 +50,44 @@ def test_checkpoint_rotation_keeps_the_newest(tmp_path, keep, expected):
     for step in (1, 2, 3, 4):
         save_checkpoint(accelerator, tmp_path, step, keep=keep)
     assert [int(p.name.split("_")[1]) for p in checkpoint_dirs(tmp_path)] == expected
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose precision cannot change once set: start these
+    tests from none and leave none behind."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_mixed_precision_is_bf16_only_where_native(monkeypatch, native, fresh_accelerate_state):
+    """`train.mixed_precision=auto` turns bf16 autocast on only where the CPU runs bf16 in hardware
+    (emulated bf16 is slower than fp32); explicit choices pass through."""
+    from stepdistill import distributed
+
+    for flag in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: native, raising=False)
+    assert distributed.resolve_mixed_precision("auto", "cpu") == ("bf16" if native else "no")
+    assert distributed.resolve_mixed_precision("no", "cpu") == "no"
+    assert distributed.resolve_mixed_precision("bf16", "cpu") == "bf16"
+    assert distributed.make_accelerator(mixed_precision="auto").mixed_precision == ("bf16" if native else "no")
+
+
+def test_final_student_runs_in_float32_after_bf16_training(fresh_accelerate_state):
+    """A module prepared under bf16 autocast computes in bf16; `finish` evaluates and exports it with
+    that autocast removed, so the benchmark measures the float32 weights a user loads."""
+    from stepdistill.distributed import make_accelerator
+
+    torch.manual_seed(0)
+    accelerator = make_accelerator(mixed_precision="bf16")
+    net = torch.nn.Linear(16, 16)
+    x = torch.randn(4, 16)
+    exact = net(x)
+    prepared = accelerator.prepare(net)
+    assert not torch.equal(prepared(x), exact)  # bf16 inside the patched forward
+    plain = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
+    torch.testing.assert_close(plain(x), exact, rtol=0, atol=0)

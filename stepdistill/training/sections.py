@@ -16,7 +16,8 @@ LRSchedule = Literal["constant", "linear", "cosine"]
 class TrainConfig:
     max_steps: int = 2400
     batch_size: int = 64  # global: split across processes
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # "auto": bf16 autocast where the hardware runs bf16 natively (see distributed.native_bf16), else fp32
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     seed: int = 0
     ema_decay: Optional[float] = 0.99
     log_every: int = 50

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -125,6 +125,9 @@ def finish(recipe: str, cfg, accelerator, student: Student, teacher, real_denois
     """After training (EMA weights already copied in): final samples, the digits benchmark when it
     applies, export and upload, all on the main process. Returns the benchmark result, if any."""
     result = None
+    # Measure and export the weights as a user runs them, in float32: drop the autocast that
+    # accelerate wraps around a prepared module's forward under mixed precision (training is over).
+    student = replace(student, generator=accelerator.unwrap_model(student.generator, keep_fp32_wrapper=False))
     if accelerator.is_main_process:
         out = Path(cfg.train.output_dir)
         save_samples(student, out / "samples" / "final.png", accelerator.device)
