@@ -36,7 +36,7 @@ from stepdistill import ops
 from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.losses import denoising_loss
-from stepdistill.schedules import DiscreteRange, LogNormalSigma, UniformTime
+from stepdistill.schedules import DiscreteRange, KarrasRamp, LogNormalSigma, UniformTime
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Roles, TrainConfig, begin,
                                   finish, make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
                                   train_loop)
@@ -57,7 +57,10 @@ class ModelConfig:
 class LossConfig:
     alpha: float = 1.2  # SiD Eq. 23 (1.2 in the paper; 1.0 for AFHQ and SiD-LSG)
     guidance: float = 1.0  # LSG: teacher, fake-score training and fake-score evaluation alike
-    min_step: float = 0.02  # generator-loss times: an index drawn from [min_step, max_step) of the levels
+    # Generator-loss times: "index", an index drawn from [min_step, max_step) of the levels (SiD-LSG's
+    # t ~ U[20, 980) on SD); "karras", SiD's EDM levels (sigma^(1/7) uniform over [0.002, 24.4]).
+    time_sampling: Literal["index", "karras"] = "index"
+    min_step: float = 0.02
     max_step: float = 0.98
     fake_weighting: Literal["edm", "native"] = "edm"  # EDM's lambda(sigma) + lognormal levels, or the
     #   teacher's own parameterisation with uniform times (SiD-LSG's eps-MSE)
@@ -193,7 +196,8 @@ def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
     """`generator_loss(x, x0_real, x0_fake, t)` at a noised copy of the G samples x (with their graph);
     gradients reach G through x, x_t and both frozen networks' activations."""
     cfg, schedule, conditioner = run.cfg, run.schedule, run.conditioner
-    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
+    t = draw.times(KarrasRamp() if cfg.loss.time_sampling == "karras" else
+                   DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
     x_t = schedule.add_noise(x, draw.randn(*run.shape), t)  # not detached: SiD differentiates through x_t
     fake = run.fake_module  # unwrapped: its weights take no gradient here, so DDP must not wait for them
     with trainable(fake, False):

@@ -36,7 +36,8 @@ class LossConfig:
     # weights low noise levels up (omega grows with t) as SiD does.
     weighting: Literal["none", "sid"] = "none"
     guidance: float = 1.0  # LSG: teacher, fake-score training and fake-score evaluation alike
-    min_step: float = 0.02  # generator-loss times: an index drawn from [min_step, max_step) of the levels
+    time_sampling: Literal["index", "karras"] = "index"  # generator-loss times, as in recipes/sid.py
+    min_step: float = 0.02
     max_step: float = 0.98
     fake_weighting: Literal["edm", "native"] = "edm"
     p_mean: float = -1.2

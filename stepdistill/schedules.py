@@ -35,6 +35,7 @@ __all__ = [
     "UniformTime",
     "LogNormalSigma",
     "DiscreteRange",
+    "KarrasRamp",
 ]
 
 
@@ -335,3 +336,22 @@ class DiscreteRange:
         lo, hi = int(self.lo * len(table)), max(int(self.hi * len(table)), int(self.lo * len(table)) + 1)
         idx = torch.randint(lo, hi, (n,), generator=generator, device=device)
         return table.to(device)[idx].float()
+
+
+@dataclass
+class KarrasRamp:
+    """sigma/alpha with sigma^(1/rho) uniform from sigma_min^(1/rho) to the point `u_max` of the way to
+    sigma_max^(1/rho) (EDM Eq. 5's spacing), clipped to the schedule: SiD's generator-loss levels on EDM
+    teachers (official `sid_loss.py`, u_max = tmax / 1000 = 0.8: sigma in [0.002, 24.4])."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    u_max: float = 0.8
+
+    def sample(self, schedule: NoiseSchedule, n: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+        u = self.u_max * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        inv_min, inv_max = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        t = schedule.t_from_ratio((inv_min + u * (inv_max - inv_min)) ** self.rho)
+        return t.clamp(schedule.t_min, schedule.t_max).float()

@@ -3,7 +3,7 @@ import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerDiscreteScheduler,
                        FlowMatchEulerDiscreteScheduler)
 
-from stepdistill.schedules import (EDM, DiscreteRange, LogNormalSigma, RectifiedFlow, UniformTime, VPDiscrete,
+from stepdistill.schedules import (EDM, DiscreteRange, KarrasRamp, LogNormalSigma, RectifiedFlow, UniformTime, VPDiscrete,
                                    from_scheduler_config, karras_sigmas, time_grid)
 
 VP_CONFIGS = [
@@ -91,7 +91,7 @@ def test_karras_sigmas_endpoints():
 @pytest.mark.parametrize("schedule", [from_scheduler_config(DDPMScheduler())[0], EDM(), RectifiedFlow()])
 def test_training_time_samplers_stay_in_range(schedule):
     g = torch.Generator().manual_seed(0)
-    for sampler in (UniformTime(0.2, 0.6), LogNormalSigma(), DiscreteRange(0.02, 0.98)):
+    for sampler in (UniformTime(0.2, 0.6), LogNormalSigma(), DiscreteRange(0.02, 0.98), KarrasRamp()):
         t = sampler.sample(schedule, 2000, generator=g)
         assert t.shape == (2000,) and float(t.min()) >= schedule.t_min - 1e-6
         assert float(t.max()) <= schedule.t_max + 1e-6
@@ -103,3 +103,9 @@ def test_training_time_samplers_stay_in_range(schedule):
     if isinstance(schedule, EDM):  # EDM's lognormal: median sigma = exp(P_mean)
         t = LogNormalSigma(-1.2, 1.2).sample(schedule, 20000, generator=g)
         assert float(t.median()) == pytest.approx(torch.exp(torch.tensor(-1.2)).item(), rel=0.05)
+    if not isinstance(schedule, RectifiedFlow):  # SiD's levels: sigma/alpha^(1/7) uniform over [0.002, 24.4]
+        t = KarrasRamp().sample(schedule, 20000, generator=g)
+        ratio = schedule.ratio(t.double())
+        lo, hi = 0.002 ** (1 / 7), 0.002 ** (1 / 7) + 0.8 * (80 ** (1 / 7) - 0.002 ** (1 / 7))
+        assert float(ratio.max()) <= hi ** 7 * 1.001 and float(ratio.max()) > 0.9 * hi ** 7
+        assert float(ratio.median()) == pytest.approx(((lo + hi) / 2) ** 7, rel=0.05)  # clipping moves tails only
