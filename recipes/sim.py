@@ -39,7 +39,7 @@ class LossConfig:
     time_sampling: Literal["index", "karras"] = "index"  # generator-loss times, as in recipes/sid.py
     min_step: float = 0.02
     max_step: float = 0.98
-    fake_weighting: Literal["edm", "native"] = "edm"
+    fake_weighting: Literal["edm", "native"] = "native"  # as in recipes/sid.py (edm: 0.27-0.29 on digits)
     p_mean: float = -1.2
     p_std: float = 1.2
 
