@@ -10,7 +10,8 @@ Algorithm (official code `training/sid_training_loop.py`, `training/sid_loss.py`
 generator G (initialised from the teacher) maps noise to images in one step; a fake score (a
 trainable copy of the teacher) follows G's distribution by denoising G's detached samples. The two
 alternate strictly 1:1 on one fresh batch x = G(z) per step:
-  1. fake score: EDM-weighted denoising loss on sg(x) (SiD Eq. 9), EDM's lognormal noise levels;
+  1. fake score: denoising loss on sg(x) (SiD Eq. 9), in the teacher's own parameterisation at uniform
+     times (SiD-LSG) or with EDM's weighting and lognormal levels (SiD on EDM teachers);
   2. generator: the SiD loss (Eq. 23) at a noised copy of x,
          (x0_r - x0_f) . ((x0_r - x) - alpha (x0_r - x0_f)) / sg(mean|x - x0_r|),
      whose gradient flows through x and through *both* networks' activations (their parameters are
@@ -169,7 +170,7 @@ def generate(run: Run, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
 
     The official SiD loop runs G twice per step (once under no_grad for the fake score); G does not
     change between the two updates, so one forward serves both, as in SwiftBrush's loop: a network
-    pass saved per step (~9% of a digits step)."""
+    pass saved per step (5% of a digits step)."""
     labels = draw.labels(run.conditioner)
     return run.generator(draw.randn(*run.shape), **run.conditioner.cond(labels)), labels
 

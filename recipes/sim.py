@@ -11,7 +11,7 @@ d(y) = sqrt(||y||^2 + c^2) - c, whose derivative y / sqrt(||y||^2 + c^2) normali
 signal (see `stepdistill.losses.sim_loss` for the units of y and c, and for the sign, which a test on
 the exact 2-D teacher pins: no official training code exists).
 
-The training loop is SiD's (`recipes/sid.py`: strict 1:1 alternation, EDM-weighted fake-score
+The training loop is SiD's (`recipes/sid.py`: strict 1:1 alternation, fake-score
 denoising, Adam beta1 = 0, NaN-safe gradients, EMA, LSG guidance); only the generator loss differs.
 """
 
