@@ -25,7 +25,7 @@ from sid import GeneratorLoss, ModelConfig, OptimConfig
 from sid import main as sid_main
 from stepdistill.config import load_config
 from stepdistill.losses import sim_loss
-from stepdistill_kernels.sid.reference import OMEGA_MIN
+from stepdistill_kernels.sid.reference import sid_normaliser
 from stepdistill.training import DataConfig, EvalConfig, ExportConfig, TrainConfig
 
 
@@ -63,7 +63,7 @@ def make_generator_loss(loss: LossConfig) -> GeneratorLoss:
         c = loss.c if loss.c is not None else 0.00054 * math.sqrt(x[0].numel())
         weight = None
         if loss.weighting == "sid":  # SiD Eq. 23's omega, detached
-            weight = 1 / (x.detach().float() - x0_real.detach().float()).abs().flatten(1).mean(1).clamp_min(OMEGA_MIN)
+            weight = 1 / sid_normaliser(x, x0_real)
         return sim_loss(x, x0_real, x0_fake, c, weight=weight)
 
     return generator_loss

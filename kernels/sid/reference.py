@@ -7,6 +7,12 @@ import torch
 OMEGA_MIN = 1e-5  # the official code's clip on the per-sample normaliser
 
 
+@torch.no_grad()
+def sid_normaliser(x: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
+    """SiD Eq. 23's omega_b = max(mean_n |x_bn - y_real_bn|, 1e-5) per sample, float32, shape (B,), detached."""
+    return (x.float() - y_real.float()).abs().flatten(1).mean(1).clamp_min(OMEGA_MIN)
+
+
 def sid_loss(x: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor, alpha: float) -> torch.Tensor:
     """SiD generator loss (Zhou et al. 2024, "Score identity Distillation", ICML; official code
     `training/sid_loss.py::SID_EDMLoss.generator_loss`), mean reduction over every element:
@@ -31,7 +37,6 @@ def sid_loss(x: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor, alpha:
     Shapes: (B, ...), any float dtype; computed in float32; returns a float32 scalar.
     """
     x, r, f = x.float(), y_real.float(), y_fake.float()
-    with torch.no_grad():
-        omega = (x - r).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True).clamp_min(OMEGA_MIN)
+    omega = sid_normaliser(x, r).view(-1, *[1] * (x.ndim - 1))
     d = r - f
     return (d * ((r - x) - alpha * d) / omega).mean()
