@@ -83,10 +83,12 @@ def sample_grid(fns: dict, path: Path) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| model | sampler | NFE | FD (mean ± std) | KID | accuracy | ms / image |\n|---|---|---|---|---|---|---|")
+    print("\n| model | sampler | NFE | FD (mean ± std) | KID | precision | recall | accuracy | ms / image |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']}{' (default)' if r.get('default') else ''} | {r['sampler']} | {r['nfe']} | "
-              f"{r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | {r['accuracy']:.3f} | "
+              f"{r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+              f"{r['accuracy']:.3f} | "
               f"{1e3 * r['seconds_per_image']:.2f} |")
 
 

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
         step = checkpoint_step(ckpt)
         row = dict(step=step, **bench.evaluate(student_of(ckpt).sample_fn(), args.seeds))
         rows.append(row)
-        print(f"step {step:6d}  FD {row['fd']:.3f} ± {row['fd_std']:.3f}  accuracy {row['accuracy']:.3f}", flush=True)
+        print(f"step {step:6d}  FD {row['fd']:.3f} ± {row['fd_std']:.3f}  precision {row['precision']:.3f}  "
+              f"recall {row['recall']:.3f}  accuracy {row['accuracy']:.3f}", flush=True)
     result = dict(run=str(args.run), seeds=args.seeds, floor_fd=bench.floor()["fd"],
                   teacher_default_fd=teacher_default_fd(args.teacher_results), rows=rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import torch
 
 from .classifier import DigitsClassifier
 from .data.digits import NUM_CLASSES, load_digits_tensors
-from .metrics import effective_dimension, frechet_distance, gaussian_stats, kernel_inception_distance
+from .metrics import effective_dimension, frechet_distance, gaussian_stats, kernel_inception_distance, precision_recall
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
@@ -65,12 +65,14 @@ class DigitsBenchmark:
         return torch.cat(feats).double().numpy(), torch.cat(logits).numpy()
 
     def score(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """FD, KID and accuracy of one generated set against the reference."""
+        """FD, KID, precision / recall and accuracy of one generated set against the reference."""
         feats, logits = self.features_and_logits(images)
         mu, cov = gaussian_stats(feats)
         kid, _ = kernel_inception_distance(feats, self.ref_features, num_subsets=50)
+        precision, recall = precision_recall(feats, self.ref_features)
         acc = float((logits.argmax(1) == labels.cpu().numpy()).mean())
-        return dict(fd=frechet_distance(mu, cov, self.ref_mu, self.ref_cov), kid=kid, accuracy=acc)
+        return dict(fd=frechet_distance(mu, cov, self.ref_mu, self.ref_cov), kid=kid, precision=precision,
+                    recall=recall, accuracy=acc)
 
     def floor(self) -> dict[str, float]:
         """The held-out real split scored like a generated set: the best achievable values."""
@@ -114,13 +116,16 @@ def default_row(rows: list[dict]) -> dict | None:
 
 
 def aggregate(per_seed: list[dict], seconds: list[float]) -> dict:
-    """One row from per-seed scores: FD and KID mean and std across seeds, mean accuracy, median speed."""
+    """One row from per-seed scores: FD and KID mean and std across seeds, mean precision, recall and
+    accuracy, median speed."""
     fds = np.array([r["fd"] for r in per_seed])
     kids = np.array([r["kid"] for r in per_seed])
     return dict(
         fd=float(fds.mean()), fd_std=float(fds.std(ddof=1)) if len(fds) > 1 else 0.0,
         fd_per_seed=[round(float(v), 4) for v in fds],
         kid=float(kids.mean()), kid_std=float(kids.std(ddof=1)) if len(kids) > 1 else 0.0,
+        precision=float(np.mean([r["precision"] for r in per_seed])),
+        recall=float(np.mean([r["recall"] for r in per_seed])),
         accuracy=float(np.mean([r["accuracy"] for r in per_seed])),
         seconds_per_image=float(np.median(seconds)),
     )

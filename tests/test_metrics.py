@@ -11,6 +11,7 @@ from stepdistill.metrics import (
     frechet_distance,
     gaussian_stats,
     kernel_inception_distance,
+    precision_recall,
 )
 
 
@@ -209,6 +210,37 @@ def test_kid_exact_value_small_case():
     kid, std = kernel_inception_distance(x, y, num_subsets=3, subset_size=100)
     np.testing.assert_allclose(kid, kxx + kyy - 2 * kxy, rtol=1e-10)
     assert std < 1e-12  # every subset is a permutation of the full sets
+
+
+# ----------------------------------------------------------------------------
+# precision_recall
+
+
+def test_precision_recall_separates_fidelity_from_coverage():
+    """Two well-separated clusters of real samples: a generator covering one of them is precise but
+    recalls half; one between them recalls nothing and is not precise; a fresh draw of the same
+    distribution is near (1, 1)."""
+    rng = np.random.default_rng(50)
+    real = np.concatenate([rng.standard_normal((300, 4)), rng.standard_normal((300, 4)) + 20])
+    same = np.concatenate([rng.standard_normal((300, 4)), rng.standard_normal((300, 4)) + 20])
+    one_mode = rng.standard_normal((600, 4))
+    between = rng.standard_normal((600, 4)) + 10
+    p, r = precision_recall(same, real)
+    assert p > 0.9 and r > 0.9
+    p, r = precision_recall(one_mode, real)
+    assert p > 0.9 and r == pytest.approx(0.5, abs=0.05)
+    assert precision_recall(between, real) == (0.0, 0.0)
+
+
+def test_precision_recall_exact_small_case():
+    """k = 1 on the line: real {0, 1, 3}, radii (1, 1, 2); fake {0.5, 10, 11}, radii (9.5, 1, 1)."""
+    real, fake = np.array([[0.0], [1.0], [3.0]]), np.array([[0.5], [10.0], [11.0]])
+    p, r = precision_recall(fake, real, k=1)
+    assert p == pytest.approx(1 / 3) and r == pytest.approx(1.0)  # 0.5 lies in real's balls; 9.5 reaches all
+    with pytest.raises(ValueError, match="more than k=3"):
+        precision_recall(fake, real)
+    with pytest.raises(ValueError, match="one width"):
+        precision_recall(np.zeros((5, 2)), np.zeros((5, 3)))
 
 
 # ----------------------------------------------------------------------------

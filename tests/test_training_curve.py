@@ -9,18 +9,23 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "eval"))
+import precision_recall  # noqa: E402
 import sid  # noqa: E402
 import training_curve  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
 
 
-def test_curve_scores_every_checkpoint_and_matches_the_runs_final_row(digits_like_teacher, tmp_path):
-    run, results = tmp_path / "run", tmp_path / "final.json"
+def _sid_run(teacher, run: Path, results: Path) -> None:
     sid.main(apply_overrides(sid.SiDConfig(), [
-        f"model.teacher={digits_like_teacher}", f"train.output_dir={run}", "train.batch_size=4",
+        f"model.teacher={teacher}", f"train.output_dir={run}", "train.batch_size=4",
         "train.max_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=0", "train.sample_every=1000",
         "optim.warmup_steps=0", "eval.seeds=[0]", "eval.teacher_rows=false", f"eval.results={results}",
         "export.enabled=false"]))
+
+
+def test_curve_scores_every_checkpoint_and_matches_the_runs_final_row(digits_like_teacher, tmp_path):
+    run, results = tmp_path / "run", tmp_path / "final.json"
+    _sid_run(digits_like_teacher, run, results)
     curve = training_curve.main([str(run), "--out", str(tmp_path / "curve"), "--seeds", "0"])
     assert [r["step"] for r in curve["rows"]] == [1, 2]
     final = json.loads(results.read_text())["rows"][0]
@@ -29,3 +34,19 @@ def test_curve_scores_every_checkpoint_and_matches_the_runs_final_row(digits_lik
     assert (tmp_path / "curve.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no complete checkpoint"):
         training_curve.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
+
+
+def test_precision_recall_rows_match_the_runs_final_row(digits_like_teacher, tmp_path):
+    run, results = tmp_path / "run", tmp_path / "final.json"
+    _sid_run(digits_like_teacher, run, results)
+    with pytest.raises(SystemExit, match="no complete checkpoint"):  # before the teacher's sampling
+        precision_recall.main([str(run), str(tmp_path / "empty"), "--out", str(tmp_path / "pr")])
+    out = precision_recall.main([str(run), "--out", str(tmp_path / "pr"), "--seeds", "0",
+                                 "--teacher", str(digits_like_teacher), "--nfe", "2", "--guidance", "1", "2"])
+    floor, iid, teacher, guided, student = out["rows"]
+    final = json.loads(results.read_text())["rows"][0]
+    assert student["fd"] == pytest.approx(final["fd"], rel=1e-6) and student["set"] == "step 2"
+    assert floor["precision"] > 0.8 and floor["recall"] > 0.8 and iid["recall"] > 0.8
+    assert teacher["fd"] != guided["fd"]
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in out["rows"])
+    assert json.loads((tmp_path / "pr.json").read_text())["rows"] == out["rows"]

@@ -1,5 +1,5 @@
 """The digits protocol on generated folders: `stepdistill.benchmark.DigitsBenchmark`'s FD / KID /
-accuracy, scored per image set and aggregated across sets exactly as `DigitsBenchmark.evaluate` does
+precision / recall / accuracy, scored per image set and aggregated across sets exactly as `DigitsBenchmark.evaluate` does
 (mean, sample std, per-set FD, median seconds per image)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ __all__ = ["score_digits_set", "aggregate_sets"]
 
 
 def score_digits_set(bench: DigitsBenchmark, images_u8: np.ndarray, labels) -> dict[str, float]:
-    """uint8 NHWC single-channel images (as written by `generate_images`) -> FD, KID, accuracy."""
+    """uint8 NHWC single-channel images (as written by `generate_images`) -> FD, KID, precision, recall, accuracy."""
     x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
     if x.shape[1] == 3:
         x = x.mean(1, keepdim=True)

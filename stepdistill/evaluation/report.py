@@ -15,7 +15,7 @@ from ..io import atomic_write_text
 
 __all__ = ["write_report", "primary_metric", "sample_grid"]
 
-CSV_KEYS = ("model", "sampler", "nfe", "fd", "fd_std", "fid", "fid_std", "kid", "kid_std", "accuracy",
+CSV_KEYS = ("model", "sampler", "nfe", "fd", "fd_std", "fid", "fid_std", "kid", "kid_std", "precision", "recall", "accuracy",
             "clip_score", "psnr", "ssim", "seconds_per_image", "images", "processes")
 
 
@@ -90,7 +90,7 @@ def markdown(result: dict) -> str:
              f"{p['num_images']} + i, one generator per image); date {result['date']}; "
              f"{result['machine']['device']}, torch {result['machine']['torch']}, "
              f"{result['machine']['threads']} thread(s).", ""]
-    extra = [k for k in ("kid", "accuracy", "clip_score") if any(k in r for r in rows)]
+    extra = [k for k in ("kid", "precision", "recall", "accuracy", "clip_score") if any(k in r for r in rows)]
     lines.append("| model | sampler | NFE | " + f"{key.upper()} (mean ± std) | " +
                  " | ".join(extra) + " | ms / image |")
     lines.append("|---" * (5 + len(extra)) + "|")

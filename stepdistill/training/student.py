@@ -80,6 +80,7 @@ def evaluate_on_digits(recipe: str, student: Student, real_denoiser, cfg, *, ste
     result = dict(
         benchmark="digits", recipe=recipe, command="accelerate launch " + " ".join(sys.argv),
         n_samples=bench.n_samples, seeds=seeds, floor_fd=floor["fd"], floor_accuracy=floor["accuracy"],
+        floor_precision=floor["precision"], floor_recall=floor["recall"],
         train_steps=steps_done, train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(),
         config=to_dict(cfg), rows=rows,
     )
@@ -89,10 +90,11 @@ def evaluate_on_digits(recipe: str, student: Student, real_denoiser, cfg, *, ste
             accuracy_difference=first["accuracy"] - teacher_default["accuracy"],
             speedup=teacher_default["seconds_per_image"] / first["seconds_per_image"])
     atomic_write_text(cfg.eval.results, json.dumps(result, indent=2) + "\n")
-    print("\n| model | sampler | NFE | FD (mean ± std) | KID | accuracy | ms / image |\n|---|---|---|---|---|---|---|")
+    print("\n| model | sampler | NFE | FD (mean ± std) | KID | precision | recall | accuracy | ms / image |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | "
-              f"{r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |")
+              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |")
     if teacher_default:
         s = result["student_vs_teacher"]
         print(f"student / teacher FD {s['fd_ratio']:.2f}x, accuracy {s['accuracy_difference']:+.3f}, "
