@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "eval"))
 
 from stepdistill.benchmark import DigitsBenchmark, aggregate, teacher_sample_fn  # noqa: E402
 from stepdistill.checkpointing import checkpoint_dirs, checkpoint_step  # noqa: E402
+from stepdistill.conditioning import ClassConditioner  # noqa: E402
+from stepdistill.denoiser import CFGDenoiser  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402
 from stepdistill.samplers import steps_for_nfe  # noqa: E402
 from stepdistill.trio import load_teacher, make_real_score  # noqa: E402
@@ -35,17 +37,10 @@ from training_curve import student_of  # noqa: E402
 KEYS = ("fd", "fd_std", "precision", "recall", "accuracy")
 
 
-def guided(denoiser, scale: float, null_label: int):
-    """Classifier-free guidance uncond + s (cond - uncond) on a class-conditional denoiser."""
-    if scale == 1.0:
-        return denoiser
-
-    def fn(x, t, class_labels):
-        cond = denoiser(x, t, class_labels=class_labels)
-        uncond = denoiser(x, t, class_labels=torch.full_like(class_labels, null_label))
-        return uncond + scale * (cond - uncond)
-
-    return fn
+def guided(denoiser, scale: float, conditioner: ClassConditioner):
+    """The teacher at a CFG scale, called the way `teacher_sample_fn` calls a denoiser."""
+    cfg = CFGDenoiser(denoiser, scale)
+    return lambda x, t, class_labels: cfg(x, t, uncond=conditioner.uncond(class_labels), class_labels=class_labels)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,10 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
                  **aggregate([bench.resampled("all", s, replace=True) for s in args.seeds], [0.0]))]
     teacher = load_teacher(args.teacher)
     denoiser = make_real_score(teacher)
-    null_label = teacher.net.config.num_class_embeds - 1
+    conditioner = ClassConditioner.for_embeddings(teacher.net.config.num_class_embeds)
     steps = steps_for_nfe("dpmpp_2m", args.nfe)
     for scale in args.guidance:
-        fn = teacher_sample_fn(guided(denoiser, scale, null_label), teacher.schedule, sampler="dpmpp_2m", steps=steps)
+        fn = teacher_sample_fn(guided(denoiser, scale, conditioner), teacher.schedule, sampler="dpmpp_2m", steps=steps)
         rows.append(dict(model="teacher", set=f"DPM-Solver++(2M), {steps} steps, guidance {scale:g}",
                          **bench.evaluate(fn, args.seeds)))
     for run, ckpts in checkpoints.items():
