@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stepdistill.benchmark import DigitsBenchmark, teacher_sample_fn
+from stepdistill.benchmark import DigitsBenchmark, markdown_table, teacher_sample_fn
 from stepdistill.io import atomic_write_text
 from stepdistill.samplers import nfe_of, steps_for_nfe
 from stepdistill.trio import load_teacher, make_real_score
@@ -82,16 +82,6 @@ def sample_grid(fns: dict, path: Path) -> None:
     save_image(images * 0.5 + 0.5, path, nrow=len(labels), padding=2, pad_value=1.0)
 
 
-def print_table(rows: list[dict]) -> None:
-    print("\n| model | sampler | NFE | FD (mean ± std) | KID | precision | recall | accuracy | ms / image |\n"
-          "|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']}{' (default)' if r.get('default') else ''} | {r['sampler']} | {r['nfe']} | "
-              f"{r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
-              f"{r['accuracy']:.3f} | "
-              f"{1e3 * r['seconds_per_image']:.2f} |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="digits")
@@ -141,7 +131,7 @@ def main() -> None:
     sample_grid(fns, args.out.with_name(args.out.stem + "_samples.png"))
     print(f"floor FD {floor['fd']:.3f} (accuracy {floor['accuracy']:.3f}); default {default['sampler']} "
           f"NFE {default['nfe']}: FD {default['fd']:.3f} ± {default['fd_std']:.3f}")
-    print_table(rows)
+    print("\n" + markdown_table(rows))
     if result["resolving_power"]:
         for rp in result["resolving_power"]:
             print(f"{rp['sampler']} at NFE 8 vs the default: {rp['separation_in_pooled_std']:.1f} pooled std apart, "

@@ -115,6 +115,17 @@ def default_row(rows: list[dict]) -> dict | None:
     return next((r for r in rows if r.get("default")), None)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """Result rows as the Markdown table the recipes and the teacher baseline print."""
+    lines = ["| model | sampler | NFE | FD (mean ± std) | KID | precision | recall | accuracy | ms / image |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']}{' (default)' if r.get('default') else ''} | {r['sampler']} | {r['nfe']} | "
+                     f"{r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |")
+    return "\n".join(lines)
+
+
 def aggregate(per_seed: list[dict], seconds: list[float]) -> dict:
     """One row from per-seed scores: FD and KID mean and std across seeds, mean precision, recall and
     accuracy, median speed."""

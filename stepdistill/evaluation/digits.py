@@ -1,6 +1,6 @@
 """The digits protocol on generated folders: `stepdistill.benchmark.DigitsBenchmark`'s FD / KID /
-precision / recall / accuracy, scored per image set and aggregated across sets exactly as `DigitsBenchmark.evaluate` does
-(mean, sample std, per-set FD, median seconds per image)."""
+precision / recall / accuracy, scored per image set and aggregated across sets exactly as
+`DigitsBenchmark.evaluate` does (mean, sample std, per-set FD, median seconds per image)."""
 
 from __future__ import annotations
 

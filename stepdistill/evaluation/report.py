@@ -15,8 +15,8 @@ from ..io import atomic_write_text
 
 __all__ = ["write_report", "primary_metric", "sample_grid"]
 
-CSV_KEYS = ("model", "sampler", "nfe", "fd", "fd_std", "fid", "fid_std", "kid", "kid_std", "precision", "recall", "accuracy",
-            "clip_score", "psnr", "ssim", "seconds_per_image", "images", "processes")
+CSV_KEYS = ("model", "sampler", "nfe", "fd", "fd_std", "fid", "fid_std", "kid", "kid_std", "precision", "recall",
+            "accuracy", "clip_score", "psnr", "ssim", "seconds_per_image", "images", "processes")
 
 
 def primary_metric(rows: Sequence[dict]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..benchmark import DigitsBenchmark, SampleFn, default_row, teacher_sample_fn
+from ..benchmark import DigitsBenchmark, SampleFn, default_row, markdown_table, teacher_sample_fn
 from ..conditioning import ClassConditioner
 from ..config import to_dict
 from ..export import export_class_conditional, export_text_to_image, push_to_hub
@@ -90,11 +90,7 @@ def evaluate_on_digits(recipe: str, student: Student, real_denoiser, cfg, *, ste
             accuracy_difference=first["accuracy"] - teacher_default["accuracy"],
             speedup=teacher_default["seconds_per_image"] / first["seconds_per_image"])
     atomic_write_text(cfg.eval.results, json.dumps(result, indent=2) + "\n")
-    print("\n| model | sampler | NFE | FD (mean ± std) | KID | precision | recall | accuracy | ms / image |\n"
-          "|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | {r['kid']:.4f} | "
-              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |")
+    print("\n" + markdown_table(rows))
     if teacher_default:
         s = result["student_vs_teacher"]
         print(f"student / teacher FD {s['fd_ratio']:.2f}x, accuracy {s['accuracy_difference']:+.3f}, "
