@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from stepdistill.benchmark import DigitsBenchmark
+from stepdistill.benchmark import DigitsBenchmark, markdown_table
 from stepdistill.classifier import DigitsClassifier
 from stepdistill.data import DigitsDataset, load_digits_tensors, split_indices
 from stepdistill.io import atomic_dir
@@ -108,3 +108,12 @@ def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path):
     with atomic_dir(target) as d:
         (d / "a.json").write_text(json.dumps(3))
     assert json.loads((target / "a.json").read_text()) == 3
+
+
+def test_markdown_table_prints_every_row_and_marks_the_default():
+    row = dict(model="teacher", sampler="dpmpp_2m", nfe=35, fd=0.18297, fd_std=0.0132, kid=0.00012, precision=0.9441,
+               recall=0.8979, accuracy=0.996, seconds_per_image=0.0372)
+    lines = markdown_table([row | {"default": True}, row | {"model": "dmd2", "nfe": 1}]).splitlines()
+    assert lines[0].startswith("| model | sampler | NFE | FD (mean ± std) |") and lines[1].startswith("|---|")
+    assert lines[2] == "| teacher (default) | dpmpp_2m | 35 | 0.183 ± 0.013 | 0.0001 | 0.944 | 0.898 | 0.996 | 37.20 |"
+    assert lines[3].startswith("| dmd2 | dpmpp_2m | 1 |") and len(lines) == 4

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -50,3 +51,21 @@ def test_precision_recall_rows_match_the_runs_final_row(digits_like_teacher, tmp
     assert teacher["fd"] != guided["fd"]
     assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in out["rows"])
     assert json.loads((tmp_path / "pr.json").read_text())["rows"] == out["rows"]
+
+
+def test_precision_recall_guides_the_teacher_with_cfg(digits_like_teacher):
+    """The teacher rows at guidance s sample uncond + s (cond - uncond); at 1 the conditional prediction."""
+    from stepdistill.conditioning import ClassConditioner
+    from stepdistill.trio import load_teacher, make_real_score
+
+    teacher = load_teacher(digits_like_teacher)
+    denoiser = make_real_score(teacher)
+    conditioner = ClassConditioner.for_embeddings(teacher.net.config.num_class_embeds)
+    g = torch.Generator().manual_seed(0)
+    x, t, labels = torch.randn(3, 1, 16, 16, generator=g), torch.tensor([100.0, 500.0, 900.0]), torch.tensor([0, 4, 9])
+    with torch.no_grad():
+        cond = denoiser(x, t, class_labels=labels)
+        uncond = denoiser(x, t, class_labels=torch.full_like(labels, 10))
+        torch.testing.assert_close(precision_recall.guided(denoiser, 1.0, conditioner)(x, t, labels), cond)
+        torch.testing.assert_close(precision_recall.guided(denoiser, 1.5, conditioner)(x, t, labels),
+                                   uncond + 1.5 * (cond - uncond), rtol=1e-5, atol=1e-5)
