@@ -126,7 +126,8 @@ def test_clip_score_plumbing_on_a_tiny_random_model(tiny_clip):
     x100 = ClipScorer.__new__(ClipScorer)
     x100.__dict__.update(tiny_clip.__dict__, cfg=ClipScoreConfig(model="stepdistill-tiny-clip", pretrained=None,
                                                                  times_100=True))
-    np.testing.assert_allclose(x100.per_image(images, prompts), 100 * scores, rtol=1e-5)
+    # a second forward pass may round differently (BLAS kernels vary by CPU): the raw check's atol, x100
+    np.testing.assert_allclose(x100.per_image(images, prompts), 100 * scores, rtol=1e-5, atol=1e-4)
     assert "x 100" in x100.settings()["score"]
 
 
