@@ -64,7 +64,7 @@ class TeacherConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # "all" for the shipped teacher. "heldout" trains a control teacher that never sees the FD
-    # reference images: its FD against them is what a teacher scores without having memorised them.
+    # reference images, to check that a distillation result does not rest on the teacher's memory of them.
     split: Split = "all"
     output_dir: str = "assets/digits_teacher"
 
