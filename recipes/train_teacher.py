@@ -26,8 +26,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from stepdistill.config import load_config, save_config, to_dict
-from stepdistill.data import DigitsDataset
-from stepdistill.data.digits import Split
+from stepdistill.data import DigitsDataset, Split
 from stepdistill.denoiser import Denoiser, native_loss_weight
 from stepdistill.io import atomic_dir, atomic_write_text
 from stepdistill.schedules import UniformTime, from_scheduler_config
