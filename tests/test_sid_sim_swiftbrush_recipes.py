@@ -137,8 +137,10 @@ def test_sid_resume_continues_with_identical_state(digits_like_teacher, tmp_path
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     sid.main(_cfg("sid", digits_like_teacher, straight, "train.max_steps=4", "train.checkpoint_every=2"))
     # Interrupted after its first step (a zero time limit), resumed with the same (cosine-decayed) config.
-    sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=4", "train.checkpoint_every=2",
-                  "train.time_limit_minutes=0"))
+    # The cut says so: its learning-rate decay did not finish, and how many steps would fit.
+    with pytest.warns(UserWarning, match=r"limit stopped training at step 1 of 4 .*train.max_steps=1\b"):
+        sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=4", "train.checkpoint_every=2",
+                      "train.time_limit_minutes=0"))
     sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=4", "train.checkpoint_every=2",
                   "resume=latest"))
     steps = [json.loads(l)["step"] for l in (resumed / "log_rank0.jsonl").read_text().splitlines()]
@@ -147,6 +149,13 @@ def test_sid_resume_continues_with_identical_state(digits_like_teacher, tmp_path
         wa = load_file(str(straight / "checkpoints" / "step_00000004" / a))
         wb = load_file(str(resumed / "checkpoints" / "step_00000004" / b))
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_only_a_decaying_schedule_warns_when_the_time_limit_cuts_it():
+    """SwiftBrush's constant rate is meant to stop at its time limit; SiD's and SIM's cosines are not."""
+    from stepdistill.training.loop import _decays
+    assert _decays(sid.SiDConfig()) and _decays(sim.SIMConfig()) and not _decays(swiftbrush.SwiftBrushConfig())
+    assert not _decays(apply_overrides(sid.SiDConfig(), ["optim.lr_schedule=constant"]))
 
 
 @pytest.mark.parametrize("name,override,match", [

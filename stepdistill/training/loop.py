@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -50,5 +51,22 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, confi
             if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time:
                 save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints)
             if out_of_time:
+                if done < train.max_steps and _decays(config) and accelerator.is_main_process:
+                    warnings.warn(_stopped_early(train, done, start_step), stacklevel=2)
                 break
     return done
+
+
+def _decays(config) -> bool:
+    """Whether the recipe's learning rates decay over train.max_steps (`optim.lr_schedule`)."""
+    return getattr(getattr(config, "optim", None), "lr_schedule", "constant") != "constant"
+
+
+def _stopped_early(train: TrainConfig, done: int, start_step: int) -> str:
+    # The digits defaults fix max_steps to what 2 cores finish in the limit, so that their learning rates
+    # decay to zero; on a slower machine the limit cuts the decay short and the student scores worse
+    # (a constant rate, as SwiftBrush's, is meant to stop at the limit).
+    return (f"the {train.time_limit_minutes:g}-minute limit stopped training at step {done} of {train.max_steps} "
+            f"({done - start_step} steps in this run): a learning-rate decay over train.max_steps did not finish. "
+            f"To finish it within the limit on this machine, start again with train.max_steps={done - start_step}, "
+            f"or raise train.time_limit_minutes (null: no limit).")

@@ -81,7 +81,8 @@ def evaluate_on_digits(recipe: str, student: Student, real_denoiser, cfg, *, ste
         benchmark="digits", recipe=recipe, command="accelerate launch " + " ".join(sys.argv),
         n_samples=bench.n_samples, seeds=seeds, floor_fd=floor["fd"], floor_accuracy=floor["accuracy"],
         floor_precision=floor["precision"], floor_recall=floor["recall"],
-        train_steps=steps_done, train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(),
+        train_steps=steps_done, max_steps=cfg.train.max_steps, stopped_by_time_limit=steps_done < cfg.train.max_steps,
+        train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(),
         config=to_dict(cfg), rows=rows,
     )
     if teacher_default:
