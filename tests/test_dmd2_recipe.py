@@ -43,8 +43,9 @@ def test_resume_continues_at_the_saved_step_with_identical_state(teacher_dir, tm
     dmd2.main(_cfg(*_overrides(teacher_dir, straight, "train.max_steps=4", "train.checkpoint_every=2")))
     # Interrupted after its first step (a zero time limit), then resumed with the same config: the
     # learning-rate decay, the generator's every-other-step updates and the draws all continue.
-    dmd2.main(_cfg(*_overrides(teacher_dir, resumed, "train.max_steps=4", "train.checkpoint_every=2",
-                               "train.time_limit_minutes=0")))
+    with pytest.warns(UserWarning, match="limit stopped training at step 1 of 4"):
+        dmd2.main(_cfg(*_overrides(teacher_dir, resumed, "train.max_steps=4", "train.checkpoint_every=2",
+                                   "train.time_limit_minutes=0")))
     first = [json.loads(line) for line in (resumed / "log_rank0.jsonl").read_text().splitlines()]
     dmd2.main(_cfg(*_overrides(teacher_dir, resumed, "train.max_steps=4", "train.checkpoint_every=2",
                                "resume=latest")))

@@ -67,6 +67,6 @@ def _stopped_early(train: TrainConfig, done: int, start_step: int) -> str:
     # decay to zero; on a slower machine the limit cuts the decay short and the student scores worse
     # (a constant rate, as SwiftBrush's, is meant to stop at the limit).
     return (f"the {train.time_limit_minutes:g}-minute limit stopped training at step {done} of {train.max_steps} "
-            f"({done - start_step} steps in this run): a learning-rate decay over train.max_steps did not finish. "
+            f"({done - start_step} in this run): a learning-rate decay over train.max_steps did not finish. "
             f"To finish it within the limit on this machine, start again with train.max_steps={done - start_step}, "
             f"or raise train.time_limit_minutes (null: no limit).")
