@@ -59,14 +59,15 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, confi
 
 def _decays(config) -> bool:
     """Whether the recipe's learning rates decay over train.max_steps (`optim.lr_schedule`)."""
-    return getattr(getattr(config, "optim", None), "lr_schedule", "constant") != "constant"
+    return getattr(config.optim, "lr_schedule", "constant") != "constant"  # SwiftBrush has no decay option
 
 
 def _stopped_early(train: TrainConfig, done: int, start_step: int) -> str:
     # The digits defaults fix max_steps to what 2 cores finish in the limit, so that their learning rates
     # decay to zero; on a slower machine the limit cuts the decay short and the student scores worse
     # (a constant rate, as SwiftBrush's, is meant to stop at the limit).
+    fits = done - start_step  # the steps this process ran within the limit
     return (f"the {train.time_limit_minutes:g}-minute limit stopped training at step {done} of {train.max_steps} "
-            f"({done - start_step} in this run): a learning-rate decay over train.max_steps did not finish. "
-            f"To finish it within the limit on this machine, start again with train.max_steps={done - start_step}, "
+            f"({fits} in this run): a learning-rate decay over train.max_steps did not finish. "
+            f"To finish it within the limit on this machine, start again with train.max_steps={fits}, "
             f"or raise train.time_limit_minutes (null: no limit).")
