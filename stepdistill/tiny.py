@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-__all__ = ["build_tiny_text_to_image", "ensure_tiny_text_to_image", "PREDICTION_TYPES"]
+__all__ = ["build_tiny_class_conditional", "build_tiny_text_to_image", "ensure_tiny_text_to_image", "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 MAX_LENGTH = 77  # CLIP's context length: SD-family code pads every prompt to it
@@ -177,6 +177,26 @@ def build_tiny_text_to_image(folder: str | Path, *, seed: int = 0, prediction_ty
         pipe = _build_pipeline(seed, prediction_type)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+    return folder
+
+
+def build_tiny_class_conditional(folder: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny random digits-shaped teacher folder and return its path: a 16x16 one-channel
+    `UNet2DModel` with 10 classes + the null label and the digits teacher's cosine VP, v-prediction
+    scheduler. What the recipes' tests run on; the same `seed` gives the same weights."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = Path(folder).expanduser()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8,
+                           num_class_embeds=11)
+    with atomic_dir(folder) as tmp:
+        unet.save_pretrained(tmp / "unet")
+        DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
+            tmp / "scheduler")
     return folder
 
 

@@ -50,12 +50,6 @@ def tiny_sd3_transformer():
 def digits_like_teacher(tmp_path_factory):
     """A tiny digits-shaped teacher folder (16x16, 10 classes + null, cosine VP, v-prediction),
     random weights: what the recipes run on in tests."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    from stepdistill.tiny import build_tiny_class_conditional
 
-    folder = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                norm_num_groups=4, attention_head_dim=8, num_class_embeds=11).save_pretrained(folder / "unet")
-    DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(folder / "scheduler")
-    return folder
+    return build_tiny_class_conditional(tmp_path_factory.mktemp("teacher") / "tiny")

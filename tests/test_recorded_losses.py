@@ -1,0 +1,101 @@
+"""Recipe regression (torchtune's recorded-loss test): a short seeded run of each recipe on the tiny
+digits-shaped teacher must log the losses recorded here, step by step.
+
+Every step's draws are seeded, so the logged losses are a fingerprint of the recipe's wiring: which
+prediction feeds which loss, signs, weights, detaches, noise scales and the optimiser updates between
+steps. A change that alters behaviour moves them; a refactor must not. To re-record after an intended
+change: `python tests/test_recorded_losses.py` prints the new table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+
+STEPS = 4
+COMMON = ["train.batch_size=4", "train.log_every=1", "train.sample_every=1000", "train.checkpoint_every=1000",
+          "train.time_limit_minutes=null", f"train.max_steps={STEPS}", "optim.warmup_steps=0",
+          "eval.enabled=false", "export.enabled=false"]
+# recipe -> (extra overrides, the logged keys compared)
+RUNS = {
+    "dmd2": (["optim.update_ratio=2"], ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),
+    "sid": ([], ("loss_fake", "loss_g")),
+    "sim": ([], ("loss_fake", "loss_g")),
+    "swiftbrush": ([], ("loss_vsd", "loss_lora")),
+}
+CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig"}
+# Recorded on CPU (float32). The tolerance absorbs BLAS summation order across machines, not wiring.
+RECORDED: dict[str, list[dict[str, float]]] = {
+    "dmd2": [
+        {"loss_fake": 0.492791, "loss_d": 1.39881, "loss_dm": 0.000630298, "loss_g_gan": 0.551196},
+        {"loss_fake": 0.539854, "loss_d": 1.38885},
+        {"loss_fake": 0.610809, "loss_d": 1.2738, "loss_dm": 0.00257513, "loss_g_gan": 0.550908},
+        {"loss_fake": 0.493964, "loss_d": 1.33389},
+    ],
+    "sid": [
+        {"loss_fake": 0.208595, "loss_g": 0.00116028},
+        {"loss_fake": 0.307555, "loss_g": 0.00340625},
+        {"loss_fake": 0.470483, "loss_g": 0.00572916},
+        {"loss_fake": 0.5933, "loss_g": 0.00575743},
+    ],
+    "sim": [
+        {"loss_fake": 0.208595, "loss_g": 1.23592},
+        {"loss_fake": 0.307552, "loss_g": 1.61136},
+        {"loss_fake": 0.470511, "loss_g": 1.99242},
+        {"loss_fake": 0.593375, "loss_g": 2.57791},
+    ],
+    "swiftbrush": [
+        {"loss_vsd": 0.0, "loss_lora": 0.213112},
+        {"loss_vsd": 2.02055e-06, "loss_lora": 0.500054},
+        {"loss_vsd": 6.97162e-06, "loss_lora": 0.562109},
+        {"loss_vsd": 9.90287e-06, "loss_lora": 0.569468},
+    ],
+}
+RTOL = 2e-3
+
+
+def run_recipe(name: str, teacher: Path, out: Path) -> list[dict[str, float]]:
+    import importlib
+
+    from stepdistill.config import apply_overrides
+
+    module = importlib.import_module(name)
+    config = getattr(module, CONFIGS[name])
+    extra, keys = RUNS[name]
+    cfg = apply_overrides(config(), [f"model.teacher={teacher}", f"train.output_dir={out}", *COMMON, *extra])
+    module.main(cfg)
+    logs = [json.loads(line) for line in (out / "log_rank0.jsonl").read_text().splitlines()]
+    return [{k: row[k] for k in keys if k in row} for row in logs]
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_short_run_logs_the_recorded_losses(name, digits_like_teacher, tmp_path):
+    logged = run_recipe(name, digits_like_teacher, tmp_path)
+    recorded = RECORDED[name]
+    assert [sorted(r) for r in logged] == [sorted(r) for r in recorded]
+    for step, (got, want) in enumerate(zip(logged, recorded)):
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=RTOL, abs=1e-10), f"{name} step {step} {key}"
+
+
+if __name__ == "__main__":  # re-record: prints the RECORDED table for this file
+    import tempfile
+
+    import torch
+
+    from stepdistill.tiny import build_tiny_class_conditional
+
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = build_tiny_class_conditional(Path(tmp) / "teacher")  # what the fixture builds
+        table = {}
+        for name in sorted(RUNS):
+            torch.manual_seed(0)  # as the autouse seed fixture does
+            table[name] = [{k: float(f"{v:.6g}") for k, v in row.items()}
+                           for row in run_recipe(name, teacher, Path(tmp) / name)]
+        print("RECORDED = " + json.dumps(table, indent=4))
