@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from stepdistill.losses.weights import per_sample  # noqa: F401 - the kernels' functions take weights as the losses do
+
 
 def as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """Check that all tensors have the same (B, ...) shape and return each as a contiguous (B, N) view.
@@ -20,16 +22,6 @@ def as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
         if t.device != tensors[0].device:
             raise ValueError(f"device mismatch: {t.device} vs {tensors[0].device}")
     return [t.contiguous().view(shape[0], -1) for t in tensors]
-
-
-def per_sample(value: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """A float or a (B,) tensor as a contiguous float32 (B,) vector on `like`'s device."""
-    v = torch.as_tensor(value, dtype=torch.float32, device=like.device)
-    if v.ndim == 0:
-        v = v.expand(batch)
-    if v.shape != (batch,):
-        raise ValueError(f"expected a float or a ({batch},) per-sample tensor, got shape {tuple(v.shape)}")
-    return v.contiguous()
 
 
 def is_one(grad_output: torch.Tensor) -> bool:

@@ -31,12 +31,11 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 from diffusers.training_utils import EMAModel
 
-from stepdistill import ops
+from stepdistill import losses
 from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.data.ode_pairs import ODEPairs, make_ode_pairs
 from stepdistill.heads import GANHead, bottleneck_features
-from stepdistill.losses import denoising_loss, discriminator_loss, generator_gan_loss, regression_loss
 from stepdistill.samplers import SamplerName, backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Roles, TrainConfig, begin,
@@ -244,7 +243,7 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
     t = draw.times(UniformTime(), schedule)
     x_t = schedule.add_noise(x, draw.randn(*shape), t)
     weight = native_loss_weight(run.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
-    loss = loss_fake = denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x, weight)
+    loss = loss_fake = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x, weight)
     logs = {"loss_fake": loss_fake.item()}
     # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
     if run.head is not None:
@@ -261,7 +260,7 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
         features = bottleneck_features(run.fake_module, noised, t_gan,
                                        **conditioner.cond(torch.cat([real_labels, fake_labels])))
         logits_real, logits_fake = run.head(features).chunk(2)
-        loss_d = discriminator_loss(logits_real, logits_fake)
+        loss_d = losses.discriminator_loss(logits_real, logits_fake)
         loss = loss + cfg.loss.gan_discriminator_weight * loss_d
         logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
                  "d_fake": torch.sigmoid(logits_fake).mean().item()}
@@ -280,7 +279,7 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
     with torch.no_grad():
         x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
         x0_fake = run.fake_score(x_t, t, **cond)
-    loss = loss_dm = ops.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
+    loss = loss_dm = losses.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
     logs = {"loss_dm": loss_dm.item()}
     # 2. Non-saturating GAN loss through the fake-score encoder and head, both frozen for this step.
     if run.head is not None:
@@ -290,7 +289,7 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
         fake, head = run.fake_module, run.head_module
         with trainable(fake, False), trainable(head, False):
             features = bottleneck_features(fake, schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
-            loss_g = generator_gan_loss(head(features))
+            loss_g = losses.generator_gan_loss(head(features))
         if run.gan_weight.balance is not None:
             balance_gan_weight(run, x, loss_dm, loss_g)
         loss = loss + run.gan_weight.value * loss_g
@@ -299,7 +298,7 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
     if run.pairs is not None:
         i = draw.index(len(run.pairs))
         x_reg = run.generator(run.pairs.z[i], **conditioner.cond(run.pairs.labels[i]))
-        loss_reg = regression_loss(x_reg, run.pairs.x[i])
+        loss_reg = losses.regression_loss(x_reg, run.pairs.x[i])
         loss = loss + cfg.loss.regression_weight * loss_reg
         logs["loss_reg"] = loss_reg.item()
     optimizer_step(run.accelerator, loss, run.params("generator"), run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)

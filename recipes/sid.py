@@ -33,10 +33,9 @@ from typing import Callable, Literal, Optional
 import torch
 from accelerate import Accelerator
 
-from stepdistill import ops
+from stepdistill import losses
 from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
-from stepdistill.losses import denoising_loss
 from stepdistill.schedules import DiscreteRange, KarrasRamp, LogNormalSigma, UniformTime
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Roles, TrainConfig, begin,
                                   finish, make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
@@ -187,7 +186,7 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor)
         t = draw.times(UniformTime(), schedule)
         weight = native_loss_weight(run.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
     x_t = schedule.add_noise(x, draw.randn(*run.shape), t)
-    loss = denoising_loss(guided(run.fake_score, cfg.loss.guidance, x_t, t, conditioner, labels), x, weight)
+    loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, x_t, t, conditioner, labels), x, weight)
     update(run, loss, run.fake_score, run.opt_f, run.sched_f)
     return {"loss_fake": loss.item()}
 
@@ -217,7 +216,7 @@ def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
 def main(cfg: SiDConfig, *, name: str = "sid", generator_loss: GeneratorLoss | None = None) -> dict | None:
     start_time = time.time()
     run = setup(cfg)
-    generator_loss = generator_loss or (lambda x, x0_real, x0_fake, t: ops.sid_loss(x, x0_real, x0_fake,
+    generator_loss = generator_loss or (lambda x, x0_real, x0_fake, t: losses.sid_loss(x, x0_real, x0_fake,
                                                                                      cfg.loss.alpha))
     accelerator = run.accelerator
     start_step = begin(accelerator, run.resume_from, cfg)

@@ -24,8 +24,7 @@ from typing import Literal, Optional
 from sid import GeneratorLoss, ModelConfig, OptimConfig
 from sid import main as sid_main
 from stepdistill.config import load_config
-from stepdistill.losses import sim_loss
-from stepdistill_kernels.sid.reference import sid_normaliser
+from stepdistill import losses
 from stepdistill.training import DataConfig, EvalConfig, ExportConfig, TrainConfig
 
 
@@ -63,8 +62,8 @@ def make_generator_loss(loss: LossConfig) -> GeneratorLoss:
         c = loss.c if loss.c is not None else 0.00054 * math.sqrt(x[0].numel())
         weight = None
         if loss.weighting == "sid":  # SiD Eq. 23's omega, detached
-            weight = 1 / sid_normaliser(x, x0_real)
-        return sim_loss(x, x0_real, x0_fake, c, weight=weight)
+            weight = 1 / losses.sid_normaliser(x, x0_real)
+        return losses.sim_loss(x, x0_real, x0_fake, c, weight=weight)
 
     return generator_loss
 

@@ -29,10 +29,9 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 
-from stepdistill import ops
+from stepdistill import losses
 from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
-from stepdistill.losses import denoising_loss
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
                                   make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
@@ -163,7 +162,7 @@ def step(run: Run, draw: Draw) -> dict[str, float]:
         real_c, real_u = cond_and_uncond(run.real_score, cfg.loss.real_guidance, x_t, t, conditioner, labels)
         fake_c, fake_u = cond_and_uncond(fake, cfg.loss.fake_guidance, x_t, t, conditioner, labels)
     weight = schedule.alpha(t) * schedule.sigma(t)  # sigma_t^2 in eps units
-    loss_vsd = ops.vsd_loss(x, real_c, real_u, fake_c, fake_u, cfg.loss.real_guidance, cfg.loss.fake_guidance, weight)
+    loss_vsd = losses.vsd_loss(x, real_c, real_u, fake_c, fake_u, cfg.loss.real_guidance, cfg.loss.fake_guidance, weight)
     gen_params = [p for p in run.generator.parameters() if p.requires_grad]
     optimizer_step(run.accelerator, loss_vsd, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
     if run.ema is not None:
@@ -175,7 +174,7 @@ def step(run: Run, draw: Draw) -> dict[str, float]:
     dropped = draw.dropped(labels, cfg.data.prompt_dropout)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     weight = native_loss_weight(run.teacher.prediction_type, alpha, sigma) * alpha ** 2  # MSE(a eps_hat, a eps)
-    loss_lora = denoising_loss(run.fake_score(x_t, t, **conditioner.cond(dropped)), x.detach(), weight)
+    loss_lora = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(dropped)), x.detach(), weight)
     optimizer_step(run.accelerator, loss_lora, [p for p in run.fake_score.parameters() if p.requires_grad],
                    run.opt_f, run.sched_f, grad_clip=cfg.optim.grad_clip)
     return {"loss_vsd": loss_vsd.item(), "loss_lora": loss_lora.item()}

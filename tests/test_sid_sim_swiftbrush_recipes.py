@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import sid  # noqa: E402
 import sim  # noqa: E402
 import swiftbrush  # noqa: E402
+from stepdistill import losses  # noqa: E402
 from stepdistill.config import apply_overrides, load_config  # noqa: E402
 from stepdistill.training import Draw  # noqa: E402
 
@@ -98,8 +99,8 @@ def test_generator_step_trains_the_generator_through_frozen_networks(name, digit
     module, _ = RECIPES[name]
     cfg = _cfg(name, digits_like_teacher, tmp_path)
     run = sid.setup(cfg)
-    loss = (lambda x, r, f, t: sid.ops.sid_loss(x, r, f, 1.2)) if name == "sid" else \
-        (lambda x, r, f, t: sim.sim_loss(x, r, f, 0.01))
+    loss = (lambda x, r, f, t: losses.sid_loss(x, r, f, 1.2)) if name == "sid" else \
+        (lambda x, r, f, t: losses.sim_loss(x, r, f, 0.01))
     seen = {}
 
     def spy(x, x0_real, x0_fake, t):
@@ -124,10 +125,10 @@ def test_sim_generator_loss_weightings():
     x, r, f = (torch.randn(3, 1, 4, 4, generator=g, requires_grad=True) for _ in range(3))
     c = 0.00054 * 4
     plain = sim.make_generator_loss(sim.LossConfig())(x, r, f, None)
-    torch.testing.assert_close(plain, sim.sim_loss(x, r, f, c))
+    torch.testing.assert_close(plain, losses.sim_loss(x, r, f, c))
     omega = (x - r).abs().flatten(1).mean(1).detach()
     weighted = sim.make_generator_loss(sim.LossConfig(weighting="sid"))(x, r, f, None)
-    torch.testing.assert_close(weighted, sim.sim_loss(x, r, f, c, weight=1 / omega))
+    torch.testing.assert_close(weighted, losses.sim_loss(x, r, f, c, weight=1 / omega))
     gx_plain, = torch.autograd.grad(plain, x)
     gx_weighted, = torch.autograd.grad(weighted, x)
     torch.testing.assert_close(gx_weighted, gx_plain / omega.view(-1, 1, 1, 1))

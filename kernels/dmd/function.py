@@ -34,5 +34,5 @@ class FusedDMDLoss(torch.autograd.Function):
 
 
 def dmd_loss_fused(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> torch.Tensor:
-    """Fused `stepdistill_kernels.dmd.reference.dmd_loss` (same arguments, same result)."""
+    """Fused `stepdistill.losses.dmd.dmd_loss` (same arguments, same result)."""
     return FusedDMDLoss.apply(x, x0_real, x0_fake)

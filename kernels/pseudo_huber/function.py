@@ -39,5 +39,5 @@ class FusedPseudoHuberLoss(torch.autograd.Function):
 def pseudo_huber_loss_fused(
     pred: torch.Tensor, target: torch.Tensor, c: float, weight: torch.Tensor | float | None = None
 ) -> torch.Tensor:
-    """Fused `stepdistill_kernels.pseudo_huber.reference.pseudo_huber_loss` (same arguments, same result)."""
+    """Fused `stepdistill.losses.consistency.pseudo_huber_loss` (same arguments, same result)."""
     return FusedPseudoHuberLoss.apply(pred, target, c, weight)

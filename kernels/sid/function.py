@@ -36,5 +36,5 @@ class FusedSiDLoss(torch.autograd.Function):
 
 
 def sid_loss_fused(x: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Fused `stepdistill_kernels.sid.reference.sid_loss` (same arguments, same result)."""
+    """Fused `stepdistill.losses.sid.sid_loss` (same arguments, same result)."""
     return FusedSiDLoss.apply(x, y_real, y_fake, alpha)

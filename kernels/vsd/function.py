@@ -43,5 +43,5 @@ def vsd_loss_fused(
     s_fake: float,
     weight: torch.Tensor | float,
 ) -> torch.Tensor:
-    """Fused `stepdistill_kernels.vsd.reference.vsd_loss` (same arguments, same result)."""
+    """Fused `stepdistill.losses.vsd.vsd_loss` (same arguments, same result)."""
     return FusedVSDLoss.apply(x, x0_real_cond, x0_real_uncond, x0_fake_cond, x0_fake_uncond, s_real, s_fake, weight)

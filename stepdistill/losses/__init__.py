@@ -1,18 +1,36 @@
-"""Losses as pure functions of predictions (never of models); each cites its equation.
+"""Every loss of the toolkit, as pure functions of predictions (never of models); each cites its equation.
 
-DMD and SIM are defined here; the VSD, SiD and pseudo-Huber specifications live beside their fused kernels
-(`stepdistill_kernels.<loss>.reference`) and are re-exported, so each equation is written once.
-Recipes call `stepdistill.ops`, which picks the fused kernel or these references.
+One namespace for recipes: `from stepdistill import losses; losses.dmd_loss(...)`. The four losses with
+a fused Triton kernel (DMD, VSD, SiD, pseudo-Huber) are exported through `stepdistill.ops.dispatched`:
+the kernel on CUDA, the PyTorch reference elsewhere, same signature and value. The references themselves
+are `stepdistill.losses.<family>.<name>` (and `losses.<name>.reference`); the kernel package
+`stepdistill_kernels` imports them as its specification.
+
+  family         module           losses
+  denoising      denoising.py     denoising_loss (fake scores, teachers)
+  DMD / DMD2     dmd.py           dmd_grad, dmd_loss*, regression_loss
+  GAN            gan.py           discriminator_loss, generator_gan_loss
+  SiD            sid.py           sid_loss*, sid_normaliser
+  SIM            sim.py           sim_loss
+  VSD            vsd.py           vsd_loss*
+  consistency    consistency.py   pseudo_huber_loss*
+                                  (* fused on CUDA)
 """
 
-from stepdistill_kernels.pseudo_huber.reference import pseudo_huber_loss
-from stepdistill_kernels.sid.reference import sid_loss
-from stepdistill_kernels.vsd.reference import vsd_loss
+from stepdistill.ops import dispatched
 
+from . import consistency, dmd, sid, vsd
 from .denoising import denoising_loss
-from .dmd import dmd_grad, dmd_loss, regression_loss
+from .dmd import dmd_grad, regression_loss
 from .gan import discriminator_loss, generator_gan_loss
+from .sid import sid_normaliser
 from .sim import sim_loss
+from .weights import per_sample
 
-__all__ = ["denoising_loss", "dmd_grad", "dmd_loss", "discriminator_loss", "generator_gan_loss",
-           "pseudo_huber_loss", "regression_loss", "sid_loss", "sim_loss", "vsd_loss"]
+dmd_loss = dispatched(dmd.dmd_loss, "dmd_loss_fused")
+vsd_loss = dispatched(vsd.vsd_loss, "vsd_loss_fused")
+sid_loss = dispatched(sid.sid_loss, "sid_loss_fused")
+pseudo_huber_loss = dispatched(consistency.pseudo_huber_loss, "pseudo_huber_loss_fused")
+
+__all__ = ["denoising_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "generator_gan_loss", "per_sample",
+           "pseudo_huber_loss", "regression_loss", "sid_loss", "sid_normaliser", "sim_loss", "vsd_loss"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from stepdistill_kernels.common import per_sample
+from .weights import per_sample
 
 
 def sim_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, c: float = 0.1,

@@ -1,9 +1,8 @@
-"""Fused DMD loss vs its reference, and the reference vs the library's `stepdistill.losses.dmd_loss`."""
+"""Fused DMD loss vs its reference (`stepdistill.losses.dmd.dmd_loss`)."""
 
 import pytest
 import torch
 
-from stepdistill.losses import dmd_loss as library_dmd_loss
 from stepdistill_kernels.dmd.bench import make_args
 from stepdistill_kernels.dmd.function import dmd_loss_fused
 from stepdistill_kernels.dmd.reference import dmd_loss
@@ -35,17 +34,6 @@ def test_degenerate_samples_give_zero_gradient(device, check):
     x0_fake[1, 0, 0, 0] = float("inf")
     check(dmd_loss_fused, dmd_loss, (x, x0_real, x0_fake), torch.float32)
     assert torch.isfinite(x.grad).all() and float(x.grad[0].abs().max()) == 0.0
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_reference_equals_library(dtype):
-    """The kernel's specification is the library's pure loss, bit for bit, value and gradient."""
-    args = make_args((3, 5, 7, 9), dtype, "cpu")
-    loss_ref = dmd_loss(*args)
-    (grad_ref,) = torch.autograd.grad(loss_ref * 3.7, args[0])
-    loss_lib = library_dmd_loss(*args)
-    (grad_lib,) = torch.autograd.grad(loss_lib * 3.7, args[0])
-    assert torch.equal(loss_ref, loss_lib) and torch.equal(grad_ref, grad_lib)
 
 
 def test_fused_gradient_is_grad_over_numel(device):

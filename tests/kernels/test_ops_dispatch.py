@@ -1,14 +1,17 @@
-"""`stepdistill.ops`: reference off CUDA by default, Triton when forced, the same loss either way."""
+"""`stepdistill.ops` dispatch of `stepdistill.losses`: reference off CUDA by default, Triton when forced, the same
+loss either way; one signature per loss."""
 
 import importlib
 
 import pytest
 import torch
 
-from stepdistill import ops
+import inspect
+
+from stepdistill import losses, ops
 from stepdistill_kernels import KERNELS
 
-OPS = {"dmd": ops.dmd_loss, "vsd": ops.vsd_loss, "sid": ops.sid_loss, "pseudo_huber": ops.pseudo_huber_loss}
+OPS = {"dmd": losses.dmd_loss, "vsd": losses.vsd_loss, "sid": losses.sid_loss, "pseudo_huber": losses.pseudo_huber_loss}
 
 
 def test_default_is_reference_on_cpu(monkeypatch):
@@ -47,3 +50,23 @@ def test_cpu_tensors_for_a_compiled_kernel_fail_with_the_fix():
 
     with pytest.raises(RuntimeError, match="set TRITON_INTERPRET=1 before triton is first imported"):
         check_launchable(torch.zeros(1), object())
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_each_loss_has_one_signature_and_the_kernel_package_imports_it(name):
+    """The dispatched loss carries its reference's signature and docstring (written once), and the kernel's
+    specification is that same function object: the kernels import the library, not the reverse."""
+    loss = OPS[name]
+    reference = importlib.import_module(f"stepdistill_kernels.{name}.reference")
+    spec = getattr(reference, loss.__name__)
+    assert loss.reference is spec and spec.__module__.startswith("stepdistill.losses.")
+    assert inspect.signature(loss) == inspect.signature(spec) and loss.__doc__ == spec.__doc__
+
+
+def test_importing_the_library_loads_neither_the_kernels_nor_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, stepdistill, stepdistill.losses; print(sorted(m for m in sys.modules " \
+           "if m.split('.')[0] in ('stepdistill_kernels', 'triton')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stepdistill import ops
+from stepdistill import losses, ops
 from stepdistill.config import apply_overrides
 from stepdistill.training import Draw
 
@@ -20,7 +20,7 @@ import swiftbrush  # noqa: E402
 RECIPES = {
     "dmd2": (dmd2.DMD2Config, dmd2.setup, dmd2.generator_step, "loss_dm"),
     "sid": (sid.SiDConfig, sid.setup, lambda run, draw: sid.generator_step(
-        run, draw, *sid.generate(run, draw), lambda x, r, f, t: ops.sid_loss(x, r, f, run.cfg.loss.alpha)), "loss_g"),
+        run, draw, *sid.generate(run, draw), lambda x, r, f, t: losses.sid_loss(x, r, f, run.cfg.loss.alpha)), "loss_g"),
     "swiftbrush": (swiftbrush.SwiftBrushConfig, swiftbrush.setup, swiftbrush.step, "loss_vsd"),
 }
 
