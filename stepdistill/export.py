@@ -8,8 +8,16 @@ Two kinds of folder, both loadable with stock diffusers in an environment withou
   to the file inside the folder (or repo). Load with
   `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
 - SD-family text-to-image students: `export_text_to_image` re-saves every component of the base pipeline,
-  the student unet and an `LCMScheduler`; stock `DiffusionPipeline.from_pretrained(folder)` then
+  the student unet and a stock scheduler; `DiffusionPipeline.from_pretrained(folder)` then
   `pipe(prompt, num_inference_steps=K, guidance_scale=0, timesteps=[...])` samples with the student.
+
+The student's first input is sigma(t_0) z (`trio.Generator`): exactly z only where alpha(t_0) = 0 (t = 999 of a
+cosine schedule), 0.9977 z at t = 999 of SD's schedule, 0.93 z at SiD's t_0 = 625. The class-conditional
+pipeline scales its noise itself. A stock text-to-image pipeline multiplies its noise by the scheduler's
+`init_noise_sigma`, which is 1 for LCMScheduler: so a one-step student is exported with an
+`EulerDiscreteScheduler` ("trailing" spacing), whose init_noise_sigma and `scale_model_input` give the
+network sqrt(1 - abar_t0) z and whose one step to sigma = 0 returns the x0 prediction; a multistep student
+keeps the LCMScheduler and its model card passes `latents = sigma(t_0) z`, which the pipeline uses as given.
 
 Why LCMScheduler: its `step` is exactly the few-step student sampler (DMD2, SwiftBrush, consistency models):
 x0 from the network output for the scheduler's prediction type, clipped, then re-noised to the next timestep
@@ -206,8 +214,10 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
     if "unet" not in pipe.components:
         raise ValueError(f"base pipeline {base_pipeline} has no `unet` component: export_text_to_image supports "
                          "unet-based pipelines (SD 1.x/2.x, SDXL)")
-    pipe.scheduler = _lcm_scheduler(pipe.scheduler.config)
-    timesteps = _check_timesteps(timesteps, pipe.scheduler.config.num_train_timesteps)
+    lcm = _lcm_scheduler(pipe.scheduler.config)
+    timesteps = _check_timesteps(timesteps, lcm.config.num_train_timesteps)
+    sigma_0 = float((1 - lcm.alphas_cumprod[timesteps[0]]).sqrt())  # the student's first input is sigma_0 z
+    pipe.scheduler = lcm if len(timesteps) > 1 else _one_step_scheduler(lcm.config)
     steps = f"num_inference_steps={len(timesteps)}"
     if "timesteps" in inspect.signature(type(pipe).__call__).parameters:
         steps += f", timesteps={timesteps}"
@@ -223,6 +233,16 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
         pipe = DiffusionPipeline.from_pretrained("./{folder.name}")  # or the hub repo id
         image = pipe("a photo of a cat", {steps}, guidance_scale=0.0,
                      generator=torch.Generator().manual_seed(0)).images[0]""")
+    if len(timesteps) > 1 and abs(sigma_0 - 1) > 1e-6:  # LCMScheduler does not scale the initial noise
+        call = textwrap.dedent(f"""\
+            import torch
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained("./{folder.name}")  # or the hub repo id
+            # the student starts from sigma(t_0) z = {sigma_0:.6g} z (LCMScheduler would pass z unscaled)
+            shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+            latents = {sigma_0!r} * torch.randn(shape, generator=torch.Generator().manual_seed(0))
+            image = pipe("a photo of a cat", {steps}, guidance_scale=0.0, latents=latents).images[0]""")
 
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -311,6 +331,19 @@ def _lcm_scheduler(config: Mapping, **overrides):
                   # steps ([999, 749, 499, 249] for K = 4), and every custom timestep lies on its grid
                   original_inference_steps=config.get("num_train_timesteps", 1000))
     return LCMScheduler.from_config(config)
+
+
+def _one_step_scheduler(lcm_config: Mapping):
+    """A stock EulerDiscreteScheduler on the same schedule that runs a one-step student exactly: with
+    "trailing" spacing its init_noise_sigma is sigma_VE(t_0) = sqrt((1 - abar) / abar) and `scale_model_input`
+    divides by sqrt(sigma_VE^2 + 1), so the network sees sqrt(1 - abar_t0) z, the generator's input; its
+    Euler step to sigma = 0 returns the x0 prediction (deterministic, no clipping, as LCMScheduler here)."""
+    from diffusers import EulerDiscreteScheduler
+
+    accepted = set(inspect.signature(EulerDiscreteScheduler.__init__).parameters) - {"self"}
+    config = {k: v for k, v in dict(lcm_config).items() if k in accepted}
+    config.update(timestep_spacing="trailing", final_sigmas_type="zero", use_karras_sigmas=False)
+    return EulerDiscreteScheduler.from_config(config)
 
 
 def _check_timesteps(timesteps, num_train_timesteps: int | None) -> list[int]:

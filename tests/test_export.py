@@ -64,7 +64,8 @@ def sample(folder):
 
 
 @pytest.mark.parametrize("prediction_type,timesteps", [("v_prediction", [999]), ("v_prediction", [999, 499]),
-                                                       ("epsilon", [999, 499])])
+                                                       ("epsilon", [999, 499]), ("v_prediction", [800]),
+                                                       ("epsilon", [800, 400])])
 def test_class_conditional_matches_the_student_sampler(tmp_path, tiny_unet, prediction_type, timesteps):
     config = scheduler_config(prediction_type)
     folder = export_class_conditional(tmp_path / "student", tiny_unet, config, timesteps=timesteps, null_label=3,
@@ -114,29 +115,49 @@ save_file({"images": images.contiguous()}, sys.argv[2])
 """
 
 
-def test_loads_in_a_process_without_stepdistill(tmp_path, tiny_unet):
-    folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999, 499],
-                                      null_label=3)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
-    run = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folder), str(tmp_path / "out.safetensors")],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
+
+@torch.no_grad()
+@pytest.mark.parametrize("timesteps", [[800], [800, 400]])
+def test_class_conditional_export_samples_like_the_trained_student(tmp_path, tiny_unet, timesteps):
+    """The exported pipeline and the recipes' `Student` (the trained generator, G(z) = D(sigma(t0) z, t0),
+    then re-noising) give the same images from the same generator, at a start time where sigma(t0) < 1."""
+    from stepdistill.conditioning import ClassConditioner
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.latents import PixelSpace
+    from stepdistill.schedules import from_scheduler_config
+    from stepdistill.training import Student
+    from stepdistill.trio import Generator
+
+    config = scheduler_config()
+    schedule, prediction_type = from_scheduler_config(config)
+    generator = Generator(Denoiser(tiny_unet, schedule, prediction_type), timesteps[0])
+    assert generator.input_scale < 0.99
+    student = Student(generator, ClassConditioner.for_embeddings(4), schedule,
+                      torch.tensor(timesteps, dtype=torch.float64), (1, 8, 8), PixelSpace())
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, config, timesteps=timesteps, null_label=3)
     _, images = sample(folder)
-    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["images"], images, atol=1e-6, rtol=0)
+    x = student.sample_fn()(torch.tensor(LABELS), torch.Generator().manual_seed(SEED))
+    # The pipeline clips each step's x0 to [-1, 1] (LCMScheduler), the student its last one (decode): the
+    # same images while intermediate x0 stay within range, as this network's do.
+    torch.testing.assert_close(images, PixelSpace().decode(x) / 2 + 0.5, atol=1e-5, rtol=0)
 
 
 @torch.no_grad()
-def test_text_to_image_uses_the_student_at_its_timesteps(tmp_path, base_sd):
+@pytest.mark.parametrize("t0", [999, 625], ids=["t0=999", "t0=625"])  # 625: SiD-LSG's start, sigma 0.93
+def test_text_to_image_reproduces_the_trained_one_step_generator(tmp_path, base_sd, t0):
+    """The stock pipeline's one-step image is the trained generator's G(z) = D(sigma(t0) z, t0), at the
+    pipeline's own noise z, also where sigma(t0) != 1 (0.9977 at 999 on SD's schedule, 0.93 at 625)."""
+    from stepdistill.trio import Generator, load_teacher
+
     student = UNet2DConditionModel.from_pretrained(base_sd, subfolder="unet")
     student.conv_in.weight[0, 0, 0, 0] += 0.01
-    folder = export_text_to_image(tmp_path / "sd-student", base_sd, student, timesteps=[999],
+    folder = export_text_to_image(tmp_path / "sd-student", base_sd, student, timesteps=[t0],
                                   model_card={"recipe": "dmd2", "metrics": {"clip": 0.25}})
-    assert "timesteps=[999]" in (folder / "README.md").read_text()
+    assert f"timesteps=[{t0}]" in (folder / "README.md").read_text()
     assert "_name_or_path" not in json.loads((folder / "model_index.json").read_text())
 
     pipe = DiffusionPipeline.from_pretrained(folder)  # stock: no remote code
     pipe.set_progress_bar_config(disable=True)
-    assert isinstance(pipe.scheduler, LCMScheduler)
     assert torch.equal(pipe.unet.conv_in.weight, student.conv_in.weight)
     assert torch.equal(pipe.vae.decoder.conv_out.weight,
                        DiffusionPipeline.from_pretrained(base_sd).vae.decoder.conv_out.weight)
@@ -146,17 +167,35 @@ def test_text_to_image_uses_the_student_at_its_timesteps(tmp_path, base_sd):
         used.append(int(t))
         return kwargs
 
-    latents = pipe("a red square", num_inference_steps=1, guidance_scale=0, timesteps=[999], output_type="latent",
+    latents = pipe("a red square", num_inference_steps=1, guidance_scale=0, timesteps=[t0], output_type="latent",
                    generator=torch.Generator().manual_seed(SEED), callback_on_step_end=record).images
-    assert used == [999] and pipe.scheduler.timesteps.tolist() == [999]
-    # one step from pure noise: x0 = (z - sigma eps) / alpha at t = 999 (epsilon teacher)
+    assert used == [t0]
     z = torch.randn(latents.shape, generator=torch.Generator().manual_seed(SEED))
     emb = pipe.encode_prompt("a red square", "cpu", 1, False)[0]
-    abar = pipe.scheduler.alphas_cumprod[999]
-    x0 = (z - (1 - abar).sqrt() * student(z, 999, encoder_hidden_states=emb).sample) / abar.sqrt()
-    torch.testing.assert_close(latents, x0, atol=1e-4, rtol=1e-4)
-    image = pipe("a red square", num_inference_steps=1, guidance_scale=0, timesteps=[999], output_type="np").images
+    generator = Generator(load_teacher(str(base_sd)).denoiser(net=student), t0)
+    assert generator.input_scale < 1 - 1e-3  # the case the unscaled noise got wrong
+    torch.testing.assert_close(latents, generator(z, encoder_hidden_states=emb), atol=1e-5, rtol=1e-5)
+    image = pipe("a red square", num_inference_steps=1, guidance_scale=0, timesteps=[t0], output_type="np").images
     assert image.shape == (1, 64, 64, 3)
+
+
+@torch.no_grad()
+def test_text_to_image_multistep_card_scales_the_first_input(tmp_path, base_sd):
+    """A multistep student keeps LCMScheduler (fresh noise between steps); its card's call passes
+    latents = sigma(t0) z, and with them the pipeline's first network input is the generator's."""
+    student = UNet2DConditionModel.from_pretrained(base_sd, subfolder="unet")
+    folder = export_text_to_image(tmp_path / "sd-4step", base_sd, student, timesteps=[999, 499])
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    sigma_0 = float((1 - pipe.scheduler.alphas_cumprod[999]).sqrt())
+    assert f"latents = {sigma_0!r} * torch.randn" in (folder / "README.md").read_text()
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(SEED))
+    pipe("a red square", num_inference_steps=2, guidance_scale=0, timesteps=[999, 499], latents=sigma_0 * z,
+         output_type="latent")
+    torch.testing.assert_close(seen[0], sigma_0 * z)
 
 
 @torch.no_grad()
