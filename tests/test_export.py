@@ -142,6 +142,17 @@ def test_class_conditional_export_samples_like_the_trained_student(tmp_path, tin
     torch.testing.assert_close(images, PixelSpace().decode(x) / 2 + 0.5, atol=1e-5, rtol=0)
 
 
+def test_loads_in_a_process_without_stepdistill(tmp_path, tiny_unet):
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999, 499],
+                                      null_label=3)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
+    run = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folder), str(tmp_path / "out.safetensors")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _, images = sample(folder)
+    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["images"], images, atol=1e-6, rtol=0)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("t0", [999, 625], ids=["t0=999", "t0=625"])  # 625: SiD-LSG's start, sigma 0.93
 def test_text_to_image_reproduces_the_trained_one_step_generator(tmp_path, base_sd, t0):
