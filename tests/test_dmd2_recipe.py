@@ -195,3 +195,19 @@ def test_tiny_text_to_image_preset_trains_and_exports(tmp_path, monkeypatch):
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
+
+
+def test_final_evaluation_runs_the_student_in_float32(teacher_dir, tmp_path, monkeypatch):
+    """Trained under bf16 autocast, the student that `finish` samples, measures and exports computes in
+    float32 (the weights a user loads): G(z) equals its denoiser called directly, outside any autocast."""
+    from stepdistill.training import student as student_module
+
+    seen = {}
+    monkeypatch.setattr(student_module, "save_samples", lambda student, path, device: seen.setdefault("s", student))
+    dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path, "train.max_steps=1", "train.mixed_precision=bf16",
+                               "loss.gan=false", "export.enabled=false")))
+    gen = seen["s"].generator
+    z, cond = torch.randn(2, 1, 16, 16), {"class_labels": torch.tensor([1, 2])}
+    with torch.no_grad():
+        torch.testing.assert_close(gen(z, **cond), gen.denoiser(z * gen.input_scale, gen.t_init, **cond),
+                                   rtol=0, atol=0)

@@ -109,3 +109,13 @@ def test_training_time_samplers_stay_in_range(schedule):
         lo, hi = 0.002 ** (1 / 7), 0.002 ** (1 / 7) + 0.8 * (80 ** (1 / 7) - 0.002 ** (1 / 7))
         assert float(ratio.max()) <= hi ** 7 * 1.001 and float(ratio.max()) > 0.9 * hi ** 7
         assert float(ratio.median()) == pytest.approx(((lo + hi) / 2) ** 7, rel=0.05)  # clipping moves tails only
+
+
+def test_flow_training_times_follow_the_schedulers_shift():
+    """SD3's shift t' = s t / (1 + (s - 1) t) warps training times too (the teacher was trained on them):
+    the discrete table is the shifted uniform grid, and uniform times have the shifted median s / (1 + s)."""
+    flow = RectifiedFlow(shift=3.0)
+    u = torch.linspace(0.1, 1.0, 10, dtype=torch.float64)
+    torch.testing.assert_close(DiscreteRange(0.0, 1.0, num=10).table(flow), 3 * u / (1 + 2 * u))
+    t = UniformTime().sample(flow, 20000, generator=torch.Generator().manual_seed(0))
+    assert float(t.median()) == pytest.approx(0.75, abs=0.01)

@@ -77,6 +77,23 @@ def test_auto_mixed_precision_is_bf16_only_where_native(monkeypatch, native, fre
     assert distributed.make_accelerator(mixed_precision="auto").mixed_precision == ("bf16" if native else "no")
 
 
+def test_ema_follows_the_weights_at_its_decay(fresh_accelerate_state):
+    """`make_ema(decay=0.9)`: on weights rising by 1 a step, the EMA settles 0.9 / (1 - 0.9) = 9 behind
+    (diffusers' EMAModel warms its decay up to the given one over the first steps)."""
+    from stepdistill.distributed import make_accelerator
+    from stepdistill.training import make_ema
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = make_ema([p], 0.9, make_accelerator(mixed_precision="no"))
+    for _ in range(300):
+        with torch.no_grad():
+            p.add_(1.0)
+        ema.step([p])
+    lag = p.detach() - ema.shadow_params[0]
+    torch.testing.assert_close(lag, torch.full((3,), 9.0), rtol=1e-3, atol=0)
+    assert make_ema([p], None, make_accelerator(mixed_precision="no")) is None
+
+
 def test_final_student_runs_in_float32_after_bf16_training(fresh_accelerate_state):
     """A module prepared under bf16 autocast computes in bf16; `finish` evaluates and exports it with
     that autocast removed, so the benchmark measures the float32 weights a user loads."""

@@ -1,0 +1,204 @@
+"""Mutation check: does a planted one-line fault in a recipe's wiring break a fast test?
+
+Each mutant below is one textual change (a sign, a swapped argument, a dropped detach, weight or scale)
+applied to a scratch copy of the checkout; the tests it names are run there with `pytest -x`. A mutant
+is *killed* when a test fails; a *survivor* is a fault the suite would let through. The unmutated copy
+must pass the same tests first, so a kill always means the fault was seen.
+
+    python eval/mutations.py                         # all mutants -> eval/results/mutations.json
+    python eval/mutations.py --only dmd2_gan_sign    # some of them, report printed only
+
+A new recipe adds its faults here (which prediction goes where, signs, weights, detaches, noise scales)
+together with the tests that pin them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results" / "mutations.json"
+
+RECORDED = "tests/test_recorded_losses.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # file, relative to the checkout
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest arguments, relative to the checkout
+    fault: str  # what the change means
+
+
+MUTANTS = [
+    # DMD2 (recipes/dmd2.py)
+    Mutant("dmd2_real_fake_swapped", "recipes/dmd2.py", "losses.dmd_loss(x, x0_real, x0_fake)",
+           "losses.dmd_loss(x, x0_fake, x0_real)", (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",),
+           "real and fake score swapped in the generator step"),
+    Mutant("dmd2_fake_step_not_detached", "recipes/dmd2.py",
+           "    with torch.no_grad():\n        x = generate(run, draw, labels)\n    # 1. Denoising",
+           "    if True:\n        x = generate(run, draw, labels)\n    # 1. Denoising",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",),
+           "the fake-score step's generator samples keep their graph"),
+    Mutant("dmd2_time_range_reversed", "recipes/dmd2.py", "DiscreteRange(cfg.loss.min_step, cfg.loss.max_step)",
+           "DiscreteRange(cfg.loss.max_step, cfg.loss.min_step)",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",), "DMD's time range reversed"),
+    Mutant("dmd2_generator_null_labels", "recipes/dmd2.py",
+           "cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)",
+           "cond, uncond = conditioner.uncond(labels), conditioner.uncond(labels)",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",),
+           "the generator step's scores see the null label"),
+    Mutant("dmd2_fake_weight_dropped", "recipes/dmd2.py",
+           "losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x, weight)",
+           "losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x)",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",), "the fake-score loss weight dropped"),
+    Mutant("dmd2_gan_sign", "recipes/dmd2.py", "loss = loss + run.gan_weight.value * loss_g",
+           "loss = loss - run.gan_weight.value * loss_g",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",), "the GAN generator loss's sign flipped"),
+    Mutant("dmd2_discriminator_sides_swapped", "recipes/dmd2.py",
+           "logits_real, logits_fake = run.head(features).chunk(2)",
+           "logits_fake, logits_real = run.head(features).chunk(2)",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",), "the discriminator's real and fake swapped"),
+    # SiD / SIM (recipes/sid.py, recipes/sim.py)
+    Mutant("sid_real_fake_swapped", "recipes/sid.py", "loss = generator_loss(x, x0_real, x0_fake, t)",
+           "loss = generator_loss(x, x0_fake, x0_real, t)",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[sid]",), "real and fake score swapped (SiD, SIM)"),
+    Mutant("sid_x_t_detached", "recipes/sid.py",
+           "x_t = schedule.add_noise(x, draw.randn(*run.shape), t)  # not detached",
+           "x_t = schedule.add_noise(x.detach(), draw.randn(*run.shape), t)  # not detached",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[sid]",),
+           "SiD's gradient through the networks' activations cut"),
+    Mutant("sim_weighting_ignored", "recipes/sim.py", "return losses.sim_loss(x, x0_real, x0_fake, c, weight=weight)",
+           "return losses.sim_loss(x, x0_real, x0_fake, c)",
+           ("tests/test_sid_sim_swiftbrush_recipes.py::test_sim_generator_loss_weightings",),
+           "SIM's per-sample weighting option ignored"),
+    # SwiftBrush (recipes/swiftbrush.py)
+    Mutant("swiftbrush_vsd_weight", "recipes/swiftbrush.py", "weight = schedule.alpha(t) * schedule.sigma(t)",
+           "weight = schedule.sigma(t) ** 2", (f"{RECORDED}::test_short_run_logs_the_recorded_losses[swiftbrush]",),
+           "the VSD time weight changed (eps-space sigma^2 used in x0 units)"),
+    Mutant("swiftbrush_real_fake_swapped", "recipes/swiftbrush.py",
+           "losses.vsd_loss(x, real_c, real_u, fake_c, fake_u,", "losses.vsd_loss(x, fake_c, fake_u, real_c, real_u,",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[swiftbrush]",), "teacher and LoRA swapped in VSD"),
+    # Shared library
+    Mutant("ema_decay_inverted", "stepdistill/training/setup.py", "EMAModel(params, decay=decay)",
+           "EMAModel(params, decay=1 - decay)", ("tests/test_training_setup.py",), "the EMA decay inverted"),
+    Mutant("generator_input_scale_dropped", "stepdistill/trio.py",
+           "return self.denoiser(z * self.input_scale, self.t_init, **cond)",
+           "return self.denoiser(z, self.t_init, **cond)",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[sid]",), "the generator's input scale sigma(t0) dropped"),
+    Mutant("student_input_scale_dropped", "stepdistill/training/student.py", "z * gen.input_scale", "z",
+           ("tests/test_export.py::test_class_conditional_export_samples_like_the_trained_student",),
+           "the student sampler's input scale dropped"),
+    Mutant("export_input_scale_dropped", "stepdistill/export.py",
+           "x = (1 - self.scheduler.alphas_cumprod[int(self.scheduler.timesteps[0])]).sqrt().to(device) * z",
+           "x = z", ("tests/test_export.py::test_class_conditional_export_samples_like_the_trained_student",),
+           "the exported class-conditional pipeline's input scale dropped"),
+    Mutant("export_t2i_unscaled_noise", "stepdistill/export.py",
+           "pipe.scheduler = lcm if len(timesteps) > 1 else _one_step_scheduler(lcm.config)", "pipe.scheduler = lcm",
+           ("tests/test_export.py::test_text_to_image_reproduces_the_trained_one_step_generator",),
+           "a text-to-image export fed unscaled noise (LCMScheduler.init_noise_sigma = 1)"),
+    Mutant("final_eval_autocast", "stepdistill/training/student.py", "keep_fp32_wrapper=False",
+           "keep_fp32_wrapper=True", ("tests/test_dmd2_recipe.py::test_final_evaluation_runs_the_student_in_float32",),
+           "autocast left on in the final evaluation and export"),
+    Mutant("flow_table_unshifted", "stepdistill/schedules.py",
+           "return schedule.shifted(torch.linspace(1 / self.num, 1, self.num, dtype=torch.float64))",
+           "return torch.linspace(1 / self.num, 1, self.num, dtype=torch.float64)",
+           ("tests/test_schedules.py",), "flow DiscreteRange times without the scheduler's shift"),
+    Mutant("flow_uniform_unshifted", "stepdistill/schedules.py", "            t = schedule.shifted(t)",
+           "            t = t", ("tests/test_schedules.py",), "flow UniformTime times without the scheduler's shift"),
+]
+
+
+def scratch_copy(dest: Path) -> None:
+    """The checkout's tracked and untracked (not ignored) files, as they are now."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    # the scratch copy's kernels/ as `stepdistill_kernels`, ahead of the installed checkout on the path
+    (dest / ".mutant_path").mkdir()
+    (dest / ".mutant_path" / "stepdistill_kernels").symlink_to(dest / "kernels")
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str, float]:
+    """(passed, first failing test or '', seconds)."""
+    env = {**os.environ, "PYTHONPATH": f"{copy / '.mutant_path'}{os.pathsep}{copy}", "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.time()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                              cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, "timeout", time.time() - start
+    seconds = time.time() - start
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, flags=re.M)
+    if proc.returncode not in (0, 1):  # collection error, crash: counts as a failure, report it
+        return False, failed[0] if failed else f"pytest exit {proc.returncode}", seconds
+    return proc.returncode == 0, failed[0] if failed else "", seconds
+
+
+def check(mutant: Mutant, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
+        copy = Path(tmp)
+        scratch_copy(copy)
+        passed, failed, base_seconds = run_tests(copy, mutant.tests, timeout)
+        if not passed:
+            raise RuntimeError(f"{mutant.name}: the unmutated tests fail ({failed}); fix them first")
+        target = copy / mutant.path
+        text = target.read_text()
+        if text.count(mutant.old) != 1:
+            raise RuntimeError(f"{mutant.name}: the text to mutate occurs {text.count(mutant.old)} times in "
+                               f"{mutant.path}, expected once (did the code change?)")
+        target.write_text(text.replace(mutant.old, mutant.new))
+        passed, failed, seconds = run_tests(copy, mutant.tests, timeout)
+    return dict(asdict(mutant), killed=not passed, killed_by=failed, seconds=round(seconds, 1),
+                unmutated_seconds=round(base_seconds, 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", help="mutant names (default: all)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per test run")
+    parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default with all mutants: {RESULTS})")
+    args = parser.parse_args(argv)
+    names = {m.name for m in MUTANTS}
+    unknown = sorted(set(args.only or []) - names)
+    if unknown:
+        parser.error(f"unknown mutants {unknown}; known: {', '.join(sorted(names))}")
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    rows = []
+    for m in chosen:
+        row = check(m, args.timeout)
+        rows.append(row)
+        status = f"killed by {row['killed_by']}" if row["killed"] else "SURVIVED"
+        print(f"{m.name:36s} {row['seconds']:6.1f}s  {status}", flush=True)
+    survivors = [r["name"] for r in rows if not r["killed"]]
+    out = args.out or (RESULTS if not args.only else None)
+    if out is not None:
+        from stepdistill.io import atomic_write_text
+
+        summary = dict(mutants=len(rows), killed=len(rows) - len(survivors), survivors=survivors,
+                       slowest_kill_seconds=max((r["seconds"] for r in rows if r["killed"]), default=0.0),
+                       command="python eval/mutations.py", results=rows)
+        atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {out}")
+    print(f"{len(rows) - len(survivors)}/{len(rows)} killed" + (f"; survivors: {survivors}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
