@@ -2,7 +2,7 @@
 
     accelerate launch recipes/sid.py train.checkpoint_every=100 train.keep_checkpoints=0 \
         train.output_dir=outputs/sid_curve
-    python eval/training_curve.py outputs/sid_curve --out eval/results/sid_curve
+    python eval/training_curve.py outputs/sid_curve --out docs/tuning/results/sid_curve
 
 Each checkpoint's generator (with its EMA weights, as the run's final evaluation uses them) is scored
 with the recipe's own protocol (the same seeds give the same FD as the run's final row). Writes
