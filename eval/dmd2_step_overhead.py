@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 import dmd2  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
-from stepdistill.heads import bottleneck_features  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402
 from stepdistill.losses import denoising_loss  # noqa: E402
 
@@ -61,14 +60,14 @@ def main() -> None:
         cfg = apply_overrides(dmd2.DMD2Config(), [f"train.batch_size={args.batch_size}", f"train.output_dir={tmp}",
                                                   "eval.enabled=false", *args.overrides])
         run = dmd2.setup(cfg)
-    B, shape, schedule, dev = args.batch_size, run.shape, run.schedule, run.accelerator.device
-    labels = torch.arange(B, device=dev) % run.conditioner.num_classes
-    cond, uncond = run.conditioner.cond(labels), run.conditioner.uncond(labels)
+    B, shape, schedule, dev = args.batch_size, run.setup.shape, run.setup.schedule, run.setup.device
+    labels = torch.arange(B, device=dev) % run.setup.conditioner.num_classes
+    cond, uncond = run.setup.conditioner.cond(labels), run.setup.conditioner.uncond(labels)
     z, x0 = torch.randn(B, *shape, device=dev), torch.randn(B, *shape, device=dev)
     t = torch.full((B,), 500.0, device=dev)
     x_t = schedule.add_noise(x0, torch.randn_like(x0), t)
-    fake, gen, head = run.fake_module, run.gen_module, run.head_module
-    cond2 = run.conditioner.cond(torch.cat([labels, labels]))
+    fake, gen, head = run.setup.unwrap(run.fake_score), run.setup.unwrap(run.generator), run.setup.unwrap(run.head)
+    cond2 = run.setup.conditioner.cond(torch.cat([labels, labels]))
 
     def zero():
         for p in list(fake.parameters()) + list(gen.parameters()) + (list(head.parameters()) if head else []):
@@ -83,7 +82,7 @@ def main() -> None:
         zero()
 
     def discriminator_forward_backward():
-        head(bottleneck_features(fake, torch.cat([x_t, x_t]), torch.cat([t, t]), **cond2)).sum().backward()
+        head(fake.features(torch.cat([x_t, x_t]), torch.cat([t, t]), **cond2)).sum().backward()
         zero()
 
     def g_forward_backward():
@@ -101,7 +100,7 @@ def main() -> None:
     def gan_generator_forward_backward():
         x = x_t.clone().requires_grad_(True)
         with dmd2.trainable(fake, False), dmd2.trainable(head, False):
-            head(bottleneck_features(fake, x, t, **cond)).sum().backward()
+            head(fake.features(x, t, **cond)).sum().backward()
         zero()
 
     passes = {"g_forward_no_grad": g_forward_no_grad, "fake_forward_backward": fake_forward_backward,
@@ -115,7 +114,7 @@ def main() -> None:
     step = [0]
 
     def iteration():
-        draw = dmd2.Draw(run.accelerator, B, cfg.train.seed, step[0])
+        draw = dmd2.Draw(run.setup.accelerator, B, cfg.train.seed, step[0])
         dmd2.fake_score_step(run, draw)
         dmd2.generator_step(run, draw)
         step[0] += 1

@@ -24,20 +24,16 @@ sys.path.insert(0, str(ROOT))
 
 from stepdistill.benchmark import DigitsBenchmark, default_row  # noqa: E402
 from stepdistill.checkpointing import checkpoint_dirs, checkpoint_step  # noqa: E402
-from stepdistill.conditioning import ClassConditioner  # noqa: E402
 from stepdistill.evaluation.generate import CheckpointModel  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402
-from stepdistill.latents import PixelSpace  # noqa: E402
-from stepdistill.training.student import Student  # noqa: E402
+from stepdistill.student import Student  # noqa: E402
 
 
 def student_of(checkpoint: Path) -> Student:
     model = CheckpointModel(checkpoint)
-    n = model.teacher.net.config.num_class_embeds
-    if not n:
+    if model.student is None:
         raise ValueError(f"{checkpoint}: the digits benchmark needs a class-conditional run")
-    return Student(model.generator, ClassConditioner.for_embeddings(n), model.teacher.schedule, model.ts,
-                   model.shape, PixelSpace())
+    return model.student
 
 
 def teacher_default_fd(path: Path) -> float | None:

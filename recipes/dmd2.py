@@ -20,14 +20,13 @@ same data, so their runs agree up to reduction order.
 from __future__ import annotations
 
 import math
-import time
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import broadcast
 from diffusers.training_utils import EMAModel
 
@@ -35,13 +34,16 @@ from stepdistill import losses
 from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.data.ode_pairs import ODEPairs, make_ode_pairs
-from stepdistill.heads import GANHead, bottleneck_features
+from stepdistill.discriminator import GANHead
 from stepdistill.samplers import SamplerName, backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Roles, TrainConfig, begin,
-                                  finish, make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
-                                  train_loop)
+from stepdistill.student import Student
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig,
+                                  make_ema, make_optimizer, optimizer_step, run_recipe, trainable_params)
 from stepdistill.trio import make_fake_score, make_generator, make_real_score, trainable
+
+
+NAME = "dmd2"
 
 
 @dataclass
@@ -126,19 +128,13 @@ class GANWeight:
         self.value, self.norms = float(state["value"]), state["norms"]
 
 
-@dataclass
-class Run(Roles):
+@dataclass(kw_only=True)
+class Run:
     """Everything `setup` builds; the step functions below read it."""
 
     cfg: DMD2Config
-    accelerator: Accelerator
-    teacher: object
-    schedule: object
+    setup: Setup  # accelerator, teacher, conditioner, sample space and shape, real images, resume point
     ts: torch.Tensor  # the generator's timesteps
-    shape: tuple[int, ...]
-    conditioner: object
-    space: object
-    dataset: object
     real_guided: CFGDenoiser
     fake_score: torch.nn.Module  # prepared (DDP-wrapped when distributed)
     generator: torch.nn.Module
@@ -150,25 +146,16 @@ class Run(Roles):
     ema: Optional[EMAModel]
     gan_weight: GANWeight
     pairs: Optional[ODEPairs]  # the regression loss's teacher ODE pairs
-    resume_from: Optional[Path]
-    labelled_real: bool  # real images carry class labels (read once: an item may decode an image)
 
-    @property
-    def head_module(self):
-        return self.accelerator.unwrap_model(self.head) if self.head is not None else None
 
-    def params(self, role: str) -> list[torch.nn.Parameter]:
-        if role == "generator":
-            return [p for p in self.generator.parameters() if p.requires_grad]
-        return [p for p in self.fake_score.parameters() if p.requires_grad] + \
-            (list(self.head.parameters()) if self.head is not None else [])
+
 
 
 def setup(cfg: DMD2Config) -> Run:
     """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
-    begin = start(cfg.train, cfg.model.teacher, cfg.resume)
-    accelerator, teacher, shape = begin.accelerator, begin.teacher, begin.shape
-    schedule = teacher.schedule
+    s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data,
+                    need_images=cfg.loss.gan)
+    accelerator, teacher, schedule = s.accelerator, s.teacher, s.schedule
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) == 0 or bool((ts.diff() >= 0).any()) or float(ts.max()) > schedule.t_max:
         raise ValueError(f"model.generator_timesteps must descend within [0, {schedule.t_max}]; got {list(ts)}")
@@ -176,7 +163,8 @@ def setup(cfg: DMD2Config) -> Run:
     if loss_cfg.regression_weight < 0 or loss_cfg.regression_pairs < 1 or loss_cfg.regression_nfe < 1:
         raise ValueError(f"loss.regression_weight >= 0, regression_pairs >= 1 and regression_nfe >= 1 expected; got "
                          f"{loss_cfg.regression_weight}, {loss_cfg.regression_pairs}, {loss_cfg.regression_nfe}")
-    conditioner, space, dataset = setup_data(cfg.data, teacher, accelerator.device, need_images=cfg.loss.gan)
+    if cfg.optim.update_ratio < 1:
+        raise ValueError(f"optim.update_ratio={cfg.optim.update_ratio} must be >= 1 (fake-score steps per generator step)")
     real_score = make_real_score(teacher)
     fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
@@ -184,14 +172,13 @@ def setup(cfg: DMD2Config) -> Run:
                                gradient_checkpointing=cfg.model.gradient_checkpointing)
     head = None
     if cfg.loss.gan:  # sized by probing the fake score's bottleneck once
-        probe_cond = conditioner.cond(torch.zeros(1, dtype=torch.long, device=accelerator.device))
-        head = GANHead.for_denoiser(fake_score, torch.zeros(1, *shape, device=accelerator.device), float(ts[0]),
+        probe_cond = s.conditioner.cond(torch.zeros(1, dtype=torch.long, device=accelerator.device))
+        head = GANHead.for_denoiser(fake_score, torch.zeros(1, *s.shape, device=accelerator.device), float(ts[0]),
                                     **probe_cond)
 
     # AdamW for G, and for the fake score together with the GAN head.
     o = cfg.optim
-    gen_params = [p for p in generator.parameters() if p.requires_grad]
-    fake_params = [p for p in fake_score.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    gen_params, fake_params = trainable_params(generator), trainable_params(fake_score, head)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
                                     warmup_steps=math.ceil(o.warmup_steps / o.update_ratio), schedule=o.lr_schedule,
                                     total_steps=math.ceil(cfg.train.max_steps / o.update_ratio))
@@ -208,47 +195,48 @@ def setup(cfg: DMD2Config) -> Run:
     real_guided = CFGDenoiser(real_score, cfg.loss.real_guidance)
     pairs = None
     if loss_cfg.regression_weight > 0:
-        pairs = make_ode_pairs(real_guided, schedule, conditioner, shape, n=loss_cfg.regression_pairs,
+        pairs = make_ode_pairs(real_guided, schedule, s.conditioner, s.shape, n=loss_cfg.regression_pairs,
                                sampler=loss_cfg.regression_sampler, nfe=loss_cfg.regression_nfe,
                                seed=cfg.train.seed, accelerator=accelerator,
                                cache=Path(cfg.train.output_dir) / "ode_pairs.safetensors")
-    return Run(cfg, accelerator, teacher, schedule, ts, shape, conditioner, space, dataset,
-               real_guided, fake_score, generator, head,
-               opt_g, opt_f, sched_g, sched_f, ema, gan_weight, pairs, begin.resume_from,
-               labelled_real=dataset is not None and "class_labels" in dataset[0])
+    return Run(cfg=cfg, setup=s, ts=ts, real_guided=real_guided, fake_score=fake_score, generator=generator,
+               head=head, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g, sched_f=sched_f, ema=ema,
+               gan_weight=gan_weight, pairs=pairs)
 
 
 def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
     """G's samples for this step; multistep generators start from a backward-simulated input."""
-    z = draw.randn(*run.shape)
-    cond = run.conditioner.cond(labels)
+    shape = run.setup.shape
+    z = draw.randn(*shape)
+    cond = run.setup.conditioner.cond(labels)
     if len(run.ts) == 1:
         return run.generator(z, **cond)
     # The step index is drawn once and broadcast, so every process trains the same step.
-    k = int(broadcast(torch.randint(0, len(run.ts), (1,), generator=draw.g).to(run.accelerator.device)))
+    k = int(broadcast(torch.randint(0, len(run.ts), (1,), generator=draw.g).to(run.setup.device)))
     draw.k = k
-    renoise = [draw.randn(*run.shape) for _ in range(k)]  # global draws: any process count
-    gen = run.gen_module
-    x_k = backward_simulation(partial(gen.denoiser, **cond), run.schedule, z * gen.input_scale, run.ts, k,
+    renoise = [draw.randn(*shape) for _ in range(k)]  # global draws: any process count
+    gen = run.setup.unwrap(run.generator)
+    x_k = backward_simulation(partial(gen.denoiser, **cond), run.setup.schedule, z * gen.input_scale, run.ts, k,
                               renoise=renoise)
     return run.generator(x_k, float(run.ts[k]), **cond)
 
 
 def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
-    cfg, schedule, shape, conditioner = run.cfg, run.schedule, run.shape, run.conditioner
+    cfg, s = run.cfg, run.setup
+    schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
     labels = draw.labels(conditioner)
     with torch.no_grad():
         x = generate(run, draw, labels)
     # 1. Denoising loss on detached generator samples, in the teacher's own parameterisation.
     t = draw.times(UniformTime(), schedule)
     x_t = schedule.add_noise(x, draw.randn(*shape), t)
-    weight = native_loss_weight(run.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
+    weight = native_loss_weight(s.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
     loss = loss_fake = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x, weight)
     logs = {"loss_fake": loss_fake.item()}
     # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
     if run.head is not None:
-        real, real_labels = draw.real(run.dataset)
-        real = run.space.encode(real)
+        real, real_labels = draw.real(s.dataset)
+        real = s.space.encode(real)
         # Real images without labels (an uncaptioned folder): both sides get the null condition, so
         # the discriminator cannot tell them apart by their conditioning.
         fake_labels = labels if real_labels is not None else torch.full_like(labels, -1)
@@ -257,19 +245,20 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
         t_gan = torch.cat([draw.times(gan_times, schedule), draw.times(gan_times, schedule)])
         noised = schedule.add_noise(torch.cat([real, x]), torch.cat([draw.randn(*shape), draw.randn(*shape)]), t_gan)
         # One head call per step (DDP expects each module's forward once per backward).
-        features = bottleneck_features(run.fake_module, noised, t_gan,
-                                       **conditioner.cond(torch.cat([real_labels, fake_labels])))
+        features = run.setup.unwrap(run.fake_score).features(noised, t_gan, **conditioner.cond(torch.cat([real_labels, fake_labels])))
         logits_real, logits_fake = run.head(features).chunk(2)
         loss_d = losses.discriminator_loss(logits_real, logits_fake)
         loss = loss + cfg.loss.gan_discriminator_weight * loss_d
         logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
                  "d_fake": torch.sigmoid(logits_fake).mean().item()}
-    optimizer_step(run.accelerator, loss, run.params("fake_score"), run.opt_f, run.sched_f, grad_clip=cfg.optim.grad_clip)
+    optimizer_step(s.accelerator, loss, trainable_params(run.fake_score, run.head), run.opt_f, run.sched_f,
+                   grad_clip=cfg.optim.grad_clip)
     return logs
 
 
 def generator_step(run: Run, draw: Draw) -> dict[str, float]:
-    cfg, schedule, shape, conditioner = run.cfg, run.schedule, run.shape, run.conditioner
+    cfg, s = run.cfg, run.setup
+    schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
     labels = draw.labels(conditioner)
     x = generate(run, draw, labels)
     cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
@@ -284,11 +273,11 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
     # 2. Non-saturating GAN loss through the fake-score encoder and head, both frozen for this step.
     if run.head is not None:
         t_g = draw.times(UniformTime(0.0, cfg.loss.gan_max_t), schedule)
-        gan_cond = cond if run.labelled_real else conditioner.cond(torch.full_like(labels, -1))
+        gan_cond = cond if s.labelled_real else conditioner.cond(torch.full_like(labels, -1))
         # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
-        fake, head = run.fake_module, run.head_module
+        fake, head = run.setup.unwrap(run.fake_score), run.setup.unwrap(run.head)
         with trainable(fake, False), trainable(head, False):
-            features = bottleneck_features(fake, schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
+            features = fake.features(schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
             loss_g = losses.generator_gan_loss(head(features))
         if run.gan_weight.balance is not None:
             balance_gan_weight(run, x, loss_dm, loss_g)
@@ -301,9 +290,10 @@ def generator_step(run: Run, draw: Draw) -> dict[str, float]:
         loss_reg = losses.regression_loss(x_reg, run.pairs.x[i])
         loss = loss + cfg.loss.regression_weight * loss_reg
         logs["loss_reg"] = loss_reg.item()
-    optimizer_step(run.accelerator, loss, run.params("generator"), run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
+    optimizer_step(s.accelerator, loss, trainable_params(run.generator), run.opt_g, run.sched_g,
+                   grad_clip=cfg.optim.grad_clip)
     if run.ema is not None:
-        run.ema.step(run.params("generator"))
+        run.ema.step(trainable_params(run.generator))
     return logs
 
 
@@ -312,34 +302,26 @@ def balance_gan_weight(run: Run, x: torch.Tensor, loss_dm: torch.Tensor, loss_g:
     processes). The GAN part is a backward through the discriminator only."""
     g_dm, = torch.autograd.grad(loss_dm, x, retain_graph=True)
     g_gan, = torch.autograd.grad(loss_g, x, retain_graph=True)
-    norms = run.accelerator.reduce(torch.stack([g_dm.square().sum(), g_gan.square().sum()]), "mean").sqrt()
+    norms = run.setup.accelerator.reduce(torch.stack([g_dm.square().sum(), g_gan.square().sum()]), "mean").sqrt()
     run.gan_weight.update(float(norms[0]), float(norms[1]))
 
 
-def main(cfg: DMD2Config) -> None:
-    start_time = time.time()
-    run = setup(cfg)
-    accelerator = run.accelerator
-    start_step = begin(accelerator, run.resume_from, cfg)
+def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    """The fake score (and discriminator) every step, the generator every `update_ratio` steps (TTUR)."""
+    logs = fake_score_step(run, draw)
+    if step % run.cfg.optim.update_ratio == 0:
+        logs |= generator_step(run, draw)
+    if draw.k is not None:
+        logs["backsim_step"] = draw.k
+    return logs
 
-    # 1. The loop: fake score every step, generator every `update_ratio` steps.
-    def step_fn(draw: Draw, step: int) -> dict[str, float]:
-        logs = fake_score_step(run, draw)
-        if step % cfg.optim.update_ratio == 0:
-            logs |= generator_step(run, draw)
-        if draw.k is not None:
-            logs["backsim_step"] = draw.k
-        return logs
 
-    steps_done = train_loop(accelerator, cfg.train, name="dmd2", config=cfg, start_step=start_step,
-                            start_time=start_time, step_fn=step_fn,
-                            save_samples=lambda path: save_samples(run.student(), path, accelerator.device))
+def students(run: Run) -> list[Student]:
+    return [Student.from_setup(run.setup, generator=run.generator, timesteps=run.ts, ema=run.ema, name=NAME)]
 
-    # 2. Evaluate on the digits benchmark (teacher rows in the same run), then export.
-    if run.ema is not None:
-        run.ema.copy_to(run.params("generator"))
-    finish("dmd2", cfg, accelerator, run.student(), run.teacher, run.real_guided.denoiser,
-           steps_done=steps_done, train_minutes=(time.time() - start_time) / 60)
+
+def main(cfg: DMD2Config) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
 
 
 if __name__ == "__main__":

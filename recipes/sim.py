@@ -11,37 +11,32 @@ d(y) = sqrt(||y||^2 + c^2) - c, whose derivative y / sqrt(||y||^2 + c^2) normali
 signal (see `stepdistill.losses.sim_loss` for the units of y and c, and for the sign, which a test on
 the exact 2-D teacher pins: no official training code exists).
 
-The training loop is SiD's (`recipes/sid.py`: strict 1:1 alternation, fake-score
+The training loop is the one SiD uses (`stepdistill.training.implicit`: strict 1:1 alternation, fake-score
 denoising, Adam beta1 = 0, NaN-safe gradients, EMA, LSG guidance); only the generator loss differs.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from sid import GeneratorLoss, ModelConfig, OptimConfig
-from sid import main as sid_main
-from stepdistill.config import load_config
 from stepdistill import losses
-from stepdistill.training import DataConfig, EvalConfig, ExportConfig, TrainConfig
+from stepdistill.config import load_config
+from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, TrainConfig, implicit, run_recipe
+from stepdistill.training.implicit import ModelConfig, OptimConfig, Run, setup
+
+NAME = "sim"
 
 
 @dataclass
-class LossConfig:
+class LossConfig(implicit.LossConfig):
     # Pseudo-Huber c in x0 units over a whole sample; None: iCT's 0.00054 sqrt(d), d = elements per sample.
     c: Optional[float] = None
     # Per-sample weight: "none", or "sid": SiD's detached 1 / mean|x - x0_real| (Eq. 23's omega), which
     # weights low noise levels up (omega grows with t) as SiD does.
     weighting: Literal["none", "sid"] = "none"
-    guidance: float = 1.0  # LSG: teacher, fake-score training and fake-score evaluation alike
-    time_sampling: Literal["index", "karras"] = "index"  # generator-loss times, as in recipes/sid.py
-    min_step: float = 0.02
-    max_step: float = 0.98
-    fake_weighting: Literal["edm", "native"] = "native"  # as in recipes/sid.py (edm: 0.27-0.29 on digits)
-    p_mean: float = -1.2
-    p_std: float = 1.2
 
 
 @dataclass
@@ -56,8 +51,11 @@ class SIMConfig:
     resume: Optional[str] = None
 
 
-def make_generator_loss(loss: LossConfig) -> GeneratorLoss:
-    """SiD's `generator_loss(x, x0_real, x0_fake, t)` slot filled with SIM's loss under `loss`'s c and weighting."""
+__all__ = ["NAME", "SIMConfig", "LossConfig", "setup", "make_generator_loss", "step", "students", "main"]
+
+
+def make_generator_loss(loss: LossConfig) -> implicit.GeneratorLoss:
+    """SIM's loss (pseudo-Huber distance) under `loss`'s c and weighting, in the loop's generator-loss slot."""
     def generator_loss(x, x0_real, x0_fake, t):
         c = loss.c if loss.c is not None else 0.00054 * math.sqrt(x[0].numel())
         weight = None
@@ -68,8 +66,20 @@ def make_generator_loss(loss: LossConfig) -> GeneratorLoss:
     return generator_loss
 
 
+def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    # 1. One fresh batch x = G(z), its graph kept for the generator step.
+    x, labels = implicit.generate(run, draw)
+    # 2. The fake score denoises sg(x); 3. the generator descends SIM's loss through both networks.
+    return implicit.fake_score_step(run, draw, x, labels) | \
+        implicit.generator_step(run, draw, x, labels, make_generator_loss(run.cfg.loss))
+
+
+def students(run: Run) -> list:
+    return [implicit.student(run, NAME)]
+
+
 def main(cfg: SIMConfig) -> dict | None:
-    return sid_main(cfg, name="sim", generator_loss=make_generator_loss(cfg.loss))
+    return run_recipe(sys.modules[__name__], cfg)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,22 @@ Adam, constant learning rates (the LoRA's much larger), gradient clipping, optio
 
 from __future__ import annotations
 
-import time
+import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate import Accelerator
 
 from stepdistill import losses
 from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.schedules import DiscreteRange, UniformTime
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Roles, TrainConfig, begin, finish,
-                                  make_ema, make_optimizer, optimizer_step, save_samples, setup_data, start,
-                                  train_loop)
+from stepdistill.student import Student
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, make_ema,
+                                  make_optimizer, optimizer_step, run_recipe, trainable_params)
 from stepdistill.trio import make_fake_score, make_generator, make_real_score
+
+NAME = "swiftbrush"
 
 # LoRA targets: attention projections (SD's to_q/to_v in the official code) plus the residual blocks'
 # convolutions and time projections, which small pixel UNets with few attention layers need.
@@ -85,16 +85,11 @@ class SwiftBrushConfig:
     resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
-@dataclass
-class Run(Roles):
+@dataclass(kw_only=True)
+class Run:
     cfg: SwiftBrushConfig
-    accelerator: Accelerator
-    teacher: object
-    schedule: object
+    setup: Setup
     ts: torch.Tensor
-    shape: tuple[int, ...]
-    conditioner: object
-    space: object
     real_score: torch.nn.Module  # the teacher, adapters off
     fake_score: torch.nn.Module  # the same network, LoRA on (prepared: DDP-wrapped when distributed)
     generator: torch.nn.Module
@@ -103,22 +98,22 @@ class Run(Roles):
     sched_g: object
     sched_f: object
     ema: object
-    resume_from: Optional[Path]
+
+
 
 
 def setup(cfg: SwiftBrushConfig) -> Run:
     """Validate, build the teacher-with-LoRA and the generator, optimisers. Errors raise here."""
-    begin = start(cfg.train, cfg.model.teacher, cfg.resume)
-    accelerator, teacher = begin.accelerator, begin.teacher
+    s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data)
+    teacher = s.teacher
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
         raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
                          f"(a one-step generator); got {list(ts)}")
     if cfg.model.lora_rank < 1:
         raise ValueError(f"model.lora_rank={cfg.model.lora_rank}: SwiftBrush's fake score is a LoRA (rank >= 1)")
-    conditioner, space, _ = setup_data(cfg.data, teacher, accelerator.device, need_images=False)
     guided = cfg.loss.real_guidance != 1 or cfg.loss.fake_guidance != 1
-    if guided and conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
+    if guided and s.conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
         raise ValueError("guidance != 1 needs a teacher with an unconditional branch")
     # The generator first (a plain copy), then the LoRA on the teacher's own network.
     generator = make_generator(teacher, float(ts[0]), gradient_checkpointing=cfg.model.gradient_checkpointing)
@@ -126,17 +121,16 @@ def setup(cfg: SwiftBrushConfig) -> Run:
                                  target_modules=list(cfg.model.lora_targets),
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
     o = cfg.optim
-    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    gen_params = trainable_params(generator)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
                                     warmup_steps=o.warmup_steps)
-    opt_f, sched_f = make_optimizer([p for p in fake_score.parameters() if p.requires_grad], lr=o.lr_lora,
-                                    betas=o.betas, weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
-    generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
+    opt_f, sched_f = make_optimizer(trainable_params(fake_score), lr=o.lr_lora, betas=o.betas,
+                                    weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
+    generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.accelerator.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-    ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)
-    return Run(cfg, accelerator, teacher, teacher.schedule, ts, begin.shape, conditioner, space,
-               make_real_score(teacher), fake_score, generator, opt_g, opt_f, sched_g, sched_f, ema,
-               begin.resume_from)
+    ema = make_ema(gen_params, cfg.train.ema_decay, s.accelerator)
+    return Run(cfg=cfg, setup=s, ts=ts, real_score=make_real_score(teacher), fake_score=fake_score,
+               generator=generator, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g, sched_f=sched_f, ema=ema)
 
 
 def cond_and_uncond(denoiser, scale: float, x_t, t, conditioner, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,22 +143,23 @@ def cond_and_uncond(denoiser, scale: float, x_t, t, conditioner, labels) -> tupl
     return CFGDenoiser(denoiser, scale).branches(x_t, t, uncond=conditioner.uncond(labels), **cond)
 
 
-def step(run: Run, draw: Draw) -> dict[str, float]:
-    cfg, schedule, conditioner, shape = run.cfg, run.schedule, run.conditioner, run.shape
+def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    cfg, s = run.cfg, run.setup
+    schedule, conditioner, shape = s.schedule, s.conditioner, s.shape
     labels = draw.labels(conditioner)
     x = run.generator(draw.randn(*shape), **conditioner.cond(labels))
 
     # 1. Generator: VSD with both predictions guided; no gradient through either network.
     t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
     x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
-    fake = run.fake_module
+    fake = run.setup.unwrap(run.fake_score)
     with torch.no_grad():
         real_c, real_u = cond_and_uncond(run.real_score, cfg.loss.real_guidance, x_t, t, conditioner, labels)
         fake_c, fake_u = cond_and_uncond(fake, cfg.loss.fake_guidance, x_t, t, conditioner, labels)
     weight = schedule.alpha(t) * schedule.sigma(t)  # sigma_t^2 in eps units
     loss_vsd = losses.vsd_loss(x, real_c, real_u, fake_c, fake_u, cfg.loss.real_guidance, cfg.loss.fake_guidance, weight)
-    gen_params = [p for p in run.generator.parameters() if p.requires_grad]
-    optimizer_step(run.accelerator, loss_vsd, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
+    gen_params = trainable_params(run.generator)
+    optimizer_step(s.accelerator, loss_vsd, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
     if run.ema is not None:
         run.ema.step(gen_params)
 
@@ -173,27 +168,19 @@ def step(run: Run, draw: Draw) -> dict[str, float]:
     x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
     dropped = draw.dropped(labels, cfg.data.prompt_dropout)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    weight = native_loss_weight(run.teacher.prediction_type, alpha, sigma) * alpha ** 2  # MSE(a eps_hat, a eps)
+    weight = native_loss_weight(s.teacher.prediction_type, alpha, sigma) * alpha ** 2  # MSE(a eps_hat, a eps)
     loss_lora = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(dropped)), x.detach(), weight)
-    optimizer_step(run.accelerator, loss_lora, [p for p in run.fake_score.parameters() if p.requires_grad],
-                   run.opt_f, run.sched_f, grad_clip=cfg.optim.grad_clip)
+    optimizer_step(s.accelerator, loss_lora, trainable_params(run.fake_score), run.opt_f, run.sched_f,
+                   grad_clip=cfg.optim.grad_clip)
     return {"loss_vsd": loss_vsd.item(), "loss_lora": loss_lora.item()}
 
 
+def students(run: Run) -> list[Student]:
+    return [Student.from_setup(run.setup, generator=run.generator, timesteps=run.ts, ema=run.ema, name=NAME)]
+
+
 def main(cfg: SwiftBrushConfig) -> dict | None:
-    start_time = time.time()
-    run = setup(cfg)
-    accelerator = run.accelerator
-    start_step = begin(accelerator, run.resume_from, cfg)
-
-    steps_done = train_loop(accelerator, cfg.train, name="swiftbrush", config=cfg, start_step=start_step,
-                            start_time=start_time, step_fn=lambda draw, _: step(run, draw),
-                            save_samples=lambda path: save_samples(run.student(), path, accelerator.device))
-
-    if run.ema is not None:
-        run.ema.copy_to([p for p in run.generator.parameters() if p.requires_grad])
-    return finish("swiftbrush", cfg, accelerator, run.student(), run.teacher, run.real_score,
-                  steps_done=steps_done, train_minutes=(time.time() - start_time) / 60)
+    return run_recipe(sys.modules[__name__], cfg)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Training checkpoints through accelerate, written atomically, resumed with `resume=latest`.
 
 A checkpoint is `OUTPUT/checkpoints/step_XXXXXXXX/`: accelerate's `save_state` (models in
-safetensors, optimizers, schedulers, RNG states, registered objects such as the EMA) plus
-`step.json`. It is written under a `.tmp` name and renamed only once complete, so a run killed
+safetensors, optimizers, schedulers, RNG states, registered objects such as the EMA), `student.safetensors`
+(the student's weights as evaluated and exported, EMA applied: `Student.state_dict`) and `step.json`. It is written under a `.tmp` name and renamed only once complete, so a run killed
 while saving leaves the previous checkpoint as the latest good one.
 """
 
@@ -28,9 +28,13 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, *, keep: int = 2) -> Path:
-    """Save the accelerator state for `step` (the number of completed steps), keeping the newest
-    `keep` checkpoints (0: all of them). Call on every process."""
+STUDENT_FILE = "student.safetensors"
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, *, keep: int = 2,
+                    student: dict | None = None) -> Path:
+    """Save the accelerator state for `step` (the number of completed steps) and the `student` weights
+    (a state dict), keeping the newest `keep` checkpoints (0: all of them). Call on every process."""
     final = Path(output_dir) / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -40,6 +44,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if student is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in student.items()}, str(tmp / STUDENT_FILE))
         (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
         if final.exists():
             shutil.rmtree(final)

@@ -93,3 +93,66 @@ class TextConditioner:
             return labels
         mask = torch.rand(labels.shape, generator=generator).to(labels.device) < p
         return torch.where(mask, torch.full_like(labels, -1), labels)
+
+
+class Unconditional:
+    """No condition: labels are placeholders (zeros) and add no keyword arguments; no guidance."""
+
+    num_classes = 1
+    null_label = None
+
+    def sample_labels(self, n: int, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.long, device=device)
+
+    def cond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def uncond(self, labels: torch.Tensor) -> None:
+        return None
+
+    def drop(self, labels: torch.Tensor, p: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        return labels
+
+
+class ImageConditioner:
+    """An image condition as extra input channels (super-resolution, SR3 / TAD-SR style): label i is item i
+    of `dataset` (high-resolution `images` in [-1, 1]), downsampled `scale` times by area averaging and
+    upsampled back bicubically; `Denoiser` concatenates it after the c_in scaling of x_t (`concat=`).
+    Label -1, the null condition (classifier-free guidance), is an all-zero image."""
+
+    null_label = -1
+
+    def __init__(self, dataset, scale: int, channels: int):
+        if scale < 1:
+            raise ValueError(f"the image condition's downsampling factor must be >= 1, got {scale}")
+        self.dataset, self.scale, self.extra_channels = dataset, int(scale), int(channels)
+        self.num_classes = len(dataset)
+
+    def low_resolution(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [-1, 1] -> (B, C, H / scale, W / scale), the degraded input."""
+        return torch.nn.functional.avg_pool2d(images, self.scale) if self.scale > 1 else images
+
+    def condition(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(low, size=size, mode="bicubic", align_corners=False)
+        return up.clamp(-1, 1)
+
+    def sample_labels(self, n: int, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+        return torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
+
+    def cond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        rows = []
+        for i in labels.tolist():
+            hr = self.dataset[int(i) if i >= 0 else 0]["images"]
+            rows.append(torch.zeros_like(hr) if i < 0 else hr)
+        hr = torch.stack(rows).to(labels.device)
+        low = self.condition(self.low_resolution(hr), tuple(hr.shape[-2:]))
+        return {"concat": torch.where((labels < 0).view(-1, 1, 1, 1), torch.zeros_like(low), low)}
+
+    def uncond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.cond(torch.full_like(labels, -1))
+
+    def drop(self, labels: torch.Tensor, p: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        if p <= 0:
+            return labels
+        mask = torch.rand(labels.shape, generator=generator).to(labels.device) < p
+        return torch.where(mask, torch.full_like(labels, -1), labels)

@@ -136,6 +136,19 @@ def native_loss_weight(prediction_type: str, alpha, sigma, sigma_data: float = 0
 # ----------------------------------------------------------------------------
 # The wrapper.
 
+class _Stop(Exception):
+    """Raised by the bottleneck hook: `Denoiser.features` needs no layer past it."""
+
+
+def _bottleneck_module(net: nn.Module) -> nn.Module:
+    if getattr(net, "mid_block", None) is not None:
+        return net.mid_block
+    blocks = getattr(net, "transformer_blocks", None)
+    if blocks is not None and len(blocks) > 0:  # DiT / PixArt / SD3: the middle transformer block
+        return blocks[len(blocks) // 2]
+    raise TypeError(f"{type(net).__name__} has neither a mid_block nor transformer_blocks to take features from")
+
+
 class Denoiser(nn.Module):
     """Wrap a diffusers denoising network so that `self(x_t, t, **cond)` is the x0 prediction.
 
@@ -177,20 +190,56 @@ class Denoiser(nn.Module):
         if names:
             activate(self.net, self.adapter)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
-        x_t = x_t.float()
-        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
-        if t.ndim == 0:
-            t = t.expand(x_t.shape[0])
-        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
-        net_in = (x_t * _b(self.schedule.c_in(t), x_t)).to(self.dtype)
+    def _run(self, x_t: torch.Tensor, t: torch.Tensor, concat: torch.Tensor | None, cond: dict):
+        """The network on (c_in(t) x_t [, concat], t): an image condition (`concat=`, super-resolution)
+        joins the input channels after the scaling, since it is not noised."""
+        net_in = x_t * _b(self.schedule.c_in(t), x_t)
+        if concat is not None:
+            net_in = torch.cat([net_in, concat.float()], dim=1)
         self._select_adapter()
         # timestep by keyword: SD3 / PixArt transformers take encoder_hidden_states second.
-        out = self.net(net_in, timestep=self.schedule.timestep(t), **cond)
+        return self.net(net_in.to(self.dtype), timestep=self.schedule.timestep(t), **cond)
+
+    @staticmethod
+    def _times(t: torch.Tensor | float, x_t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
+        return t.expand(x_t.shape[0]) if t.ndim == 0 else t
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, *, concat: torch.Tensor | None = None,
+                **cond) -> torch.Tensor:
+        x_t = x_t.float()
+        t = self._times(t, x_t)
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        out = self._run(x_t, t, concat, cond)
         out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
         if self.learn_sigma:
             out = out[:, : x_t.shape[1]]
         return to_x0(self.prediction_type, x_t, out.float(), alpha, sigma, self.sigma_data)
+
+    def features(self, x_t: torch.Tensor, t: torch.Tensor | float, *, concat: torch.Tensor | None = None,
+                 **cond) -> torch.Tensor:
+        """The network's bottleneck activations at (x_t, t), float32, without running the rest of it: the
+        mid block's output of a UNet, the middle transformer block's tokens of a DiT / SD3. DMD2's
+        discriminator reads them (`stepdistill.discriminator`). Gradients flow to x_t and to the
+        network's trainable parameters."""
+        x_t = x_t.float()
+        t = self._times(t, x_t)
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, _inputs, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _Stop
+
+        handle = _bottleneck_module(self.net).register_forward_hook(hook)
+        try:
+            self._run(x_t, t, concat, cond)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError("the bottleneck hook did not fire")
+        return captured[0].float()
 
 
 class CFGDenoiser(nn.Module):
@@ -223,6 +272,63 @@ class CFGDenoiser(nn.Module):
         both = {k: torch.cat([uncond[k], v]) if torch.is_tensor(v) else v for k, v in cond.items()}
         x0_uncond, x0_cond = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
         return x0_cond, x0_uncond
+
+
+# ----------------------------------------------------------------------------
+# Consistency models: the boundary condition f(x, t_min) = x.
+
+def consistency_scalings(sigma: torch.Tensor, *, sigma_data: float = 0.5,
+                         sigma_min: float = 0.002) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out) of consistency models (Song et al. 2023, App. C; official `cm/karras_diffusion.py::
+    get_scalings_for_boundary_condition`), at the VE noise level sigma = sigma_t / alpha_t:
+
+        c_skip = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2),  c_out = sigma_d (sigma - sigma_min) / sqrt(sigma^2 + sigma_d^2)
+
+    so that c_skip = 1 and c_out = 0 at sigma_min: f(x, sigma_min) = x exactly."""
+    # Both levels on float32's grid (the networks' times are float32): sigma_min itself gives exactly (1, 0).
+    sigma = torch.as_tensor(sigma).float().double()
+    sigma_min = float(torch.tensor(sigma_min, dtype=torch.float32))
+    c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
+    c_out = sigma_data * (sigma - sigma_min) / (sigma**2 + sigma_data**2).sqrt()
+    return c_skip.float(), c_out.float()
+
+
+def lcm_scalings(timestep: torch.Tensor, *, sigma_data: float = 0.5,
+                 timestep_scaling: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out) of latent consistency models at the network's integer timestep (Luo et al. 2023;
+    diffusers `scalings_for_boundary_conditions`): with u = timestep_scaling * t,
+    c_skip = sigma_d^2 / (u^2 + sigma_d^2), c_out = u / sqrt(u^2 + sigma_d^2); c_skip(0) = 1, c_out(0) = 0."""
+    u = timestep_scaling * torch.as_tensor(timestep, dtype=torch.float64)
+    c_skip = sigma_data**2 / (u**2 + sigma_data**2)
+    c_out = u / (u**2 + sigma_data**2).sqrt()
+    return c_skip.float(), c_out.float()
+
+
+class ConsistencyDenoiser(nn.Module):
+    """f(x_t, t) = c_skip(t) x_t + c_out(t) D(x_t, t): a consistency function on any `Denoiser`, with the
+    boundary condition f(x, t_min) = x. `boundary`: "cm" (`consistency_scalings` at sigma_t / alpha_t, for
+    EDM-style and other continuous schedules) or "lcm" (`lcm_scalings` at the network timestep, for
+    VP-discrete teachers, as LCM / MLCM distil SD)."""
+
+    def __init__(self, denoiser: Denoiser, boundary: str = "cm", *, sigma_min: float = 0.002,
+                 timestep_scaling: float = 10.0):
+        super().__init__()
+        if boundary not in ("cm", "lcm"):
+            raise ValueError(f"unknown consistency boundary {boundary!r}; expected 'cm' or 'lcm'")
+        self.denoiser, self.boundary = denoiser, boundary
+        self.sigma_min, self.timestep_scaling = sigma_min, timestep_scaling
+
+    def scalings(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        schedule, sigma_data = self.denoiser.schedule, self.denoiser.sigma_data
+        if self.boundary == "lcm":
+            return lcm_scalings(schedule.timestep(t), sigma_data=sigma_data, timestep_scaling=self.timestep_scaling)
+        return consistency_scalings(schedule.ratio(t.double()), sigma_data=sigma_data, sigma_min=self.sigma_min)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
+        x_t = x_t.float()
+        t = Denoiser._times(t, x_t)
+        c_skip, c_out = (_b(c.to(x_t.device), x_t) for c in self.scalings(t))
+        return c_skip * x_t + c_out * self.denoiser(x_t, t, **cond)
 
 
 def lcm_guidance_to_cfg(w: float) -> float:

@@ -10,7 +10,9 @@ to 0). Every step uses only x0 = D(x_t, t) and the schedule's alpha, sigma:
   (rectified flow at t = 1); the last step into t = 0 is a first-order step, as in EDM.
 - `dpmpp_2m` (Lu et al. 2022, DPM-Solver++(2M), Algorithm 2), first order on the first and last step.
 
-Students use `one_step` and `multistep` (consistency-style: denoise, then re-noise with fresh noise).
+Students use `one_step` and `multistep` (consistency-style: denoise, then re-noise with fresh noise; one
+`renoise_chain` serves multistep sampling and DMD2's backward simulation). `ddim_step` / `heun_step` take a
+time per sample, as consistency distillation's teacher solver needs; the grid samplers delegate to them.
 Every sampler takes `denoise(x_t, t) -> x0`, e.g. `functools.partial(denoiser, class_labels=y)`.
 """
 
@@ -25,8 +27,9 @@ from .schedules import NoiseSchedule, time_grid
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["ddim", "euler", "heun", "dpmpp_2m", "SAMPLERS", "SamplerName", "sample", "nfe_of", "steps_for_nfe",
-           "one_step", "multistep", "prior_noise", "backward_simulation"]
+__all__ = ["coefficients", "ddim_step", "heun_step", "ddim", "euler", "heun", "dpmpp_2m", "SAMPLERS", "SamplerName",
+           "sample", "nfe_of", "steps_for_nfe", "one_step", "multistep", "renoise_chain", "prior_noise",
+           "backward_simulation"]
 
 
 def _coeffs(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[float, float]:
@@ -42,14 +45,62 @@ def _denoise(denoise: DenoiseFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tens
     return denoise(x, t.to(torch.float32).expand(x.shape[0]).to(x.device))
 
 
+def coefficients(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (alpha, sigma) at native times t (B,), computed in float64, returned in float32;
+    t = 0 is clean data (1, 0) for every schedule, as in `_coeffs`."""
+    t64 = t.to(torch.float64)
+    clean = t64 == 0
+    alpha = torch.where(clean, torch.ones_like(t64), schedule.alpha(t64))
+    sigma = torch.where(clean, torch.zeros_like(t64), schedule.sigma(t64))
+    return alpha.float(), sigma.float()
+
+
+def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.device).view(-1, *[1] * (x.ndim - 1))
+
+
+def ddim_step(denoise: DenoiseFn, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+              x0: torch.Tensor | None = None) -> torch.Tensor:
+    """One DDIM (= Euler) step of the probability-flow ODE from time t to s, a time per sample (t, s: (B,)):
+    x0 = D(x, t) (or the given x0), eps = (x - alpha_t x0) / sigma_t, x_s = alpha_s x0 + sigma_s eps.
+    Consistency distillation's teacher solver (LCM's `DDIMSolver`) and the grid sampler `ddim` use it."""
+    a_t, s_t = (_per_sample(c, x) for c in coefficients(schedule, t))
+    a_s, s_s = (_per_sample(c, x) for c in coefficients(schedule, s))
+    if x0 is None:
+        x0 = denoise(x, t.to(torch.float32).to(x.device))
+    eps = (x - a_t * x0) / s_t
+    return a_s * x0 + s_s * eps
+
+
+def heun_step(denoise: DenoiseFn, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+              x0: torch.Tensor | None = None) -> torch.Tensor:
+    """One Heun step (EDM Algorithm 1, trapezoid on d(x / sigma) / d(alpha / sigma) = x0) from t to s per
+    sample; two evaluations, or one where s = 0 (then x0 is returned, as EDM's last step). Consistency
+    distillation's teacher solver on EDM teachers (the official CD code) and the grid sampler `heun`."""
+    a_t, s_t = coefficients(schedule, t)
+    a_s, s_s = coefficients(schedule, s)
+    if x0 is None:
+        x0 = denoise(x, t.to(torch.float32).to(x.device))
+    final = _per_sample(s_s == 0, x)
+    # z = x / sigma, rho = alpha / sigma: dz / drho = x0. Euler predictor, trapezoid corrector.
+    s_s_safe = torch.where(s_s == 0, torch.ones_like(s_s), s_s)
+    h = (a_s.double() / s_s_safe.double() - a_t.double() / s_t.double()).float()
+    z, h, s_s_b = x / _per_sample(s_t, x), _per_sample(h, x), _per_sample(s_s_safe, x)
+    x_pred = s_s_b * (z + h * x0)
+    if bool(final.all()):
+        return x0
+    x0_pred = denoise(x_pred, s.to(torch.float32).to(x.device))
+    return torch.where(final, x0, s_s_b * (z + h * 0.5 * (x0 + x0_pred)))
+
+
+def _grid(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.reshape(1).expand(x.shape[0])
+
+
 @torch.no_grad()
 def ddim(denoise: DenoiseFn, x: torch.Tensor, schedule: NoiseSchedule, ts: torch.Tensor) -> torch.Tensor:
     for t, s in zip(ts[:-1], ts[1:]):
-        a_t, s_t = _coeffs(schedule, t)
-        a_s, s_s = _coeffs(schedule, s)
-        x0 = _denoise(denoise, x, t)
-        eps = (x - a_t * x0) / s_t
-        x = a_s * x0 + s_s * eps
+        x = ddim_step(denoise, schedule, x, _grid(t, x), _grid(s, x))
     return x
 
 
@@ -59,16 +110,7 @@ euler = ddim
 @torch.no_grad()
 def heun(denoise: DenoiseFn, x: torch.Tensor, schedule: NoiseSchedule, ts: torch.Tensor) -> torch.Tensor:
     for t, s in zip(ts[:-1], ts[1:]):
-        a_t, s_t = _coeffs(schedule, t)
-        a_s, s_s = _coeffs(schedule, s)
-        x0 = _denoise(denoise, x, t)
-        if s_s == 0:  # final step: x0 is the answer
-            return x0
-        # z = x / sigma, rho = alpha / sigma: dz / drho = x0. Euler predictor, trapezoid corrector.
-        z, h = x / s_t, a_s / s_s - a_t / s_t
-        x_pred = s_s * (z + h * x0)
-        x0_pred = _denoise(denoise, x_pred, s)
-        x = s_s * (z + h * 0.5 * (x0 + x0_pred))
+        x = heun_step(denoise, schedule, x, _grid(t, x), _grid(s, x))
     return x
 
 
@@ -131,20 +173,36 @@ def one_step(generator: Callable[..., torch.Tensor], z: torch.Tensor, **cond) ->
     return generator(z, **cond)
 
 
+NoiseFn = Callable[[torch.Size], torch.Tensor]  # shape -> fresh unit Gaussian noise
+
+
+def renoise_chain(denoise: DenoiseFn, schedule: NoiseSchedule, x: torch.Tensor, ts: torch.Tensor, steps: int,
+                  noise: NoiseFn) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`steps` rounds of x0 = D(x, t_i), then x = alpha(t_{i+1}) x0 + sigma(t_{i+1}) eps with fresh eps =
+    noise(shape); returns (x, the last x0). A round whose next time is past the end or 0 returns x0 as x.
+    Consistency models' multistep sampler (Song et al. 2023, Algorithm 1), few-step students' sampling
+    and DMD2's backward simulation are all this chain."""
+    x0 = None
+    for i in range(steps):
+        x0 = _denoise(denoise, x, ts[i])
+        if i + 1 == len(ts) or float(ts[i + 1]) == 0:
+            return x0, x0
+        a_s, s_s = _coeffs(schedule, ts[i + 1])
+        x = a_s * x0 + s_s * noise(x0.shape)
+    return x, x0
+
+
+def _gaussian(generator: torch.Generator | None, device: torch.device) -> NoiseFn:
+    return lambda shape: torch.randn(shape, generator=generator, device=device)
+
+
 @torch.no_grad()
 def multistep(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, ts: torch.Tensor, *,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Consistency / DMD2 multistep sampling: x0 = D(x_t, t_i), then re-noise to t_{i+1} with fresh
-    noise (Song et al. 2023, Algorithm 1). `ts` descends and may end at 0 (then the last x0 is returned)."""
-    x = noise
-    for i, t in enumerate(ts):
-        x0 = _denoise(denoise, x, t)
-        if i + 1 == len(ts) or float(ts[i + 1]) == 0:
-            return x0
-        a_s, s_s = _coeffs(schedule, ts[i + 1])
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
-        x = a_s * x0 + s_s * eps
-    return x
+              generator: torch.Generator | None = None, renoise: NoiseFn | None = None) -> torch.Tensor:
+    """Consistency / DMD2 multistep sampling from `noise` (already at ts[0]'s scale): x0 = D(x_t, t_i), then
+    re-noise to t_{i+1} with fresh noise from `generator` (or `renoise(shape)`). `ts` descends and may end
+    at 0 (then the last x0 is returned)."""
+    return renoise_chain(denoise, schedule, noise, ts, len(ts), renoise or _gaussian(generator, noise.device))[1]
 
 
 @torch.no_grad()
@@ -155,10 +213,6 @@ def backward_simulation(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torc
     re-noising (DMD2 Sec. 4.5, "backward simulation"), so training matches inference instead of
     noising real data. Returns x at ts[k] (k = 0: the noise itself). `renoise` supplies the k fresh
     noises (else they are drawn from `generator`)."""
-    x = noise
-    for i in range(k):
-        x0 = _denoise(denoise, x, ts[i])
-        a_s, s_s = _coeffs(schedule, ts[i + 1])
-        eps = renoise[i] if renoise is not None else torch.randn(x0.shape, generator=generator, device=x0.device)
-        x = a_s * x0 + s_s * eps
-    return x
+    given = iter(renoise) if renoise is not None else None
+    draw = (lambda shape: next(given)) if given is not None else _gaussian(generator, noise.device)
+    return renoise_chain(denoise, schedule, noise, ts, k, draw)[0]

@@ -40,7 +40,7 @@ def _shipped(name: str) -> Path | None:
 DENOISER_COMPONENTS = ("unet", "transformer")
 
 __all__ = ["Teacher", "load_teacher", "make_real_score", "make_fake_score", "make_generator", "Generator",
-           "freeze", "trainable", "set_gradient_checkpointing", "SHIPPED"]
+           "freeze", "trainable", "make_target", "ema_update", "set_gradient_checkpointing", "SHIPPED"]
 
 
 class TeacherLoadError(ValueError):
@@ -196,6 +196,27 @@ def trainable(module: nn.Module, flag: bool) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def make_target(module: nn.Module) -> nn.Module:
+    """A frozen copy of `module`: the target network of consistency training and distillation, updated
+    only by `ema_update` (Song et al. 2023, theta^- <- sg(mu theta^- + (1 - mu) theta))."""
+    return freeze(copy.deepcopy(module))
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, mu: float) -> None:
+    """target <- mu * target + (1 - mu) * online, parameter by parameter; buffers are copied. mu = 0 makes
+    the target the online network (iCT / ECT: no EMA target), mu = 1 leaves it unchanged."""
+    if not 0.0 <= mu <= 1.0:
+        raise ValueError(f"EMA rate mu={mu} must lie in [0, 1]")
+    t_params, o_params = dict(target.named_parameters()), dict(online.named_parameters())
+    if t_params.keys() != o_params.keys():
+        raise ValueError("target and online networks have different parameters")
+    for name, p in t_params.items():
+        p.lerp_(o_params[name].detach().to(p.dtype), 1.0 - mu)
+    for (name, b), (_, ob) in zip(target.named_buffers(), online.named_buffers()):
+        b.copy_(ob)
 
 
 def set_gradient_checkpointing(net: nn.Module, enabled: bool = True) -> None:

@@ -15,6 +15,17 @@ def _seed():
 
 
 @pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose precision cannot change once set: start these
+    tests from none and leave none behind."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
 def tiny_unet():
     """A class-conditional UNet2DModel on 8x8 single-channel images (label 3 is the null label)."""
     from diffusers import UNet2DModel

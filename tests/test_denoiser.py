@@ -161,3 +161,34 @@ def test_denoiser_dit_with_learned_variance():
         x0 = Denoiser(net, schedule, "epsilon", learn_sigma=True)(x_t, t, class_labels=y)
     assert out.shape[1] == 8
     torch.testing.assert_close(x0, to_x0("epsilon", x_t, out[:, :4], schedule.alpha(t), schedule.sigma(t)))
+
+
+@pytest.mark.parametrize("boundary", ["cm", "lcm"])
+def test_consistency_denoiser_meets_its_boundary_condition(boundary, tiny_unet):
+    """f(x, t_min) = x exactly (c_skip = 1, c_out = 0) and f -> D away from it: the official CM scalings
+    (sigma_min shift) on the VE level sigma / alpha, LCM's at the network timestep with scaling 10."""
+    from stepdistill.denoiser import ConsistencyDenoiser, consistency_scalings, lcm_scalings
+
+    c_skip, c_out = consistency_scalings(torch.tensor([0.002, 1.0, 80.0]))
+    assert float(c_skip[0]) == 1.0 and float(c_out[0]) == 0.0
+    torch.testing.assert_close(c_skip[1], torch.tensor(0.25 / (0.998**2 + 0.25)))
+    torch.testing.assert_close(c_out[2], torch.tensor(0.5 * 79.998 / (80**2 + 0.25) ** 0.5))
+    c_skip, c_out = lcm_scalings(torch.tensor([0.0, 19.0]))
+    assert float(c_skip[0]) == 1.0 and float(c_out[0]) == 0.0 and float(c_skip[1]) < 1e-3
+
+    if boundary == "cm":
+        schedule, sigma_min = EDM(), 0.002
+        t_min = torch.tensor([sigma_min])
+    else:
+        schedule, sigma_min = from_scheduler_config(DDIMScheduler(beta_schedule="squaredcos_cap_v2"))[0], 0.002
+        t_min = torch.tensor([0.0])
+    den = Denoiser(tiny_unet, schedule, "edm" if boundary == "cm" else "epsilon")
+    f = ConsistencyDenoiser(den, boundary, sigma_min=sigma_min)
+    x = torch.randn(2, 1, 8, 8)
+    cond = {"class_labels": torch.tensor([0, 1])}
+    with torch.no_grad():
+        torch.testing.assert_close(f(x, t_min.expand(2), **cond), x)
+        t_far = torch.tensor([80.0 if boundary == "cm" else 999.0]).expand(2)
+        far, plain = f(x, t_far, **cond), den(x, t_far, **cond)
+    c_skip, c_out = f.scalings(t_far)
+    torch.testing.assert_close(far, c_skip[0] * x + c_out[0] * plain)

@@ -104,3 +104,44 @@ def test_sampler_name_type_lists_every_sampler():
     from stepdistill.samplers import SAMPLERS, SamplerName
 
     assert set(get_args(SamplerName)) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "heun"])
+def test_per_sample_solver_steps_take_a_time_per_sample(solver):
+    """`ddim_step` / `heun_step` with a different (t, s) per sample equal the same step taken sample by
+    sample (consistency distillation's skipping-step teacher solver), and a step into s = 0 returns x0."""
+    from stepdistill.samplers import ddim_step, heun_step
+
+    step = {"ddim": ddim_step, "heun": heun_step}[solver]
+    schedule = _vp()
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999.0, 700.0, 300.0, 40.0], dtype=torch.float64)
+    s = torch.tensor([979.0, 0.0, 280.0, 20.0], dtype=torch.float64)
+    together = step(den, schedule, x, t, s)
+    alone = torch.cat([step(den, schedule, x[i:i + 1], t[i:i + 1], s[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone)
+    torch.testing.assert_close(together[1], den(x[1:2], t[1:2].float())[0])  # into s = 0: the x0 prediction
+    # a small DDIM / Heun step stays close to the exact ODE: both solvers agree to first order
+    other = {"ddim": heun_step, "heun": ddim_step}[solver](den, schedule, x, t, s)
+    assert float((together - other)[[0, 2, 3]].abs().max()) < 0.05
+
+
+def test_renoise_chain_serves_multistep_and_backward_simulation():
+    """One chain: backward simulation to step k is the first k rounds of multistep sampling with the same
+    noises, and multistep's result is the chain's last x0."""
+    from stepdistill.samplers import backward_simulation, renoise_chain
+
+    schedule = _vp()
+    den = GaussianMixtureDenoiser(MIXTURE, schedule)
+    ts = torch.tensor([999.0, 749.0, 499.0, 249.0], dtype=torch.float64)
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    noises = [torch.randn(8, 2, generator=torch.Generator().manual_seed(10 + i)) for i in range(3)]
+    for k in range(4):
+        x_k = backward_simulation(den, schedule, z, ts, k, renoise=noises[:k])
+        it = iter(noises)
+        torch.testing.assert_close(x_k, renoise_chain(den, schedule, z, ts, k, lambda shape: next(it))[0])
+    it = iter(noises)
+    torch.testing.assert_close(multistep(den, schedule, z, ts, renoise=lambda shape: next(it)),
+                               den(backward_simulation(den, schedule, z, ts, 3, renoise=noises),
+                                   torch.full((8,), 249.0)))

@@ -52,16 +52,6 @@ def test_checkpoint_rotation_keeps_the_newest(tmp_path, keep, expected):
     assert [int(p.name.split("_")[1]) for p in checkpoint_dirs(tmp_path)] == expected
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state whose precision cannot change once set: start these
-    tests from none and leave none behind."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_mixed_precision_is_bf16_only_where_native(monkeypatch, native, fresh_accelerate_state):

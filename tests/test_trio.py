@@ -116,3 +116,23 @@ def test_trainable_toggles_only_trainable_parameters(teacher_folder):
     with trainable(fake, False):
         assert not any(p.requires_grad for p in fake.parameters())
     assert {n for n, p in fake.named_parameters() if p.requires_grad} == lora
+
+
+def test_target_network_is_a_frozen_copy_moved_only_by_ema_update(teacher_folder):
+    """make_target: a frozen copy; ema_update(target, online, mu): theta^- <- mu theta^- + (1 - mu) theta."""
+    from stepdistill.trio import ema_update, make_target
+
+    online = make_fake_score(load_teacher(teacher_folder))
+    target = make_target(online)
+    assert not any(p.requires_grad for p in target.parameters())
+    before = [p.detach().clone() for p in target.parameters()]
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)
+    ema_update(target, online, 0.9)
+    for b, t, o in zip(before, target.parameters(), online.parameters()):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o.detach())
+    ema_update(target, online, 0.0)  # mu = 0: the online network itself (iCT / ECT)
+    assert all(torch.equal(t, o) for t, o in zip(target.parameters(), online.parameters()))
+    with pytest.raises(ValueError, match="mu"):
+        ema_update(target, online, 1.5)

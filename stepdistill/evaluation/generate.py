@@ -135,26 +135,36 @@ def _recipe_tag(folder: Path) -> str | None:
 
 
 class CheckpointModel:
-    """A recipe's training checkpoint: generator weights on the teacher's architecture, multistep sampling
-    with re-noising (one step for one timestep)."""
+    """A recipe's training checkpoint: the student's weights (`student.safetensors`, EMA applied, as the run
+    evaluates and exports them; a checkpoint without it falls back to the trained weights in
+    `model.safetensors`), multistep sampling with re-noising (one step for one timestep)."""
 
     def __init__(self, checkpoint: str | Path, name: str | None = None):
         import yaml
         from safetensors.torch import load_file
 
+        from ..checkpointing import STUDENT_FILE
+        from ..conditioning import ClassConditioner
+        from ..latents import PixelSpace
+        from ..student import Student
         from ..trio import load_teacher, make_generator
 
         checkpoint = Path(checkpoint)
         config_path = checkpoint.parent.parent / "config.yaml"
-        if not (checkpoint / "model.safetensors").is_file() or not config_path.is_file():
-            raise FileNotFoundError(f"{checkpoint} is not a training checkpoint: expected model.safetensors in it "
-                                    f"and the run's config.yaml at {config_path}")
+        weights = checkpoint / STUDENT_FILE
+        ema = weights.is_file()
+        weights = weights if ema else checkpoint / "model.safetensors"
+        if not weights.is_file() or not config_path.is_file():
+            raise FileNotFoundError(f"{checkpoint} is not a training checkpoint: expected {STUDENT_FILE} or "
+                                    f"model.safetensors in it and the run's config.yaml at {config_path}")
         cfg = yaml.safe_load(config_path.read_text())
         self.teacher = load_teacher(cfg["model"]["teacher"])
         self.ts = torch.tensor(cfg["model"]["generator_timesteps"], dtype=torch.float64)
         self.generator = make_generator(self.teacher, float(self.ts[0]))
-        self.generator.load_state_dict(load_file(checkpoint / "model.safetensors"))
-        ema = self._apply_ema(checkpoint)
+        state = load_file(weights)
+        if any(k.startswith("students.") for k in state):
+            raise ValueError(f"{checkpoint} holds several routed students; load them with RoutedStudent")
+        self.generator.load_state_dict(state)
         self.generator.eval().requires_grad_(False)
         cfg_net = self.teacher.net.config
         self.shape = (cfg_net.in_channels, cfg_net.sample_size, cfg_net.sample_size)
@@ -163,39 +173,20 @@ class CheckpointModel:
         self.sampler = "one_step" if self.native_nfe == 1 else "multistep"
         self.info = dict(kind="checkpoint", source=str(checkpoint), teacher=str(cfg["model"]["teacher"]),
                          timesteps=[float(t) for t in self.ts], ema=ema)
-
-    def _apply_ema(self, checkpoint: Path) -> bool:
-        """diffusers' EMAModel state (registered first for checkpointing), if the checkpoint holds one."""
-        params = [p for p in self.generator.parameters() if p.requires_grad]
-        for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - not a tensors-only state: not the EMA
-                continue
-            shadow = state.get("shadow_params") if isinstance(state, dict) else None
-            if shadow is not None and len(shadow) == len(params) and all(
-                    s.shape == p.shape for s, p in zip(shadow, params)):
-                with torch.no_grad():
-                    for p, s in zip(params, shadow):
-                        p.copy_(s)
-                return True
-        return False
+        n = cfg_net.get("num_class_embeds")
+        self.student = None if not n else Student(
+            generator=self.generator, conditioner=ClassConditioner.for_embeddings(n), schedule=self.teacher.schedule,
+            timesteps=self.ts, space=PixelSpace(), shape=self.shape, teacher=self.teacher, name=self.name)
 
     @torch.no_grad()
     def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
-        from ..samplers import _coeffs
+        from ..samplers import multistep
 
         ts = self.ts if nfe == self.native_nfe else torch.tensor(_lcm_timesteps(nfe), dtype=torch.float64)
         cond = {} if conditions[0] is None else {"class_labels": torch.as_tensor(list(conditions))}
-        den = partial(self.generator.denoiser, **cond)
         x = rng.randn(self.shape) * self.generator.input_scale
-        for i, t in enumerate(ts):
-            x0 = den(x, t.to(torch.float32).expand(x.shape[0]))
-            if i + 1 == len(ts):
-                return x0
-            a, s = _coeffs(self.teacher.schedule, ts[i + 1])
-            x = a * x0 + s * rng.randn(self.shape)
-        return x
+        return multistep(partial(self.generator.denoiser, **cond), self.teacher.schedule, x, ts,
+                         renoise=lambda shape: rng.randn(shape[1:]))
 
     def nfe_of(self, nfe: int) -> int:
         return nfe

@@ -2,17 +2,22 @@
 
 - `sections`: the config sections common to the recipes (train, data, eval, export);
 - `draw`: global-batch randomness sliced per process (one and N processes see the same data);
-- `setup`: accelerator, teacher, conditioning and real data, optimisers, EMA;
+- `setup`: `Setup` (accelerator, teacher, conditioning, sample space, real data, resume point), optimisers,
+  EMA, `trainable_params`;
 - `loop`: the step loop (progress, logs, sample grids, atomic checkpoints, time limit);
-- `student`: sampling, evaluating on the digits benchmark and exporting a trained generator.
+- `final`: sample grids, the digits benchmark and export at the end of a run;
+- `recipe`: the `Recipe` protocol and `run_recipe`, which drives one;
+- `implicit`: the fake-score / generator alternation SiD and SIM share.
 """
 
+from . import implicit
 from .draw import Draw
+from .final import evaluate_on_digits, finish, save_samples
 from .loop import train_loop
+from .recipe import Recipe, decays, run_recipe
 from .sections import DataConfig, EvalConfig, ExportConfig, LRSchedule, TrainConfig
-from .setup import Start, begin, make_ema, make_optimizer, optimizer_step, setup_data, start
-from .student import Roles, Student, evaluate_on_digits, export_student, finish, save_samples
+from .setup import Setup, make_ema, make_optimizer, optimizer_step, restore, setup_data, trainable_params
 
-__all__ = ["DataConfig", "Draw", "EvalConfig", "ExportConfig", "LRSchedule", "Roles", "Start", "Student", "TrainConfig", "begin",
-           "evaluate_on_digits", "export_student", "finish", "make_ema", "make_optimizer", "optimizer_step",
-           "save_samples", "setup_data", "start", "train_loop"]
+__all__ = ["implicit", "DataConfig", "Draw", "EvalConfig", "ExportConfig", "LRSchedule", "Recipe", "Setup", "TrainConfig",
+           "decays", "evaluate_on_digits", "finish", "make_ema", "make_optimizer", "optimizer_step", "restore",
+           "run_recipe", "save_samples", "setup_data", "train_loop", "trainable_params"]

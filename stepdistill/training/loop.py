@@ -1,5 +1,6 @@
 """The step loop every recipe runs: progress bar, jsonl logs and trackers, sample grids, atomic
-checkpoints, and a wall-clock limit after which the run still evaluates and exports."""
+checkpoints (with the student's weights), and a wall-clock limit after which the run still evaluates
+and exports."""
 
 from __future__ import annotations
 
@@ -15,19 +16,22 @@ from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
 from ..checkpointing import save_checkpoint
-from ..config import to_dict
 from .draw import Draw
 from .sections import TrainConfig
 
 StepFn = Callable[[Draw, int], dict]  # (draw, step) -> logs; one optimisation step of the recipe
 
 
-def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, config, start_step: int,
-               start_time: float, step_fn: StepFn, save_samples: Callable[[Path], None]) -> int:
+def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start_step: int, start_time: float,
+               step_fn: StepFn, save_samples: Callable[[Path], None],
+               student_weights: Callable[[], dict] | None = None, tracker_config: dict | None = None,
+               decaying: bool = False) -> int:
     """Run `step_fn` from `start_step` to `train.max_steps` (or the time limit); returns the number
-    of completed steps. `save_samples(path)` is called on the main process every `sample_every`."""
+    of completed steps. `save_samples(path)` is called on the main process every `sample_every`;
+    `student_weights()` is saved with every checkpoint. `decaying`: the learning rates decay over
+    `train.max_steps`, so a time limit that cuts the run short warns."""
     out = Path(train.output_dir)
-    accelerator.init_trackers(name, config={k: str(v) for k, v in to_dict(config).items()})
+    accelerator.init_trackers(name, config={k: str(v) for k, v in (tracker_config or {}).items()})
     bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=train.max_steps,
                desc=name, disable=not accelerator.is_main_process)
     done, shown = start_step, {}
@@ -49,17 +53,13 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, confi
             # Every process stops at the same step, whatever its own clock says.
             out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
             if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time:
-                save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints)
+                weights = student_weights() if student_weights is not None and accelerator.is_main_process else None
+                save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints, student=weights)
             if out_of_time:
-                if done < train.max_steps and _decays(config) and accelerator.is_main_process:
+                if done < train.max_steps and decaying and accelerator.is_main_process:
                     warnings.warn(_stopped_early(train, done, start_step), stacklevel=2)
                 break
     return done
-
-
-def _decays(config) -> bool:
-    """Whether the recipe's learning rates decay over train.max_steps (`optim.lr_schedule`)."""
-    return getattr(config.optim, "lr_schedule", "constant") != "constant"  # SwiftBrush has no decay option
 
 
 def _stopped_early(train: TrainConfig, done: int, start_step: int) -> str:

@@ -36,6 +36,9 @@ class DataConfig:
     prompt_dropout: float = 0.1  # condition dropout where a recipe trains on conditions (fake score)
     images: Optional[str] = None  # real images (an image folder); the digits teacher uses digits
     image_channels: int = 3
+    # Image-conditioned teachers (super-resolution): the real images downsampled this many times are the
+    # condition, concatenated to the network input; 0: the teacher is class-, text- or unconditional.
+    condition_scale: int = 0
 
 
 @dataclass

@@ -1,13 +1,15 @@
-"""Building a recipe's run: accelerator and teacher, conditioning and real data, optimisers, EMA.
+"""What every recipe's run starts from, and the optimisation helpers the recipes share.
 
-Everything here raises before the first training step, so bad input costs no compute.
+`Setup.build` makes the accelerator, checks the resume point, seeds, loads the teacher and reads its
+conditioning, sample space and real data; every error is raised there, before the first training step,
+so bad input costs no compute. A recipe's `Run` holds a `Setup` beside its own networks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, get_args
+from typing import Any, Iterable, Optional, get_args
 
 import torch
 from accelerate import Accelerator
@@ -15,8 +17,8 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from ..checkpointing import resolve_resume
-from ..conditioning import ClassConditioner, TextConditioner
+from ..checkpointing import load_checkpoint, resolve_resume
+from ..conditioning import ClassConditioner, ImageConditioner, TextConditioner, Unconditional
 from ..data import DigitsDataset, ImageFolder, load_prompts
 from ..distributed import make_accelerator
 from ..latents import LatentSpace, PixelSpace
@@ -24,54 +26,99 @@ from ..trio import Teacher, load_teacher
 from .sections import DataConfig, LRSchedule, TrainConfig
 
 
-@dataclass
-class Start:
+@dataclass(kw_only=True)
+class Setup:
+    """The accelerator, the teacher, how conditions and samples look, real data, where to resume."""
+
     accelerator: Accelerator
     teacher: Teacher
+    conditioner: Any  # ClassConditioner | TextConditioner | ImageConditioner | Unconditional
+    space: Any  # PixelSpace | LatentSpace
+    shape: tuple[int, ...]  # one sample in the space the networks denoise
+    dataset: Optional[Any]  # real images (and labels), or None
     resume_from: Optional[Path]
+    labelled_real: bool = False  # real images carry class labels (read once: an item may decode an image)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        """One sample's shape in the teacher's space (pixels, or latents)."""
-        c = self.teacher.net.config
-        return (c.in_channels, c.sample_size, c.sample_size)
+    def schedule(self):
+        return self.teacher.schedule
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def unwrap(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
+        """A prepared module without its DDP wrapper: for passes whose weights take no gradient (DDP must
+        not wait for them) and for sampling."""
+        return None if module is None else self.accelerator.unwrap_model(module)
+
+    @classmethod
+    def build(cls, *, train: TrainConfig, teacher: str, resume: str | None, data: DataConfig,
+              need_images: bool = False) -> "Setup":
+        """`need_images`: the recipe trains on real images (a GAN, say), which then must exist."""
+        accelerator = make_accelerator(mixed_precision=train.mixed_precision, project_dir=train.output_dir,
+                                       log_with=None if train.report_to == "none" else train.report_to)
+        check_train(train, accelerator.num_processes)
+        resume_from = resolve_resume(resume, train.output_dir)
+        set_seed(train.seed)
+        loaded = load_teacher(teacher, device=accelerator.device)
+        conditioner, space, dataset = setup_data(data, loaded, accelerator.device, need_images=need_images)
+        return cls(accelerator=accelerator, teacher=loaded, conditioner=conditioner, space=space,
+                   shape=sample_shape(loaded, conditioner, space), dataset=dataset, resume_from=resume_from,
+                   labelled_real=dataset is not None and "class_labels" in dataset[0])
 
 
-def start(train: TrainConfig, teacher: str, resume: str | None) -> Start:
-    """The accelerator (gloo processes on a CPU machine), a checked resume point, seeds, the teacher."""
-    accelerator = make_accelerator(mixed_precision=train.mixed_precision, project_dir=train.output_dir,
-                                   log_with=None if train.report_to == "none" else train.report_to)
+def check_train(train: TrainConfig, processes: int) -> None:
+    """The train section's numbers, checked before anything is built."""
+    if train.batch_size < 1 or train.batch_size % processes:
+        raise ValueError(f"train.batch_size={train.batch_size} must be positive and divisible by "
+                         f"{processes} process(es)")
     if train.keep_checkpoints < 0:
         raise ValueError(f"train.keep_checkpoints={train.keep_checkpoints} must be >= 0 (0 keeps every checkpoint)")
-    if train.batch_size % accelerator.num_processes:
-        raise ValueError(f"train.batch_size={train.batch_size} is not divisible by "
-                         f"{accelerator.num_processes} processes")
-    resume_from = resolve_resume(resume, train.output_dir)
-    set_seed(train.seed)
-    return Start(accelerator, load_teacher(teacher, device=accelerator.device), resume_from)
+    for key in ("max_steps", "log_every", "sample_every", "checkpoint_every"):
+        if getattr(train, key) < 1:
+            raise ValueError(f"train.{key}={getattr(train, key)} must be >= 1")
+
+
+def sample_shape(teacher: Teacher, conditioner, space) -> tuple[int, ...]:
+    """One sample's shape in the denoised space: the network's input channels less those the conditioner
+    concatenates (a low-resolution image for super-resolution), at the network's sample size."""
+    c = teacher.net.config
+    size = c.sample_size if isinstance(c.sample_size, int) else tuple(c.sample_size)
+    channels = c.in_channels - getattr(conditioner, "extra_channels", 0)
+    if channels < 1:
+        raise ValueError(f"the teacher has {c.in_channels} input channels, fewer than its conditioner's "
+                         f"{conditioner.extra_channels}")
+    return (channels, *((size, size) if isinstance(size, int) else size))
 
 
 def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool):
-    """(conditioner, sample space, real-image dataset or None) for a class- or text-conditional teacher.
+    """(conditioner, sample space, real-image dataset or None) for the teacher's kind of conditioning:
 
-    Text-to-image: prompts from `data.prompts` (embeddings computed once and cached), the teacher's VAE
-    for latents. Class-conditional pixel teachers: class labels. Real images come from `data.images`,
-    or the digits for the shipped digits teacher; `need_images` (a GAN, say) makes them mandatory.
+    - text-to-image (`data.prompts`): prompts (embeddings computed once and cached), the VAE's latents;
+    - class-conditional pixel teachers (class embeddings): class labels;
+    - image-conditioned teachers (`data.condition_scale` > 0, e.g. super-resolution): the low-resolution
+      version of each real image, concatenated to the network input;
+    - unconditional teachers: no condition.
+    Real images come from `data.images`, or the digits for the shipped digits teacher; `need_images`
+    (a GAN, an image condition) makes them mandatory.
     """
     net_cfg = teacher.net.config
+    if not 0.0 <= data.prompt_dropout < 1.0:
+        raise ValueError(f"data.prompt_dropout={data.prompt_dropout} must lie in [0, 1)")
     if data.prompts is not None:
         conditioner = TextConditioner(load_prompts(data.prompts), teacher.load_component("tokenizer"),
                                       teacher.load_component("text_encoder"), device=device)
         space = LatentSpace(teacher.load_component("vae").to(device))
         resolution = net_cfg.sample_size * 2 ** (len(space.vae.config.block_out_channels) - 1)
+    elif data.condition_scale:  # the condition is built from the real images below
+        conditioner, space, resolution = None, PixelSpace(), net_cfg.sample_size
+        need_images = True
     elif net_cfg.get("num_class_embeds"):
         conditioner = ClassConditioner.for_embeddings(net_cfg.num_class_embeds)
         space, resolution = PixelSpace(), net_cfg.sample_size
     else:
-        raise ValueError(f"teacher {teacher.source} has no class embeddings: give data.prompts for a "
-                         "text-conditional teacher")
-    if not 0.0 <= data.prompt_dropout < 1.0:
-        raise ValueError(f"data.prompt_dropout={data.prompt_dropout} must lie in [0, 1)")
+        conditioner, space, resolution = Unconditional(), PixelSpace(), net_cfg.sample_size
     dataset = None
     if data.images is not None:
         dataset = ImageFolder(data.images, resolution, channels=data.image_channels)
@@ -79,7 +126,31 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
         dataset = DigitsDataset(resolution, split="all")
     if need_images and dataset is None:
         raise ValueError("this configuration needs real images: set data.images to an image folder")
+    if conditioner is None:
+        extra = net_cfg.in_channels - net_cfg.get("out_channels", net_cfg.in_channels)
+        if extra < 1:
+            raise ValueError(f"data.condition_scale={data.condition_scale} needs a teacher with more input than "
+                             f"output channels (the condition is concatenated); this one has {net_cfg.in_channels} "
+                             f"in and {net_cfg.get('out_channels')} out")
+        conditioner = ImageConditioner(dataset, data.condition_scale, extra)
     return conditioner, space, dataset
+
+
+def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: str | Path, config) -> int:
+    """Restore a checkpoint (returns its step, else 0) and write the run's config next to its outputs."""
+    from ..config import save_config
+
+    start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(config, out / "config.yaml")
+    return start_step
+
+
+def trainable_params(*modules: torch.nn.Module | None) -> list[torch.nn.Parameter]:
+    """The parameters of `modules` that train (requires_grad), in order; None entries are skipped."""
+    return [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tuple[float, float],
@@ -119,16 +190,3 @@ def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: list[to
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-
-
-def begin(accelerator: Accelerator, resume_from: Path | None, cfg) -> int:
-    """Restore a checkpoint (returns its step, else 0) and write the run's config next to its outputs."""
-    from ..checkpointing import load_checkpoint
-    from ..config import save_config
-
-    start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
-    return start_step

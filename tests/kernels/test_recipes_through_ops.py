@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stepdistill import losses, ops
+from stepdistill import ops
 from stepdistill.config import apply_overrides
-from stepdistill.training import Draw
+from stepdistill.training import Draw, implicit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
 import dmd2  # noqa: E402
@@ -19,9 +19,10 @@ import swiftbrush  # noqa: E402
 # recipe -> (config, setup, one generator update returning its logs, the loss it logs)
 RECIPES = {
     "dmd2": (dmd2.DMD2Config, dmd2.setup, dmd2.generator_step, "loss_dm"),
-    "sid": (sid.SiDConfig, sid.setup, lambda run, draw: sid.generator_step(
-        run, draw, *sid.generate(run, draw), lambda x, r, f, t: losses.sid_loss(x, r, f, run.cfg.loss.alpha)), "loss_g"),
-    "swiftbrush": (swiftbrush.SwiftBrushConfig, swiftbrush.setup, swiftbrush.step, "loss_vsd"),
+    "sid": (sid.SiDConfig, sid.setup, lambda run, draw: implicit.generator_step(
+        run, draw, *implicit.generate(run, draw), sid.generator_loss(run)), "loss_g"),
+    "swiftbrush": (swiftbrush.SwiftBrushConfig, swiftbrush.setup, lambda run, draw: swiftbrush.step(run, draw, 0),
+                   "loss_vsd"),
 }
 
 
@@ -37,18 +38,18 @@ def test_recipe_generator_update_is_the_same_with_triton_and_reference(device, n
         run = setup(cfg)  # seeded: both runs start from the same weights
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():  # a fake score that differs from the teacher, as after some training
-            for p in run.fake_module.parameters():
+            for p in run.setup.unwrap(run.fake_score).parameters():
                 if p.requires_grad:
                     p.add_(0.05 * torch.randn(p.shape, generator=g))
         grads, step = [], run.opt_g.step
 
         def recording_step(*args, **kwargs):
-            grads.extend(p.grad.clone() for p in run.gen_module.parameters() if p.grad is not None)
+            grads.extend(p.grad.clone() for p in run.setup.unwrap(run.generator).parameters() if p.grad is not None)
             return step(*args, **kwargs)
 
         run.opt_g.step = recording_step
         with ops.use_triton(flag):
-            logs = update(run, Draw(run.accelerator, 4, 0, 0))
+            logs = update(run, Draw(run.setup.accelerator, 4, 0, 0))
         results.append((logs[key], grads))
     (loss_t, grads_t), (loss_r, grads_r) = results
     assert loss_t == pytest.approx(loss_r, rel=1e-5, abs=1e-8)

@@ -1,0 +1,70 @@
+"""A few-step class-conditional student distilled with stepdistill. Needs only torch and diffusers.
+
+    pipe = DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)
+    images = pipe(class_labels=[3, 7], generator=torch.Generator().manual_seed(0)).images
+
+Sampling, one network evaluation per timestep of `pipe.config.timesteps` (descending, t_0 first):
+    z = randn_tensor((B, C, H, W), generator=generator)   # float32; a CPU generator draws on the CPU
+    x = sqrt(1 - alphas_cumprod[t_0]) * z
+    for t in timesteps:                                    # LCMScheduler.step:
+        x0 = clamp(x0 from unet(x, t, class_labels=y) for the scheduler's prediction_type, -1, 1)
+        x = x0 on the last step, else sqrt(abar_next) x0 + sqrt(1 - abar_next) eps, eps drawn from `generator`
+The saved LCMScheduler's timestep_scaling makes LCM's boundary condition (c_skip, c_out) = (0, 1) for t >= 1.
+Images: output_type "pil" (default), "np" (B, H, W, C) or "pt" (B, C, H, W), in [0, 1] as usual in diffusers.
+"""
+import json
+import os
+import shutil
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+PIPELINE_MODULE = "stepdistill_pipeline"  # the file name an exported folder holds this code under
+
+
+class StepDistillClassConditionalPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler, timesteps=(999,), null_label=None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(timesteps=[int(t) for t in timesteps], null_label=null_label)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)  # [-1, 1] -> [0, 1]
+
+    @torch.no_grad()
+    def __call__(self, class_labels=None, num_images=1, generator=None, output_type="pil", return_dict=True):
+        """class_labels: an int, a list of ints or a LongTensor, one image each. None: `num_images` images
+        with the null label (unconditional), or with no label at all for a model without class embeddings."""
+        device = self._execution_device
+        if class_labels is None:
+            labels = None if self.config.null_label is None else torch.full((num_images,), self.config.null_label)
+        else:
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if labels is not None:
+            labels, num_images = labels.to(device), len(labels)
+        cfg = self.unet.config
+        z = randn_tensor((num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=generator,
+                         device=device, dtype=torch.float32)
+        self.scheduler.set_timesteps(timesteps=self.config.timesteps, device=device)
+        x = (1 - self.scheduler.alphas_cumprod[int(self.scheduler.timesteps[0])]).sqrt().to(device) * z
+        for t in self.progress_bar(self.scheduler.timesteps):
+            out = self.unet(x.to(self.unet.dtype), t, class_labels=labels).sample.float()
+            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        images = self.image_processor.postprocess(x, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Re-saving (e.g. after .to(torch.float16)) keeps the folder self-contained: this file goes with it."""
+        super().save_pretrained(save_directory, **kwargs)
+        name = PIPELINE_MODULE
+        shutil.copyfile(__file__, os.path.join(save_directory, name + ".py"))
+        path = os.path.join(save_directory, "model_index.json")
+        with open(path) as f:
+            index = json.load(f)
+        index["_class_name"] = [name, type(self).__name__]
+        index.pop("_name_or_path", None)
+        with open(path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)

@@ -1,0 +1,257 @@
+"""What every recipe hands back: a `Student`, which samples, exports and checkpoints itself.
+
+A student is a trained generator G(z) = D(sigma(t_0) z, t_0) (`trio.Generator`) with what sampling it
+needs: its timesteps (one, or several with re-noising in between: `samplers.multistep`), the conditioner
+that turns labels into network inputs, the sample space (pixels, or a VAE's latents) and the teacher it
+was distilled from (the base of its export). A `RoutedStudent` (K students and a map from condition to
+student, as in multi-student distillation) has the same surface, so the end of a run never branches on
+how many students a recipe trained.
+
+    student.sample(labels, generator, steps=None)  -> samples in the model's space (B, *shape)
+    student.images(labels, generator, steps=None)  -> decoded images in [-1, 1]
+    student.export(folder, model_card=...)         -> a diffusers folder that reproduces `sample`
+    student.state_dict()                           -> the weights a user gets (EMA applied where kept)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import torch
+
+from .samplers import multistep
+
+SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
+
+__all__ = ["Student", "RoutedStudent", "AnyStudent", "student_timesteps"]
+
+
+def student_timesteps(timesteps: torch.Tensor, steps: int | None) -> torch.Tensor:
+    """The student's own times, or `steps` of them evenly spaced from the first (a 4-step DMD2 student
+    sampled in 2 steps runs 999 and 499): a student is only trained at its own times."""
+    if steps is None or steps == len(timesteps):
+        return timesteps
+    if not 1 <= steps <= len(timesteps):
+        raise ValueError(f"steps={steps}: this student samples in 1..{len(timesteps)} of its times "
+                         f"{[float(t) for t in timesteps]}")
+    idx = torch.linspace(0, len(timesteps) - 1, steps).round().long()
+    return timesteps[idx]
+
+
+@dataclass(kw_only=True)
+class Student:
+    generator: torch.nn.Module  # trio.Generator, unwrapped (no DDP, no autocast wrapper)
+    conditioner: object
+    schedule: object
+    timesteps: torch.Tensor  # float64, descending; the first is the generator's t_0
+    space: object
+    shape: tuple[int, ...]  # one sample in the model's space
+    teacher: object  # trio.Teacher: the export's base (its folder, scheduler config, source)
+    ema: Optional[object] = None  # diffusers EMAModel over the generator's trainable parameters
+    name: str = "student"
+
+    @classmethod
+    def from_setup(cls, setup, *, generator: torch.nn.Module, timesteps: torch.Tensor, ema=None,
+                   name: str = "student") -> "Student":
+        """The student of a recipe's run: its (prepared) generator with the run's `Setup`."""
+        return cls(generator=setup.unwrap(generator), conditioner=setup.conditioner, schedule=setup.schedule,
+                   timesteps=timesteps, space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema,
+                   name=name)
+
+    @property
+    def nfe(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        """Samples in the model's space: z ~ N(0, I) drawn on the CPU from `generator`, then one step from
+        sigma(t_0) z, or several with fresh noise from the same generator between them."""
+        gen = self.generator
+        z = torch.randn(len(labels), *self.shape, generator=generator).to(labels.device)
+        den = partial(gen.denoiser, **self.conditioner.cond(labels))
+        return multistep(den, self.schedule, z * gen.input_scale, student_timesteps(self.timesteps, steps),
+                         generator=generator)
+
+    def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        """Decoded images in [-1, 1]."""
+        return self.space.decode(self.sample(labels, generator, steps))
+
+    def sample_fn(self, steps: int | None = None) -> SampleFn:
+        """`(labels, generator) -> samples`, the benchmark's interface."""
+        return lambda labels, g: self.sample(labels, g, steps)
+
+    def benchmarkable(self) -> bool:
+        """The digits benchmark measures class-conditional 16x16 one-channel students; text-to-image
+        students are measured by eval/ (FID / CLIP) on their exported pipeline."""
+        from .conditioning import ClassConditioner
+
+        return isinstance(self.conditioner, ClassConditioner) and tuple(self.shape) == (1, 16, 16)
+
+    # -- weights ------------------------------------------------------------------------------------
+
+    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.generator.named_parameters() if p.requires_grad]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator's weights (`trio.Generator` keys) with the EMA's in place of the trained ones
+        when an EMA is kept: what evaluation and export use. The generator itself is not changed."""
+        state = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
+        if self.ema is not None:
+            for (name, _), shadow in zip(self._trainable(), self.ema.shadow_params):
+                state[name] = shadow.detach().to(state[name].dtype).clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.load_state_dict(state)
+
+    def use_ema(self) -> "Student":
+        """Copy the EMA weights into the generator (the end of training); returns self."""
+        if self.ema is not None:
+            self.ema.copy_to([p for _, p in self._trainable()])
+        return self
+
+    def unwrapped(self, accelerator) -> "Student":
+        """The same student on the plain module: no DDP wrapper, and no autocast that accelerate wraps
+        around a prepared module's forward under mixed precision (training is over: evaluate and export
+        the float32 weights a user loads)."""
+        return replace(self, generator=accelerator.unwrap_model(self.generator, keep_fp32_wrapper=False))
+
+    # -- export -------------------------------------------------------------------------------------
+
+    def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
+        """A diffusers folder that samples as `sample` does (see `stepdistill.export`): the base pipeline
+        with this unet for a text-conditional student, a self-contained pipeline for a class-conditional one."""
+        from .conditioning import ClassConditioner, TextConditioner
+        from .export import export_class_conditional, export_text_to_image
+
+        card = {"base_model": str(self.teacher.source), "recipe": self.name, **(model_card or {})}
+        timesteps = [int(round(float(t))) for t in self.timesteps]
+        net = self.generator.net
+        if isinstance(self.conditioner, TextConditioner):
+            return export_text_to_image(folder, self.teacher.root, net, timesteps=timesteps, model_card=card)
+        if isinstance(self.conditioner, ClassConditioner):
+            return export_class_conditional(folder, net, self.teacher.scheduler_config, timesteps=timesteps,
+                                            null_label=self.conditioner.null_label, model_card=card)
+        raise TypeError(f"no export for a student conditioned by {type(self.conditioner).__name__}")
+
+
+@dataclass(kw_only=True)
+class RoutedStudent:
+    """K students and a map from condition to student (multi-student distillation): sampling sends each
+    label to its student; export writes one folder per student and `routing.json`; weights are keyed
+    `students.<k>.<name>`."""
+
+    students: list[Student]
+    route: Callable[[torch.Tensor], torch.Tensor]  # labels (B,) -> student index (B,)
+    routing: dict = field(default_factory=dict)  # how `route` maps conditions, written with the export
+    name: str = "student"
+
+    def __post_init__(self) -> None:
+        if not self.students:
+            raise ValueError("a RoutedStudent needs at least one student")
+
+    @property
+    def nfe(self) -> int:
+        return max(s.nfe for s in self.students)
+
+    @property
+    def device(self) -> torch.device:
+        return self.students[0].device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.students[0].shape
+
+    @property
+    def conditioner(self):
+        return self.students[0].conditioner
+
+    @property
+    def space(self):
+        return self.students[0].space
+
+    @property
+    def generators(self) -> list[torch.nn.Module]:
+        return [s.generator for s in self.students]
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        """Each student samples its own labels, in student order, from the one `generator`."""
+        which = self.route(labels).to(labels.device)
+        out = torch.empty(len(labels), *self.shape, device=labels.device)
+        for k, student in enumerate(self.students):
+            mine = (which == k).nonzero().flatten()
+            if len(mine):
+                out[mine] = student.sample(labels[mine], generator, steps)
+        return out
+
+    def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        return self.space.decode(self.sample(labels, generator, steps))
+
+    def sample_fn(self, steps: int | None = None) -> SampleFn:
+        return lambda labels, g: self.sample(labels, g, steps)
+
+    def benchmarkable(self) -> bool:
+        return all(s.benchmarkable() for s in self.students)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"students.{k}.{n}": v for k, s in enumerate(self.students) for n, v in s.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, s in enumerate(self.students):
+            prefix = f"students.{k}."
+            s.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
+
+    def use_ema(self) -> "RoutedStudent":
+        for s in self.students:
+            s.use_ema()
+        return self
+
+    def unwrapped(self, accelerator) -> "RoutedStudent":
+        return replace(self, students=[s.unwrapped(accelerator) for s in self.students])
+
+    def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
+        from .io import atomic_write_text
+
+        folder = Path(folder)
+        for k, s in enumerate(self.students):
+            s.export(folder / f"student_{k}", model_card=model_card)
+        atomic_write_text(folder / "routing.json", json.dumps(
+            {"students": [f"student_{k}" for k in range(len(self.students))], **self.routing}, indent=2) + "\n")
+        return folder
+
+
+class AnyStudent(Protocol):
+    """The surface `finish`, the benchmark and checkpoints use: `Student` and `RoutedStudent` both have it."""
+
+    name: str
+
+    @property
+    def nfe(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor: ...
+
+    def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor: ...
+
+    def sample_fn(self, steps: int | None = None) -> SampleFn: ...
+
+    def benchmarkable(self) -> bool: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def use_ema(self) -> "AnyStudent": ...
+
+    def unwrapped(self, accelerator) -> "AnyStudent": ...
+
+    def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path: ...

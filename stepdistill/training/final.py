@@ -1,0 +1,105 @@
+"""The end of a run: final sample grids, the digits benchmark where it applies, export and upload."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..benchmark import DigitsBenchmark, default_row, markdown_table, teacher_sample_fn
+from ..export import push_to_hub
+from ..io import atomic_write_text
+from ..samplers import steps_for_nfe
+from ..student import AnyStudent
+from .sections import EvalConfig, ExportConfig
+
+
+def save_samples(student: AnyStudent, path: Path) -> None:
+    """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise."""
+    from torchvision.utils import save_image
+
+    columns = max(1, min(student.conditioner.num_classes, 10))
+    labels = torch.arange(columns).repeat(8).to(student.device)
+    x = student.images(labels, torch.Generator().manual_seed(0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(x * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
+
+
+def evaluate_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation: EvalConfig, *, steps_done: int,
+                       max_steps: int, train_minutes: float, config: dict) -> dict:
+    """The student's rows (and the teacher's, measured in the same run) on the digits benchmark,
+    written to `evaluation.results` and printed as a table; same row schema as the teacher baseline.
+    `config`: the run's configuration as a dict, recorded with the result."""
+    bench = DigitsBenchmark()
+    floor = bench.floor()
+    seeds = list(evaluation.seeds)
+    rows = [dict(model=student.name, sampler="one_step" if student.nfe == 1 else "multistep", nfe=student.nfe,
+                 **bench.evaluate(student.sample_fn(), seeds))]
+    if evaluation.teacher_rows:
+        for nfe, default in ((1, False), (evaluation.teacher_nfe, True)):
+            sampler = "ddim" if nfe == 1 else evaluation.teacher_sampler
+            fn = teacher_sample_fn(real_denoiser, schedule, sampler=sampler, steps=steps_for_nfe(sampler, nfe),
+                                   shape=student.shape)
+            rows.append(dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds),
+                             **({"default": True} if default else {})))
+    teacher_default = default_row(rows)
+    first = rows[0]
+    result = dict(
+        benchmark="digits", recipe=student.name, command="accelerate launch " + " ".join(sys.argv),
+        n_samples=bench.n_samples, seeds=seeds, floor_fd=floor["fd"], floor_accuracy=floor["accuracy"],
+        floor_precision=floor["precision"], floor_recall=floor["recall"],
+        train_steps=steps_done, max_steps=max_steps, stopped_by_time_limit=steps_done < max_steps,
+        train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(),
+        config=config, rows=rows,
+    )
+    if teacher_default:
+        result["student_vs_teacher"] = dict(
+            fd_ratio=first["fd"] / teacher_default["fd"],
+            accuracy_difference=first["accuracy"] - teacher_default["accuracy"],
+            speedup=teacher_default["seconds_per_image"] / first["seconds_per_image"])
+    atomic_write_text(evaluation.results, json.dumps(result, indent=2) + "\n")
+    print("\n" + markdown_table(rows))
+    if teacher_default:
+        s = result["student_vs_teacher"]
+        print(f"student / teacher FD {s['fd_ratio']:.2f}x, accuracy {s['accuracy_difference']:+.3f}, "
+              f"speed-up {s['speedup']:.0f}x; floor FD {floor['fd']:.3f}; wrote {evaluation.results}")
+    return result
+
+
+def _card_metrics(result: dict | None) -> dict:
+    if result is None:
+        return {}
+    row = result["rows"][0]
+    return {k: row[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")}
+
+
+def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, evaluation: EvalConfig,
+           export: ExportConfig, real_denoiser, schedule, steps_done: int, max_steps: int, train_minutes: float,
+           config: dict) -> dict | None:
+    """After training, with EMA weights in place: for each student, on the main process, a final sample
+    grid, the digits benchmark when it applies, the export (`OUTPUT/pipeline`, or `OUTPUT/pipeline/<name>`
+    for several students) and the upload. Returns the first benchmark result, if any."""
+    first = None
+    # Measure and export the weights as a user runs them: float32, no DDP or autocast wrapper.
+    students = [s.unwrapped(accelerator) for s in students]
+    if accelerator.is_main_process:
+        out = Path(output_dir)
+        for student in students:
+            tag = "" if len(students) == 1 else f"_{student.name}"
+            save_samples(student, out / "samples" / f"final{tag}.png")
+            result = None
+            if evaluation.enabled and student.benchmarkable():
+                result = evaluate_on_digits(student, real_denoiser, schedule, evaluation, steps_done=steps_done,
+                                            max_steps=max_steps, train_minutes=train_minutes, config=config)
+                first = first or result
+            if export.enabled:
+                folder = out / "pipeline" if len(students) == 1 else out / "pipeline" / student.name
+                folder = student.export(folder, model_card={"metrics": _card_metrics(result)})
+                print(f"exported the student pipeline to {folder}")
+                if export.hub_repo:
+                    print(f"uploaded to {push_to_hub(folder, export.hub_repo, private=export.private)}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return first

@@ -1,0 +1,185 @@
+"""Score-implicit distillation, the training loop SiD and SIM share (SIM generalises SiD's loss; Luo et al.
+2024, Sec. 3): data-free, one-step, a fake score and a generator in strict 1:1 alternation on one fresh
+batch x = G(z) per step (official SiD code, `training/sid_training_loop.py`):
+
+  1. fake score: the denoising loss on sg(x) (SiD Eq. 9), in the teacher's own parameterisation at
+     uniform times (SiD-LSG), or with EDM's weighting and lognormal levels (SiD on EDM teachers);
+  2. generator: the recipe's loss of (x, x0_real, x0_fake, t) at a noised copy x_t of x, whose gradient
+     flows through x and through *both* networks' activations (their parameters are frozen for this step):
+     what separates SiD and SIM from DMD, which treats both predictions as constants.
+
+Adam with beta1 = 0, NaN/inf gradients zeroed, optional EMA. LSG (long and short classifier-free
+guidance): one guidance scale for the teacher, for training the fake score and for evaluating it.
+The recipes (`recipes/sid.py`, `recipes/sim.py`) choose the generator loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
+
+import torch
+
+from .. import losses
+from ..denoiser import CFGDenoiser, native_loss_weight
+from ..schedules import DiscreteRange, KarrasRamp, LogNormalSigma, UniformTime
+from ..student import Student
+from ..trio import make_fake_score, make_generator, make_real_score, trainable
+from .draw import Draw
+from .sections import LRSchedule
+from .setup import Setup, make_ema, make_optimizer, optimizer_step, trainable_params
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "digits"  # "digits", a local diffusers folder, or a hub id
+    # G(z) = teacher(sigma(t) z, t) at this one time (SiD: sigma_init 2.5 on EDM; SiD-LSG: t = 625 on SD).
+    # 800 on the digits teacher's cosine schedule: sigma/alpha = 3.1, SiD's 2.5 in units of sigma_data
+    # 0.5 rescaled to the digits' std 0.64. Its FD after 100 steps was 0.88 vs 1.9 from t = 999.
+    generator_timesteps: tuple[float, ...] = (800.0,)
+    gradient_checkpointing: bool = False  # the generator loss backpropagates through two more networks
+
+
+@dataclass
+class LossConfig:
+    """The sections' shared keys; each recipe's `LossConfig` adds its loss's own."""
+
+    guidance: float = 1.0  # LSG: teacher, fake-score training and fake-score evaluation alike
+    # Generator-loss times: "index", an index drawn from [min_step, max_step) of the levels (SiD-LSG's
+    # t ~ U[20, 980) on SD); "karras", SiD's EDM levels (sigma^(1/7) uniform over [0.002, 24.4]).
+    time_sampling: Literal["index", "karras"] = "index"
+    min_step: float = 0.02
+    max_step: float = 0.98
+    # Fake-score loss: "native", the teacher's own parameterisation with uniform times (how a VP teacher
+    # was trained; SiD-LSG's eps-MSE), or "edm", EDM's lambda(sigma) with lognormal levels (SiD on EDM
+    # teachers). On the v-prediction digits teacher native scored FD 0.220 vs 0.23-0.25 with edm: the
+    # lognormal puts <1% of its levels where the generator loss puts a quarter (sigma/alpha > 2.3).
+    fake_weighting: Literal["edm", "native"] = "native"
+    p_mean: float = -1.2  # EDM lognormal noise levels of the fake-score loss
+    p_std: float = 1.2
+
+
+@dataclass
+class OptimConfig:
+    # On digits a generator rate of 1e-4 made FD swing 2x within 100 steps (the fake score cannot
+    # track it); 3e-5 with the fake score at 1e-4 descends steadily, and the cosine decay settles it.
+    lr_generator: float = 3e-5
+    lr_fake: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.999)  # SiD: beta1 = 0 for both networks
+    eps: float = 1e-8  # 1e-6 with fp16 in the official code
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: Optional[float] = 10.0  # SiD-LSG README: fp16 "requires gradient clipping"
+    # "linear" / "cosine": both rates decay to zero at train.max_steps (set it to what the time limit allows)
+    lr_schedule: LRSchedule = "cosine"
+
+
+GeneratorLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(kw_only=True)
+class Run:
+    """Everything `setup` builds; the steps below read it."""
+
+    cfg: object  # the recipe's config: model, loss (a LossConfig), optim, train, data sections
+    setup: Setup
+    ts: torch.Tensor  # the generator's one timestep
+    real: CFGDenoiser  # the teacher with LSG guidance
+    fake_score: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    generator: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_f: torch.optim.Optimizer
+    sched_g: object
+    sched_f: object
+    ema: object
+
+
+
+
+def setup(cfg) -> Run:
+    """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
+    s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data)
+    teacher = s.teacher
+    ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
+    if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
+        raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
+                         f"(a one-step generator); got {list(ts)}")
+    if cfg.loss.guidance != 1.0 and s.conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
+        raise ValueError("loss.guidance != 1 needs a conditional teacher with an unconditional branch")
+    fake_score = make_fake_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing)
+    generator = make_generator(teacher, float(ts[0]), gradient_checkpointing=cfg.model.gradient_checkpointing)
+    o = cfg.optim
+    gen_params = trainable_params(generator)
+    decay = dict(warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=cfg.train.max_steps)
+    opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, eps=o.eps,
+                                    weight_decay=o.weight_decay, **decay)
+    opt_f, sched_f = make_optimizer(trainable_params(fake_score), lr=o.lr_fake, betas=o.betas, eps=o.eps,
+                                    weight_decay=o.weight_decay, **decay)
+    generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.accelerator.prepare(
+        generator, fake_score, opt_g, opt_f, sched_g, sched_f)
+    ema = make_ema(gen_params, cfg.train.ema_decay, s.accelerator)
+    return Run(cfg=cfg, setup=s, ts=ts, real=CFGDenoiser(make_real_score(teacher), cfg.loss.guidance),
+               fake_score=fake_score, generator=generator, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g,
+               sched_f=sched_f, ema=ema)
+
+
+def guided(denoiser, scale: float, x_t, t, conditioner, labels):
+    """`uncond + scale (cond - uncond)`: one batched call; the conditional prediction alone at scale 1."""
+    cond = conditioner.cond(labels)
+    return CFGDenoiser(denoiser, scale)(x_t, t, uncond=conditioner.uncond(labels) if scale != 1 else None, **cond)
+
+
+def update(run: Run, loss: torch.Tensor, module: torch.nn.Module, opt, sched) -> None:
+    """One optimiser step on `module`'s trainable weights, NaN/inf gradients zeroed as SiD does."""
+    optimizer_step(run.setup.accelerator, loss, trainable_params(module), opt, sched,
+                   grad_clip=run.cfg.optim.grad_clip, nan_to_num=True)
+
+
+def generate(run: Run, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh samples x = G(z) with their labels, keeping G's graph for the generator step.
+
+    The official SiD loop runs G twice per step (once under no_grad for the fake score); G does not
+    change between the two updates, so one forward serves both, as in SwiftBrush's loop: a network
+    pass saved per step (5% of a digits step)."""
+    labels = draw.labels(run.setup.conditioner)
+    return run.generator(draw.randn(*run.setup.shape), **run.setup.conditioner.cond(labels)), labels
+
+
+def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Denoising on detached G samples (SiD Eq. 9), with LSG's guidance on the fake score's output."""
+    cfg, schedule, conditioner = run.cfg, run.setup.schedule, run.setup.conditioner
+    x = x.detach()
+    labels = draw.dropped(labels, cfg.data.prompt_dropout)
+    if cfg.loss.fake_weighting == "edm":  # EDM Eq. 8: lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2
+        t = draw.times(LogNormalSigma(cfg.loss.p_mean, cfg.loss.p_std), schedule)
+        weight = native_loss_weight("edm", 1.0, schedule.sigma(t) / schedule.alpha(t))
+    else:
+        t = draw.times(UniformTime(), schedule)
+        weight = native_loss_weight(run.setup.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
+    x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)
+    loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, x_t, t, conditioner, labels), x, weight)
+    update(run, loss, run.fake_score, run.opt_f, run.sched_f)
+    return {"loss_fake": loss.item()}
+
+
+def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
+                   generator_loss: GeneratorLoss) -> dict[str, float]:
+    """`generator_loss(x, x0_real, x0_fake, t)` at a noised copy of the G samples x (with their graph);
+    gradients reach G through x, x_t and both frozen networks' activations."""
+    cfg, schedule, conditioner = run.cfg, run.setup.schedule, run.setup.conditioner
+    t = draw.times(KarrasRamp() if cfg.loss.time_sampling == "karras" else
+                   DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
+    x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)  # not detached: SiD differentiates through x_t
+    fake = run.setup.unwrap(run.fake_score)  # unwrapped: its weights take no gradient here, so DDP must not wait for them
+    with trainable(fake, False):
+        x0_real = guided(run.real.denoiser, cfg.loss.guidance, x_t, t, conditioner, labels)
+        x0_fake = guided(fake, cfg.loss.guidance, x_t, t, conditioner, labels)
+        loss = generator_loss(x, x0_real, x0_fake, t)
+        update(run, loss, run.generator, run.opt_g, run.sched_g)
+    if run.ema is not None:
+        run.ema.step(trainable_params(run.generator))
+    return {"loss_g": loss.item()}
+
+
+def student(run: Run, name: str) -> Student:
+    return Student.from_setup(run.setup, generator=run.generator, timesteps=run.ts, ema=run.ema, name=name)

@@ -1,0 +1,69 @@
+"""The recipe interface, and the run every recipe shares: setup, the step loop, the end of training.
+
+A recipe is a module (`recipes/<method>.py`) with
+
+    NAME                                   the recipe's name (logs, results, model cards)
+    setup(cfg) -> Run                      every network, optimiser and check; `run.setup` is a `Setup`
+    step(run, draw, step) -> dict          one optimisation step, returning the values to log
+    students(run) -> list[Student]         what training produced (`stepdistill.student`)
+
+and a typed config with `train`, `data`, `eval`, `export` sections, `optim.lr_schedule` when its rates can
+decay, and `resume`. `run_recipe(recipe, cfg)` is everything around the steps: restoring a checkpoint,
+the loop with logs, sample grids and checkpoints (which carry the students' weights), the EMA weights at
+the end, the digits benchmark and the export. A protocol, not a base class: a recipe file holds only its
+method (torchtune's `recipe_interfaces.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from ..config import to_dict
+from ..student import AnyStudent
+from ..trio import make_real_score
+from .draw import Draw
+from .final import finish, save_samples
+from .loop import train_loop
+from .setup import restore
+
+
+class Recipe(Protocol):
+    NAME: str
+
+    def setup(self, cfg: Any) -> Any: ...
+
+    def step(self, run: Any, draw: Draw, step: int) -> dict[str, float]: ...
+
+    def students(self, run: Any) -> list[AnyStudent]: ...
+
+
+def decays(optim: Any) -> bool:
+    """Whether an optim section's learning rates decay over train.max_steps (`lr_schedule`)."""
+    return getattr(optim, "lr_schedule", "constant") != "constant"
+
+
+def student_weights(students: list[AnyStudent]) -> dict:
+    """The weights a checkpoint keeps for its students: one student's state dict, or each prefixed by name."""
+    if len(students) == 1:
+        return students[0].state_dict()
+    return {f"{s.name}.{k}": v for s in students for k, v in s.state_dict().items()}
+
+
+def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
+    """Train `recipe` under `cfg` and finish: returns the digits benchmark result, if one was measured."""
+    start_time = time.time()
+    run = recipe.setup(cfg)
+    setup = run.setup
+    start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg)
+    steps_done = train_loop(
+        setup.accelerator, cfg.train, name=recipe.NAME, start_step=start_step, start_time=start_time,
+        step_fn=lambda draw, step: recipe.step(run, draw, step),
+        save_samples=lambda path: save_samples(recipe.students(run)[0], path),
+        student_weights=lambda: student_weights(recipe.students(run)),
+        tracker_config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)))
+    students = [s.use_ema() for s in recipe.students(run)]
+    return finish(students, setup.accelerator, output_dir=cfg.train.output_dir, evaluation=cfg.eval,
+                  export=cfg.export, real_denoiser=make_real_score(setup.teacher), schedule=setup.schedule,
+                  steps_done=steps_done, max_steps=cfg.train.max_steps,
+                  train_minutes=(time.time() - start_time) / 60, config=to_dict(cfg))
