@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Callable
+
 import torch
 
 from stepdistill.losses.weights import per_sample  # noqa: F401 - the kernels' functions take weights as the losses do
@@ -29,3 +33,20 @@ def is_one(grad_output: torch.Tensor) -> bool:
     gradient can be returned as is instead of paying one more full read + write to scale it.
     (`item()` is one host sync on CUDA, far cheaper than that pass.)"""
     return grad_output.numel() == 1 and grad_output.item() == 1.0
+
+
+def fused_entry(reference: Callable[..., torch.Tensor], function: type[torch.autograd.Function]):
+    """The fused loss's entry point: `function.apply` behind the reference's own signature and docstring
+    (written once, in `stepdistill.losses`), arguments bound by name and defaults filled in, since
+    `autograd.Function.apply` takes positional arguments only."""
+    signature = inspect.signature(reference)
+
+    @functools.wraps(reference)
+    def fused(*args, **kwargs) -> torch.Tensor:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return function.apply(*bound.args)
+
+    fused.__doc__ = f"Fused `{reference.__module__}.{reference.__name__}` (same arguments, same result).\n\n" + (
+        reference.__doc__ or "")
+    return fused

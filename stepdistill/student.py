@@ -31,15 +31,14 @@ __all__ = ["Student", "RoutedStudent", "AnyStudent", "student_timesteps"]
 
 
 def student_timesteps(timesteps: torch.Tensor, steps: int | None) -> torch.Tensor:
-    """The student's own times, or `steps` of them evenly spaced from the first (a 4-step DMD2 student
-    sampled in 2 steps runs 999 and 499): a student is only trained at its own times."""
+    """The student's own times, or `steps` of them evenly strided from the first (a 4-step DMD2 student
+    sampled in 2 steps runs 999 and 499, as LCM subsets its grid): a student is only trained at its own times."""
     if steps is None or steps == len(timesteps):
         return timesteps
     if not 1 <= steps <= len(timesteps):
         raise ValueError(f"steps={steps}: this student samples in 1..{len(timesteps)} of its times "
                          f"{[float(t) for t in timesteps]}")
-    idx = torch.linspace(0, len(timesteps) - 1, steps).round().long()
-    return timesteps[idx]
+    return timesteps[(torch.arange(steps) * len(timesteps)) // steps]
 
 
 @dataclass(kw_only=True)

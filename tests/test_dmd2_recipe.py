@@ -203,3 +203,22 @@ def test_final_evaluation_runs_the_student_in_float32(teacher_dir, tmp_path, mon
     with torch.no_grad():
         torch.testing.assert_close(gen(z, **cond), gen.denoiser(z * gen.input_scale, gen.t_init, **cond),
                                    rtol=0, atol=0)
+
+
+def test_checkpoints_carry_the_students_ema_weights_which_evaluation_loads(teacher_dir, tmp_path):
+    """A checkpoint's `student.safetensors` holds the weights the run evaluates and exports (EMA applied):
+    equal to the exported unet's, and what `CheckpointModel` loads, with no guessing among accelerate's files."""
+    from stepdistill.evaluation.generate import CheckpointModel
+
+    dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path, "train.max_steps=2", "train.ema_decay=0.5", "loss.gan=false")))
+    ckpt = tmp_path / "checkpoints" / "step_00000002"
+    student = load_file(str(ckpt / "student.safetensors"))
+    exported = load_file(str(tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
+    trained = load_file(str(ckpt / "model.safetensors"))  # the raw generator: differs from its EMA
+    prefix = "denoiser.net."
+    assert {k[len(prefix):] for k in student} == set(exported)
+    assert all(torch.equal(student[prefix + k], v) for k, v in exported.items())
+    assert any(not torch.equal(student[k], trained[k]) for k in student)
+    model = CheckpointModel(ckpt)
+    assert model.info["ema"] is True
+    assert all(torch.equal(v, student[k]) for k, v in model.generator.state_dict().items())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..common import as_rows, is_one
+from ..common import as_rows, fused_entry, is_one
+from .reference import dmd_loss
 from .triton_kernel import dmd_forward
 
 
@@ -33,6 +34,4 @@ class FusedDMDLoss(torch.autograd.Function):
         return grad.view(ctx.shape), None, None
 
 
-def dmd_loss_fused(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> torch.Tensor:
-    """Fused `stepdistill.losses.dmd.dmd_loss` (same arguments, same result)."""
-    return FusedDMDLoss.apply(x, x0_real, x0_fake)
+dmd_loss_fused = fused_entry(dmd_loss, FusedDMDLoss)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..common import as_rows, is_one, per_sample
+from ..common import as_rows, fused_entry, is_one, per_sample
+from .reference import pseudo_huber_loss
 from .triton_kernel import pseudo_huber_forward
 
 
@@ -36,8 +37,4 @@ class FusedPseudoHuberLoss(torch.autograd.Function):
         return grad if ctx.needs_input_grad[0] else None, grad_target, None, grad_weight
 
 
-def pseudo_huber_loss_fused(
-    pred: torch.Tensor, target: torch.Tensor, c: float, weight: torch.Tensor | float | None = None
-) -> torch.Tensor:
-    """Fused `stepdistill.losses.consistency.pseudo_huber_loss` (same arguments, same result)."""
-    return FusedPseudoHuberLoss.apply(pred, target, c, weight)
+pseudo_huber_loss_fused = fused_entry(pseudo_huber_loss, FusedPseudoHuberLoss)

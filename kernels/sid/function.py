@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..common import as_rows
+from ..common import as_rows, fused_entry
+from .reference import sid_loss
 from .triton_kernel import sid_backward, sid_forward
 
 
@@ -35,6 +36,4 @@ class FusedSiDLoss(torch.autograd.Function):
         return shaped[0], shaped[1], shaped[2], None
 
 
-def sid_loss_fused(x: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Fused `stepdistill.losses.sid.sid_loss` (same arguments, same result)."""
-    return FusedSiDLoss.apply(x, y_real, y_fake, alpha)
+sid_loss_fused = fused_entry(sid_loss, FusedSiDLoss)

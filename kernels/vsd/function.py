@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..common import as_rows, is_one, per_sample
+from ..common import as_rows, fused_entry, is_one, per_sample
+from .reference import vsd_loss
 from .triton_kernel import vsd_forward
 
 
@@ -33,15 +34,4 @@ class FusedVSDLoss(torch.autograd.Function):
         return grad.view(ctx.shape), None, None, None, None, None, None, None
 
 
-def vsd_loss_fused(
-    x: torch.Tensor,
-    x0_real_cond: torch.Tensor,
-    x0_real_uncond: torch.Tensor,
-    x0_fake_cond: torch.Tensor,
-    x0_fake_uncond: torch.Tensor,
-    s_real: float,
-    s_fake: float,
-    weight: torch.Tensor | float,
-) -> torch.Tensor:
-    """Fused `stepdistill.losses.vsd.vsd_loss` (same arguments, same result)."""
-    return FusedVSDLoss.apply(x, x0_real_cond, x0_real_uncond, x0_fake_cond, x0_fake_uncond, s_real, s_fake, weight)
+vsd_loss_fused = fused_entry(vsd_loss, FusedVSDLoss)

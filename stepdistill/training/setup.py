@@ -122,8 +122,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     dataset = None
     if data.images is not None:
         dataset = ImageFolder(data.images, resolution, channels=data.image_channels)
-    elif need_images and isinstance(space, PixelSpace) and net_cfg.in_channels == 1:
-        dataset = DigitsDataset(resolution, split="all")
+    elif need_images and isinstance(space, PixelSpace) and (net_cfg.get("out_channels") or net_cfg.in_channels) == 1:
+        dataset = DigitsDataset(resolution, split="all")  # one-channel pixel teachers: the shipped digits
     if need_images and dataset is None:
         raise ValueError("this configuration needs real images: set data.images to an image folder")
     if conditioner is None:

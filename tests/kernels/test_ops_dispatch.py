@@ -70,3 +70,11 @@ def test_importing_the_library_loads_neither_the_kernels_nor_triton():
     code = "import sys, stepdistill, stepdistill.losses; print(sorted(m for m in sys.modules " \
            "if m.split('.')[0] in ('stepdistill_kernels', 'triton')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_fused_entry_points_carry_the_reference_signature(name):
+    """The fused function is declared by its reference (`kernels.common.fused_entry`): no second copy of
+    the signature to drift, keyword arguments and defaults bound as the reference binds them."""
+    fused = getattr(importlib.import_module(f"stepdistill_kernels.{name}.function"), OPS[name].__name__ + "_fused")
+    assert inspect.signature(fused) == inspect.signature(OPS[name].reference)

@@ -1,0 +1,62 @@
+"""Conditions: what a teacher's kind of conditioning gives the recipes (keyword arguments, extra input
+channels, the sample shape), read by `setup_data` from the teacher itself."""
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from stepdistill.conditioning import ImageConditioner, Unconditional
+from stepdistill.training import DataConfig, setup_data
+from stepdistill.training.setup import sample_shape
+from stepdistill.trio import load_teacher
+
+
+def _teacher(tmp_path, **unet):
+    UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                **unet).save_pretrained(tmp_path / "unet")
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon").save_pretrained(tmp_path / "scheduler")
+    return load_teacher(tmp_path)
+
+
+def test_unconditional_teacher_gets_no_condition(tmp_path):
+    teacher = _teacher(tmp_path, in_channels=1, out_channels=1)
+    conditioner, space, dataset = setup_data(DataConfig(), teacher, "cpu", need_images=False)
+    assert isinstance(conditioner, Unconditional) and dataset is None
+    labels = conditioner.sample_labels(3)
+    assert conditioner.cond(labels) == {} and conditioner.uncond(labels) is None
+    assert sample_shape(teacher, conditioner, space) == (1, 16, 16)
+    x0 = teacher.denoiser()(torch.randn(3, 1, 16, 16), 500.0, **conditioner.cond(labels))
+    assert x0.shape == (3, 1, 16, 16)
+
+
+@torch.no_grad()
+def test_image_conditioned_teacher_concatenates_the_low_resolution_image(tmp_path):
+    """A super-resolution teacher (2 input channels, 1 output): the condition is the real image
+    downsampled 4x, upsampled back and concatenated after c_in; the sample has the output's channels;
+    the null condition (-1) is an all-zero image, so guidance has an unconditional branch."""
+    teacher = _teacher(tmp_path, in_channels=2, out_channels=1)
+    conditioner, space, dataset = setup_data(DataConfig(condition_scale=4), teacher, "cpu", need_images=False)
+    assert isinstance(conditioner, ImageConditioner) and conditioner.extra_channels == 1 and dataset is not None
+    assert sample_shape(teacher, conditioner, space) == (1, 16, 16)
+    labels = torch.tensor([5, -1])
+    concat = conditioner.cond(labels)["concat"]
+    hr = dataset[5]["images"]
+    low = torch.nn.functional.avg_pool2d(hr[None], 4)
+    assert concat.shape == (2, 1, 16, 16) and float(concat[1].abs().max()) == 0
+    up = torch.nn.functional.interpolate(low, size=(16, 16), mode="bicubic", align_corners=False).clamp(-1, 1)
+    torch.testing.assert_close(concat[:1], up)  # the 4x4 degraded image, brought back to the sample size
+    assert (concat[0] - hr).abs().mean() < (concat[0] - dataset[6]["images"]).abs().mean()
+    den = teacher.denoiser()
+    x_t, t = torch.randn(2, 1, 16, 16), torch.tensor([300.0, 300.0])
+    seen = []
+    handle = den.net.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x0 = den(x_t, t, **conditioner.cond(labels))
+    handle.remove()
+    c_in = float(den.schedule.c_in(t[:1]))
+    torch.testing.assert_close(seen[0], torch.cat([x_t * c_in, concat], dim=1))  # unscaled condition
+    assert x0.shape == (2, 1, 16, 16)
+    # classifier-free guidance batches the zero image as the unconditional branch
+    from stepdistill.denoiser import CFGDenoiser
+
+    guided = CFGDenoiser(den, 2.0)(x_t, t, uncond=conditioner.uncond(labels), **conditioner.cond(labels))
+    assert guided.shape == x0.shape and torch.isfinite(guided).all()
