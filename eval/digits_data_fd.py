@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepdistill.benchmark import DigitsBenchmark, default_row
+from stepdistill.digits_benchmark import DigitsBenchmark, default_row
 from stepdistill.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"

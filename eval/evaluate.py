@@ -196,7 +196,7 @@ def _row(key, sets, per_set, seconds, aggregate) -> dict:
 
 
 def calc_digits(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
-    from stepdistill.benchmark import DigitsBenchmark
+    from stepdistill.digits_benchmark import DigitsBenchmark
     from stepdistill.evaluation.digits import aggregate_sets, score_digits_set
     from stepdistill.evaluation.generate import read_images
 
@@ -218,7 +218,7 @@ def calc_digits(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
         print(f"{r['model']:8s} {r['sampler']:9s} NFE {r['nfe']:3d}: FD {r['fd']:.3f} ± {r['fd_std']:.3f}  "
               f"KID {r['kid']:.4f}  P {r['precision']:.3f}  R {r['recall']:.3f}  acc {r['accuracy']:.3f}  "
               f"{1e3 * r['seconds_per_image']:.2f} ms/img", flush=True)
-    settings = dict(features="DigitsClassifier penultimate features / reference RMS std (stepdistill.benchmark)",
+    settings = dict(features="DigitsClassifier penultimate features / reference RMS std (stepdistill.digits_benchmark)",
                     reference="digits reference split, 797 images, classes weighted equally",
                     kid_subsets=50, n_per_class=bench.n_per_class, images_stored_as="uint8")
     floor = dict(fd=floor["fd"], kid=floor["kid"], precision=floor["precision"], recall=floor["recall"],

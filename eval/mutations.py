@@ -98,7 +98,7 @@ MUTANTS = [
     # Shared library
     Mutant("ema_decay_inverted", "stepdistill/training/setup.py", "EMAModel(params, decay=decay)",
            "EMAModel(params, decay=1 - decay)", ("tests/test_training_setup.py",), "the EMA decay inverted"),
-    Mutant("generator_input_scale_dropped", "stepdistill/trio.py",
+    Mutant("generator_input_scale_dropped", "stepdistill/roles.py",
            "return self.denoiser(z * self.input_scale, self.t_init, **cond)",
            "return self.denoiser(z, self.t_init, **cond)",
            (f"{RECORDED}::test_short_run_logs_the_recorded_losses[sid]",), "the generator's input scale sigma(t0) dropped"),

@@ -5,7 +5,7 @@
 
 Writes `eval/results/teacher_digits.json` (rows in the schema every recipe reports), a plot
 `teacher_digits.png` (FD and accuracy against NFE, with the real-vs-real floor) and a sample grid
-`teacher_digits_samples.png`. Protocol: `stepdistill.benchmark`.
+`teacher_digits_samples.png`. Protocol: `stepdistill.digits_benchmark`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stepdistill.benchmark import DigitsBenchmark, markdown_table, teacher_sample_fn
+from stepdistill.digits_benchmark import DigitsBenchmark, markdown_table, teacher_sample_fn
 from stepdistill.io import atomic_write_text
 from stepdistill.samplers import nfe_of, steps_for_nfe
-from stepdistill.trio import load_teacher, make_real_score
+from stepdistill.roles import load_teacher, make_real_score
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_NFE = 35  # EDM's 18-step Heun budget; every sampler is run at it and the best is the default

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stepdistill.benchmark import DigitsBenchmark, default_row  # noqa: E402
+from stepdistill.digits_benchmark import DigitsBenchmark, default_row  # noqa: E402
 from stepdistill.checkpointing import checkpoint_dirs, checkpoint_step  # noqa: E402
 from stepdistill.evaluation.generate import CheckpointModel  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402

@@ -34,7 +34,7 @@ from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, make_ema,
                                   make_optimizer, optimizer_step, run_recipe, trainable_params)
-from stepdistill.trio import make_fake_score, make_generator, make_real_score
+from stepdistill.roles import make_fake_score, make_generator, make_real_score
 
 NAME = "swiftbrush"
 

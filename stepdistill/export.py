@@ -11,7 +11,7 @@ Two kinds of folder, both loadable with stock diffusers in an environment withou
   the student unet and a stock scheduler; `DiffusionPipeline.from_pretrained(folder)` then
   `pipe(prompt, num_inference_steps=K, guidance_scale=0, timesteps=[...])` samples with the student.
 
-The student's first input is sigma(t_0) z (`trio.Generator`): exactly z only where alpha(t_0) = 0 (t = 999 of a
+The student's first input is sigma(t_0) z (`roles.Generator`): exactly z only where alpha(t_0) = 0 (t = 999 of a
 cosine schedule), 0.9977 z at t = 999 of SD's schedule, 0.93 z at SiD's t_0 = 625. The class-conditional
 pipeline scales its noise itself. A stock text-to-image pipeline multiplies its noise by the scheduler's
 `init_noise_sigma`, which is 1 for LCMScheduler: so a one-step student is exported with an

@@ -169,7 +169,7 @@ def sample(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, *, 
 
 @torch.no_grad()
 def one_step(generator: Callable[..., torch.Tensor], z: torch.Tensor, **cond) -> torch.Tensor:
-    """x = G(z): a generator already bound to its input time (see `trio.Generator`)."""
+    """x = G(z): a generator already bound to its input time (see `roles.Generator`)."""
     return generator(z, **cond)
 
 

@@ -1,6 +1,6 @@
 """What every recipe hands back: a `Student`, which samples, exports and checkpoints itself.
 
-A student is a trained generator G(z) = D(sigma(t_0) z, t_0) (`trio.Generator`) with what sampling it
+A student is a trained generator G(z) = D(sigma(t_0) z, t_0) (`roles.Generator`) with what sampling it
 needs: its timesteps (one, or several with re-noising in between: `samplers.multistep`), the conditioner
 that turns labels into network inputs, the sample space (pixels, or a VAE's latents) and the teacher it
 was distilled from (the base of its export). A `RoutedStudent` (K students and a map from condition to
@@ -43,13 +43,13 @@ def student_timesteps(timesteps: torch.Tensor, steps: int | None) -> torch.Tenso
 
 @dataclass(kw_only=True)
 class Student:
-    generator: torch.nn.Module  # trio.Generator, unwrapped (no DDP, no autocast wrapper)
+    generator: torch.nn.Module  # roles.Generator, unwrapped (no DDP, no autocast wrapper)
     conditioner: object
     schedule: object
     timesteps: torch.Tensor  # float64, descending; the first is the generator's t_0
     space: object
     shape: tuple[int, ...]  # one sample in the model's space
-    teacher: object  # trio.Teacher: the export's base (its folder, scheduler config, source)
+    teacher: object  # roles.Teacher: the export's base (its folder, scheduler config, source)
     ema: Optional[object] = None  # diffusers EMAModel over the generator's trainable parameters
     name: str = "student"
 
@@ -100,7 +100,7 @@ class Student:
         return [(n, p) for n, p in self.generator.named_parameters() if p.requires_grad]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The generator's weights (`trio.Generator` keys) with the EMA's in place of the trained ones
+        """The generator's weights (`roles.Generator` keys) with the EMA's in place of the trained ones
         when an EMA is kept: what evaluation and export use. The generator itself is not changed."""
         state = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
         if self.ema is not None:

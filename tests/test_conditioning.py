@@ -7,7 +7,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from stepdistill.conditioning import ImageConditioner, Unconditional
 from stepdistill.training import DataConfig, setup_data
 from stepdistill.training.setup import sample_shape
-from stepdistill.trio import load_teacher
+from stepdistill.roles import load_teacher
 
 
 def _teacher(tmp_path, **unet):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from stepdistill.benchmark import DigitsBenchmark, markdown_table
 from stepdistill.classifier import DigitsClassifier
 from stepdistill.data import DigitsDataset, load_digits_tensors, split_indices
+from stepdistill.digits_benchmark import DigitsBenchmark, markdown_table
 from stepdistill.io import atomic_dir
 
 

@@ -6,7 +6,7 @@ from diffusers import DDPMScheduler
 
 from stepdistill.discriminator import GANHead
 from stepdistill.losses import generator_gan_loss
-from stepdistill.trio import load_teacher, make_fake_score, make_generator
+from stepdistill.roles import load_teacher, make_fake_score, make_generator
 
 
 @pytest.fixture

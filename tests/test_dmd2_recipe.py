@@ -87,7 +87,7 @@ def test_exported_student_reproduces_the_trained_generator_without_stepdistill(t
     child = subprocess.run([sys.executable, "-I", "-c", CHILD, str(out / "pipeline"), str(tmp_path / "x.safetensors")],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
-    from stepdistill.trio import load_teacher, make_generator
+    from stepdistill.roles import load_teacher, make_generator
 
     gen = make_generator(load_teacher(teacher_dir))
     gen.net.load_state_dict({k.removeprefix("denoiser.net."): v for k, v in _generator_weights(out).items()})
@@ -105,7 +105,7 @@ def test_regression_pairs_are_the_teachers_ode_solutions_and_are_reused(teacher_
     from stepdistill.data.ode_pairs import make_ode_pairs
     from stepdistill.denoiser import CFGDenoiser
     from stepdistill.samplers import sample
-    from stepdistill.trio import load_teacher
+    from stepdistill.roles import load_teacher
 
     teacher = load_teacher(teacher_dir)
     den, cond = CFGDenoiser(teacher.denoiser(), 1.0), ClassConditioner.for_embeddings(11)

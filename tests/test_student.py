@@ -10,7 +10,7 @@ from stepdistill.denoiser import Denoiser
 from stepdistill.latents import PixelSpace
 from stepdistill.schedules import from_scheduler_config
 from stepdistill.student import RoutedStudent, Student, student_timesteps
-from stepdistill.trio import Generator
+from stepdistill.roles import Generator
 
 
 def _student(unet, timesteps, seed=0, **kwargs):

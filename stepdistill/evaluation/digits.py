@@ -1,4 +1,4 @@
-"""The digits protocol on generated folders: `stepdistill.benchmark.DigitsBenchmark`'s FD / KID /
+"""The digits protocol on generated folders: `stepdistill.digits_benchmark.DigitsBenchmark`'s FD / KID /
 precision / recall / accuracy, scored per image set and aggregated across sets exactly as
 `DigitsBenchmark.evaluate` does (mean, sample std, per-set FD, median seconds per image)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..benchmark import DigitsBenchmark
-from ..benchmark import aggregate as aggregate_sets  # one row from per-set scores
+from ..digits_benchmark import DigitsBenchmark
+from ..digits_benchmark import aggregate as aggregate_sets  # one row from per-set scores
 
 __all__ = ["score_digits_set", "aggregate_sets"]
 

@@ -61,7 +61,7 @@ class TeacherModel:
     """A teacher with an ODE sampler; class labels go to the network as `class_labels`."""
 
     def __init__(self, source: str, sampler: str = "dpmpp_2m", spacing: str = "karras"):
-        from ..trio import load_teacher, make_real_score
+        from ..roles import load_teacher, make_real_score
 
         self.teacher = load_teacher(source)
         if self.teacher.extra:
@@ -147,7 +147,7 @@ class CheckpointModel:
         from ..conditioning import ClassConditioner
         from ..latents import PixelSpace
         from ..student import Student
-        from ..trio import load_teacher, make_generator
+        from ..roles import load_teacher, make_generator
 
         checkpoint = Path(checkpoint)
         config_path = checkpoint.parent.parent / "config.yaml"

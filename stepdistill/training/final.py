@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..benchmark import DigitsBenchmark, default_row, markdown_table, teacher_sample_fn
+from ..digits_benchmark import DigitsBenchmark, default_row, markdown_table, teacher_sample_fn
 from ..export import push_to_hub
 from ..io import atomic_write_text
 from ..samplers import steps_for_nfe

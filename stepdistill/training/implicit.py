@@ -24,7 +24,7 @@ from .. import losses
 from ..denoiser import CFGDenoiser, native_loss_weight
 from ..schedules import DiscreteRange, KarrasRamp, LogNormalSigma, UniformTime
 from ..student import Student
-from ..trio import make_fake_score, make_generator, make_real_score, trainable
+from ..roles import make_fake_score, make_generator, make_real_score, trainable
 from .draw import Draw
 from .sections import LRSchedule
 from .setup import Setup, make_ema, make_optimizer, optimizer_step, trainable_params

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from ..config import to_dict
 from ..student import AnyStudent
-from ..trio import make_real_score
+from ..roles import make_real_score
 from .draw import Draw
 from .final import finish, save_samples
 from .loop import train_loop

@@ -22,7 +22,7 @@ from ..conditioning import ClassConditioner, ImageConditioner, TextConditioner, 
 from ..data import DigitsDataset, ImageFolder, load_prompts
 from ..distributed import make_accelerator
 from ..latents import LatentSpace, PixelSpace
-from ..trio import Teacher, load_teacher
+from ..roles import Teacher, load_teacher
 from .sections import DataConfig, LRSchedule, TrainConfig
 
 

@@ -1,4 +1,5 @@
-"""The trio every distribution-matching recipe shares: real score, fake score, generator.
+"""The roles a recipe builds from its teacher: the trio every distribution-matching method shares (real
+score, fake score, generator), and the target networks consistency methods add.
 
 - `load_teacher(source)`: a diffusers denoising network and its scheduler config, from the shipped
   assets (`"digits"`), a local diffusers folder or a hub id; read once into a `Teacher`.
@@ -7,6 +8,7 @@
   teacher, or a peft LoRA on the teacher's own network (SwiftBrush: adapters on for the fake score,
   off for the real score, so two networks' weights are in memory, not three).
 - `make_generator`: a trainable copy of the teacher evaluated at a fixed input time (or K copies).
+- `make_target` / `ema_update`: a frozen copy of a network and its EMA update (consistency targets).
 
 `requires_grad` switching and gradient checkpointing live here so recipes never touch parameters.
 """

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from stepdistill.trio import (Generator, TeacherLoadError, load_teacher, make_fake_score, make_generator,
+from stepdistill.roles import (Generator, TeacherLoadError, load_teacher, make_fake_score, make_generator,
                               make_real_score, trainable)
 
 
@@ -120,7 +120,7 @@ def test_trainable_toggles_only_trainable_parameters(teacher_folder):
 
 def test_target_network_is_a_frozen_copy_moved_only_by_ema_update(teacher_folder):
     """make_target: a frozen copy; ema_update(target, online, mu): theta^- <- mu theta^- + (1 - mu) theta."""
-    from stepdistill.trio import ema_update, make_target
+    from stepdistill.roles import ema_update, make_target
 
     online = make_fake_score(load_teacher(teacher_folder))
     target = make_target(online)
