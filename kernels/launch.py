@@ -41,6 +41,20 @@ def check_launchable(t: torch.Tensor, kernel: object) -> None:
     )
 
 
+@triton.jit
+def row_block(i, b, N, BLOCK: tl.constexpr):
+    """Program (i, b)'s block of sample b's row in a contiguous (B, N) tensor: the flat element indices
+    (int64: B * N may exceed 2^31 for video latents) and the mask of those inside the row."""
+    offs = i * BLOCK + tl.arange(0, BLOCK)
+    return b.to(tl.int64) * N + offs, offs < N
+
+
+@triton.jit
+def load_f32(ptr, idx, mask):
+    """A masked block as float32 (0 outside the row), whatever the tensor's dtype."""
+    return tl.load(ptr + idx, mask=mask, other=0.0).to(tl.float32)
+
+
 def block_size(n: int) -> int:
     """Elements per program along a sample's row: a power of two, no larger than the row needs."""
     return min(MAX_BLOCK, triton.next_power_of_2(n))

@@ -148,9 +148,6 @@ class Run:
     pairs: Optional[ODEPairs]  # the regression loss's teacher ODE pairs
 
 
-
-
-
 def setup(cfg: DMD2Config) -> Run:
     """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
     s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data,

@@ -100,8 +100,6 @@ class Run:
     ema: object
 
 
-
-
 def setup(cfg: SwiftBrushConfig) -> Run:
     """Validate, build the teacher-with-LoRA and the generator, optimisers. Errors raise here."""
     s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data)

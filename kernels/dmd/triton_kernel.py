@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import block_size, check_launchable, row_grid
+from ..launch import block_size, check_launchable, load_f32, row_block, row_grid
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # |g| <= FLT_MAX is False exactly for nan and +-inf
 
@@ -34,11 +34,9 @@ def dmd_norm_kernel(
     BLOCK: tl.constexpr,
 ):
     i, b = tl.program_id(0), tl.program_id(1)
-    offs = i * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    row = b.to(tl.int64) * N  # int64: B * N may exceed 2^31 for video latents
-    x = tl.load(x_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    real = tl.load(x0_real_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+    idx, mask = row_block(i, b, N, BLOCK)
+    x = load_f32(x_ptr, idx, mask)
+    real = load_f32(x0_real_ptr, idx, mask)
     tl.store(partial_ptr + b * NUM_BLOCKS + i, tl.sum(tl.abs(x - real), axis=0))
 
 
@@ -62,16 +60,14 @@ def dmd_grad_kernel(
     parts = tl.load(partial_ptr + b * NUM_BLOCKS + j, mask=j < NUM_BLOCKS, other=0.0)
     norm = tl.sum(parts, axis=0) * inv_n
 
-    offs = i * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    row = b.to(tl.int64) * N
-    x = tl.load(x_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    real = tl.load(x0_real_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    fake = tl.load(x0_fake_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+    idx, mask = row_block(i, b, N, BLOCK)
+    x = load_f32(x_ptr, idx, mask)
+    real = load_f32(x0_real_ptr, idx, mask)
+    fake = load_f32(x0_fake_ptr, idx, mask)
     g = tl.div_rn(fake - real, norm)  # IEEE division like torch's (plain `/` may lower to an approximate one)
     g = tl.where(tl.abs(g) <= FLT_MAX, g, 0.0)  # nan_to_num(nan=0, posinf=0, neginf=0)
     diff = x - (x - g)
-    tl.store(grad_ptr + row + offs, (diff * inv_numel).to(grad_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_ptr + idx, (diff * inv_numel).to(grad_ptr.dtype.element_ty), mask=mask)
     tl.store(loss_partial_ptr + b * NUM_BLOCKS + i, tl.sum(diff * diff, axis=0))
 
 

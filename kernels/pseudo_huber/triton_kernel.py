@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import block_size, check_launchable, row_grid
+from ..launch import block_size, check_launchable, load_f32, row_block, row_grid
 
 
 @triton.jit
@@ -27,11 +27,9 @@ def sq_norm_kernel(
     BLOCK: tl.constexpr,
 ):
     i, b = tl.program_id(0), tl.program_id(1)
-    offs = i * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    row = b.to(tl.int64) * N  # int64: B * N may exceed 2^31 for video latents
-    p = tl.load(pred_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    t = tl.load(target_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+    idx, mask = row_block(i, b, N, BLOCK)
+    p = load_f32(pred_ptr, idx, mask)
+    t = load_f32(target_ptr, idx, mask)
     diff = p - t
     tl.store(partial_ptr + b * NUM_BLOCKS + i, tl.sum(diff * diff, axis=0))
 
@@ -46,13 +44,11 @@ def scaled_diff_kernel(
     BLOCK: tl.constexpr,
 ):
     i, b = tl.program_id(0), tl.program_id(1)
-    offs = i * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    row = b.to(tl.int64) * N
-    p = tl.load(pred_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    t = tl.load(target_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+    idx, mask = row_block(i, b, N, BLOCK)
+    p = load_f32(pred_ptr, idx, mask)
+    t = load_f32(target_ptr, idx, mask)
     grad = tl.load(coef_ptr + b) * (p - t)
-    tl.store(grad_ptr + row + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_ptr + idx, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def pseudo_huber_forward(

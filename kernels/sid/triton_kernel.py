@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import block_size, check_launchable, row_grid
+from ..launch import block_size, check_launchable, load_f32, row_block, row_grid
 from .reference import OMEGA_MIN
 
 
@@ -36,12 +36,10 @@ def sid_forward_kernel(
     BLOCK: tl.constexpr,
 ):
     i, b = tl.program_id(0), tl.program_id(1)
-    offs = i * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    row = b.to(tl.int64) * N  # int64: B * N may exceed 2^31 for video latents
-    x = tl.load(x_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(y_real_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    f = tl.load(y_fake_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+    idx, mask = row_block(i, b, N, BLOCK)
+    x = load_f32(x_ptr, idx, mask)
+    r = load_f32(y_real_ptr, idx, mask)
+    f = load_f32(y_fake_ptr, idx, mask)
     d = r - f
     e = r - x
     tl.store(abs_partial_ptr + b * NUM_BLOCKS + i, tl.sum(tl.abs(e), axis=0))
@@ -67,23 +65,21 @@ def sid_backward_kernel(
     WRITE_FAKE: tl.constexpr,
 ):
     i, b = tl.program_id(0), tl.program_id(1)
-    offs = i * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    row = b.to(tl.int64) * N
-    x = tl.load(x_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(y_real_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    f = tl.load(y_fake_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+    idx, mask = row_block(i, b, N, BLOCK)
+    x = load_f32(x_ptr, idx, mask)
+    r = load_f32(y_real_ptr, idx, mask)
+    f = load_f32(y_fake_ptr, idx, mask)
     s = tl.div_rn(tl.load(grad_output_ptr) * inv_numel, tl.load(omega_ptr + b))  # IEEE division, like torch
     d = r - f
     e = r - x
     if WRITE_X:
-        tl.store(grad_x_ptr + row + offs, (-d * s).to(grad_x_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_x_ptr + idx, (-d * s).to(grad_x_ptr.dtype.element_ty), mask=mask)
     if WRITE_REAL:
         gr = (e + (1.0 - 2.0 * alpha) * d) * s
-        tl.store(grad_real_ptr + row + offs, gr.to(grad_real_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_real_ptr + idx, gr.to(grad_real_ptr.dtype.element_ty), mask=mask)
     if WRITE_FAKE:
         gf = (2.0 * alpha * d - e) * s
-        tl.store(grad_fake_ptr + row + offs, gf.to(grad_fake_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_fake_ptr + idx, gf.to(grad_fake_ptr.dtype.element_ty), mask=mask)
 
 
 def sid_forward(

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import block_size, check_launchable, row_grid
+from ..launch import block_size, check_launchable, load_f32, row_block, row_grid
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # |g| <= FLT_MAX is False exactly for nan and +-inf
 
@@ -38,19 +38,17 @@ def vsd_kernel(
     BLOCK: tl.constexpr,
 ):
     i, b = tl.program_id(0), tl.program_id(1)
-    offs = i * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    row = b.to(tl.int64) * N  # int64: B * N may exceed 2^31 for video latents
-    x = tl.load(x_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    rc = tl.load(real_cond_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    ru = tl.load(real_uncond_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    fc = tl.load(fake_cond_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-    fu = tl.load(fake_uncond_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+    idx, mask = row_block(i, b, N, BLOCK)
+    x = load_f32(x_ptr, idx, mask)
+    rc = load_f32(real_cond_ptr, idx, mask)
+    ru = load_f32(real_uncond_ptr, idx, mask)
+    fc = load_f32(fake_cond_ptr, idx, mask)
+    fu = load_f32(fake_uncond_ptr, idx, mask)
     w = tl.load(weight_ptr + b)
     g = w * ((fu + s_fake * (fc - fu)) - (ru + s_real * (rc - ru)))
     g = tl.where(tl.abs(g) <= FLT_MAX, g, 0.0)  # nan_to_num(nan=0, posinf=0, neginf=0)
     diff = x - (x - g)
-    tl.store(grad_ptr + row + offs, (diff * inv_numel).to(grad_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_ptr + idx, (diff * inv_numel).to(grad_ptr.dtype.element_ty), mask=mask)
     tl.store(loss_partial_ptr + b * NUM_BLOCKS + i, tl.sum(diff * diff, axis=0))
 
 

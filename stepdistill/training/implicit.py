@@ -94,8 +94,6 @@ class Run:
     ema: object
 
 
-
-
 def setup(cfg) -> Run:
     """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
     s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data)
