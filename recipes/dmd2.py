@@ -31,14 +31,13 @@ from accelerate.utils import broadcast
 from diffusers.training_utils import EMAModel
 
 from stepdistill import losses
-from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.data.ode_pairs import ODEPairs, make_ode_pairs
 from stepdistill.discriminator import GANHead
 from stepdistill.samplers import SamplerName, backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig,
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig, cli,
                                   make_ema, make_optimizer, optimizer_step, run_recipe, trainable_params)
 from stepdistill.roles import make_fake_score, make_generator, make_real_score, trainable
 
@@ -161,7 +160,8 @@ def setup(cfg: DMD2Config) -> Run:
         raise ValueError(f"loss.regression_weight >= 0, regression_pairs >= 1 and regression_nfe >= 1 expected; got "
                          f"{loss_cfg.regression_weight}, {loss_cfg.regression_pairs}, {loss_cfg.regression_nfe}")
     if cfg.optim.update_ratio < 1:
-        raise ValueError(f"optim.update_ratio={cfg.optim.update_ratio} must be >= 1 (fake-score steps per generator step)")
+        raise ValueError(f"optim.update_ratio={cfg.optim.update_ratio} must be >= 1 "
+                         "(fake-score steps per generator step)")
     real_score = make_real_score(teacher)
     fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
@@ -242,7 +242,8 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
         t_gan = torch.cat([draw.times(gan_times, schedule), draw.times(gan_times, schedule)])
         noised = schedule.add_noise(torch.cat([real, x]), torch.cat([draw.randn(*shape), draw.randn(*shape)]), t_gan)
         # One head call per step (DDP expects each module's forward once per backward).
-        features = run.setup.unwrap(run.fake_score).features(noised, t_gan, **conditioner.cond(torch.cat([real_labels, fake_labels])))
+        both = conditioner.cond(torch.cat([real_labels, fake_labels]))
+        features = s.unwrap(run.fake_score).features(noised, t_gan, **both)
         logits_real, logits_fake = run.head(features).chunk(2)
         loss_d = losses.discriminator_loss(logits_real, logits_fake)
         loss = loss + cfg.loss.gan_discriminator_weight * loss_d
@@ -322,4 +323,4 @@ def main(cfg: DMD2Config) -> dict | None:
 
 
 if __name__ == "__main__":
-    main(load_config(DMD2Config))
+    cli(sys.modules[__name__], DMD2Config)

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from stepdistill import losses
-from stepdistill.config import load_config
-from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, TrainConfig, implicit, run_recipe
+from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, TrainConfig, cli, implicit, run_recipe
 from stepdistill.training.implicit import ModelConfig, OptimConfig, Run, setup
 
 NAME = "sid"
@@ -81,4 +80,4 @@ def main(cfg: SiDConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    main(load_config(SiDConfig))
+    cli(sys.modules[__name__], SiDConfig)

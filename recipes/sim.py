@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from stepdistill import losses
-from stepdistill.config import load_config
-from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, TrainConfig, implicit, run_recipe
+from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, TrainConfig, cli, implicit, run_recipe
 from stepdistill.training.implicit import ModelConfig, OptimConfig, Run, setup
 
 NAME = "sim"
@@ -83,4 +82,4 @@ def main(cfg: SIMConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    main(load_config(SIMConfig))
+    cli(sys.modules[__name__], SIMConfig)

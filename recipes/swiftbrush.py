@@ -28,11 +28,10 @@ from typing import Optional
 import torch
 
 from stepdistill import losses
-from stepdistill.config import load_config
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, make_ema,
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, cli, make_ema,
                                   make_optimizer, optimizer_step, run_recipe, trainable_params)
 from stepdistill.roles import make_fake_score, make_generator, make_real_score
 
@@ -182,4 +181,4 @@ def main(cfg: SwiftBrushConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    main(load_config(SwiftBrushConfig))
+    cli(sys.modules[__name__], SwiftBrushConfig)

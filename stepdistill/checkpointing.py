@@ -2,7 +2,8 @@
 
 A checkpoint is `OUTPUT/checkpoints/step_XXXXXXXX/`: accelerate's `save_state` (models in
 safetensors, optimizers, schedulers, RNG states, registered objects such as the EMA), `student.safetensors`
-(the student's weights as evaluated and exported, EMA applied: `Student.state_dict`) and `step.json`. It is written under a `.tmp` name and renamed only once complete, so a run killed
+(the student's weights as evaluated and exported, EMA applied: `Student.state_dict`) and `step.json`.
+It is written under a `.tmp` name and renamed only once complete, so a run killed
 while saving leaves the previous checkpoint as the latest good one.
 """
 
@@ -56,6 +57,27 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def claim_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool, is_main: bool) -> None:
+    """Make `output_dir` this run's: leftover `*.tmp` checkpoint folders (a run killed while saving) are
+    removed; a folder holding another run's checkpoints is refused unless the run resumes it or
+    `overwrite` is set, in which case its checkpoints and logs are deleted. Call before any work."""
+    root = Path(output_dir)
+    found = checkpoint_dirs(root)
+    if found and not resuming and not overwrite:
+        raise FileExistsError(f"{root} holds another run's checkpoints (up to {found[-1].name}): continue it with "
+                              f"resume=latest, or start over with train.overwrite=true (deletes them), or choose "
+                              f"another train.output_dir")
+    if not is_main:
+        return
+    for tmp in (root / "checkpoints").glob("*.tmp") if (root / "checkpoints").is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if overwrite and not resuming:
+        for old in found:
+            shutil.rmtree(old, ignore_errors=True)
+        for log in root.glob("log_rank*.jsonl"):
+            log.unlink()
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:

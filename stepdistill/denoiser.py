@@ -282,7 +282,8 @@ def consistency_scalings(sigma: torch.Tensor, *, sigma_data: float = 0.5,
     """(c_skip, c_out) of consistency models (Song et al. 2023, App. C; official `cm/karras_diffusion.py::
     get_scalings_for_boundary_condition`), at the VE noise level sigma = sigma_t / alpha_t:
 
-        c_skip = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2),  c_out = sigma_d (sigma - sigma_min) / sqrt(sigma^2 + sigma_d^2)
+        c_skip = sigma_d^2 / ((sigma - sigma_min)^2 + sigma_d^2)
+        c_out  = sigma_d (sigma - sigma_min) / sqrt(sigma^2 + sigma_d^2)
 
     so that c_skip = 1 and c_out = 0 at sigma_min: f(x, sigma_min) = x exactly."""
     # Both levels on float32's grid (the networks' times are float32): sigma_min itself gives exactly (1, 0).

@@ -4,7 +4,8 @@ Two kinds of folder, both loadable with stock diffusers in an environment withou
 
 - class-conditional pixel students (the digits teacher's family): `export_class_conditional` writes
   `unet/` + an `LCMScheduler` + `stepdistill_pipeline.py` (`stepdistill/pipelines/class_conditional.py`, a
-  ~60-line pipeline that needs only torch and diffusers); model_index.json names it as `["stepdistill_pipeline", "<class>"]`, which diffusers resolves
+  ~60-line pipeline that needs only torch and diffusers); model_index.json names it as
+  `["stepdistill_pipeline", "<class>"]`, which diffusers resolves
   to the file inside the folder (or repo). Load with
   `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
 - SD-family text-to-image students: `export_text_to_image` re-saves every component of the base pipeline,

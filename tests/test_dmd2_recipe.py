@@ -50,7 +50,9 @@ def test_resume_continues_at_the_saved_step_with_identical_state(teacher_dir, tm
     dmd2.main(_cfg(*_overrides(teacher_dir, resumed, "train.max_steps=4", "train.checkpoint_every=2",
                                "resume=latest")))
     log = [json.loads(line) for line in (resumed / "log_rank0.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [0, 1, 2, 3] and len(first) == 1  # continued at step 1
+    # continued at step 1, the resume marked in the log
+    assert [r.get("step") for r in log] == [0, None, 1, 2, 3] and len(first) == 1
+    assert log[1]["from_step"] == 1 and log[1]["resume"].endswith("step_00000001")
     a, b = _generator_weights(straight), _generator_weights(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
@@ -222,3 +224,56 @@ def test_checkpoints_carry_the_students_ema_weights_which_evaluation_loads(teach
     model = CheckpointModel(ckpt)
     assert model.info["ema"] is True
     assert all(torch.equal(v, student[k]) for k, v in model.generator.state_dict().items())
+
+
+def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_exports_nothing(teacher_dir, tmp_path):
+    """At an absurd learning rate (reached after a warm-up, so the first checkpoints are good) the losses
+    turn non-finite: the run raises (non-zero exit) naming the step and the last good checkpoint, writes no
+    non-finite checkpoint, and neither evaluates nor exports."""
+    from stepdistill.training.loop import DivergenceError
+
+    bad = _overrides(teacher_dir, tmp_path, "train.max_steps=60", "train.checkpoint_every=1", "loss.gan=false",
+                     "optim.lr_generator=1e30", "optim.lr_fake=1e30", "optim.update_ratio=1",
+                     "optim.warmup_steps=20", "train.keep_checkpoints=0")
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+: non-finite .*step_\d{8}.*Lower the learning"):
+        dmd2.main(_cfg(*bad))
+    assert not (tmp_path / "pipeline").exists()
+    checkpoints = sorted((tmp_path / "checkpoints").glob("step_*"))
+    assert checkpoints  # the good ones are kept
+    for ckpt in checkpoints:
+        weights = load_file(str(ckpt / "student.safetensors"))
+        assert all(torch.isfinite(v).all() for v in weights.values()), ckpt
+
+
+def test_a_reused_output_folder_is_refused_unless_resumed_or_overwritten(teacher_dir, tmp_path):
+    """A new run into a folder holding another run's checkpoints would mix the two: refused, with the two
+    ways on; `train.overwrite=true` starts over (old checkpoints and logs deleted). A half-written
+    checkpoint (`*.tmp`, a run killed while saving) is removed at start and never resumed from."""
+    args = _overrides(teacher_dir, tmp_path, "train.max_steps=1", "loss.gan=false", "export.enabled=false")
+    dmd2.main(_cfg(*args))
+    with pytest.raises(FileExistsError, match=r"holds another run's checkpoints.*resume=latest.*train.overwrite=true"):
+        dmd2.setup(_cfg(*args))
+    (tmp_path / "checkpoints" / "step_00000009.tmp").mkdir()
+    dmd2.main(_cfg(*args, "train.overwrite=true"))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000001"]
+    log = [json.loads(line) for line in (tmp_path / "log_rank0.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0]  # the earlier run's lines are gone
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.batch_size=0", "train.batch_size=0 must be positive"),
+    ("train.checkpoint_every=0", "train.checkpoint_every=0 must be >= 1"),
+    ("optim.update_ratio=0", "optim.update_ratio=0 must be >= 1"),
+    ("model.teacher=/no/such/folder", "not a local folder"),
+    ("train.max_stepz=3", "train.max_stepz"),
+])
+def test_command_line_errors_are_one_line_and_exit_2(teacher_dir, tmp_path, override, match):
+    """`python recipes/dmd2.py ...` prints `error: ...` (no traceback) and exits 2 before any step."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "dmd2.py"), f"model.teacher={teacher_dir}",
+                          f"train.output_dir={tmp_path / 'out'}", override], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and match in last and "Traceback" not in run.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()

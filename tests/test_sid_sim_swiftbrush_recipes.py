@@ -133,8 +133,8 @@ def test_sid_resume_continues_with_identical_state(digits_like_teacher, tmp_path
                       "train.time_limit_minutes=0"))
     sid.main(_cfg("sid", digits_like_teacher, resumed, "train.max_steps=4", "train.checkpoint_every=2",
                   "resume=latest"))
-    steps = [json.loads(l)["step"] for l in (resumed / "log_rank0.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2, 3]
+    steps = [json.loads(l).get("step") for l in (resumed / "log_rank0.jsonl").read_text().splitlines()]
+    assert steps == [0, None, 1, 2, 3]  # None: the resume marker
     for a, b in (("model.safetensors", "model.safetensors"), ("model_1.safetensors", "model_1.safetensors")):
         wa = load_file(str(straight / "checkpoints" / "step_00000004" / a))
         wb = load_file(str(resumed / "checkpoints" / "step_00000004" / b))

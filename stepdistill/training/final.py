@@ -13,6 +13,7 @@ from ..export import push_to_hub
 from ..io import atomic_write_text
 from ..samplers import steps_for_nfe
 from ..student import AnyStudent
+from .loop import DivergenceError, nonfinite
 from .sections import EvalConfig, ExportConfig
 
 
@@ -87,6 +88,10 @@ def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, e
     if accelerator.is_main_process:
         out = Path(output_dir)
         for student in students:
+            broken = nonfinite(student.state_dict())
+            if broken:  # never measured, never exported
+                raise DivergenceError(f"the {student.name} student has non-finite weights ({broken[0]}, ...): "
+                                      "not evaluated, not exported")
             tag = "" if len(students) == 1 else f"_{student.name}"
             save_samples(student, out / "samples" / f"final{tag}.png")
             result = None

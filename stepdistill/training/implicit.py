@@ -168,7 +168,7 @@ def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
     t = draw.times(KarrasRamp() if cfg.loss.time_sampling == "karras" else
                    DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)  # not detached: SiD differentiates through x_t
-    fake = run.setup.unwrap(run.fake_score)  # unwrapped: its weights take no gradient here, so DDP must not wait for them
+    fake = run.setup.unwrap(run.fake_score)  # its weights take no gradient here: DDP must not wait for them
     with trainable(fake, False):
         x0_real = guided(run.real.denoiser, cfg.loss.guidance, x_t, t, conditioner, labels)
         x0_fake = guided(fake, cfg.loss.guidance, x_t, t, conditioner, labels)

@@ -5,6 +5,7 @@ and exports."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -15,11 +16,33 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
-from ..checkpointing import save_checkpoint
+from ..checkpointing import checkpoint_dirs, save_checkpoint
 from .draw import Draw
 from .sections import TrainConfig
 
 StepFn = Callable[[Draw, int], dict]  # (draw, step) -> logs; one optimisation step of the recipe
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite losses or weights; the run stops and keeps its last good checkpoint."""
+
+
+def nonfinite(values) -> list[str]:
+    """The names of the non-finite entries of a dict of floats or tensors."""
+    bad = []
+    for name, v in values.items():
+        finite = bool(torch.isfinite(v).all()) if torch.is_tensor(v) else not isinstance(v, float) or math.isfinite(v)
+        if not finite:
+            bad.append(name)
+    return bad
+
+
+def _diverged(output_dir: Path, step: int, what: str) -> DivergenceError:
+    good = checkpoint_dirs(output_dir)
+    where = f"the last good checkpoint is {good[-1]} (continue from it with resume=latest)" if good else \
+        "no checkpoint was written before it"
+    return DivergenceError(f"training diverged at step {step}: {what}; {where}. Lower the learning rates "
+                           f"(optim.lr_*) or the guidance scales, or raise warm-up steps")
 
 
 def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start_step: int, start_time: float,
@@ -34,12 +57,20 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     accelerator.init_trackers(name, config={k: str(v) for k, v in (tracker_config or {}).items()})
     bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=train.max_steps,
                desc=name, disable=not accelerator.is_main_process)
-    done, shown = start_step, {}
+    done, shown, bad_steps = start_step, {}, 0
     with (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
         for step in bar:
             draw = Draw(accelerator, train.batch_size, train.seed, step)
             logs = step_fn(draw, step)
             log_file.write(json.dumps({"step": step, **logs}) + "\n")
+            # Every process takes the same decision: any process's non-finite loss counts.
+            bad = nonfinite(logs)
+            flag = accelerator.reduce(torch.tensor([float(bool(bad))], device=accelerator.device), "sum")
+            bad_steps = bad_steps + 1 if float(flag[0]) > 0 else 0
+            if bad_steps >= train.max_nonfinite_steps:
+                log_file.flush()
+                raise _diverged(out, step, f"non-finite {', '.join(bad) or 'loss on another process'} for "
+                                           f"{bad_steps} consecutive steps")
             shown |= logs
             done = step + 1
             if done % train.log_every == 0:
@@ -53,8 +84,11 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
             # Every process stops at the same step, whatever its own clock says.
             out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
             if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time:
-                weights = student_weights() if student_weights is not None and accelerator.is_main_process else None
-                save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints, student=weights)
+                weights = student_weights() if student_weights is not None else None
+                if weights is not None and nonfinite(weights):  # never write (nor prune over) a broken one
+                    raise _diverged(out, step, f"non-finite student weights ({nonfinite(weights)[0]}, ...)")
+                save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints,
+                                student=weights if accelerator.is_main_process else None)
             if out_of_time:
                 if done < train.max_steps and decaying and accelerator.is_main_process:
                     warnings.warn(_stopped_early(train, done, start_step), stacklevel=2)

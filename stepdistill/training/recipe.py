@@ -16,15 +16,16 @@ method (torchtune's `recipe_interfaces.py`).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Protocol
 
-from ..config import to_dict
+from ..config import load_config, to_dict
 from ..student import AnyStudent
 from ..roles import make_real_score
 from .draw import Draw
 from .final import finish, save_samples
-from .loop import train_loop
+from .loop import DivergenceError, train_loop
 from .setup import restore
 
 
@@ -67,3 +68,24 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
                   export=cfg.export, real_denoiser=make_real_score(setup.teacher), schedule=setup.schedule,
                   steps_done=steps_done, max_steps=cfg.train.max_steps,
                   train_minutes=(time.time() - start_time) / 60, config=to_dict(cfg))
+
+
+def cli(recipe: Recipe, config_cls: type, argv: list[str] | None = None) -> dict | None:
+    """A recipe's command line: the config from `--config PRESET.yaml` and dotted overrides, then the run.
+    Bad input (a config mistake, a missing teacher, a refused folder) prints one line, `error: ...`, and
+    exits with status 2; a diverged run exits with status 1. `--debug` keeps the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return run_recipe(recipe, load_config(config_cls, argv))
+    except DivergenceError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, OSError) as e:  # ConfigError, TeacherLoadError, bad paths and values
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

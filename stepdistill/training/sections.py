@@ -28,6 +28,12 @@ class TrainConfig:
     time_limit_minutes: Optional[float] = 11.5
     output_dir: str = "outputs/run"
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    # Divergence guard: this many consecutive steps with a non-finite loss stop the run (non-zero exit),
+    # keeping the last good checkpoint; a checkpoint or export of non-finite weights is never written.
+    max_nonfinite_steps: int = 3
+    # Start a new run in a folder that holds another run's checkpoints (they are deleted); without it,
+    # such a folder is refused (continue it with `resume=latest`).
+    overwrite: bool = False
 
 
 @dataclass

@@ -7,6 +7,7 @@ so bad input costs no compute. A recipe's `Run` holds a `Setup` beside its own n
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, get_args
@@ -17,10 +18,11 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from ..checkpointing import load_checkpoint, resolve_resume
+from ..checkpointing import claim_output_dir, load_checkpoint, resolve_resume
 from ..conditioning import ClassConditioner, ImageConditioner, TextConditioner, Unconditional
 from ..data import DigitsDataset, ImageFolder, load_prompts
 from ..distributed import make_accelerator
+from ..io import atomic_write_text
 from ..latents import LatentSpace, PixelSpace
 from ..roles import Teacher, load_teacher
 from .sections import DataConfig, LRSchedule, TrainConfig
@@ -60,6 +62,9 @@ class Setup:
                                        log_with=None if train.report_to == "none" else train.report_to)
         check_train(train, accelerator.num_processes)
         resume_from = resolve_resume(resume, train.output_dir)
+        claim_output_dir(train.output_dir, resuming=resume is not None, overwrite=train.overwrite,
+                         is_main=accelerator.is_main_process)
+        accelerator.wait_for_everyone()
         set_seed(train.seed)
         loaded = load_teacher(teacher, device=accelerator.device)
         conditioner, space, dataset = setup_data(data, loaded, accelerator.device, need_images=need_images)
@@ -75,7 +80,7 @@ def check_train(train: TrainConfig, processes: int) -> None:
                          f"{processes} process(es)")
     if train.keep_checkpoints < 0:
         raise ValueError(f"train.keep_checkpoints={train.keep_checkpoints} must be >= 0 (0 keeps every checkpoint)")
-    for key in ("max_steps", "log_every", "sample_every", "checkpoint_every"):
+    for key in ("max_steps", "log_every", "sample_every", "checkpoint_every", "max_nonfinite_steps"):
         if getattr(train, key) < 1:
             raise ValueError(f"train.{key}={getattr(train, key)} must be >= 1")
 
@@ -145,6 +150,12 @@ def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: s
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
+    if resume_from is not None:  # the dead run's steps after the checkpoint go; the resume is marked
+        log = out / f"log_rank{accelerator.process_index}.jsonl"
+        rows = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        kept = [r for r in rows if json.loads(r).get("step", -1) < start_step and "resume" not in json.loads(r)]
+        kept.append(json.dumps({"resume": str(resume_from), "from_step": start_step}))
+        atomic_write_text(log, "\n".join(kept) + "\n")
     return start_step
 
 
