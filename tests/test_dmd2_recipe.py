@@ -277,3 +277,35 @@ def test_command_line_errors_are_one_line_and_exit_2(teacher_dir, tmp_path, over
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and match in last and "Traceback" not in run.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_sigterm_checkpoints_the_step_it_interrupts_and_resume_continues_bit_identically(teacher_dir, tmp_path):
+    """Preemption: SIGTERM mid-run finishes the step, writes a checkpoint, says how to resume and exits with
+    143; `resume=latest` then ends where an uninterrupted run ends, weight for weight."""
+    import signal
+    import time
+
+    common = ["train.checkpoint_every=1000", "loss.gan=false", "export.enabled=false", "optim.lr_schedule=constant"]
+    out = tmp_path / "preempted"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = _overrides(teacher_dir, out, "train.max_steps=500", *common)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "recipes" / "dmd2.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    log = out / "log_rank0.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "SIGTERM: stopped after step" in stdout and "resume=latest" in stdout
+    (ckpt,) = (out / "checkpoints").glob("step_*")
+    stopped = int(ckpt.name.split("_")[1])
+    assert 3 <= stopped < 500
+    end = stopped + 2
+    dmd2.main(_cfg(*_overrides(teacher_dir, out, f"train.max_steps={end}", *common, "resume=latest")))
+    straight = tmp_path / "straight"
+    dmd2.main(_cfg(*_overrides(teacher_dir, straight, f"train.max_steps={end}", *common)))
+    a = load_file(str(straight / "checkpoints" / f"step_{end:08d}" / "student.safetensors"))
+    b = load_file(str(out / "checkpoints" / f"step_{end:08d}" / "student.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

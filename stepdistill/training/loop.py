@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +39,32 @@ def nonfinite(values) -> list[str]:
     return bad
 
 
+class Preempted(SystemExit):
+    """SIGTERM / SIGINT reached the run: the step in progress finished, a checkpoint was written, and the
+    process exits with 128 + the signal number (143 for SIGTERM), as shells and schedulers expect."""
+
+
+class _Signals:
+    """Records SIGTERM / SIGINT instead of dying at once, for the loop to stop at the end of its step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def _diverged(output_dir: Path, step: int, what: str) -> DivergenceError:
     good = checkpoint_dirs(output_dir)
     where = f"the last good checkpoint is {good[-1]} (continue from it with resume=latest)" if good else \
@@ -58,7 +86,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=train.max_steps,
                desc=name, disable=not accelerator.is_main_process)
     done, shown, bad_steps = start_step, {}, 0
-    with (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
+    with _Signals() as signals, (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
         for step in bar:
             draw = Draw(accelerator, train.batch_size, train.seed, step)
             logs = step_fn(draw, step)
@@ -81,14 +109,24 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                 save_samples(out / "samples" / f"step_{done:08d}.png")
             out_of_time = (train.time_limit_minutes is not None
                            and time.time() - start_time > 60 * train.time_limit_minutes)
-            # Every process stops at the same step, whatever its own clock says.
+            # Every process stops at the same step, whatever its own clock says; a signal to any stops all.
             out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
-            if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time:
+            signalled = accelerator.reduce(torch.tensor([float(signals.received or 0)], device=accelerator.device),
+                                           "sum")
+            stop_signal = int(float(signalled[0])) and (signals.received or int(signal.SIGTERM))
+            if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time or stop_signal:
                 weights = student_weights() if student_weights is not None else None
                 if weights is not None and nonfinite(weights):  # never write (nor prune over) a broken one
                     raise _diverged(out, step, f"non-finite student weights ({nonfinite(weights)[0]}, ...)")
                 save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints,
                                 student=weights if accelerator.is_main_process else None)
+            if stop_signal:
+                log_file.flush()
+                name = signal.Signals(stop_signal).name
+                if accelerator.is_main_process:
+                    print(f"\n{name}: stopped after step {done} and wrote a checkpoint; continue with the same "
+                          f"command plus resume=latest", flush=True)
+                raise Preempted(128 + stop_signal)
             if out_of_time:
                 if done < train.max_steps and decaying and accelerator.is_main_process:
                     warnings.warn(_stopped_early(train, done, start_step), stacklevel=2)
