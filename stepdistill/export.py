@@ -105,6 +105,7 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
                  "timesteps": timesteps, "null_label": null_label}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, pipeline_call=call, **card)
+        _scrub_local_paths(tmp)
         _check_complete(tmp)
     return folder
 
@@ -183,6 +184,7 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
         index.pop("_name_or_path", None)  # the base's local path: private, and meaningless elsewhere
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
+        _scrub_local_paths(tmp)
         _check_complete(tmp)
     return folder
 
@@ -325,6 +327,27 @@ def _plain_network(net: nn.Module, adapter: str | None) -> nn.Module:
     if hasattr(net, "peft_config"):
         del net.peft_config
     return net
+
+
+def hub_reference(source) -> str | None:
+    """The teacher as a model card may name it: a hub id (`org/name`, not a local path) or None, so that an
+    export never carries a local folder's path (private, and meaningless elsewhere)."""
+    s = str(source)
+    return None if _is_local(source) or "/" not in s else s
+
+
+def _scrub_local_paths(folder: Path) -> None:
+    """Drop `_name_or_path` entries that name a local folder from every JSON config of an export: diffusers
+    and transformers record where a component was loaded from."""
+    for path in folder.rglob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "_name_or_path" in data and (
+                data["_name_or_path"] is None or hub_reference(data["_name_or_path"]) is None):
+            del data["_name_or_path"]
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _card_arguments(model_card: dict | None, *, base_model: str | None) -> dict:

@@ -131,7 +131,9 @@ class Student:
         from .conditioning import ClassConditioner, TextConditioner
         from .export import export_class_conditional, export_text_to_image
 
-        card = {"base_model": str(self.teacher.source), "recipe": self.name, **(model_card or {})}
+        from .export import hub_reference
+
+        card = {"base_model": hub_reference(self.teacher.source), "recipe": self.name, **(model_card or {})}
         timesteps = [int(round(float(t))) for t in self.timesteps]
         net = self.generator.net
         if isinstance(self.conditioner, TextConditioner):

@@ -338,3 +338,24 @@ def test_inputs_are_validated_before_anything_is_written(tmp_path, tiny_unet, ba
     with pytest.raises(ValueError, match="descending"):
         export_text_to_image(tmp_path / "b", base_sd, tiny_unet, timesteps=[499, 999])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exports_carry_no_local_paths(tmp_path, tiny_unet, base_sd):
+    """Configs record where a component was loaded from (`_name_or_path`) and a card names its base model:
+    neither may leak a local folder. A hub id stays; a local teacher is simply not named."""
+    from stepdistill.export import hub_reference
+
+    local = tmp_path / "private" / "teacher"
+    tiny_unet.save_pretrained(local / "unet")
+    unet = UNet2DModel.from_pretrained(local / "unet")
+    assert str(local) in str(dict(unet.config))  # what would leak
+    a = export_class_conditional(tmp_path / "a", unet, scheduler_config(), timesteps=[999], null_label=3,
+                                 model_card={"base_model": hub_reference(local)})
+    b = export_text_to_image(tmp_path / "b", base_sd, UNet2DConditionModel.from_pretrained(base_sd, subfolder="unet"),
+                             timesteps=[999])
+    for folder, secret in ((a, str(local)), (b, str(base_sd))):
+        for path in folder.rglob("*"):
+            if path.is_file() and path.suffix != ".safetensors":
+                assert secret not in path.read_text(errors="ignore"), path
+    assert "base_model" not in (a / "README.md").read_text().split("---")[1]
+    assert hub_reference("stabilityai/sd-turbo") == "stabilityai/sd-turbo" and hub_reference("digits") is None
