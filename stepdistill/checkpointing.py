@@ -100,7 +100,37 @@ def checkpoint_step(path: Path) -> int:
     return int(json.loads((Path(path) / "step.json").read_text())["step"])
 
 
+def _numpy_globals() -> list:
+    """What accelerate's RNG-state file needs beyond tensors: numpy arrays (the NumPy generator's state)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint whose pickled files hold anything but tensors and plain data. accelerate unpickles
+    `custom_checkpoint_*.pkl` and `random_states_*.pkl` with `weights_only=False`, which runs whatever code a
+    crafted file names; each is first read here with torch's restricted unpickler (`weights_only=True`,
+    numpy arrays allowed), which executes nothing, so a crafted file is refused before accelerate opens it."""
+    import pickle
+
+    import torch
+
+    for file in sorted(Path(path).iterdir()):
+        if file.suffix not in (".pkl", ".bin", ".pt", ".pth"):
+            continue
+        try:
+            with torch.serialization.safe_globals(_numpy_globals()):
+                torch.load(file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError) as e:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ValueError(f"refusing to resume from {path}: {file.name} is not plain tensors and data ({reason}); "
+                             "it was not loaded. Resume only from checkpoints this toolkit wrote") from None
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path) -> int:
-    """Restore the accelerator state; returns the number of completed steps."""
+    """Restore the accelerator state after `verify_checkpoint`; returns the number of completed steps."""
+    verify_checkpoint(path)
     accelerator.load_state(str(path))
     return checkpoint_step(path)

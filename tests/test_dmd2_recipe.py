@@ -309,3 +309,27 @@ def test_sigterm_checkpoints_the_step_it_interrupts_and_resume_continues_bit_ide
     a = load_file(str(straight / "checkpoints" / f"step_{end:08d}" / "student.safetensors"))
     b = load_file(str(out / "checkpoints" / f"step_{end:08d}" / "student.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Payload:
+    """Unpickling this runs a command (what a crafted checkpoint file would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_executed(teacher_dir, tmp_path):
+    import pickle
+
+    args = _overrides(teacher_dir, tmp_path, "train.max_steps=1", "loss.gan=false", "export.enabled=false")
+    dmd2.main(_cfg(*args))
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "checkpoints" / "step_00000001"
+    (ckpt / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match=r"refusing to resume .*custom_checkpoint_0.pkl is not plain tensors"):
+        dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path, "train.max_steps=2", "loss.gan=false",
+                                   "export.enabled=false", "resume=latest")))
+    assert not marker.exists()
