@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 # outputs/dmd2_digits/samples and the exported pipeline under outputs/dmd2_digits/pipeline (~15 min).
 demo: venv
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		recipes/dmd2.py eval.results=outputs/dmd2_digits/dmd2_digits.json
+		recipes/dmd2.py
 
 # The shipped teacher's sampler baseline: FD / accuracy / speed at 1, 8 and 35 NFE (~3 min).
 teacher-demo: venv

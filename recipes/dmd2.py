@@ -98,7 +98,7 @@ class DMD2Config:
     # 1,600 steps: what 2 CPU cores complete in the 11.5-minute limit, so the cosine decay finishes.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/dmd2_digits"))
     data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/dmd2_digits.json"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 

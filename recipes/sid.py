@@ -50,7 +50,7 @@ class SiDConfig:
     # the trained networks bf16 rounding moves x0_real - x0_fake, the loss's whole signal, by 5-12%.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1150, output_dir="outputs/sid_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/sid_digits.json"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 

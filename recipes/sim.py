@@ -45,7 +45,7 @@ class SIMConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1100, output_dir="outputs/sim_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/sim_digits.json"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     resume: Optional[str] = None
 

@@ -79,7 +79,7 @@ class SwiftBrushConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="outputs/swiftbrush_digits"))
     data: DataConfig = field(default_factory=DataConfig)  # prompt_dropout 0.1 for the LoRA, as official
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(results="eval/results/swiftbrush_digits.json"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 

@@ -266,6 +266,7 @@ def test_a_reused_output_folder_is_refused_unless_resumed_or_overwritten(teacher
     ("optim.update_ratio=0", "optim.update_ratio=0 must be >= 1"),
     ("model.teacher=/no/such/folder", "not a local folder"),
     ("train.max_stepz=3", "train.max_stepz"),
+    ("eval.results=/proc/no/results.json", "eval.results: cannot create /proc/no"),
 ])
 def test_command_line_errors_are_one_line_and_exit_2(teacher_dir, tmp_path, override, match):
     """`python recipes/dmd2.py ...` prints `error: ...` (no traceback) and exits 2 before any step."""
@@ -333,3 +334,13 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_executed(teacher_
         dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path, "train.max_steps=2", "loss.gan=false",
                                    "export.enabled=false", "resume=latest")))
     assert not marker.exists()
+
+
+def test_results_go_under_the_run_folder_unless_a_path_is_named():
+    """A default run never rewrites the committed tables in eval/results/."""
+    import sid
+    import sim
+    import swiftbrush
+
+    for config in (dmd2.DMD2Config, sid.SiDConfig, sim.SIMConfig, swiftbrush.SwiftBrushConfig):
+        assert config().eval.results is None

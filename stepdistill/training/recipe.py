@@ -16,8 +16,11 @@ method (torchtune's `recipe_interfaces.py`).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import load_config, to_dict
@@ -44,6 +47,18 @@ def decays(optim: Any) -> bool:
     return getattr(optim, "lr_schedule", "constant") != "constant"
 
 
+def writable(path: str | Path, key: str) -> Path:
+    """`path`, after checking that its folder can be created and written (before any training)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{key}: cannot create {path.parent} ({e.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{key}: {path} is not writable")
+    return path
+
+
 def student_weights(students: list[AnyStudent]) -> dict:
     """The weights a checkpoint keeps for its students: one student's state dict, or each prefixed by name."""
     if len(students) == 1:
@@ -54,6 +69,9 @@ def student_weights(students: list[AnyStudent]) -> dict:
 def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
     """Train `recipe` under `cfg` and finish: returns the digits benchmark result, if one was measured."""
     start_time = time.time()
+    evaluation = replace(cfg.eval, results=str(writable(cfg.eval.results or Path(cfg.train.output_dir) / "results.json",
+                                                        "eval.results")))
+    writable(Path(cfg.train.output_dir) / "config.yaml", "train.output_dir")
     run = recipe.setup(cfg)
     setup = run.setup
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg)
@@ -64,7 +82,7 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
         student_weights=lambda: student_weights(recipe.students(run)),
         tracker_config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)))
     students = [s.use_ema() for s in recipe.students(run)]
-    return finish(students, setup.accelerator, output_dir=cfg.train.output_dir, evaluation=cfg.eval,
+    return finish(students, setup.accelerator, output_dir=cfg.train.output_dir, evaluation=evaluation,
                   export=cfg.export, real_denoiser=make_real_score(setup.teacher), schedule=setup.schedule,
                   steps_done=steps_done, max_steps=cfg.train.max_steps,
                   train_minutes=(time.time() - start_time) / 60, config=to_dict(cfg))

@@ -54,7 +54,9 @@ class EvalConfig:
     teacher_rows: bool = True  # measure the teacher in the same run
     teacher_sampler: SamplerName = "dpmpp_2m"
     teacher_nfe: int = 35
-    results: str = "eval/results/run_digits.json"
+    # None: OUTPUT/results.json. The committed tables (eval/results/<recipe>_digits.json) are written only
+    # when named explicitly, e.g. `eval.results=eval/results/dmd2_digits.json`.
+    results: Optional[str] = None
 
 
 @dataclass
