@@ -36,10 +36,11 @@ from stepdistill.data.ode_pairs import ODEPairs, make_ode_pairs
 from stepdistill.discriminator import GANHead
 from stepdistill.samplers import SamplerName, backward_simulation
 from stepdistill.schedules import DiscreteRange, UniformTime
-from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig, cli,
-                                  make_ema, make_optimizer, optimizer_step, run_recipe, trainable_params)
 from stepdistill.roles import make_fake_score, make_generator, make_real_score, trainable
+from stepdistill.student import Student
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig,
+                                  check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
+                                  trainable_params)
 
 
 NAME = "dmd2"
@@ -162,6 +163,7 @@ def setup(cfg: DMD2Config) -> Run:
     if cfg.optim.update_ratio < 1:
         raise ValueError(f"optim.update_ratio={cfg.optim.update_ratio} must be >= 1 "
                          "(fake-score steps per generator step)")
+    check_optim(cfg.optim, cfg.train.max_steps, steps_per_update=cfg.optim.update_ratio)
     real_score = make_real_score(teacher)
     fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)

@@ -29,11 +29,11 @@ import torch
 
 from stepdistill import losses
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
+from stepdistill.roles import make_fake_score, make_generator, make_real_score
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, cli, make_ema,
-                                  make_optimizer, optimizer_step, run_recipe, trainable_params)
-from stepdistill.roles import make_fake_score, make_generator, make_real_score
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
+                                  make_ema, make_optimizer, optimizer_step, run_recipe, trainable_params)
 
 NAME = "swiftbrush"
 
@@ -107,6 +107,7 @@ def setup(cfg: SwiftBrushConfig) -> Run:
     if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
         raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
                          f"(a one-step generator); got {list(ts)}")
+    check_optim(cfg.optim, cfg.train.max_steps)
     if cfg.model.lora_rank < 1:
         raise ValueError(f"model.lora_rank={cfg.model.lora_rank}: SwiftBrush's fake score is a LoRA (rank >= 1)")
     guided = cfg.loss.real_guidance != 1 or cfg.loss.fake_guidance != 1

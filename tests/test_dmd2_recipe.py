@@ -267,6 +267,11 @@ def test_a_reused_output_folder_is_refused_unless_resumed_or_overwritten(teacher
     ("model.teacher=/no/such/folder", "not a local folder"),
     ("train.max_stepz=3", "train.max_stepz"),
     ("eval.results=/proc/no/results.json", "eval.results: cannot create /proc/no"),
+    ("optim.lr_generator=-1e-4", "optim.lr_generator=-0.0001 must be > 0"),
+    ("train.max_steps=50", "optim.warmup_steps=100 must be shorter than train.max_steps=50"),
+    ("train.max_steps=0", "train.max_steps=0 must be >= 1"),
+    ("optim.betas=[0.9,1.5]", "optim.betas=[0.9, 1.5] must be two values in [0, 1)"),
+    ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps=0 must be >= 1"),
 ])
 def test_command_line_errors_are_one_line_and_exit_2(teacher_dir, tmp_path, override, match):
     """`python recipes/dmd2.py ...` prints `error: ...` (no traceback) and exits 2 before any step."""

@@ -27,7 +27,7 @@ from ..student import Student
 from ..roles import make_fake_score, make_generator, make_real_score, trainable
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import Setup, make_ema, make_optimizer, optimizer_step, trainable_params
+from .setup import Setup, check_optim, make_ema, make_optimizer, optimizer_step, trainable_params
 
 
 @dataclass
@@ -102,6 +102,7 @@ def setup(cfg) -> Run:
     if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
         raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
                          f"(a one-step generator); got {list(ts)}")
+    check_optim(cfg.optim, cfg.train.max_steps)
     if cfg.loss.guidance != 1.0 and s.conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
         raise ValueError("loss.guidance != 1 needs a conditional teacher with an unconditional branch")
     fake_score = make_fake_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing)

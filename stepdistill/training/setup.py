@@ -85,6 +85,34 @@ def check_train(train: TrainConfig, processes: int) -> None:
             raise ValueError(f"train.{key}={getattr(train, key)} must be >= 1")
 
 
+def check_optim(optim, max_steps: int, *, steps_per_update: int = 1) -> None:
+    """An optim section's values, each checked with its key and valid range before anything is built:
+    learning rates (`lr_*`) > 0, betas in [0, 1), eps > 0, weight_decay >= 0, grad_clip > 0 (or null),
+    warmup_steps >= 0 and, with a decaying schedule, shorter than the run (`steps_per_update`: training
+    steps per update of the slowest optimiser, e.g. DMD2's update_ratio)."""
+    for key, value in vars(optim).items():
+        if key.startswith("lr_") and key != "lr_schedule" and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"optim.{key}={value} must be > 0")
+    betas = getattr(optim, "betas", (0.0, 0.0))
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"optim.betas={list(betas)} must be two values in [0, 1)")
+    if getattr(optim, "eps", 1.0) <= 0:
+        raise ValueError(f"optim.eps={optim.eps} must be > 0")
+    if getattr(optim, "weight_decay", 0.0) < 0:
+        raise ValueError(f"optim.weight_decay={optim.weight_decay} must be >= 0")
+    clip = getattr(optim, "grad_clip", None)
+    if clip is not None and clip <= 0:
+        raise ValueError(f"optim.grad_clip={clip} must be > 0 (or null: no clipping)")
+    warmup = getattr(optim, "warmup_steps", 0)
+    if warmup < 0:
+        raise ValueError(f"optim.warmup_steps={warmup} must be >= 0")
+    schedule = getattr(optim, "lr_schedule", "constant")
+    if schedule != "constant" and -(-warmup // steps_per_update) >= -(-max_steps // steps_per_update):
+        raise ValueError(f"optim.warmup_steps={warmup} must be shorter than train.max_steps={max_steps} when the "
+                         f"learning rates decay (optim.lr_schedule={schedule}): lower the warm-up, raise max_steps, "
+                         "or set optim.lr_schedule=constant")
+
+
 def sample_shape(teacher: Teacher, conditioner, space) -> tuple[int, ...]:
     """One sample's shape in the denoised space: the network's input channels less those the conditioner
     concatenates (a low-resolution image for super-resolution), at the network's sample size."""
