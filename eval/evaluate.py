@@ -101,6 +101,9 @@ def parse(argv: list[str] | None = None) -> tuple[str, Options]:
     sub.add_parser("calc", parents=[common, calc], help="compute metrics of generated sets, write the report")
     sub.add_parser("all", parents=[common, gen, calc], help="ref, gen and calc")
     a = parser.parse_args(argv)
+    bad = [n for n in [*getattr(a, "nfe", []), *getattr(a, "student_nfe", [])] if n < 1]
+    if bad:
+        parser.error(f"--nfe / --student-nfe must be >= 1 network evaluations; got {bad}")
     mode = a.fid_mode or get_protocol(a.protocol).fid_mode
     opts = Options(
         protocol=a.protocol, outdir=a.outdir, models=getattr(a, "models", []), sampler=getattr(a, "sampler", "dpmpp_2m"),
@@ -154,6 +157,7 @@ def cmd_gen(opts: Options) -> None:
         for nfe in grid:
             for s in proto.set_seeds:
                 folder = opts.outdir / f"{model.name}-{model.sampler}" / f"nfe{nfe:03d}" / f"set{s}"
+                _check_owner(folder, describe(model))
                 timing = generate_images(model, conds, image_seeds(proto, s), nfe, folder,
                                          batch_size=opts.batch_size, image_format=fmt, device=opts.device)
                 if PartialState().is_main_process:
@@ -165,6 +169,29 @@ def cmd_gen(opts: Options) -> None:
                     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
                     print(f"{model.name} {model.sampler} NFE {nfe} set {s}: {timing['images']} images, "
                           f"{1e3 * timing['seconds_per_image']:.2f} ms/image", flush=True)
+
+
+def _read_set(folder: Path, meta: dict):
+    """A set's images, exactly those its manifest (meta.json) lists: any other count is refused."""
+    from stepdistill.evaluation.generate import read_images
+
+    images, seeds = read_images(folder)
+    first, last = meta["image_seeds"]
+    if len(seeds) != meta["num_images"] or int(seeds[0]) != first or int(seeds[-1]) != last:
+        raise SystemExit(f"{folder} holds {len(seeds)} images (seeds {int(seeds[0])}..{int(seeds[-1])}), its "
+                         f"meta.json lists {meta['num_images']} ({first}..{last}): regenerate it with `gen`")
+    return images, seeds
+
+
+def _check_owner(folder: Path, described: dict) -> None:
+    """A set folder belongs to one model (its meta.json is the set's manifest): another model of the same
+    name (two students of one recipe, say) would overwrite it, so it is refused."""
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        source = json.loads(meta_path.read_text()).get("source")
+        if source is not None and source != described.get("source"):
+            raise SystemExit(f"{folder} holds sets of {source}, another model named {described['model']!r}: "
+                             "write this one to another --outdir")
 
 
 # ----------------------------------------------------------------------------
@@ -198,7 +225,6 @@ def _row(key, sets, per_set, seconds, aggregate) -> dict:
 def calc_digits(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
     from stepdistill.digits_benchmark import DigitsBenchmark
     from stepdistill.evaluation.digits import aggregate_sets, score_digits_set
-    from stepdistill.evaluation.generate import read_images
 
     bench = DigitsBenchmark()
     floor = bench.floor()
@@ -206,7 +232,7 @@ def calc_digits(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
     for key, sets in _sets(opts).items():
         per_set, seconds = [], []
         for folder, meta in sets:
-            images, seeds = read_images(folder)
+            images, seeds = _read_set(folder, meta)
             labels = [int(s) % 10 for s in seeds]  # image i of a set has label i % 10 and seed set * N + i
             per_set.append(score_digits_set(bench, images, labels))
             seconds.append(meta["seconds_per_image"])
@@ -230,7 +256,6 @@ def calc_digits(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
 def calc_fid(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
     from stepdistill.evaluation.clip_score import ClipScorer
     from stepdistill.evaluation.fid import feature_model, features_to_stats, fid_kid, settings
-    from stepdistill.evaluation.generate import read_images
     from stepdistill.evaluation.reference import images_features
 
     proto = opts.proto
@@ -241,7 +266,7 @@ def calc_fid(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
     for key, sets in _sets(opts).items():
         per_set, seconds = [], []
         for folder, meta in sets:
-            images, seeds = read_images(folder)
+            images, seeds = _read_set(folder, meta)
             stats = features_to_stats(images_features(images, proto, opts.fid, model, opts.device), {})
             scores = fid_kid(stats, ref, opts.fid)
             if clip is not None:

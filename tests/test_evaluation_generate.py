@@ -79,3 +79,34 @@ def test_one_and_two_processes_write_the_same_images(teacher_dir, tmp_path):
     assert seeds_one.tolist() == seeds_two.tolist() == seeds
     assert np.abs(one.astype(int) - two.astype(int)).max() <= 1  # uint8 rounding of float noise at most
     assert (one != two).mean() < 0.01
+
+
+def test_an_earlier_runs_images_are_never_scored_with_a_new_set(teacher_dir, tmp_path):
+    """Generating into a folder removes what an earlier run left there (more seeds, another format)."""
+    from PIL import Image
+
+    from stepdistill.evaluation.generate import read_images
+
+    model = load_model(str(teacher_dir), sampler="dpmpp_2m")
+    folder = tmp_path / "set0"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "00000099.png")
+    np.savez(folder / "images_rank001.npz", images=np.zeros((3, 16, 16, 1), np.uint8), seeds=np.array([7, 8, 9]))
+    generate_images(model, [0, 1], [0, 1], 1, folder, progress=False)
+    images, seeds = read_images(folder)
+    assert seeds.tolist() == [0, 1] and images.shape[0] == 2
+
+
+def test_bad_evaluation_inputs_are_refused_before_any_work(tmp_path):
+    """`--nfe 0` and a half-written checkpoint (`*.tmp`, or no step.json) get one clear message."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+    import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["gen", "--protocol", "digits", "--model", "digits", "--nfe", "0", "--outdir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    half = tmp_path / "checkpoints" / "step_00000004.tmp"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="incomplete checkpoint"):
+        load_model(str(half))

@@ -197,6 +197,9 @@ def load_model(spec: str, *, sampler: str = "dpmpp_2m", name: str | None = None)
     LCMScheduler) -> TeacherModel; an exported pipeline folder -> PipelineModel; a checkpoint folder
     (model.safetensors) -> CheckpointModel."""
     p = Path(spec)
+    if p.name.endswith(".tmp") or (p / "model.safetensors").is_file() and not (p / "step.json").is_file():
+        raise ValueError(f"{p} is an incomplete checkpoint (written while a run was stopped): it has no step.json; "
+                         "score a complete one (outputs/<run>/checkpoints/step_*)")
     if (p / "model.safetensors").is_file():
         return CheckpointModel(p, name)
     if (p / "model_index.json").is_file():
@@ -226,6 +229,10 @@ def generate_images(model, conditions: Sequence, seeds: Sequence[int], nfe: int,
     state = _state()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:  # an earlier run's images are never scored with these
+        for stale in [*out_dir.glob("images_rank*.npz"), *out_dir.glob("*.png"), out_dir / "meta.json"]:
+            stale.unlink(missing_ok=True)
+    state.wait_for_everyone()
     items = list(zip([int(s) for s in seeds], conditions))
     with state.split_between_processes(items) as local:
         local = list(local)
