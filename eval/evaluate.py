@@ -338,7 +338,21 @@ def cmd_calc(opts: Options, argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Bad input (a model that cannot be loaded, an incomplete checkpoint) prints one line, `error: ...`, and
+    exits with status 2; `--debug` keeps the traceback."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        run(argv)
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(argv: list[str]) -> None:
     command, opts = parse(argv)
     if command in ("ref", "all"):
         cmd_ref(opts)

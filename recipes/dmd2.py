@@ -155,7 +155,7 @@ def setup(cfg: DMD2Config) -> Run:
     accelerator, teacher, schedule = s.accelerator, s.teacher, s.schedule
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) == 0 or bool((ts.diff() >= 0).any()) or float(ts.max()) > schedule.t_max:
-        raise ValueError(f"model.generator_timesteps must descend within [0, {schedule.t_max}]; got {list(ts)}")
+        raise ValueError(f"model.generator_timesteps must descend within [0, {schedule.t_max}]; got {ts.tolist()}")
     loss_cfg = cfg.loss
     if loss_cfg.regression_weight < 0 or loss_cfg.regression_pairs < 1 or loss_cfg.regression_nfe < 1:
         raise ValueError(f"loss.regression_weight >= 0, regression_pairs >= 1 and regression_nfe >= 1 expected; got "

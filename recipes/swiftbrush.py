@@ -106,7 +106,7 @@ def setup(cfg: SwiftBrushConfig) -> Run:
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
         raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
-                         f"(a one-step generator); got {list(ts)}")
+                         f"(a one-step generator); got {ts.tolist()}")
     check_optim(cfg.optim, cfg.train.max_steps)
     if cfg.model.lora_rank < 1:
         raise ValueError(f"model.lora_rank={cfg.model.lora_rank}: SwiftBrush's fake score is a LoRA (rank >= 1)")

@@ -101,7 +101,7 @@ def setup(cfg) -> Run:
     ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
     if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
         raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
-                         f"(a one-step generator); got {list(ts)}")
+                         f"(a one-step generator); got {ts.tolist()}")
     check_optim(cfg.optim, cfg.train.max_steps)
     if cfg.loss.guidance != 1.0 and s.conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
         raise ValueError("loss.guidance != 1 needs a conditional teacher with an unconditional branch")

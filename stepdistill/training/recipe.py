@@ -69,9 +69,9 @@ def student_weights(students: list[AnyStudent]) -> dict:
 def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
     """Train `recipe` under `cfg` and finish: returns the digits benchmark result, if one was measured."""
     start_time = time.time()
+    writable(Path(cfg.train.output_dir) / "config.yaml", "train.output_dir")
     evaluation = replace(cfg.eval, results=str(writable(cfg.eval.results or Path(cfg.train.output_dir) / "results.json",
                                                         "eval.results")))
-    writable(Path(cfg.train.output_dir) / "config.yaml", "train.output_dir")
     run = recipe.setup(cfg)
     setup = run.setup
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg)

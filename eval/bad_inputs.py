@@ -1,0 +1,150 @@
+"""Bad inputs and the one message each gets: recipes' command lines and the evaluation harness.
+
+Every case runs in this process against a tiny random digits-shaped teacher (so a case that wrongly
+passes trains one step, not the default run). A recipe case must exit with status 2 and print one line,
+`error: ...`, naming the key or path at fault, before any training step; an evaluation-harness case must
+exit non-zero with one clear line. `tests/test_bad_inputs.py` checks every case.
+
+    python eval/bad_inputs.py            # -> eval/results/bad_inputs.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results" / "bad_inputs.md"
+CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig"}
+# what a case that wrongly passes would run: one step, nothing measured or exported
+SAFE = ["train.max_steps=1", "optim.warmup_steps=0", "eval.enabled=false", "export.enabled=false",
+        "train.time_limit_minutes=null"]
+
+
+@dataclass(frozen=True)
+class Case:
+    target: str  # a recipe name, or "evaluate"
+    argv: tuple[str, ...]  # {teacher}, {tmp}, {file} are filled in
+    expect: str  # a fragment the message must contain
+
+
+CASES = [
+    Case("dmd2", ("train.batch_size=0",), "train.batch_size=0 must be positive"),
+    Case("dmd2", ("train.batch_size=-4",), "train.batch_size=-4 must be positive"),
+    Case("dmd2", ("train.max_steps=0",), "train.max_steps=0 must be >= 1"),
+    Case("dmd2", ("train.max_steps=-5",), "train.max_steps=-5 must be >= 1"),
+    Case("dmd2", ("train.checkpoint_every=0",), "train.checkpoint_every=0 must be >= 1"),
+    Case("dmd2", ("train.log_every=0",), "train.log_every=0 must be >= 1"),
+    Case("dmd2", ("train.sample_every=0",), "train.sample_every=0 must be >= 1"),
+    Case("dmd2", ("train.keep_checkpoints=-1",), "train.keep_checkpoints=-1 must be >= 0"),
+    Case("dmd2", ("train.max_nonfinite_steps=0",), "train.max_nonfinite_steps=0 must be >= 1"),
+    Case("dmd2", ("train.mixed_precision=fp8",), "train.mixed_precision"),
+    Case("dmd2", ("train.max_stepz=3",), "train.max_stepz"),
+    Case("dmd2", ("train.max_steps=abc",), "train.max_steps"),
+    Case("dmd2", ("optim.lr_generator=-1e-4",), "optim.lr_generator=-0.0001 must be > 0"),
+    Case("dmd2", ("optim.lr_fake=0",), "optim.lr_fake=0.0 must be > 0"),
+    Case("dmd2", ("optim.betas=[0.9,1.5]",), "optim.betas=[0.9, 1.5] must be two values in [0, 1)"),
+    Case("dmd2", ("optim.weight_decay=-0.1",), "optim.weight_decay=-0.1 must be >= 0"),
+    Case("dmd2", ("optim.grad_clip=0",), "optim.grad_clip=0.0 must be > 0"),
+    Case("dmd2", ("optim.warmup_steps=-1",), "optim.warmup_steps=-1 must be >= 0"),
+    Case("dmd2", ("optim.update_ratio=0",), "optim.update_ratio=0 must be >= 1"),
+    Case("dmd2", ("optim.lr_schedule=exponential",), "optim.lr_schedule"),
+    Case("dmd2", ("train.max_steps=50", "optim.warmup_steps=100"),
+         "optim.warmup_steps=100 must be shorter than train.max_steps=50"),
+    Case("dmd2", ("model.teacher=/no/such/folder",), "not a local folder"),
+    Case("dmd2", ("model.teacher={file}",), "is a file"),
+    Case("dmd2", ("model.teacher={tmp}/no_scheduler",), "no scheduler/scheduler_config.json"),
+    Case("dmd2", ("model.generator_timesteps=[]",), "model.generator_timesteps must descend"),
+    Case("dmd2", ("model.generator_timesteps=[499,999]",), "model.generator_timesteps must descend"),
+    Case("dmd2", ("model.generator_timesteps=[1500]",), "model.generator_timesteps must descend"),
+    Case("dmd2", ("loss.regression_weight=-1",), "loss.regression_weight >= 0"),
+    Case("dmd2", ("data.prompt_dropout=1.5",), "data.prompt_dropout=1.5 must lie in [0, 1)"),
+    Case("dmd2", ("data.prompts=/no/such/prompts.txt",), "/no/such/prompts.txt"),
+    Case("dmd2", ("data.images=/no/such/images",), "/no/such/images"),
+    Case("dmd2", ("eval.results=/proc/no/results.json",), "eval.results: cannot create /proc/no"),
+    Case("dmd2", ("train.output_dir=/proc/no/run",), "train.output_dir: cannot create /proc/no"),
+    Case("dmd2", ("resume=/no/such/checkpoint",), "resume checkpoint /no/such/checkpoint does not exist"),
+    Case("dmd2", ("--config", "/no/such/preset.yaml"), "/no/such/preset.yaml"),
+    Case("dmd2", ("--config", "{tmp}/unknown_key.yaml"), "model.teachr"),
+    Case("dmd2", ("train.batch_size",), "expected key=value"),
+    Case("sid", ("model.generator_timesteps=[999,499]",), "one-step"),
+    Case("sid", ("optim.eps=0",), "optim.eps=0.0 must be > 0"),
+    Case("sid", ("loss.time_sampling=uniform",), "loss.time_sampling"),
+    Case("sim", ("loss.weighting=cosine",), "loss.weighting"),
+    Case("swiftbrush", ("model.lora_rank=0",), "model.lora_rank=0"),
+    Case("swiftbrush", ("optim.lr_lora=-1",), "optim.lr_lora=-1.0 must be > 0"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "digits", "--nfe", "0"), "--nfe"),
+    Case("evaluate", ("gen", "--protocol", "no_such_protocol", "--model", "digits"), "no_such_protocol"),
+    Case("evaluate", ("calc", "--protocol", "digits"), "no generated digits sets"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/checkpoints/step_00000004.tmp", "--nfe", "1"),
+         "incomplete checkpoint"),
+]
+
+
+def prepare(tmp: Path) -> dict[str, str]:
+    """The files the cases refer to: a teacher, a plain file, a teacher folder without a scheduler, a preset
+    with a misspelt key, a half-written checkpoint."""
+    from stepdistill.tiny import build_tiny_class_conditional
+
+    teacher = build_tiny_class_conditional(tmp / "teacher")
+    (tmp / "a_file").write_text("not a teacher\n")
+    build_tiny_class_conditional(tmp / "no_scheduler")
+    for f in (tmp / "no_scheduler" / "scheduler").iterdir():
+        f.unlink()
+    (tmp / "unknown_key.yaml").write_text("model:\n  teachr: digits\n")
+    half = tmp / "checkpoints" / "step_00000004.tmp"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"")
+    return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file")}
+
+
+def run_case(case: Case, paths: dict[str, str], out: Path) -> tuple[int, str]:
+    """(exit status, the last line printed to stderr) of one case."""
+    argv = [a.format(**paths) for a in case.argv]
+    stderr = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            if case.target == "evaluate":
+                sys.path.insert(0, str(ROOT / "eval"))
+                evaluate = importlib.import_module("evaluate")
+                evaluate.main([*argv, "--outdir", str(out)])
+            else:
+                sys.path.insert(0, str(ROOT / "recipes"))
+                module = importlib.import_module(case.target)
+                from stepdistill.training import cli
+
+                config = getattr(module, CONFIGS[case.target])
+                cli(module, config, [f"model.teacher={paths['teacher']}", f"train.output_dir={out}", *SAFE, *argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=stderr)
+    lines = [line for line in stderr.getvalue().strip().splitlines() if line.strip()]
+    return code, lines[-1] if lines else ""
+
+
+def main() -> None:
+    from stepdistill.io import atomic_write_text
+
+    rows = ["| # | target | arguments | exit | message |", "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = prepare(Path(tmp))
+        for i, case in enumerate(CASES, 1):
+            code, message = run_case(case, paths, Path(tmp) / f"out{i}")
+            args = " ".join(case.argv).replace(tmp, "TMP").replace("|", "\\|")
+            rows.append(f"| {i} | {case.target} | `{args}` | {code} | {message.replace(tmp, 'TMP').replace('|', '/')} |")
+            print(rows[-1], flush=True)
+    atomic_write_text(RESULTS, "# Bad inputs and their messages\n\n"
+                      "`python eval/bad_inputs.py`; each case is checked by `tests/test_bad_inputs.py`.\n\n"
+                      + "\n".join(rows) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

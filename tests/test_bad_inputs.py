@@ -1,0 +1,25 @@
+"""Every bad input of `eval/bad_inputs.py` (recipes' command lines and the evaluation harness) gets one line
+naming what is wrong, and a non-zero exit (2 for a recipe), before any training step."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+import bad_inputs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return bad_inputs.prepare(tmp_path_factory.mktemp("bad_inputs"))
+
+
+@pytest.mark.parametrize("case", bad_inputs.CASES, ids=lambda c: f"{c.target}:{' '.join(c.argv)[:40]}")
+def test_bad_input_gets_one_clear_line(case, paths, tmp_path):
+    code, message = bad_inputs.run_case(case, paths, tmp_path / "out")
+    assert code == 2 if case.target != "evaluate" else code != 0, message
+    assert case.expect in message, message
+    if case.target != "evaluate":
+        assert message.startswith("error: ")
+        assert not (tmp_path / "out" / "checkpoints").exists()  # nothing trained
