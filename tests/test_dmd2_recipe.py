@@ -221,6 +221,7 @@ def test_checkpoints_carry_the_students_ema_weights_which_evaluation_loads(teach
     assert {k[len(prefix):] for k in student} == set(exported)
     assert all(torch.equal(student[prefix + k], v) for k, v in exported.items())
     assert any(not torch.equal(student[k], trained[k]) for k in student)
+    assert "2 of 2 steps in" in (tmp_path / "pipeline" / "README.md").read_text()  # the card says how it trained
     model = CheckpointModel(ckpt)
     assert model.info["ema"] is True
     assert all(torch.equal(v, student[k]) for k, v in model.generator.state_dict().items())

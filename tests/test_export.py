@@ -359,3 +359,20 @@ def test_exports_carry_no_local_paths(tmp_path, tiny_unet, base_sd):
                 assert secret not in path.read_text(errors="ignore"), path
     assert "base_model" not in (a / "README.md").read_text().split("---")[1]
     assert hub_reference("stabilityai/sd-turbo") == "stabilityai/sd-turbo" and hub_reference("digits") is None
+
+
+def test_model_card_states_the_protocol_the_teacher_rows_and_the_training():
+    """A hub page must let a reader trust the numbers: protocol, teacher measured in the same run, steps,
+    minutes, command, and whether the time limit cut training short."""
+    from stepdistill.training.final import _card_text
+
+    rows = [dict(model="dmd2", sampler="one_step", nfe=1, fd=0.222, fd_std=0.009, accuracy=0.996,
+                 seconds_per_image=0.0012),
+            dict(model="teacher", sampler="dpmpp_2m", nfe=35, fd=0.183, fd_std=0.013, accuracy=0.996,
+                 seconds_per_image=0.046, default=True)]
+    result = dict(rows=rows, n_samples=1000, seeds=[0, 1, 2], floor_fd=0.222)
+    text = _card_text(result, steps_done=1388, max_steps=1600, train_minutes=11.5)
+    assert "1388 of 1600 steps (stopped by its time limit) in 11.5 minutes" in text
+    assert "| teacher | dpmpp_2m | 35 | 0.183 ± 0.013 |" in text and "1000 class-balanced samples" in text
+    assert "seeds [0, 1, 2]" in text and "accelerate launch" in text
+    assert "time limit" not in _card_text(None, steps_done=5, max_steps=5, train_minutes=0.1)
