@@ -2,8 +2,8 @@
 
 Every case runs in this process against a tiny random digits-shaped teacher (so a case that wrongly
 passes trains one step, not the default run). A recipe case must exit with status 2 and print one line,
-`error: ...`, naming the key or path at fault, before any training step; an evaluation-harness case must
-exit non-zero with one clear line. `tests/test_bad_inputs.py` checks every case.
+`error: ...`, naming the key or path at fault, before any training step; so must an evaluation-harness
+case, before any image is generated or scored. `tests/test_bad_inputs.py` checks every case.
 
     python eval/bad_inputs.py            # -> eval/results/bad_inputs.md
 """

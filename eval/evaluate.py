@@ -153,7 +153,7 @@ def cmd_gen(opts: Options) -> None:
         model = load_model(spec, sampler=opts.sampler)
         grid = opts.nfe if model.native_nfe is None else (opts.student_nfe or opts.nfe or [model.native_nfe])
         if not grid:
-            raise SystemExit(f"--nfe is required for {spec} (a teacher sampled with {opts.sampler})")
+            raise ValueError(f"--nfe is required for {spec} (a teacher sampled with {opts.sampler})")
         for nfe in grid:
             for s in proto.set_seeds:
                 folder = opts.outdir / f"{model.name}-{model.sampler}" / f"nfe{nfe:03d}" / f"set{s}"
@@ -178,7 +178,7 @@ def _read_set(folder: Path, meta: dict):
     images, seeds = read_images(folder)
     first, last = meta["image_seeds"]
     if len(seeds) != meta["num_images"] or int(seeds[0]) != first or int(seeds[-1]) != last:
-        raise SystemExit(f"{folder} holds {len(seeds)} images (seeds {int(seeds[0])}..{int(seeds[-1])}), its "
+        raise ValueError(f"{folder} holds {len(seeds)} images (seeds {int(seeds[0])}..{int(seeds[-1])}), its "
                          f"meta.json lists {meta['num_images']} ({first}..{last}): regenerate it with `gen`")
     return images, seeds
 
@@ -190,7 +190,7 @@ def _check_owner(folder: Path, described: dict) -> None:
     if meta_path.is_file():
         source = json.loads(meta_path.read_text()).get("source")
         if source is not None and source != described.get("source"):
-            raise SystemExit(f"{folder} holds sets of {source}, another model named {described['model']!r}: "
+            raise ValueError(f"{folder} holds sets of {source}, another model named {described['model']!r}: "
                              "write this one to another --outdir")
 
 
@@ -205,7 +205,7 @@ def _sets(opts: Options) -> dict[tuple, list[tuple[Path, dict]]]:
             continue
         groups.setdefault((meta["model"], meta["sampler"], meta["nfe"]), []).append((meta_path.parent, meta))
     if not groups:
-        raise SystemExit(f"no generated {opts.protocol} sets under {opts.outdir}; run `gen` first")
+        raise ValueError(f"no generated {opts.protocol} sets under {opts.outdir}; run `gen` first")
     return groups
 
 
