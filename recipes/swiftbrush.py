@@ -33,7 +33,8 @@ from stepdistill.roles import make_fake_score, make_generator, make_real_score
 from stepdistill.schedules import DiscreteRange, UniformTime
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
-                                  make_ema, make_optimizer, optimizer_step, run_recipe, trainable_params)
+                                  make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
+                                  trainable_params)
 
 NAME = "swiftbrush"
 
@@ -103,10 +104,7 @@ def setup(cfg: SwiftBrushConfig) -> Run:
     """Validate, build the teacher-with-LoRA and the generator, optimisers. Errors raise here."""
     s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data)
     teacher = s.teacher
-    ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
-    if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
-        raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
-                         f"(a one-step generator); got {ts.tolist()}")
+    ts = one_step_timesteps(cfg.model.generator_timesteps, teacher.schedule)
     check_optim(cfg.optim, cfg.train.max_steps)
     if cfg.model.lora_rank < 1:
         raise ValueError(f"model.lora_rank={cfg.model.lora_rank}: SwiftBrush's fake score is a LoRA (rank >= 1)")

@@ -27,7 +27,7 @@ from ..student import Student
 from ..roles import make_fake_score, make_generator, make_real_score, trainable
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import Setup, check_optim, make_ema, make_optimizer, optimizer_step, trainable_params
+from .setup import Setup, check_optim, one_step_timesteps, make_ema, make_optimizer, optimizer_step, trainable_params
 
 
 @dataclass
@@ -98,10 +98,7 @@ def setup(cfg) -> Run:
     """Validate, build the trio, optimisers and data. Every error is raised here, before any step."""
     s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data)
     teacher = s.teacher
-    ts = torch.tensor(cfg.model.generator_timesteps, dtype=torch.float64)
-    if len(ts) != 1 or not 0 < float(ts[0]) <= teacher.schedule.t_max:
-        raise ValueError(f"model.generator_timesteps must be one time in (0, {teacher.schedule.t_max}] "
-                         f"(a one-step generator); got {ts.tolist()}")
+    ts = one_step_timesteps(cfg.model.generator_timesteps, teacher.schedule)
     check_optim(cfg.optim, cfg.train.max_steps)
     if cfg.loss.guidance != 1.0 and s.conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
         raise ValueError("loss.guidance != 1 needs a conditional teacher with an unconditional branch")

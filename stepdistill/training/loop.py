@@ -15,7 +15,6 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
 from ..checkpointing import checkpoint_dirs, save_checkpoint
@@ -93,8 +92,14 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
             log_file.write(json.dumps({"step": step, **logs}) + "\n")
             # Every process takes the same decision: any process's non-finite loss counts.
             bad = nonfinite(logs)
-            flag = accelerator.reduce(torch.tensor([float(bool(bad))], device=accelerator.device), "sum")
-            bad_steps = bad_steps + 1 if float(flag[0]) > 0 else 0
+            out_of_time = (train.time_limit_minutes is not None
+                           and time.time() - start_time > 60 * train.time_limit_minutes)
+            # One collective a step: every process takes the same decisions (any process's non-finite loss,
+            # clock or signal counts for all).
+            flags = accelerator.reduce(torch.tensor([float(bool(bad)), float(out_of_time),
+                                                     float(signals.received or 0)], device=accelerator.device), "sum")
+            any_bad, out_of_time, signalled = (float(f) for f in flags)
+            bad_steps = bad_steps + 1 if any_bad > 0 else 0
             if bad_steps >= train.max_nonfinite_steps:
                 log_file.flush()
                 raise _diverged(out, step, f"non-finite {', '.join(bad) or 'loss on another process'} for "
@@ -107,13 +112,8 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                 accelerator.log(shown, step=done)
             if done % train.sample_every == 0 and accelerator.is_main_process:
                 save_samples(out / "samples" / f"step_{done:08d}.png")
-            out_of_time = (train.time_limit_minutes is not None
-                           and time.time() - start_time > 60 * train.time_limit_minutes)
-            # Every process stops at the same step, whatever its own clock says; a signal to any stops all.
-            out_of_time = bool(broadcast(torch.tensor([out_of_time], device=accelerator.device))[0])
-            signalled = accelerator.reduce(torch.tensor([float(signals.received or 0)], device=accelerator.device),
-                                           "sum")
-            stop_signal = int(float(signalled[0])) and (signals.received or int(signal.SIGTERM))
+            out_of_time = out_of_time > 0
+            stop_signal = (signals.received or int(signal.SIGTERM)) if signalled > 0 else 0
             if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time or stop_signal:
                 weights = student_weights() if student_weights is not None else None
                 if weights is not None and nonfinite(weights):  # never write (nor prune over) a broken one

@@ -85,6 +85,15 @@ def check_train(train: TrainConfig, processes: int) -> None:
             raise ValueError(f"train.{key}={getattr(train, key)} must be >= 1")
 
 
+def one_step_timesteps(timesteps, schedule) -> torch.Tensor:
+    """`model.generator_timesteps` of a one-step generator: one time in (0, t_max], as float64."""
+    ts = torch.tensor(timesteps, dtype=torch.float64)
+    if len(ts) != 1 or not 0 < float(ts[0]) <= schedule.t_max:
+        raise ValueError(f"model.generator_timesteps must be one time in (0, {schedule.t_max}] "
+                         f"(a one-step generator); got {ts.tolist()}")
+    return ts
+
+
 def check_optim(optim, max_steps: int, *, steps_per_update: int = 1) -> None:
     """An optim section's values, each checked with its key and valid range before anything is built:
     learning rates (`lr_*`) > 0, betas in [0, 1), eps > 0, weight_decay >= 0, grad_clip > 0 (or null),
