@@ -86,8 +86,8 @@ class OptimConfig:
     warmup_steps: int = 100  # training steps (the generator warms up over warmup_steps / update_ratio of its own)
     grad_clip: float = 10.0
     update_ratio: int = 5  # fake-score updates per generator update
-    # "linear" / "cosine": both learning rates decay to zero at train.max_steps (the generator's at
-    # its own max_steps / update_ratio-th step), so set max_steps to what the time limit allows.
+    # "linear" / "cosine": both learning rates decay to zero at the run's horizon: train.max_steps, or the
+    # steps that fit train.time_limit_minutes on this machine (the generator's at its own horizon / update_ratio-th).
     lr_schedule: LRSchedule = "cosine"
 
 
@@ -96,7 +96,8 @@ class DMD2Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # 1,600 steps: what 2 CPU cores complete in the 11.5-minute limit, so the cosine decay finishes.
+    # 1,600 steps: what a fast 2-core machine completes in the 11.5-minute limit; a slower one fits the decay
+    # to the steps its limit holds (stepdistill.training.horizon).
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/dmd2_digits"))
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -180,10 +181,9 @@ def setup(cfg: DMD2Config) -> Run:
     gen_params, fake_params = trainable_params(generator), trainable_params(fake_score, head)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
                                     warmup_steps=math.ceil(o.warmup_steps / o.update_ratio), schedule=o.lr_schedule,
-                                    total_steps=math.ceil(cfg.train.max_steps / o.update_ratio))
+                                    total_steps=s.horizon, steps_per_update=o.update_ratio)
     opt_f, sched_f = make_optimizer(fake_params, lr=o.lr_fake, betas=o.betas, weight_decay=o.weight_decay,
-                                    warmup_steps=o.warmup_steps, schedule=o.lr_schedule,
-                                    total_steps=cfg.train.max_steps)
+                                    warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
     if head is not None:

@@ -33,9 +33,10 @@ STUDENT_FILE = "student.safetensors"
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, *, keep: int = 2,
-                    student: dict | None = None) -> Path:
+                    student: dict | None = None, info: dict | None = None) -> Path:
     """Save the accelerator state for `step` (the number of completed steps) and the `student` weights
-    (a state dict), keeping the newest `keep` checkpoints (0: all of them). Call on every process."""
+    (a state dict), keeping the newest `keep` checkpoints (0: all of them); `info` (JSON) goes into
+    `step.json` beside the step. Call on every process."""
     final = Path(output_dir) / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -49,7 +50,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
             from safetensors.torch import save_file
 
             save_file({k: v.detach().cpu().contiguous() for k, v in student.items()}, str(tmp / STUDENT_FILE))
-        (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
+        (tmp / "step.json").write_text(json.dumps({"step": step, **(info or {})}) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -95,9 +96,14 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return path
 
 
+def checkpoint_info(path: Path) -> dict:
+    """A checkpoint's `step.json`: its step and what the loop recorded beside it."""
+    return json.loads((Path(path) / "step.json").read_text())
+
+
 def checkpoint_step(path: Path) -> int:
     """The number of completed steps a complete checkpoint holds."""
-    return int(json.loads((Path(path) / "step.json").read_text())["step"])
+    return int(checkpoint_info(path)["step"])
 
 
 def _numpy_globals() -> list:

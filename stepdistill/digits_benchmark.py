@@ -13,6 +13,7 @@ Protocol (every recipe reports against it, so methods stay comparable):
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,8 @@ from .data.digits import NUM_CLASSES, load_digits_tensors
 from .metrics import effective_dimension, frechet_distance, gaussian_stats, kernel_inception_distance, precision_recall
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# The shipped teacher's rows on this protocol, written by `make baseline` (eval/teacher_baseline.py).
+TEACHER_TABLE = ASSETS.parent / "eval" / "results" / "teacher_digits.json"
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
 
 
@@ -108,6 +111,35 @@ class DigitsBenchmark:
             seconds.append((time.perf_counter() - start) / len(labels))
             per_seed.append(self.score(images, labels))
         return aggregate(per_seed, seconds)
+
+
+    def seconds_per_image(self, sample_fn: SampleFn, *, n_per_class: int = 10) -> float:
+        """Time `sample_fn` on a small class-balanced batch: a speed on this machine without a full set."""
+        labels = torch.arange(NUM_CLASSES).repeat(n_per_class)
+        start = time.perf_counter()
+        sample_fn(labels, torch.Generator().manual_seed(0))
+        return (time.perf_counter() - start) / len(labels)
+
+
+def is_shipped_teacher(teacher: str) -> bool:
+    """Whether `teacher` (a recipe's `model.teacher`) names the shipped digits teacher."""
+    return teacher == "digits" or Path(teacher).expanduser().resolve() == (ASSETS / "digits_teacher").resolve()
+
+
+def table_rows(wanted: list[tuple[str, int]], *, seeds: list[int], n_samples: int,
+               path: Path = TEACHER_TABLE) -> list[dict] | None:
+    """The shipped teacher's rows (sampler, NFE) from its committed table; None when the table is missing,
+    was measured at another sample count or on other seeds, or lacks a row."""
+    if not path.is_file():
+        return None
+    table = json.loads(path.read_text())
+    if table.get("n_samples") != n_samples or list(table.get("seeds", [])) != list(seeds):
+        return None
+    rows = [next((r for r in table["rows"] if r["sampler"] == sampler and r["nfe"] == nfe), None)
+            for sampler, nfe in wanted]
+    if any(r is None or not {"precision", "recall"} <= set(r) for r in rows):
+        return None
+    return [dict(r) for r in rows]
 
 
 def default_row(rows: list[dict]) -> dict | None:

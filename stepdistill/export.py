@@ -51,10 +51,12 @@ PIPELINE_MODULE = "stepdistill_pipeline"  # the file name diffusers imports from
 PIPELINE_CLASS = "StepDistillClassConditionalPipeline"
 TIMESTEP_SCALING = 1e4  # LCM boundary condition: c_skip = 0.25 / ((1e4 t)^2 + 0.25) < 3e-9 for t >= 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-CARD_KEYS = ("base_model", "recipe", "metrics", "tags", "extra")
+CARD_KEYS = ("base_model", "recipe", "metrics", "tags", "extra", "license")
+PROJECT_LICENSE = "apache-2.0"  # the shipped teachers' too: the project trained them
 
 # The pipeline that travels inside a class-conditional export: a real module, copied into the folder.
 PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "class_conditional.py"
+SHIPPED_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,14 +197,16 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
 
 def write_model_card(folder: str | Path, *, base_model: str | None, recipe: str, metrics: Mapping,
                      pipeline_call: str, tags: list[str] | None = None, extra: str = "",
-                     pipeline_tag: str | None = None) -> Path:
-    """Write `folder/README.md`: YAML front matter (library_name diffusers, base_model, tags), a description,
-    the exact loading/sampling code, a metrics table. `base_model` None (e.g. a local teacher) is left out."""
+                     pipeline_tag: str | None = None, license: str | None = None) -> Path:
+    """Write `folder/README.md`: YAML front matter (library_name diffusers, license, base_model, tags,
+    pipeline_tag), a description, the exact loading/sampling code, a metrics table. `base_model` None (e.g.
+    a local teacher) is left out; `license` None is written as `other` with a line saying the teacher's
+    license applies (a student is a derivative of its teacher)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     tags = list(dict.fromkeys(["stepdistill", "diffusion-distillation", recipe, *(tags or [])]))
-    data = ModelCardData(library_name="diffusers", base_model=base_model or None, tags=tags,
-                         pipeline_tag=pipeline_tag)
+    data = ModelCardData(library_name="diffusers", license=license or "other", base_model=base_model or None,
+                         tags=tags, pipeline_tag=pipeline_tag)
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in metrics.items())
     table = f"| metric | value |\n|---|---|\n{rows}" if metrics else "No metrics were recorded."
     origin = f"`{base_model}`" if base_model else "its teacher"
@@ -213,6 +217,8 @@ def write_model_card(folder: str | Path, *, base_model: str | None, recipe: str,
             f"## Usage\n\n```python\n{pipeline_call}\n```\n\n## Metrics\n\n{table}\n")
     if extra:
         body += f"\n{extra.strip()}\n"
+    if not license:
+        body += f"\n## License\n\nThe license of {origin} applies to this student.\n"
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = Path(folder) / "README.md"
     atomic_write_text(path, str(card))
@@ -327,6 +333,24 @@ def _plain_network(net: nn.Module, adapter: str | None) -> nn.Module:
     if hasattr(net, "peft_config"):
         del net.peft_config
     return net
+
+
+def teacher_license(teacher: str) -> str | None:
+    """The license a student inherits: the project's for its shipped teachers, else the `license` in the
+    teacher folder's (or cached hub repo's) model card front matter; None when unknown."""
+    if teacher == "digits" or Path(teacher).expanduser().resolve().parent == SHIPPED_ASSETS.resolve():
+        return PROJECT_LICENSE
+    readme = Path(teacher).expanduser() / "README.md"
+    if not readme.is_file() and hub_reference(teacher):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(teacher, "README.md")
+        readme = Path(cached) if isinstance(cached, str) else readme
+    if not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(readme).data.license or None
 
 
 def hub_reference(source) -> str | None:

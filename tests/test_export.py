@@ -362,17 +362,42 @@ def test_exports_carry_no_local_paths(tmp_path, tiny_unet, base_sd):
 
 
 def test_model_card_states_the_protocol_the_teacher_rows_and_the_training():
-    """A hub page must let a reader trust the numbers: protocol, teacher measured in the same run, steps,
-    minutes, command, and whether the time limit cut training short."""
+    """A hub page must let a reader trust the numbers: protocol, where the teacher's rows come from, steps,
+    minutes, command, and whether the time limit cut training short or fitted its schedule."""
     from stepdistill.training.final import _card_text
+    from stepdistill.training.horizon import Horizon
 
     rows = [dict(model="dmd2", sampler="one_step", nfe=1, fd=0.222, fd_std=0.009, accuracy=0.996,
                  seconds_per_image=0.0012),
             dict(model="teacher", sampler="dpmpp_2m", nfe=35, fd=0.183, fd_std=0.013, accuracy=0.996,
                  seconds_per_image=0.046, default=True)]
-    result = dict(rows=rows, n_samples=1000, seeds=[0, 1, 2], floor_fd=0.222)
-    text = _card_text(result, steps_done=1388, max_steps=1600, train_minutes=11.5)
-    assert "1388 of 1600 steps (stopped by its time limit) in 11.5 minutes" in text
+    result = dict(rows=rows, n_samples=1000, seeds=[0, 1, 2], floor_fd=0.222, teacher_rows="measured in this run")
+    cut = Horizon(1600)
+    text = _card_text(result, steps_done=1388, horizon=cut, train_minutes=11.5)
+    assert "1388 of 1600 steps (stopped by its time limit before its decay ended) in 11.5 minutes" in text
     assert "| teacher | dpmpp_2m | 35 | 0.183 ± 0.013 |" in text and "1000 class-balanced samples" in text
-    assert "seeds [0, 1, 2]" in text and "accelerate launch" in text
-    assert "time limit" not in _card_text(None, steps_done=5, max_steps=5, train_minutes=0.1)
+    assert "seeds [0, 1, 2]" in text and "accelerate launch" in text and "measured in the same run" in text
+    fitted = Horizon(1600)
+    fitted.fit(done=55, seconds_per_step=0.8, seconds_left=600)
+    text = _card_text(dict(result, teacher_rows="table: eval/results/teacher_digits.json"), steps_done=fitted.total,
+                      horizon=fitted, train_minutes=11.5)
+    assert f"{fitted.total} steps (train.max_steps=1600, fitted to its time limit at 0.80 s a step)" in text
+    assert "committed baseline" in text and "eval/results/teacher_digits.json" in text
+    assert "time limit" not in _card_text(None, steps_done=5, horizon=Horizon(5), train_minutes=0.1)
+
+
+def test_model_card_license_is_the_teachers(tmp_path):
+    """The card's `license` is the teacher's: the project's for its shipped teacher, a local teacher's own
+    card's, and `other` with a note when unknown."""
+    from stepdistill.export import teacher_license, write_model_card
+
+    assert teacher_license("digits") == "apache-2.0"
+    local = tmp_path / "teacher"
+    local.mkdir()
+    assert teacher_license(str(local)) is None
+    (local / "README.md").write_text("---\nlicense: openrail++\n---\n# a teacher\n")
+    assert teacher_license(str(local)) == "openrail++"
+    for license, front, note in (("openrail++", "license: openrail++", False), (None, "license: other", True)):
+        card = write_model_card(tmp_path / "card", base_model=None, recipe="dmd2", metrics={}, pipeline_call="",
+                                license=license).read_text()
+        assert front in card.split("---")[1] and ("The license of its teacher applies" in card) == note

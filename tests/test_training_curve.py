@@ -20,7 +20,7 @@ def _sid_run(teacher, run: Path, results: Path) -> None:
     sid.main(apply_overrides(sid.SiDConfig(), [
         f"model.teacher={teacher}", f"train.output_dir={run}", "train.batch_size=4",
         "train.max_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=0", "train.sample_every=1000",
-        "optim.warmup_steps=0", "eval.seeds=[0]", "eval.teacher_rows=false", f"eval.results={results}",
+        "optim.warmup_steps=0", "eval.seeds=[0]", "eval.teacher_rows=none", f"eval.results={results}",
         "export.enabled=false"]))
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from ..digits_benchmark import DigitsBenchmark, default_row, markdown_table, teacher_sample_fn
-from ..export import push_to_hub
+from ..digits_benchmark import (TEACHER_TABLE, DigitsBenchmark, default_row, is_shipped_teacher, markdown_table,
+                                table_rows, teacher_sample_fn)
+from ..export import push_to_hub, teacher_license
 from ..io import atomic_write_text
 from ..samplers import steps_for_nfe
 from ..student import AnyStudent
+from .horizon import Horizon
 from .loop import DivergenceError, nonfinite
 from .sections import EvalConfig, ExportConfig
 
@@ -28,30 +31,56 @@ def save_samples(student: AnyStudent, path: Path) -> None:
     save_image(x * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
 
 
+def teacher_rows(evaluation: EvalConfig, bench: DigitsBenchmark, real_denoiser, schedule, shape, *,
+                 teacher: str) -> tuple[list[dict], str]:
+    """The teacher's rows beside the student's (1 NFE, and the default sampler at `teacher_nfe`), and where
+    they come from. "table": the shipped teacher's committed rows (the same protocol and seeds, so the same
+    figures to float precision; their speed is timed here, on a small batch, so the speed-up compares one
+    machine's timings) where they apply, else measured; "measure": measured in this run (the full sets:
+    ~3,000 images at 35 NFE); "none": no teacher rows."""
+    if evaluation.teacher_rows == "none":
+        return [], "none"
+    wanted = [("ddim", 1), (evaluation.teacher_sampler, evaluation.teacher_nfe)]
+    fns = [teacher_sample_fn(real_denoiser, schedule, sampler=sampler, steps=steps_for_nfe(sampler, nfe),
+                             shape=shape) for sampler, nfe in wanted]
+    seeds = list(evaluation.seeds)
+    rows = (table_rows(wanted, seeds=seeds, n_samples=bench.n_samples)
+            if evaluation.teacher_rows == "table" and is_shipped_teacher(teacher) else None)
+    if rows is not None:
+        for row, fn in zip(rows, fns):
+            row.update(seconds_per_image=bench.seconds_per_image(fn), timed_images=10 * 10)
+        source = f"table: {TEACHER_TABLE.relative_to(TEACHER_TABLE.parents[2])} (speed timed in this run)"
+    else:
+        rows = [dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds))
+                for (sampler, nfe), fn in zip(wanted, fns)]
+        source = "measured in this run"
+    for row, (sampler, nfe) in zip(rows, wanted):
+        row.pop("default", None)
+        row.update(model="teacher", sampler=sampler, nfe=nfe, **({"default": True} if row is rows[-1] else {}))
+    return rows, source
+
+
 def evaluate_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation: EvalConfig, *, steps_done: int,
-                       max_steps: int, train_minutes: float, config: dict) -> dict:
-    """The student's rows (and the teacher's, measured in the same run) on the digits benchmark,
-    written to `evaluation.results` and printed as a table; same row schema as the teacher baseline.
-    `config`: the run's configuration as a dict, recorded with the result."""
+                       horizon: Horizon, train_minutes: float, config: dict) -> dict:
+    """The student's rows and the teacher's (see `teacher_rows`) on the digits benchmark, written to
+    `evaluation.results` and printed as a table; same row schema as the teacher baseline. `config`: the
+    run's configuration as a dict, recorded with the result."""
     bench = DigitsBenchmark()
     floor = bench.floor()
     seeds = list(evaluation.seeds)
     rows = [dict(model=student.name, sampler="one_step" if student.nfe == 1 else "multistep", nfe=student.nfe,
                  **bench.evaluate(student.sample_fn(), seeds))]
-    if evaluation.teacher_rows:
-        for nfe, default in ((1, False), (evaluation.teacher_nfe, True)):
-            sampler = "ddim" if nfe == 1 else evaluation.teacher_sampler
-            fn = teacher_sample_fn(real_denoiser, schedule, sampler=sampler, steps=steps_for_nfe(sampler, nfe),
-                                   shape=student.shape)
-            rows.append(dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds),
-                             **({"default": True} if default else {})))
+    teacher, source = teacher_rows(evaluation, bench, real_denoiser, schedule, student.shape,
+                                   teacher=str(config.get("model", {}).get("teacher", "")))
+    rows += teacher
     teacher_default = default_row(rows)
     first = rows[0]
     result = dict(
         benchmark="digits", recipe=student.name, command="accelerate launch " + " ".join(sys.argv),
         n_samples=bench.n_samples, seeds=seeds, floor_fd=floor["fd"], floor_accuracy=floor["accuracy"],
-        floor_precision=floor["precision"], floor_recall=floor["recall"],
-        train_steps=steps_done, max_steps=max_steps, stopped_by_time_limit=steps_done < max_steps,
+        floor_precision=floor["precision"], floor_recall=floor["recall"], teacher_rows=source,
+        train_steps=steps_done, max_steps=horizon.max_steps, horizon=horizon.state(),
+        decay_complete=steps_done >= horizon.total, stopped_by_time_limit=steps_done < horizon.total,
         train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(),
         config=config, rows=rows,
     )
@@ -65,27 +94,37 @@ def evaluate_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation:
     if teacher_default:
         s = result["student_vs_teacher"]
         print(f"student / teacher FD {s['fd_ratio']:.2f}x, accuracy {s['accuracy_difference']:+.3f}, "
-              f"speed-up {s['speedup']:.0f}x; floor FD {floor['fd']:.3f}; wrote {evaluation.results}")
+              f"speed-up {s['speedup']:.0f}x; floor FD {floor['fd']:.3f}; teacher rows: {source}; "
+              f"wrote {evaluation.results}")
     return result
 
 
-def _card_text(result: dict | None, *, steps_done: int, max_steps: int, train_minutes: float) -> str:
-    """What a reader of the model card needs to trust its numbers: the protocol, the teacher's rows measured
-    in the same run, and how long the student trained (and whether its time limit cut it short)."""
-    stopped = " (stopped by its time limit)" if steps_done < max_steps else ""
-    text = (f"## Training\n\n{steps_done} of {max_steps} steps{stopped} in {train_minutes:.1f} minutes: "
-            f"`{' '.join(['accelerate launch', *sys.argv])}`\n")
+def _card_text(result: dict | None, *, steps_done: int, horizon: Horizon, train_minutes: float) -> str:
+    """What a reader of the model card needs to trust its numbers: the protocol, the teacher's rows (measured
+    in the same run, or read from the committed table of the same protocol), and how long the student
+    trained (and whether its time limit cut it short)."""
+    if steps_done < horizon.total:
+        how = f"{steps_done} of {horizon.total} steps (stopped by its time limit before its decay ended)"
+    elif horizon.total < horizon.max_steps:
+        how = (f"{steps_done} steps (train.max_steps={horizon.max_steps}, fitted to its time limit at "
+               f"{horizon.seconds_per_step:.2f} s a step)")
+    else:
+        how = f"{steps_done} of {horizon.max_steps} steps"
+    text = f"## Training\n\n{how} in {train_minutes:.1f} minutes: `{' '.join(['accelerate launch', *sys.argv])}`\n"
     if result is None:
         return text
     rows = "\n".join(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | "
                      f"{r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |" for r in result["rows"])
+    source = result.get("teacher_rows", "measured in this run")
+    teacher = ("The teacher was measured in the same run, on the same seeds" if source.startswith("measured")
+               else "The teacher's rows are the committed baseline of the same protocol and seeds "
+                    f"({source.split(': ', 1)[-1]}; `eval.teacher_rows=measure` re-measures them)")
     return text + (
         f"\n## How the metrics were measured\n\nstepdistill's digits benchmark: Frechet distance (FD) of "
         f"{result['n_samples']} class-balanced samples per seed (seeds {result['seeds']}) against the digits "
         f"reference split, in the shipped digits classifier's penultimate features, and that classifier's "
-        f"accuracy on the samples; real-vs-real floor FD {result['floor_fd']:.3f}. The teacher was measured in "
-        f"the same run, on the same seeds:\n\n| model | sampler | NFE | FD | accuracy | ms / image |\n"
-        f"|---|---|---|---|---|---|\n{rows}\n")
+        f"accuracy on the samples; real-vs-real floor FD {result['floor_fd']:.3f}. {teacher}:\n\n"
+        f"| model | sampler | NFE | FD | accuracy | ms / image |\n|---|---|---|---|---|---|\n{rows}\n")
 
 
 def _card_metrics(result: dict | None) -> dict:
@@ -96,16 +135,18 @@ def _card_metrics(result: dict | None) -> dict:
 
 
 def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, evaluation: EvalConfig,
-           export: ExportConfig, real_denoiser, schedule, steps_done: int, max_steps: int, train_minutes: float,
+           export: ExportConfig, real_denoiser, schedule, steps_done: int, horizon: Horizon, train_minutes: float,
            config: dict) -> dict | None:
     """After training, with EMA weights in place: for each student, on the main process, a final sample
     grid, the digits benchmark when it applies, the export (`OUTPUT/pipeline`, or `OUTPUT/pipeline/<name>`
-    for several students) and the upload. Returns the first benchmark result, if any."""
-    first = None
+    for several students) and the upload; the results then record the minutes all this took. Returns the
+    first benchmark result, if any."""
+    started, first = time.time(), None
     # Measure and export the weights as a user runs them: float32, no DDP or autocast wrapper.
     students = [s.unwrapped(accelerator) for s in students]
     if accelerator.is_main_process:
         out = Path(output_dir)
+        teacher = str(config.get("model", {}).get("teacher", ""))
         for student in students:
             broken = nonfinite(student.state_dict())
             if broken:  # never measured, never exported
@@ -116,16 +157,21 @@ def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, e
             result = None
             if evaluation.enabled and student.benchmarkable():
                 result = evaluate_on_digits(student, real_denoiser, schedule, evaluation, steps_done=steps_done,
-                                            max_steps=max_steps, train_minutes=train_minutes, config=config)
+                                            horizon=horizon, train_minutes=train_minutes, config=config)
                 first = first or result
             if export.enabled:
                 folder = out / "pipeline" if len(students) == 1 else out / "pipeline" / student.name
-                card = {"metrics": _card_metrics(result), "extra": _card_text(
-                    result, steps_done=steps_done, max_steps=max_steps, train_minutes=train_minutes)}
+                card = {"metrics": _card_metrics(result), "license": export.license or teacher_license(teacher),
+                        "extra": _card_text(result, steps_done=steps_done, horizon=horizon,
+                                            train_minutes=train_minutes)}
                 folder = student.export(folder, model_card=card)
                 print(f"exported the student pipeline to {folder}")
                 if export.hub_repo:
                     print(f"uploaded to {push_to_hub(folder, export.hub_repo, private=export.private)}")
+        if first is not None:
+            first["after_training_minutes"] = round((time.time() - started) / 60, 2)
+            atomic_write_text(evaluation.results, json.dumps(first, indent=2) + "\n")
+            print(f"{first['after_training_minutes']:.1f} minutes after training (evaluation and export)")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return first

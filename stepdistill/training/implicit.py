@@ -70,7 +70,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     grad_clip: Optional[float] = 10.0  # SiD-LSG README: fp16 "requires gradient clipping"
-    # "linear" / "cosine": both rates decay to zero at train.max_steps (set it to what the time limit allows)
+    # "linear" / "cosine": both rates decay to zero at the horizon (train.max_steps, or what the time limit fits)
     lr_schedule: LRSchedule = "cosine"
 
 
@@ -106,7 +106,7 @@ def setup(cfg) -> Run:
     generator = make_generator(teacher, float(ts[0]), gradient_checkpointing=cfg.model.gradient_checkpointing)
     o = cfg.optim
     gen_params = trainable_params(generator)
-    decay = dict(warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=cfg.train.max_steps)
+    decay = dict(warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, eps=o.eps,
                                     weight_decay=o.weight_decay, **decay)
     opt_f, sched_f = make_optimizer(trainable_params(fake_score), lr=o.lr_fake, betas=o.betas, eps=o.eps,

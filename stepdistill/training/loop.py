@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import checkpoint_dirs, save_checkpoint
 from .draw import Draw
+from .horizon import SKIP_STEPS, TIMED_STEPS, Horizon
 from .sections import TrainConfig
 
 StepFn = Callable[[Draw, int], dict]  # (draw, step) -> logs; one optimisation step of the recipe
@@ -75,22 +76,29 @@ def _diverged(output_dir: Path, step: int, what: str) -> DivergenceError:
 def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start_step: int, start_time: float,
                step_fn: StepFn, save_samples: Callable[[Path], None],
                student_weights: Callable[[], dict] | None = None, tracker_config: dict | None = None,
-               decaying: bool = False) -> int:
-    """Run `step_fn` from `start_step` to `train.max_steps` (or the time limit); returns the number
-    of completed steps. `save_samples(path)` is called on the main process every `sample_every`;
-    `student_weights()` is saved with every checkpoint. `decaying`: the learning rates decay over
-    `train.max_steps`, so a time limit that cuts the run short warns."""
+               decaying: bool = False, horizon: Horizon | None = None) -> int:
+    """Run `step_fn` from `start_step` to the horizon (`train.max_steps`, or the steps that fit the time
+    limit: see `horizon`), or until the time limit; returns the number of completed steps.
+    `save_samples(path)` is called on the main process every `sample_every`; `student_weights()` is saved
+    with every checkpoint. `decaying`: the learning rates decay over the horizon, so a time limit that
+    cuts the run short warns."""
     out = Path(train.output_dir)
+    horizon = horizon or Horizon(train.max_steps)
     accelerator.init_trackers(name, config={k: str(v) for k, v in (tracker_config or {}).items()})
-    bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=train.max_steps,
+    bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=horizon.total,
                desc=name, disable=not accelerator.is_main_process)
+    # Fit the horizon once per run (a resumed run keeps its checkpoint's) from the speed of its first steps.
+    fit_at = (start_step + SKIP_STEPS + TIMED_STEPS
+              if train.time_limit_minutes is not None and not horizon.fitted else None)
+    timed_from = None
     done, shown, bad_steps = start_step, {}, 0
     with _Signals() as signals, (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
         for step in bar:
+            if step == start_step + SKIP_STEPS:
+                timed_from = time.time()
             draw = Draw(accelerator, train.batch_size, train.seed, step)
             logs = step_fn(draw, step)
             log_file.write(json.dumps({"step": step, **logs}) + "\n")
-            # Every process takes the same decision: any process's non-finite loss counts.
             bad = nonfinite(logs)
             out_of_time = (train.time_limit_minutes is not None
                            and time.time() - start_time > 60 * train.time_limit_minutes)
@@ -106,6 +114,11 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                                            f"{bad_steps} consecutive steps")
             shown |= logs
             done = step + 1
+            if done == fit_at and done < horizon.total:
+                _fit(accelerator, horizon, train, done=done, timed_from=timed_from, start_time=start_time)
+                log_file.write(json.dumps({"horizon": horizon.state()}) + "\n")
+                bar.total = horizon.total
+                bar.refresh()
             if done % train.log_every == 0:
                 log_file.flush()
                 bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
@@ -114,12 +127,14 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                 save_samples(out / "samples" / f"step_{done:08d}.png")
             out_of_time = out_of_time > 0
             stop_signal = (signals.received or int(signal.SIGTERM)) if signalled > 0 else 0
-            if done % train.checkpoint_every == 0 or done == train.max_steps or out_of_time or stop_signal:
+            reached = done >= horizon.total
+            if done % train.checkpoint_every == 0 or reached or out_of_time or stop_signal:
                 weights = student_weights() if student_weights is not None else None
                 if weights is not None and nonfinite(weights):  # never write (nor prune over) a broken one
                     raise _diverged(out, step, f"non-finite student weights ({nonfinite(weights)[0]}, ...)")
                 save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints,
-                                student=weights if accelerator.is_main_process else None)
+                                student=weights if accelerator.is_main_process else None,
+                                info={"horizon": horizon.state()})
             if stop_signal:
                 log_file.flush()
                 name = signal.Signals(stop_signal).name
@@ -127,19 +142,33 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                     print(f"\n{name}: stopped after step {done} and wrote a checkpoint; continue with the same "
                           f"command plus resume=latest", flush=True)
                 raise Preempted(128 + stop_signal)
+            if reached:
+                break
             if out_of_time:
-                if done < train.max_steps and decaying and accelerator.is_main_process:
-                    warnings.warn(_stopped_early(train, done, start_step), stacklevel=2)
+                if decaying and accelerator.is_main_process:
+                    warnings.warn(_stopped_early(train, horizon, done, start_step), stacklevel=2)
                 break
     return done
 
 
-def _stopped_early(train: TrainConfig, done: int, start_step: int) -> str:
-    # The digits defaults fix max_steps to what 2 cores finish in the limit, so that their learning rates
-    # decay to zero; on a slower machine the limit cuts the decay short and the student scores worse
-    # (a constant rate, as SwiftBrush's, is meant to stop at the limit).
+def _fit(accelerator: Accelerator, horizon: Horizon, train: TrainConfig, *, done: int, timed_from: float,
+         start_time: float) -> None:
+    """Fit `horizon` to the time limit from the timed steps; every process takes the slowest one's figures."""
+    now = time.time()
+    mine = torch.tensor([[(now - timed_from) / TIMED_STEPS, -(60 * train.time_limit_minutes - (now - start_time))]],
+                        device=accelerator.device)
+    seconds_per_step, neg_left = (float(v) for v in accelerator.gather(mine).amax(dim=0))
+    total = horizon.fit(done=done, seconds_per_step=seconds_per_step, seconds_left=-neg_left)
+    if total < train.max_steps and accelerator.is_main_process:
+        print(f"\n{seconds_per_step:.2f} s a step: the {train.time_limit_minutes:g}-minute limit "
+              f"fits {total} of train.max_steps={train.max_steps} steps, so training ends (and decaying "
+              f"learning rates reach zero) at step {total}", flush=True)
+
+
+def _stopped_early(train: TrainConfig, horizon: Horizon, done: int, start_step: int) -> str:
+    # The horizon was fitted to the limit from the first steps' speed; the machine then slowed down (or the
+    # run started too late to fit one), so the limit cut the decay short and the student scores worse.
     fits = done - start_step  # the steps this process ran within the limit
-    return (f"the {train.time_limit_minutes:g}-minute limit stopped training at step {done} of {train.max_steps} "
-            f"({fits} in this run): a learning-rate decay over train.max_steps did not finish. "
-            f"To finish it within the limit on this machine, start again with train.max_steps={fits}, "
-            f"or raise train.time_limit_minutes (null: no limit).")
+    return (f"the {train.time_limit_minutes:g}-minute limit stopped training at step {done} of {horizon.total} "
+            f"({fits} in this run): the learning-rate decay did not finish. Continue with resume=latest "
+            f"(the same schedule), or raise train.time_limit_minutes (null: no limit).")

@@ -74,18 +74,19 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
                                                         "eval.results")))
     run = recipe.setup(cfg)
     setup = run.setup
-    start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg)
+    start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg,
+                         horizon=setup.horizon)
     steps_done = train_loop(
         setup.accelerator, cfg.train, name=recipe.NAME, start_step=start_step, start_time=start_time,
         step_fn=lambda draw, step: recipe.step(run, draw, step),
         save_samples=lambda path: save_samples(recipe.students(run)[0], path),
         student_weights=lambda: student_weights(recipe.students(run)),
-        tracker_config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)))
+        tracker_config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)), horizon=setup.horizon)
     students = [s.use_ema() for s in recipe.students(run)]
     return finish(students, setup.accelerator, output_dir=cfg.train.output_dir, evaluation=evaluation,
                   export=cfg.export, real_denoiser=make_real_score(setup.teacher), schedule=setup.schedule,
-                  steps_done=steps_done, max_steps=cfg.train.max_steps,
-                  train_minutes=(time.time() - start_time) / 60, config=to_dict(cfg))
+                  steps_done=steps_done, horizon=setup.horizon, train_minutes=(time.time() - start_time) / 60,
+                  config=to_dict(cfg))
 
 
 def cli(recipe: Recipe, config_cls: type, argv: list[str] | None = None) -> dict | None:

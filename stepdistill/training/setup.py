@@ -15,16 +15,16 @@ from typing import Any, Iterable, Optional, get_args
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from ..checkpointing import claim_output_dir, load_checkpoint, resolve_resume
+from ..checkpointing import checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
 from ..conditioning import ClassConditioner, ImageConditioner, TextConditioner, Unconditional
 from ..data import DigitsDataset, ImageFolder, load_prompts
 from ..distributed import make_accelerator
 from ..io import atomic_write_text
 from ..latents import LatentSpace, PixelSpace
 from ..roles import Teacher, load_teacher
+from .horizon import Horizon, lr_factor
 from .sections import DataConfig, LRSchedule, TrainConfig
 
 
@@ -39,6 +39,7 @@ class Setup:
     shape: tuple[int, ...]  # one sample in the space the networks denoise
     dataset: Optional[Any]  # real images (and labels), or None
     resume_from: Optional[Path]
+    horizon: Horizon  # the step at which training ends and decaying rates reach zero (fitted to the time limit)
     labelled_real: bool = False  # real images carry class labels (read once: an item may decode an image)
 
     @property
@@ -70,6 +71,7 @@ class Setup:
         conditioner, space, dataset = setup_data(data, loaded, accelerator.device, need_images=need_images)
         return cls(accelerator=accelerator, teacher=loaded, conditioner=conditioner, space=space,
                    shape=sample_shape(loaded, conditioner, space), dataset=dataset, resume_from=resume_from,
+                   horizon=Horizon(train.max_steps),
                    labelled_real=dataset is not None and "class_labels" in dataset[0])
 
 
@@ -178,11 +180,15 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     return conditioner, space, dataset
 
 
-def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: str | Path, config) -> int:
-    """Restore a checkpoint (returns its step, else 0) and write the run's config next to its outputs."""
+def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: str | Path, config,
+            horizon: Horizon | None = None) -> int:
+    """Restore a checkpoint (returns its step, else 0) and its fitted `horizon`, and write the run's config
+    next to its outputs."""
     from ..config import save_config
 
     start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
+    if resume_from is not None and horizon is not None:
+        horizon.restore(checkpoint_info(resume_from).get("horizon"))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -203,16 +209,21 @@ def trainable_params(*modules: torch.nn.Module | None) -> list[torch.nn.Paramete
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tuple[float, float],
                    weight_decay: float = 0.0, warmup_steps: int = 0, eps: float = 1e-8,
-                   schedule: LRSchedule = "constant", total_steps: int | None = None):
-    """AdamW after a linear warm-up, then a constant learning rate or a linear / cosine decay to zero
-    at `total_steps` (this optimiser's own steps), through diffusers' schedulers."""
+                   schedule: LRSchedule = "constant", total_steps: int | Horizon | None = None,
+                   steps_per_update: int = 1):
+    """AdamW after a linear warm-up over `warmup_steps` (this optimiser's own steps), then a constant
+    learning rate or a linear / cosine decay to zero at `total_steps`: a number of this optimiser's steps,
+    or the run's `Horizon` (training steps; the optimiser steps once every `steps_per_update` of them), which
+    the loop may fit to the time limit."""
     if schedule not in get_args(LRSchedule):
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {get_args(LRSchedule)}")
-    if schedule != "constant" and (total_steps is None or total_steps <= warmup_steps):
-        raise ValueError(f"a {schedule} decay needs total_steps > warmup_steps={warmup_steps}; got {total_steps}")
+    own = ((lambda: -(-total_steps.total // steps_per_update)) if isinstance(total_steps, Horizon)
+           else (lambda: total_steps))
+    if schedule != "constant" and (own() is None or own() <= warmup_steps):
+        raise ValueError(f"a {schedule} decay needs total_steps > warmup_steps={warmup_steps}; got {own()}")
     opt = torch.optim.AdamW(list(params), lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
-    name = "constant_with_warmup" if schedule == "constant" else schedule
-    return opt, get_scheduler(name, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_factor(schedule, warmup_steps=warmup_steps, total_steps=own))
 
 
 def make_ema(params: list[torch.nn.Parameter], decay: float | None, accelerator: Accelerator) -> EMAModel | None:
