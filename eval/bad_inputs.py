@@ -44,6 +44,8 @@ CASES = [
     Case("dmd2", ("train.keep_checkpoints=-1",), "train.keep_checkpoints=-1 must be >= 0"),
     Case("dmd2", ("train.max_nonfinite_steps=0",), "train.max_nonfinite_steps=0 must be >= 1"),
     Case("dmd2", ("train.mixed_precision=fp8",), "train.mixed_precision"),
+    Case("dmd2", ("train.time_limit_minutes=-1",), "train.time_limit_minutes=-1.0 must be >= 0"),
+    Case("dmd2", ("eval.teacher_rows=true",), "eval.teacher_rows"),
     Case("dmd2", ("train.max_stepz=3",), "train.max_stepz"),
     Case("dmd2", ("train.max_steps=abc",), "train.max_steps"),
     Case("dmd2", ("optim.lr_generator=-1e-4",), "optim.lr_generator=-0.0001 must be > 0"),

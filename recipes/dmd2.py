@@ -35,7 +35,7 @@ from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.data.ode_pairs import ODEPairs, make_ode_pairs
 from stepdistill.discriminator import GANHead
 from stepdistill.samplers import SamplerName, backward_simulation
-from stepdistill.schedules import DiscreteRange, UniformTime
+from stepdistill.schedules import DiscreteRange, FakeTimes, UniformTime, fake_score_times
 from stepdistill.roles import make_fake_score, make_generator, make_real_score, trainable
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig,
@@ -60,6 +60,9 @@ class LossConfig:
     real_guidance: float = 1.0  # CFG scale of the real score: uncond + s (cond - uncond)
     min_step: float = 0.02  # DMD times drawn from [2%, 98%] of the schedule's levels
     max_step: float = 0.98
+    # Fake-score denoising times: "teacher", the teacher's training levels as the official code draws them
+    # (U[0, 1000) indices on VP, the Karras table on EDM: where the DMD loss queries it), or "uniform" in native time.
+    fake_times: FakeTimes = "teacher"
     gan: bool = True
     gan_generator_weight: float = 3e-2
     # DMD2 authors' advice: pick the generator's GAN weight so that its gradient on the generated
@@ -227,7 +230,7 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
     with torch.no_grad():
         x = generate(run, draw, labels)
     # 1. Denoising loss on detached generator samples, in the teacher's own parameterisation.
-    t = draw.times(UniformTime(), schedule)
+    t = draw.times(fake_score_times(cfg.loss.fake_times), schedule)
     x_t = schedule.add_noise(x, draw.randn(*shape), t)
     weight = native_loss_weight(s.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
     loss = loss_fake = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x, weight)

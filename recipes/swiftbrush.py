@@ -30,7 +30,7 @@ import torch
 from stepdistill import losses
 from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.roles import make_fake_score, make_generator, make_real_score
-from stepdistill.schedules import DiscreteRange, UniformTime
+from stepdistill.schedules import DiscreteRange, FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
                                   make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
@@ -59,6 +59,9 @@ class LossConfig:
     fake_guidance: float = 1.0  # CFG of the LoRA fake score (official: the same as the teacher's)
     min_step: float = 0.02  # VSD times: an index drawn from [min_step, max_step) of the levels (t ~ U[20, 981))
     max_step: float = 0.98
+    # LoRA denoising times: "teacher", the teacher's training levels (official: t ~ U[0, 1000) indices), or
+    # "uniform" in native time.
+    fake_times: FakeTimes = "teacher"
 
 
 @dataclass
@@ -160,7 +163,7 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
         run.ema.step(gen_params)
 
     # 2. LoRA: denoising on the same, detached samples, labels dropped to null with prob. prompt_dropout.
-    t = draw.times(UniformTime(), schedule)
+    t = draw.times(fake_score_times(cfg.loss.fake_times), schedule)
     x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
     dropped = draw.dropped(labels, cfg.data.prompt_dropout)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)

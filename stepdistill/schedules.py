@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 
@@ -35,6 +35,9 @@ __all__ = [
     "UniformTime",
     "LogNormalSigma",
     "DiscreteRange",
+    "TeacherLevels",
+    "FakeTimes",
+    "fake_score_times",
     "KarrasRamp",
 ]
 
@@ -336,6 +339,33 @@ class DiscreteRange:
         lo, hi = int(self.lo * len(table)), max(int(self.hi * len(table)), int(self.lo * len(table)) + 1)
         idx = torch.randint(lo, hi, (n,), generator=generator, device=device)
         return table.to(device)[idx].float()
+
+
+@dataclass
+class TeacherLevels(DiscreteRange):
+    """The noise levels a teacher was trained at, drawn as the official distillation code draws them for
+    its fake-score (and LoRA) denoising steps: a training index U{0, T-1} for VP-discrete teachers (DMD2's
+    and SwiftBrush's U[0, 1000)), an index into the 1,000-level Karras table for EDM (DMD2's
+    `edm_guidance.py`: sigma in [0.002, 80] with rho 7, 40% of draws below sigma 1), and the scheduler's
+    shifted times for flow teachers. Queries of a fake score land where it was trained: the
+    distribution-matching loss draws from the same tables."""
+
+    lo: float = 0.0
+    hi: float = 1.0
+
+
+# Fake-score / LoRA denoising times: "teacher" (`TeacherLevels`, the official codes'), or "uniform"
+# (`UniformTime`: uniform in native time, i.e. uniform in sigma on EDM: 1.3% of draws below sigma 1).
+FakeTimes = Literal["teacher", "uniform"]
+
+
+def fake_score_times(choice: FakeTimes) -> "TeacherLevels | UniformTime":
+    """The time sampler a recipe's `loss.fake_times` names."""
+    if choice == "teacher":
+        return TeacherLevels()
+    if choice == "uniform":
+        return UniformTime()
+    raise ValueError(f"unknown fake-score times {choice!r}; expected 'teacher' or 'uniform'")
 
 
 @dataclass

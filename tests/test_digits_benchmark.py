@@ -117,3 +117,51 @@ def test_markdown_table_prints_every_row_and_marks_the_default():
     assert lines[0].startswith("| model | sampler | NFE | FD (mean ± std) |") and lines[1].startswith("|---|")
     assert lines[2] == "| teacher (default) | dpmpp_2m | 35 | 0.183 ± 0.013 | 0.0001 | 0.944 | 0.898 | 0.996 | 37.20 |"
     assert lines[3].startswith("| dmd2 | dpmpp_2m | 1 |") and len(lines) == 4
+
+
+def test_teacher_rows_come_from_the_committed_table_only_where_it_applies(tmp_path, monkeypatch):
+    """"table": the shipped teacher's rows are read (never re-sampled) from a table of the same protocol,
+    seeds and rows, their speed timed here; another teacher, other seeds or an older table are measured."""
+    from stepdistill import digits_benchmark
+    from stepdistill.training import final
+    from stepdistill.training.sections import EvalConfig
+
+    row = dict(fd=0.18, fd_std=0.01, fd_per_seed=[0.17, 0.18, 0.19], kid=-0.01, kid_std=0.001, precision=0.9,
+               recall=0.85, accuracy=0.996, seconds_per_image=9.0)
+    table = tmp_path / "teacher_digits.json"
+    rows = [dict(model="teacher", sampler="ddim", nfe=1, **row), dict(model="teacher", sampler="dpmpp_2m", nfe=35,
+                                                                      **row, default=True)]
+    table.write_text(json.dumps(dict(n_samples=1000, seeds=[0, 1, 2], rows=rows)))
+    wanted = [("ddim", 1), ("dpmpp_2m", 35)]
+    assert digits_benchmark.table_rows(wanted, seeds=[0, 1, 2], n_samples=1000, path=table)[1]["fd"] == 0.18
+    assert digits_benchmark.table_rows(wanted, seeds=[0, 1], n_samples=1000, path=table) is None
+    assert digits_benchmark.table_rows(wanted, seeds=[0, 1, 2], n_samples=500, path=table) is None
+    assert digits_benchmark.table_rows([("heun", 7)], seeds=[0, 1, 2], n_samples=1000, path=table) is None
+    old = [{k: v for k, v in r.items() if k != "precision"} for r in rows]  # written before precision/recall
+    table.write_text(json.dumps(dict(n_samples=1000, seeds=[0, 1, 2], rows=old)))
+    assert digits_benchmark.table_rows(wanted, seeds=[0, 1, 2], n_samples=1000, path=table) is None
+    assert digits_benchmark.is_shipped_teacher("digits") and not digits_benchmark.is_shipped_teacher(str(tmp_path))
+
+    class Bench:
+        n_samples = 1000
+        measured = 0
+
+        def evaluate(self, fn, seeds):
+            Bench.measured += 1
+            return dict(row, fd=0.5)
+
+        def seconds_per_image(self, fn):
+            return 0.04
+
+    monkeypatch.setattr(final, "table_rows", lambda wanted, **kw: [dict(r) for r in rows])
+    got, source = final.teacher_rows(EvalConfig(), Bench(), None, None, (1, 16, 16), teacher="digits")
+    assert Bench.measured == 0 and source.startswith("table: eval/results/teacher_digits.json")
+    assert [(r["sampler"], r["nfe"], r["fd"], r["seconds_per_image"], bool(r.get("default"))) for r in got] == \
+        [("ddim", 1, 0.18, 0.04, False), ("dpmpp_2m", 35, 0.18, 0.04, True)]
+    got, source = final.teacher_rows(EvalConfig(), Bench(), None, None, (1, 16, 16), teacher=str(tmp_path))
+    assert Bench.measured == 2 and source == "measured in this run" and got[1]["fd"] == 0.5 and got[1]["default"]
+    got, _ = final.teacher_rows(EvalConfig(teacher_rows="measure"), Bench(), None, None, (1, 16, 16),
+                                teacher="digits")
+    assert Bench.measured == 4 and got[0]["fd"] == 0.5
+    assert final.teacher_rows(EvalConfig(teacher_rows="none"), Bench(), None, None, (1, 16, 16),
+                              teacher="digits") == ([], "none")

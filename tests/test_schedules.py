@@ -119,3 +119,26 @@ def test_flow_training_times_follow_the_schedulers_shift():
     torch.testing.assert_close(DiscreteRange(0.0, 1.0, num=10).table(flow), 3 * u / (1 + 2 * u))
     t = UniformTime().sample(flow, 20000, generator=torch.Generator().manual_seed(0))
     assert float(t.median()) == pytest.approx(0.75, abs=0.01)
+
+
+def test_teacher_levels_are_each_familys_training_table():
+    """`TeacherLevels` (the default fake-score times): integer training indices over all of [0, T) on VP
+    teachers; the 1,000-level Karras table on EDM (DMD2's edm_guidance: 40% of draws below sigma 1, median
+    2.5, where uniform-in-sigma puts 1.3% and 40); the scheduler's shifted grid on flow teachers."""
+    from stepdistill.schedules import TeacherLevels, fake_score_times
+
+    g = torch.Generator().manual_seed(0)
+    vp = VPDiscrete(DDPMScheduler().alphas_cumprod)
+    t = TeacherLevels().sample(vp, 20000, generator=g)
+    assert torch.equal(t, t.round()) and int(t.min()) == 0 and int(t.max()) == 999
+    edm = EDM()
+    t = TeacherLevels().sample(edm, 50000, generator=g)
+    assert 0.38 < float((t < 1).float().mean()) < 0.42 and 2.2 < float(t.median()) < 2.8
+    assert float((UniformTime().sample(edm, 50000, generator=g) < 1).float().mean()) < 0.02
+    flow = RectifiedFlow(shift=3.0)
+    t = TeacherLevels().sample(flow, 20000, generator=g)
+    grid = flow.shifted(torch.linspace(1e-3, 1, 1000, dtype=torch.float64)).float()
+    assert torch.isin(t, grid).all() and float(t.median()) > 0.7  # shift 3 moves the median from 0.5 to 0.75
+    assert isinstance(fake_score_times("teacher"), TeacherLevels) and isinstance(fake_score_times("uniform"), UniformTime)
+    with pytest.raises(ValueError, match="teacher"):
+        fake_score_times("karras")

@@ -22,7 +22,7 @@ import torch
 
 from .. import losses
 from ..denoiser import CFGDenoiser, native_loss_weight
-from ..schedules import DiscreteRange, KarrasRamp, LogNormalSigma, UniformTime
+from ..schedules import DiscreteRange, KarrasRamp, LogNormalSigma, fake_score_times
 from ..student import Student
 from ..roles import make_fake_score, make_generator, make_real_score, trainable
 from .draw import Draw
@@ -50,11 +50,16 @@ class LossConfig:
     time_sampling: Literal["index", "karras"] = "index"
     min_step: float = 0.02
     max_step: float = 0.98
-    # Fake-score loss: "native", the teacher's own parameterisation with uniform times (how a VP teacher
-    # was trained; SiD-LSG's eps-MSE), or "edm", EDM's lambda(sigma) with lognormal levels (SiD on EDM
-    # teachers). On the v-prediction digits teacher native scored FD 0.220 vs 0.23-0.25 with edm: the
-    # lognormal puts <1% of its levels where the generator loss puts a quarter (sigma/alpha > 2.3).
-    fake_weighting: Literal["edm", "native"] = "native"
+    # Fake-score loss: "native", MSE in the teacher's own parameterisation (how it was trained); "eps",
+    # eps-MSE whatever the parameterisation (SiD-LSG's: its v-MSE x snr / (snr + 1) on v-prediction
+    # teachers; the same as native on eps teachers, 1 / alpha^2 times lighter than native on v ones); or
+    # "edm", EDM's lambda(sigma) with lognormal levels (SiD on EDM teachers). On the v-prediction digits
+    # teacher native scored FD 0.220 vs 0.23-0.25 with edm: the lognormal puts <1% of its levels where the
+    # generator loss puts a quarter (sigma/alpha > 2.3).
+    fake_weighting: Literal["edm", "native", "eps"] = "native"
+    # With "native" / "eps", the times: "teacher" (its training levels, `TeacherLevels`), "index" (an index
+    # drawn from [min_step, max_step) of the levels: SiD-LSG's integer U[20, 980)), or "uniform".
+    fake_times: Literal["teacher", "index", "uniform"] = "teacher"
     p_mean: float = -1.2  # EDM lognormal noise levels of the fake-score loss
     p_std: float = 1.2
 
@@ -150,8 +155,10 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor)
         t = draw.times(LogNormalSigma(cfg.loss.p_mean, cfg.loss.p_std), schedule)
         weight = native_loss_weight("edm", 1.0, schedule.sigma(t) / schedule.alpha(t))
     else:
-        t = draw.times(UniformTime(), schedule)
-        weight = native_loss_weight(run.setup.teacher.prediction_type, schedule.alpha(t), schedule.sigma(t))
+        t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step) if cfg.loss.fake_times == "index"
+                       else fake_score_times(cfg.loss.fake_times), schedule)
+        kind = "epsilon" if cfg.loss.fake_weighting == "eps" else run.setup.teacher.prediction_type
+        weight = native_loss_weight(kind, schedule.alpha(t), schedule.sigma(t))
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)
     loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, x_t, t, conditioner, labels), x, weight)
     update(run, loss, run.fake_score, run.opt_f, run.sched_f)

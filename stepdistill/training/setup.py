@@ -85,6 +85,8 @@ def check_train(train: TrainConfig, processes: int) -> None:
     for key in ("max_steps", "log_every", "sample_every", "checkpoint_every", "max_nonfinite_steps"):
         if getattr(train, key) < 1:
             raise ValueError(f"train.{key}={getattr(train, key)} must be >= 1")
+    if train.time_limit_minutes is not None and train.time_limit_minutes < 0:
+        raise ValueError(f"train.time_limit_minutes={train.time_limit_minutes} must be >= 0 (null: no limit)")
 
 
 def one_step_timesteps(timesteps, schedule) -> torch.Tensor:
