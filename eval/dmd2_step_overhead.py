@@ -115,8 +115,8 @@ def main() -> None:
 
     def iteration():
         draw = dmd2.Draw(run.setup.accelerator, B, cfg.train.seed, step[0])
-        dmd2.fake_score_step(run, draw)
-        dmd2.generator_step(run, draw)
+        dmd2.fake_score_step(run, draw, *dmd2.samples(run, draw, graph=False))
+        dmd2.generator_step(run, draw, *dmd2.samples(run, draw, graph=True))
         step[0] += 1
 
     iteration_time = median_time(iteration, args.repeats)

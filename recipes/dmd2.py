@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from accelerate.utils import broadcast
@@ -63,6 +63,10 @@ class LossConfig:
     # Fake-score denoising times: "teacher", the teacher's training levels as the official code draws them
     # (U[0, 1000) indices on VP, the Karras table on EDM: where the DMD loss queries it), or "uniform" in native time.
     fake_times: FakeTimes = "teacher"
+    # The fake score's samples: "fresh", its own batch, drawn before the generator's (so it has seen the
+    # generator's latest weights when the generator next reads it); "shared", the official order: on
+    # generator steps G steps first and the fake score trains on that step's (detached) samples.
+    fake_samples: Literal["fresh", "shared"] = "fresh"
     gan: bool = True
     gan_generator_weight: float = 3e-2
     # DMD2 authors' advice: pick the generator's GAN weight so that its gradient on the generated
@@ -223,12 +227,11 @@ def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
     return run.generator(x_k, float(run.ts[k]), **cond)
 
 
-def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
+def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """On G's samples `x` (detached here) for `labels`."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
-    labels = draw.labels(conditioner)
-    with torch.no_grad():
-        x = generate(run, draw, labels)
+    x = x.detach()
     # 1. Denoising loss on detached generator samples, in the teacher's own parameterisation.
     t = draw.times(fake_score_times(cfg.loss.fake_times), schedule)
     x_t = schedule.add_noise(x, draw.randn(*shape), t)
@@ -259,14 +262,13 @@ def fake_score_step(run: Run, draw: Draw) -> dict[str, float]:
     return logs
 
 
-def generator_step(run: Run, draw: Draw) -> dict[str, float]:
+def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """On G's samples `x` (with their graph) for `labels`."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
-    labels = draw.labels(conditioner)
-    x = generate(run, draw, labels)
     cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
     # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
-    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
+    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step, inclusive=True), schedule)
     x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
     with torch.no_grad():
         x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
@@ -309,11 +311,24 @@ def balance_gan_weight(run: Run, x: torch.Tensor, loss_dm: torch.Tensor, loss_g:
     run.gan_weight.update(float(norms[0]), float(norms[1]))
 
 
+def samples(run: Run, draw: Draw, *, graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of G's samples and their labels; `graph`: keep the graph for a generator step."""
+    labels = draw.labels(run.setup.conditioner)
+    with torch.set_grad_enabled(graph):
+        return generate(run, draw, labels), labels
+
+
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
     """The fake score (and discriminator) every step, the generator every `update_ratio` steps (TTUR)."""
-    logs = fake_score_step(run, draw)
-    if step % run.cfg.optim.update_ratio == 0:
-        logs |= generator_step(run, draw)
+    generator_turn = step % run.cfg.optim.update_ratio == 0
+    if run.cfg.loss.fake_samples == "shared":  # the official order: G first, the fake score on its samples
+        x, labels = samples(run, draw, graph=generator_turn)
+        logs = generator_step(run, draw, x, labels) if generator_turn else {}
+        logs |= fake_score_step(run, draw, x, labels)
+    else:
+        logs = fake_score_step(run, draw, *samples(run, draw, graph=False))
+        if generator_turn:
+            logs |= generator_step(run, draw, *samples(run, draw, graph=True))
     if draw.k is not None:
         logs["backsim_step"] = draw.k
     return logs

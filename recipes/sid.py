@@ -64,11 +64,8 @@ def generator_loss(run: Run) -> implicit.GeneratorLoss:
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
-    # 1. One fresh batch x = G(z), its graph kept for the generator step.
-    x, labels = implicit.generate(run, draw)
-    # 2. The fake score denoises sg(x); 3. the generator descends the SiD loss through both networks.
-    return implicit.fake_score_step(run, draw, x, labels) | \
-        implicit.generator_step(run, draw, x, labels, generator_loss(run))
+    # The fake score denoises sg(G(z)); the generator descends the SiD loss through both networks.
+    return implicit.alternate(run, draw, generator_loss(run))
 
 
 def students(run: Run) -> list:

@@ -66,11 +66,8 @@ def make_generator_loss(loss: LossConfig) -> implicit.GeneratorLoss:
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
-    # 1. One fresh batch x = G(z), its graph kept for the generator step.
-    x, labels = implicit.generate(run, draw)
-    # 2. The fake score denoises sg(x); 3. the generator descends SIM's loss through both networks.
-    return implicit.fake_score_step(run, draw, x, labels) | \
-        implicit.generator_step(run, draw, x, labels, make_generator_loss(run.cfg.loss))
+    # The fake score denoises sg(G(z)); the generator descends SIM's loss through both networks.
+    return implicit.alternate(run, draw, make_generator_loss(run.cfg.loss))
 
 
 def students(run: Run) -> list:

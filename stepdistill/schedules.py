@@ -324,6 +324,7 @@ class DiscreteRange:
     lo: float = 0.02
     hi: float = 0.98
     num: int = 1000
+    inclusive: bool = False  # also draw index int(hi * num): DMD2's randint(min_step, max_step + 1)
 
     def table(self, schedule: NoiseSchedule) -> torch.Tensor:
         if isinstance(schedule, VPDiscrete):
@@ -337,6 +338,7 @@ class DiscreteRange:
     def sample(self, schedule, n, *, generator=None, device="cpu"):
         table = self.table(schedule)
         lo, hi = int(self.lo * len(table)), max(int(self.hi * len(table)), int(self.lo * len(table)) + 1)
+        hi = min(hi + 1, len(table)) if self.inclusive else hi
         idx = torch.randint(lo, hi, (n,), generator=generator, device=device)
         return table.to(device)[idx].float()
 

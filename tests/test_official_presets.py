@@ -23,6 +23,7 @@ DMD2_COMMON = {
     "loss.gan": True, "loss.gan_max_t": 1.0,  # --diffusion_gan --diffusion_gan_max_timestep 1000
     "loss.gan_balance": None, "loss.gan_discriminator_weight": 1e-2,  # --guidance_cls_loss_weight 1e-2
     "loss.fake_times": "teacher",  # compute_loss_fake: U[0, 1000) (the Karras table on EDM)
+    "loss.fake_samples": "shared",  # train_one_step: generator turn first, then the guidance turn on its images
     "optim.betas": (0.9, 0.999), "optim.weight_decay": 0.01,  # AdamW
     "optim.warmup_steps": 500, "optim.lr_schedule": "constant",  # constant_with_warmup, 500
     "optim.grad_clip": 10.0, "train.ema_decay": None,  # max_grad_norm 10; no EMA (utils.EMA unused)
@@ -50,6 +51,7 @@ SID_LSG = {
     "model.generator_timesteps": (625.0,), "loss.guidance": 1.5,  # init_timestep 625; LSG kappa 1.5
     "loss.min_step": 0.02, "loss.max_step": 0.98,  # t ~ U[20, 980) for the generator loss
     "loss.fake_weighting": "eps", "loss.fake_times": "index",  # eps-MSE fake loss at the same indices
+    "loss.fake_samples": "fresh",  # G runs twice a step: a batch for each update
     "optim.lr_generator": 1e-6, "optim.lr_fake": 1e-6, "optim.betas": (0.0, 0.999),
     "optim.lr_schedule": "constant", "train.batch_size": 512, "data.prompt_dropout": 0.1,
 }

@@ -25,7 +25,12 @@ COMMON = ["train.batch_size=4", "train.log_every=1", "train.sample_every=1000", 
 # recipe -> (extra overrides, the logged keys compared)
 RUNS = {
     "dmd2": (["optim.update_ratio=2"], ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),
+    # the official order: the generator first, the fake score on its detached samples
+    "dmd2:shared": (["optim.update_ratio=2", "loss.fake_samples=shared"], ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),
     "sid": ([], ("loss_fake", "loss_g")),
+    # SiD-LSG's choices: two batches a step, eps-MSE fake loss (the tiny teacher is v-prediction), U[20, 980)
+    "sid:official": (["loss.fake_samples=fresh", "loss.fake_weighting=eps", "loss.fake_times=index"],
+                     ("loss_fake", "loss_g")),
     "sim": ([], ("loss_fake", "loss_g")),
     # VSD's logged loss, 0.5 mean(grad^2), is blind to the gradient's sign: a generator rate 80x the default
     # makes the direction of each update show in the next steps' losses.
@@ -35,16 +40,28 @@ CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftb
 # Recorded on CPU (float32). The tolerance absorbs BLAS summation order across machines, not wiring.
 RECORDED: dict[str, list[dict[str, float]]] = {
     "dmd2": [
-        {"loss_fake": 0.639713, "loss_d": 1.36991, "loss_dm": 0.00102497, "loss_g_gan": 0.497136},
-        {"loss_fake": 0.306452, "loss_d": 1.34853},
-        {"loss_fake": 0.338507, "loss_d": 1.37604, "loss_dm": 0.00139645, "loss_g_gan": 0.670803},
-        {"loss_fake": 0.457941, "loss_d": 1.39193},
+        {"loss_fake": 0.639713, "loss_d": 1.36991, "loss_dm": 0.000717542, "loss_g_gan": 0.497136},
+        {"loss_fake": 0.306328, "loss_d": 1.34839},
+        {"loss_fake": 0.338354, "loss_d": 1.37611, "loss_dm": 0.00129322, "loss_g_gan": 0.670564},
+        {"loss_fake": 0.457705, "loss_d": 1.39174},
+    ],
+    "dmd2:shared": [
+        {"loss_fake": 0.429372, "loss_d": 1.34159, "loss_dm": 3.54027e-14, "loss_g_gan": 0.526599},
+        {"loss_fake": 0.307591, "loss_d": 1.3469},
+        {"loss_fake": 0.464187, "loss_d": 1.3317, "loss_dm": 0.00120831, "loss_g_gan": 0.573053},
+        {"loss_fake": 0.457644, "loss_d": 1.41031},
     ],
     "sid": [
         {"loss_fake": 0.548671, "loss_g": 0.00210387},
         {"loss_fake": 0.500419, "loss_g": 0.00109716},
         {"loss_fake": 0.453435, "loss_g": 0.00401944},
         {"loss_fake": 0.464852, "loss_g": 0.00512978},
+    ],
+    "sid:official": [
+        {"loss_fake": 0.598839, "loss_g": 0.00193875},
+        {"loss_fake": 0.346367, "loss_g": 0.00231568},
+        {"loss_fake": 0.636649, "loss_g": 0.00402984},
+        {"loss_fake": 0.0912446, "loss_g": 0.00163634},
     ],
     "sim": [
         {"loss_fake": 0.548671, "loss_g": 1.84714},
@@ -67,8 +84,9 @@ def run_recipe(name: str, teacher: Path, out: Path) -> list[dict[str, float]]:
 
     from stepdistill.config import apply_overrides
 
-    module = importlib.import_module(name)
-    config = getattr(module, CONFIGS[name])
+    recipe = name.split(":")[0]  # "recipe:variant"
+    module = importlib.import_module(recipe)
+    config = getattr(module, CONFIGS[recipe])
     extra, keys = RUNS[name]
     cfg = apply_overrides(config(), [f"model.teacher={teacher}", f"train.output_dir={out}", *COMMON, *extra])
     module.main(cfg)

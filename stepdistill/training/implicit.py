@@ -60,6 +60,9 @@ class LossConfig:
     # With "native" / "eps", the times: "teacher" (its training levels, `TeacherLevels`), "index" (an index
     # drawn from [min_step, max_step) of the levels: SiD-LSG's integer U[20, 980)), or "uniform".
     fake_times: Literal["teacher", "index", "uniform"] = "teacher"
+    # "shared": one batch x = G(z) serves the fake-score and the generator update (G does not change
+    # between them); "fresh": the fake score gets a batch of its own, as the official SiD loop draws two.
+    fake_samples: Literal["shared", "fresh"] = "shared"
     p_mean: float = -1.2  # EDM lognormal noise levels of the fake-score loss
     p_std: float = 1.2
 
@@ -139,9 +142,9 @@ def update(run: Run, loss: torch.Tensor, module: torch.nn.Module, opt, sched) ->
 def generate(run: Run, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh samples x = G(z) with their labels, keeping G's graph for the generator step.
 
-    The official SiD loop runs G twice per step (once under no_grad for the fake score); G does not
-    change between the two updates, so one forward serves both, as in SwiftBrush's loop: a network
-    pass saved per step (5% of a digits step)."""
+    The official SiD loop runs G twice per step, on two batches (once under no_grad for the fake score);
+    G does not change between the two updates, so by default one forward serves both, as in SwiftBrush's
+    loop: a network pass saved per step (5% of a digits step); `loss.fake_samples=fresh` draws two."""
     labels = draw.labels(run.setup.conditioner)
     return run.generator(draw.randn(*run.setup.shape), **run.setup.conditioner.cond(labels)), labels
 
@@ -182,6 +185,20 @@ def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
     if run.ema is not None:
         run.ema.step(trainable_params(run.generator))
     return {"loss_g": loss.item()}
+
+
+def alternate(run: Run, draw: Draw, generator_loss: GeneratorLoss) -> dict[str, float]:
+    """One step of SiD's and SIM's alternation: the fake score denoises G's detached samples, then the
+    generator descends `generator_loss` through both networks (`loss.fake_samples`: on one batch or two)."""
+    if run.cfg.loss.fake_samples == "fresh":
+        with torch.no_grad():
+            fake_batch = generate(run, draw)
+        logs = fake_score_step(run, draw, *fake_batch)
+        x, labels = generate(run, draw)
+    else:
+        x, labels = generate(run, draw)
+        logs = fake_score_step(run, draw, x, labels)
+    return logs | generator_step(run, draw, x, labels, generator_loss)
 
 
 def student(run: Run, name: str) -> Student:
