@@ -36,6 +36,10 @@ class LossConfig(implicit.LossConfig):
     # Per-sample weight: "none", or "sid": SiD's detached 1 / mean|x - x0_real| (Eq. 23's omega), which
     # weights low noise levels up (omega grows with t) as SiD does.
     weighting: Literal["none", "sid"] = "none"
+    # "on_policy": the loss the paper writes, u . (x0_real - x) with u = d'(x0_real - x0_fake) inside the
+    # gradient; "fixed_direction": sg(u) . (x0_fake - x), the score-gradient theorem with the direction
+    # held fixed (`losses.sim_fixed_direction_loss`). Same leading gradient, same stationary point.
+    form: Literal["on_policy", "fixed_direction"] = "on_policy"
 
 
 @dataclass
@@ -60,7 +64,8 @@ def make_generator_loss(loss: LossConfig) -> implicit.GeneratorLoss:
         weight = None
         if loss.weighting == "sid":  # SiD Eq. 23's omega, detached
             weight = 1 / losses.sid_normaliser(x, x0_real)
-        return losses.sim_loss(x, x0_real, x0_fake, c, weight=weight)
+        sim = losses.sim_loss if loss.form == "on_policy" else losses.sim_fixed_direction_loss
+        return sim(x, x0_real, x0_fake, c, weight=weight)
 
     return generator_loss
 

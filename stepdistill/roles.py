@@ -116,11 +116,16 @@ def _model_class(config: dict, where: str):
 
 def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  revision: str | None = None) -> Teacher:
-    """Load a teacher from `"digits"` (shipped), a local diffusers folder, or a hub repository id.
+    """Load a teacher from `"digits"` (shipped; `"digits-edm"`: the same teacher in EDM's parameterisation,
+    `stepdistill.edm_view`), a local diffusers folder, or a hub repository id.
 
     The scheduler config decides the schedule and prediction type; a folder without one is an error,
     since guessing the parameterisation silently ruins distillation.
     """
+    if str(source).endswith("-edm") and str(source)[:-4] in SHIPPED:  # e.g. "digits-edm": an exact EDM view
+        from .edm_view import load_edm_view
+
+        return load_edm_view(str(source)[:-4], device=device)
     src = _shipped(str(source)) or Path(source)
     if str(source) in SHIPPED and not Path(src).exists():
         raise TeacherLoadError(f"the shipped teacher {source!r} is missing from {src}; "

@@ -121,6 +121,16 @@ def test_sim_generator_loss_weightings():
     gx_plain, = torch.autograd.grad(plain, x)
     gx_weighted, = torch.autograd.grad(weighted, x)
     torch.testing.assert_close(gx_weighted, gx_plain / omega.view(-1, 1, 1, 1))
+    # The fixed-direction form: sg(u) . (x0_fake - x): the same gradient on x, none on the real score, and
+    # on the fake score exactly u (per sample, over B).
+    fixed = sim.make_generator_loss(sim.LossConfig(form="fixed_direction"))(x, r, f, None)
+    gx, gr, gf = torch.autograd.grad(fixed, (x, r, f), allow_unused=True)
+    y = (r - f).detach().flatten(1)
+    u = (y / torch.sqrt(y.square().sum(1, keepdim=True) + c * c)).view_as(x)
+    torch.testing.assert_close(gx, gx_plain)
+    assert gr is None or float(gr.abs().max()) == 0
+    torch.testing.assert_close(gf, u / 3)
+    torch.testing.assert_close(fixed, (u * (f - x)).flatten(1).sum(1).mean())
 
 
 def test_sid_resume_continues_with_identical_state(digits_like_teacher, tmp_path):

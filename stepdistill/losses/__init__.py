@@ -11,7 +11,7 @@ are `stepdistill.losses.<family>.<name>` (and `losses.<name>.reference`); the ke
   DMD / DMD2     dmd.py           dmd_grad, dmd_loss*, regression_loss
   GAN            gan.py           discriminator_loss, generator_gan_loss
   SiD            sid.py           sid_loss*, sid_normaliser
-  SIM            sim.py           sim_loss
+  SIM            sim.py           sim_loss, sim_fixed_direction_loss
   VSD            vsd.py           vsd_loss*
   consistency    consistency.py   pseudo_huber_loss*
                                   (* fused on CUDA)
@@ -24,7 +24,7 @@ from .denoising import denoising_loss
 from .dmd import dmd_grad, regression_loss
 from .gan import discriminator_loss, generator_gan_loss
 from .sid import sid_normaliser
-from .sim import sim_loss
+from .sim import sim_fixed_direction_loss, sim_loss
 from .weights import per_sample
 
 dmd_loss = dispatched(dmd.dmd_loss, "dmd_loss_fused")
@@ -33,4 +33,5 @@ sid_loss = dispatched(sid.sid_loss, "sid_loss_fused")
 pseudo_huber_loss = dispatched(consistency.pseudo_huber_loss, "pseudo_huber_loss_fused")
 
 __all__ = ["denoising_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "generator_gan_loss", "per_sample",
-           "pseudo_huber_loss", "regression_loss", "sid_loss", "sid_normaliser", "sim_loss", "vsd_loss"]
+           "pseudo_huber_loss", "regression_loss", "sid_loss", "sid_normaliser", "sim_fixed_direction_loss", "sim_loss",
+           "vsd_loss"]
