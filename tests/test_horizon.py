@@ -51,11 +51,45 @@ def test_a_fitted_horizon_moves_the_end_of_the_decay_for_every_update_ratio():
     assert g[10] == pytest.approx(0.5) and g[20] == pytest.approx(0.0, abs=1e-12) and g[19] > 0
 
 
+def test_the_loop_moves_the_horizon_earlier_when_steps_slow_down(tmp_path, monkeypatch, fresh_accelerate_state):
+    """Steps that take 0.25 s until step 100 and 0.4 s after: a refit moves the horizon earlier, the run
+    still ends at it within the limit, and the rate never rises."""
+    from accelerate import Accelerator
+
+    from stepdistill.training import loop
+    from stepdistill.training.sections import TrainConfig
+
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: clock.now))
+    horizon = Horizon(10_000)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt, sched = make_optimizer([p], lr=1.0, betas=(0.9, 0.999), schedule="cosine", total_steps=horizon)
+    lrs, fits = [], []
+
+    def step_fn(draw, step):
+        clock.now += 0.25 if step < 100 else 0.4
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        fits.append(horizon.total)
+        return {"loss": 1.0}
+
+    train = TrainConfig(max_steps=10_000, time_limit_minutes=1.0, output_dir=str(tmp_path), checkpoint_every=10_000,
+                        sample_every=10_000, batch_size=1)
+    done = loop.train_loop(Accelerator(cpu=True), train, name="t", start_step=0, start_time=0.0, step_fn=step_fn,
+                           save_samples=lambda path: None, decaying=True, horizon=horizon)
+    assert done == horizon.total < fits[SKIP_STEPS + TIMED_STEPS] and clock.now <= 60
+    assert all(a >= b for a, b in zip(fits[SKIP_STEPS + TIMED_STEPS:], fits[SKIP_STEPS + TIMED_STEPS + 1:]))
+    assert all(a >= b - 1e-12 for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.05
+
+
 def test_fit_arithmetic_and_restore():
     h = Horizon(1000)
     assert h.fit(done=55, seconds_per_step=0.5, seconds_left=100.0) == 55 + int(MARGIN * 200)
     assert Horizon(100).fit(done=55, seconds_per_step=0.5, seconds_left=1e6) == 100  # never past max_steps
     assert Horizon(100).fit(done=55, seconds_per_step=0.5, seconds_left=-3.0) == 56  # at least one more step
+    assert h.fit(done=100, seconds_per_step=0.1, seconds_left=100.0, shorten_only=True) == 55 + int(MARGIN * 200)
+    assert h.fit(done=100, seconds_per_step=1.0, seconds_left=100.0, shorten_only=True) == 100 + int(MARGIN * 100)
     resumed = Horizon(1000)
     resumed.restore(json.loads(json.dumps(h.state())))
     assert resumed.state() == h.state()
@@ -70,8 +104,8 @@ def test_fit_arithmetic_and_restore():
 def test_the_loop_fits_the_time_limit_ends_the_decay_there_and_checkpoints_the_fit(tmp_path, monkeypatch,
                                                                                   fresh_accelerate_state):
     """A machine at 0.25 s a step with a 1-minute limit and max_steps=10,000: the loop times steps 5..54,
-    fits the rest of the minute, stops at that step with the cosine at zero (not cut by the clock), and the
-    checkpoint there records the fit for a resume."""
+    fits the rest of the minute, refits as it goes, stops at the horizon with the cosine at zero (not cut by
+    the clock), and the checkpoint there records the fit for a resume."""
     from accelerate import Accelerator
 
     from stepdistill.checkpointing import checkpoint_dirs, checkpoint_info
@@ -100,10 +134,11 @@ def test_the_loop_fits_the_time_limit_ends_the_decay_there_and_checkpoints_the_f
         done = loop.train_loop(accelerator, train, name="t", start_step=0, start_time=0.0, step_fn=step_fn,
                                save_samples=lambda path: None, decaying=True, horizon=horizon)
     assert not [w for w in caught if "limit stopped" in str(w.message)]  # the decay finished
-    fit_at = SKIP_STEPS + TIMED_STEPS
-    expected = fit_at + int(MARGIN * (60 - 0.25 * fit_at) / 0.25)
-    assert horizon.total == expected == done and horizon.seconds_per_step == pytest.approx(0.25)
-    assert clock.now <= 60 and lrs[-1] == pytest.approx(0.0, abs=1e-4) and lrs[done // 2] == pytest.approx(0.5, abs=0.01)
+    first_fit = SKIP_STEPS + TIMED_STEPS + int(MARGIN * (60 - 0.25 * (SKIP_STEPS + TIMED_STEPS)) / 0.25)
+    # at a steady speed the refits every REFIT_EVERY steps keep the first fit (they only ever move it earlier)
+    assert first_fit == horizon.total == done and clock.now <= 60
+    assert horizon.seconds_per_step == pytest.approx(0.25)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-4) and lrs[done // 2] == pytest.approx(0.5, abs=0.01)
     (last,) = checkpoint_dirs(tmp_path)
     assert checkpoint_info(last)["step"] == done and checkpoint_info(last)["horizon"] == horizon.state()
     logged = [json.loads(line) for line in (tmp_path / "log_rank0.jsonl").read_text().splitlines()]

@@ -4,8 +4,9 @@ that fits it on this machine.
 A decay fixed to `max_steps` is cut short wherever the machine is slower than the one the defaults were
 set on, and a student whose rates stopped mid-decay scores worse. So the loop times the first steps of a
 run with a time limit and fits the horizon to the steps that the rest of the limit holds (never more than
-`max_steps`); the schedules below read it. The fit happens once, is recorded in every checkpoint and in the
-results, and a resumed run keeps it, so a resume follows the same schedule step for step.
+`max_steps`), then refits it as the run goes; the schedules below read it. The fit is recorded in every
+checkpoint and in the results, and a resumed run keeps it (a time-fitted schedule depends on the clock,
+so only a run without a time limit resumes bit-identically to an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from .sections import LRSchedule
 # multiple of every usual update ratio (DMD2's generator steps every 5th), so the window's mean is the mean.
 SKIP_STEPS = 5
 TIMED_STEPS = 50
+# ... and refits every 50 steps from the slower of the mean speed since step 5 and the last 50 steps' (sample
+# grids and checkpoints included), moving the horizon earlier when the run has slowed (a step's cost drifted
+# by 12% over a 1-thread digits run), never later: a decaying rate never rises again.
+REFIT_EVERY = 50
 # Steps planned into 97% of the remaining time: sample grids and checkpoints are not in the timed window.
 MARGIN = 0.97
 
@@ -40,11 +45,13 @@ class Horizon:
     def fitted(self) -> bool:
         return self.steps is not None
 
-    def fit(self, *, done: int, seconds_per_step: float, seconds_left: float) -> int:
+    def fit(self, *, done: int, seconds_per_step: float, seconds_left: float, shorten_only: bool = False) -> int:
         """Fit the horizon to the steps that `seconds_left` hold at `seconds_per_step`, after `done` steps;
-        at least one more step, at most `max_steps`. Returns the fitted total."""
+        at least one more step, at most `max_steps`; `shorten_only` (a refit): never later than the current
+        horizon, so decaying rates never rise again. Returns the fitted total."""
         fits = math.floor(MARGIN * max(seconds_left, 0.0) / max(seconds_per_step, 1e-9))
-        self.steps = min(self.max_steps, done + max(fits, 1))
+        steps = min(self.max_steps, done + max(fits, 1))
+        self.steps = min(steps, self.total) if shorten_only else steps
         self.seconds_per_step = float(seconds_per_step)
         self.fitted_at_step = done
         return self.steps

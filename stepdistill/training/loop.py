@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import checkpoint_dirs, save_checkpoint
 from .draw import Draw
-from .horizon import SKIP_STEPS, TIMED_STEPS, Horizon
+from .horizon import REFIT_EVERY, SKIP_STEPS, TIMED_STEPS, Horizon
 from .sections import TrainConfig
 
 StepFn = Callable[[Draw, int], dict]  # (draw, step) -> logs; one optimisation step of the recipe
@@ -87,10 +87,11 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     accelerator.init_trackers(name, config={k: str(v) for k, v in (tracker_config or {}).items()})
     bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=horizon.total,
                desc=name, disable=not accelerator.is_main_process)
-    # Fit the horizon once per run (a resumed run keeps its checkpoint's) from the speed of its first steps.
+    # Fit the horizon from the speed of this run's first steps, then refit it every REFIT_EVERY steps from
+    # the mean speed so far (checkpoints and sample grids included); a resumed run keeps its checkpoint's.
     fit_at = (start_step + SKIP_STEPS + TIMED_STEPS
               if train.time_limit_minutes is not None and not horizon.fitted else None)
-    timed_from = None
+    timed_from = last_fit = None
     done, shown, bad_steps = start_step, {}, 0
     with _Signals() as signals, (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
         for step in bar:
@@ -114,8 +115,15 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                                            f"{bad_steps} consecutive steps")
             shown |= logs
             done = step + 1
-            if done == fit_at and done < horizon.total:
-                _fit(accelerator, horizon, train, done=done, timed_from=timed_from, start_time=start_time)
+            if fit_at is not None and done >= fit_at and (done - fit_at) % REFIT_EVERY == 0 and done < horizon.total:
+                now = time.time()
+                # the slower of the run's mean speed and the last window's: react to a slowdown at once
+                window = [(now - timed_from) / (done - start_step - SKIP_STEPS)]
+                if last_fit is not None:
+                    window.append((now - last_fit) / REFIT_EVERY)
+                _fit(accelerator, horizon, train, done=done, seconds_per_step=max(window), now=now,
+                     start_time=start_time, first=last_fit is None)
+                last_fit = now
                 log_file.write(json.dumps({"horizon": horizon.state()}) + "\n")
                 bar.total = horizon.total
                 bar.refresh()
@@ -151,15 +159,15 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     return done
 
 
-def _fit(accelerator: Accelerator, horizon: Horizon, train: TrainConfig, *, done: int, timed_from: float,
-         start_time: float) -> None:
-    """Fit `horizon` to the time limit from the timed steps; every process takes the slowest one's figures."""
-    now = time.time()
-    mine = torch.tensor([[(now - timed_from) / TIMED_STEPS, -(60 * train.time_limit_minutes - (now - start_time))]],
+def _fit(accelerator: Accelerator, horizon: Horizon, train: TrainConfig, *, done: int, seconds_per_step: float,
+         now: float, start_time: float, first: bool) -> None:
+    """Fit `horizon` to the time limit left at `now`; every process takes the slowest one's figures. A refit
+    (not `first`) only ever moves it earlier."""
+    mine = torch.tensor([[seconds_per_step, -(60 * train.time_limit_minutes - (now - start_time))]],
                         device=accelerator.device)
     seconds_per_step, neg_left = (float(v) for v in accelerator.gather(mine).amax(dim=0))
-    total = horizon.fit(done=done, seconds_per_step=seconds_per_step, seconds_left=-neg_left)
-    if total < train.max_steps and accelerator.is_main_process:
+    total = horizon.fit(done=done, seconds_per_step=seconds_per_step, seconds_left=-neg_left, shorten_only=not first)
+    if first and total < train.max_steps and accelerator.is_main_process:
         print(f"\n{seconds_per_step:.2f} s a step: the {train.time_limit_minutes:g}-minute limit "
               f"fits {total} of train.max_steps={train.max_steps} steps, so training ends (and decaying "
               f"learning rates reach zero) at step {total}", flush=True)
