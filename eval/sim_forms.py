@@ -2,11 +2,13 @@
 fixed-direction form (`sim_fixed_direction_loss`), each in SiD's loop for seeds 0-2, and the angle between
 the two forms' generator gradients at the end of each run.
 
-    python eval/sim_forms.py          # ~3 CPU minutes -> eval/results/sim_forms_toy2d.json
+    python eval/sim_forms.py            # ~3 CPU minutes -> eval/results/sim_forms_toy2d.json
+    python eval/sim_forms.py --digits   # ~25 CPU minutes -> eval/results/sim_forms_digits.json
 
 Reported per form and seed: the sliced Wasserstein distance to the 8-mode mixture at the start and end,
 the smallest mode's share, and the score divergence (E ||x0_real - x0_fake||^2, fake score re-fitted from
-scratch) before and after. The digits comparison is `accelerate launch recipes/sim.py loss.form=...`.
+scratch) before and after. `--digits`: each form in the SIM recipe's default run on the digits teacher,
+for the same fixed step count (no time limit), scored by the digits benchmark.
 """
 
 from __future__ import annotations
@@ -42,7 +44,32 @@ def angle_degrees(generator, real, fake, seed: int) -> float:
     return math.degrees(math.acos(float(cos)))
 
 
+def digits(steps: int = 1100) -> None:
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import sim
+
+    from stepdistill.config import apply_overrides
+
+    rows = []
+    for form in FORMS:
+        cfg = apply_overrides(sim.SIMConfig(), [
+            f"loss.form={form}", f"train.max_steps={steps}", "train.time_limit_minutes=null",
+            f"train.output_dir=outputs/sim_forms/{form}", "train.overwrite=true", "eval.teacher_rows=none",
+            "export.enabled=false"])
+        row = sim.main(cfg)["rows"][0]
+        rows.append(dict(form=form, steps=steps, **{k: row[k] for k in ("fd", "fd_std", "fd_per_seed", "precision",
+                                                                          "recall", "accuracy")}))
+        print(rows[-1], flush=True)
+    teacher = json.loads((ROOT / "eval" / "results" / "teacher_digits.json").read_text())
+    default = next(r for r in teacher["rows"] if r.get("default"))
+    result = dict(command="python eval/sim_forms.py --digits", teacher_default_fd=default["fd"], rows=rows)
+    atomic_write_text(RESULTS.with_name("sim_forms_digits.json"), json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
+    if "--digits" in sys.argv[1:]:
+        return digits()
     rows = []
     for name, fn in FORMS.items():
         for seed in (0, 1, 2):
