@@ -338,7 +338,9 @@ def _plain_network(net: nn.Module, adapter: str | None) -> nn.Module:
 def teacher_license(teacher: str) -> str | None:
     """The license a student inherits: the project's for its shipped teachers, else the `license` in the
     teacher folder's (or cached hub repo's) model card front matter; None when unknown."""
-    if teacher == "digits" or Path(teacher).expanduser().resolve().parent == SHIPPED_ASSETS.resolve():
+    from .roles import SHIPPED
+
+    if teacher.removesuffix("-edm") in SHIPPED or Path(teacher).expanduser().resolve().parent == SHIPPED_ASSETS.resolve():
         return PROJECT_LICENSE
     readme = Path(teacher).expanduser() / "README.md"
     if not readme.is_file() and hub_reference(teacher):

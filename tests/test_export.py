@@ -391,7 +391,7 @@ def test_model_card_license_is_the_teachers(tmp_path):
     card's, and `other` with a note when unknown."""
     from stepdistill.export import teacher_license, write_model_card
 
-    assert teacher_license("digits") == "apache-2.0"
+    assert teacher_license("digits") == teacher_license("digits-edm") == "apache-2.0"
     local = tmp_path / "teacher"
     local.mkdir()
     assert teacher_license(str(local)) is None
