@@ -13,13 +13,15 @@ are `stepdistill.losses.<family>.<name>` (and `losses.<name>.reference`); the ke
   SiD            sid.py           sid_loss*, sid_normaliser
   SIM            sim.py           sim_loss, sim_fixed_direction_loss
   VSD            vsd.py           vsd_loss*
-  consistency    consistency.py   pseudo_huber_loss*
+  consistency    consistency.py   pseudo_huber_loss*, consistency_l2_loss, lcm_huber_loss, ict_weight,
+                                  ect_weight
                                   (* fused on CUDA)
 """
 
 from stepdistill.ops import dispatched
 
 from . import consistency, dmd, sid, vsd
+from .consistency import consistency_l2_loss, ect_weight, ict_weight, lcm_huber_loss
 from .denoising import denoising_loss
 from .dmd import dmd_grad, regression_loss
 from .gan import discriminator_loss, generator_gan_loss
@@ -32,6 +34,6 @@ vsd_loss = dispatched(vsd.vsd_loss, "vsd_loss_fused")
 sid_loss = dispatched(sid.sid_loss, "sid_loss_fused")
 pseudo_huber_loss = dispatched(consistency.pseudo_huber_loss, "pseudo_huber_loss_fused")
 
-__all__ = ["denoising_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "generator_gan_loss", "per_sample",
+__all__ = ["consistency_l2_loss", "denoising_loss", "ect_weight", "ict_weight", "lcm_huber_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "generator_gan_loss", "per_sample",
            "pseudo_huber_loss", "regression_loss", "sid_loss", "sid_normaliser", "sim_fixed_direction_loss", "sim_loss",
            "vsd_loss"]

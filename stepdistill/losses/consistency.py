@@ -33,3 +33,35 @@ def pseudo_huber_loss(
     if weight is None:
         return per.mean()
     return (per_sample(weight, pred.shape[0], pred) * per).mean()
+
+
+def consistency_l2_loss(pred: torch.Tensor, target: torch.Tensor,
+                        weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Squared L2 consistency metric (Song et al. 2023; `cm/karras_diffusion.py::consistency_losses`,
+    `loss_norm="l2"`): mean_b w_b mean_n (pred_bn - target_bn)^2. Unweighted, it is LCM's `loss_type="l2"`
+    (`F.mse_loss`). Shapes (B, ...); computed in float32; returns a float32 scalar."""
+    per = (pred.float() - target.float()).square().flatten(1).mean(1)
+    if weight is None:
+        return per.mean()
+    return (per_sample(weight, pred.shape[0], pred) * per).mean()
+
+
+def lcm_huber_loss(pred: torch.Tensor, target: torch.Tensor, c: float = 0.001) -> torch.Tensor:
+    """LCM's Huber loss (diffusers `train_lcm_distill_*.py`, `loss_type="huber"`, `huber_c` 0.001): the
+    pseudo-Huber of each *element*, mean sqrt((pred - target)^2 + c^2) - c. Kept for parity with LCM; iCT's
+    `pseudo_huber_loss` takes the norm of each whole sample instead, which the iCT paper specifies (the
+    element-wise form is the consistency-training script's bug that users report never converging)."""
+    diff = (pred.float() - target.float()).square()
+    return (diff / (torch.sqrt(diff + c * c) + c)).mean()
+
+
+def ict_weight(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """iCT's lambda(sigma_i) = 1 / (sigma_{i+1} - sigma_i) (Song & Dhariwal 2023, Sec. 3.3): neighbouring
+    levels close together weigh more."""
+    return 1.0 / (sigma_next.double() - sigma.double()).float()
+
+
+def ect_weight(t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """ECT's 1 / (t - r) (Geng et al. 2024, `training/loss.py::ECMLoss`): the consistency residual over the
+    time step it spans, a finite-difference derivative as r -> t."""
+    return 1.0 / (t.double() - r.double()).float()

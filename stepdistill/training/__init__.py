@@ -5,6 +5,7 @@
 - `setup`: `Setup` (accelerator, teacher, conditioning, sample space, real data, resume point), optimisers,
   EMA, `trainable_params`;
 - `loop`: the step loop (progress, logs, sample grids, atomic checkpoints, time limit);
+- `horizon`: where training ends and decaying learning rates reach zero, fitted to the time limit;
 - `final`: sample grids, the digits benchmark and export at the end of a run;
 - `recipe`: the `Recipe` protocol and `run_recipe`, which drives one;
 - `implicit`: the fake-score / generator alternation SiD and SIM share.
