@@ -9,6 +9,8 @@ to 0). Every step uses only x0 = D(x_t, t) and the schedule's alpha, sigma:
   d(x / sigma) / d(alpha / sigma) = x0, which stays finite when the first step starts at alpha = 0
   (rectified flow at t = 1); the last step into t = 0 is a first-order step, as in EDM.
 - `dpmpp_2m` (Lu et al. 2022, DPM-Solver++(2M), Algorithm 2), first order on the first and last step.
+- `tcd` (Zheng et al. 2024, trajectory consistency distillation's strategic stochastic sampling): between
+  the two above, gamma = 0 a DDIM step along the student's trajectory, gamma = 1 the consistency re-noising.
 
 Students use `one_step` and `multistep` (consistency-style: denoise, then re-noise with fresh noise; one
 `renoise_chain` serves multistep sampling and DMD2's backward simulation). `ddim_step` / `heun_step` take a
@@ -29,7 +31,7 @@ DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["coefficients", "ddim_step", "heun_step", "ddim", "euler", "heun", "dpmpp_2m", "SAMPLERS", "SamplerName",
            "sample", "nfe_of", "steps_for_nfe", "one_step", "multistep", "renoise_chain", "prior_noise",
-           "backward_simulation"]
+           "backward_simulation", "tcd_step", "tcd"]
 
 
 def _coeffs(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[float, float]:
@@ -216,3 +218,42 @@ def backward_simulation(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torc
     given = iter(renoise) if renoise is not None else None
     draw = (lambda shape: next(given)) if given is not None else _gaussian(generator, noise.device)
     return renoise_chain(denoise, schedule, noise, ts, k, draw)[0]
+
+
+def tcd_step(denoise: DenoiseFn, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+             gamma: float, noise: torch.Tensor | None) -> torch.Tensor:
+    """One step of TCD's sampler (diffusers `TCDScheduler.step`) from t to t_next (scalars): x0 and eps_hat
+    at t, a DDIM step back to s = (1 - gamma) t_next (floored to a training index on VP-discrete schedules),
+    x_s = alpha_s x0 + sigma_s eps_hat, then forward noise from s up to t_next:
+    x = (alpha_next / alpha_s) x_s + sqrt(sigma_next^2 - (alpha_next sigma_s / alpha_s)^2) z.
+    `noise` None (or gamma = 0): x_s itself at t_next = s. s = 0 is clean data, as everywhere here (diffusers'
+    TCD takes training index 0 there), so gamma = 1 is exactly the consistency re-noising."""
+    from .schedules import VPDiscrete
+
+    x0 = _denoise(denoise, x, t)
+    a_t, s_t = _coeffs(schedule, t)
+    eps = (x - a_t * x0) / s_t
+    s = (1 - gamma) * t_next.to(torch.float64)
+    s = s.floor() if isinstance(schedule, VPDiscrete) else s
+    a_s, s_s = _coeffs(schedule, s)
+    x_s = a_s * x0 + s_s * eps
+    if gamma == 0 or noise is None:
+        return x_s
+    a_n, s_n = _coeffs(schedule, t_next)
+    ratio = a_n / a_s
+    return ratio * x_s + math.sqrt(max(s_n ** 2 - (ratio * s_s) ** 2, 0.0)) * noise
+
+
+@torch.no_grad()
+def tcd(denoise: DenoiseFn, schedule: NoiseSchedule, noise: torch.Tensor, ts: torch.Tensor, *, gamma: float = 0.3,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """TCD sampling over the student's times `ts` (descending, without the final 0): each step to the next
+    time with `tcd_step` and fresh noise, the last one to clean data (x0 of the last time's DDIM step at
+    s = 0). gamma = 0.3 is TCD's default."""
+    draw = _gaussian(generator, noise.device)
+    x = noise
+    for i in range(len(ts)):
+        last = i + 1 == len(ts)
+        t_next = torch.zeros((), dtype=torch.float64) if last else ts[i + 1].to(torch.float64)
+        x = tcd_step(denoise, schedule, x, ts[i], t_next, gamma, None if last else draw(x.shape))
+    return x

@@ -145,3 +145,34 @@ def test_renoise_chain_serves_multistep_and_backward_simulation():
     torch.testing.assert_close(multistep(den, schedule, z, ts, renoise=lambda shape: next(it)),
                                den(backward_simulation(den, schedule, z, ts, 3, renoise=noises),
                                    torch.full((8,), 249.0)))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
+def test_tcd_step_matches_diffusers_tcd_scheduler(gamma):
+    """A middle step of `tcd_step` against diffusers' TCDScheduler.step on the same epsilon model and noise;
+    at gamma = 1 it is the consistency re-noising alpha_next x0 + sigma_next z (s = 0 is clean data here,
+    where diffusers' TCD takes training index 0, which holds a little noise)."""
+    from diffusers import TCDScheduler
+
+    from stepdistill.samplers import tcd_step
+    from stepdistill.schedules import VPDiscrete
+
+    scheduler = TCDScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler.set_timesteps(4)
+    schedule = VPDiscrete(scheduler.alphas_cumprod)
+    eps_model = lambda x, t: 0.3 * x + torch.sin(torch.as_tensor(t, dtype=torch.float32) / 100)  # noqa: E731
+
+    def denoise(x, t):
+        a, s = schedule.alpha(t).view(-1, 1, 1, 1), schedule.sigma(t).view(-1, 1, 1, 1)
+        return (x - s * eps_model(x, t.view(-1, 1, 1, 1))) / a
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    t, t_next = scheduler.timesteps[1], scheduler.timesteps[2]
+    scheduler._step_index = 1
+    want = scheduler.step(eps_model(x, t.float()), t, x, eta=gamma, generator=torch.Generator().manual_seed(5)).prev_sample
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    got = tcd_step(denoise, schedule, x, t.float(), t_next.float(), gamma, z)
+    if gamma == 1.0:
+        t_n = t_next.double().reshape(1)
+        want = float(schedule.alpha(t_n)) * denoise(x, t.float().expand(2)) + float(schedule.sigma(t_n)) * z
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
