@@ -332,6 +332,41 @@ class ConsistencyDenoiser(nn.Module):
         return c_skip * x_t + c_out * self.denoiser(x_t, t, **cond)
 
 
+class SegmentConsistencyDenoiser(nn.Module):
+    """A multistep (MLCM / phased) consistency function: the time range is cut at `edges` (native times,
+    descending from t_max to 0, e.g. `time_grid(schedule, segments, "uniform")`, TLCM's linspace(999, 0, 9)),
+    and on the segment (e_{j+1}, e_j] the student maps x_t to its segment's lower edge with a DDIM jump on
+    its own x0: f(x_t, t) = alpha(e_{j+1}) x0 + sigma(e_{j+1}) (x_t - alpha_t x0) / sigma_t (PCM's
+    `ddim_style_multiphase_pred`). As t comes down to e_{j+1} the jump becomes the identity, the boundary
+    condition of each segment; a point exactly at an edge is the top of the segment below it (sampling
+    from e_j jumps to e_{j+1}), so a recipe takes x itself as the target there. The last segment ends at 0,
+    where f is x0: one segment is a consistency model with c_skip = 0 inside it."""
+
+    def __init__(self, denoiser: Denoiser, edges: torch.Tensor):
+        super().__init__()
+        edges = torch.as_tensor(edges, dtype=torch.float64)
+        if edges.ndim != 1 or len(edges) < 2 or not bool((edges[1:] < edges[:-1]).all()) or float(edges[-1]) != 0:
+            raise ValueError(f"segment edges must descend strictly and end at 0; got {edges.tolist()}")
+        self.denoiser = denoiser
+        self.register_buffer("edges", edges, persistent=False)
+
+    def lower_edge(self, t: torch.Tensor) -> torch.Tensor:
+        """The lower edge of each t's segment: the largest edge strictly below t."""
+        below = self.edges.to(t.device).unsqueeze(0) < t.to(torch.float64).unsqueeze(1)  # (B, E)
+        return torch.where(below, self.edges.to(t.device), torch.full_like(self.edges, -1.0)).amax(1)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
+        from .samplers import coefficients
+
+        x_t = x_t.float()
+        t = Denoiser._times(t, x_t)
+        x0 = self.denoiser(x_t, t, **cond)
+        a_t, s_t = coefficients(self.denoiser.schedule, t)
+        a_e, s_e = coefficients(self.denoiser.schedule, self.lower_edge(t))
+        eps = (x_t - _b(a_t, x_t) * x0) / _b(s_t, x_t)
+        return _b(a_e, x_t) * x0 + _b(s_e, x_t) * eps
+
+
 def lcm_guidance_to_cfg(w: float) -> float:
     """LCM embeds w with x = cond + w (cond - uncond) (Luo et al. 2023, Eq. 9): our scale is w + 1."""
     return w + 1.0

@@ -192,3 +192,36 @@ def test_consistency_denoiser_meets_its_boundary_condition(boundary, tiny_unet):
         far, plain = f(x, t_far, **cond), den(x, t_far, **cond)
     c_skip, c_out = f.scalings(t_far)
     torch.testing.assert_close(far, c_skip[0] * x + c_out[0] * plain)
+
+
+def test_segment_consistency_jumps_to_the_lower_edge_and_is_the_identity_there():
+    """MLCM / phased students: on (e_{j+1}, e_j] the student DDIM-jumps on its own x0 to e_{j+1}; the jump
+    tends to the identity at the lower edge, an edge itself jumps to the next edge, the last segment gives x0."""
+    from diffusers import DDPMScheduler
+    from torch import nn
+
+    from stepdistill.denoiser import Denoiser, SegmentConsistencyDenoiser
+    from stepdistill.schedules import VPDiscrete, time_grid
+
+    class Half(nn.Module):  # a "sample"-prediction network: x0 = x_t / 2
+        def forward(self, x, timestep, **cond):
+            return 0.5 * x
+
+    schedule = VPDiscrete(DDPMScheduler().alphas_cumprod)
+    edges = time_grid(schedule, 3, "uniform")
+    assert edges.tolist() == [999.0, 666.0, 333.0, 0.0]
+    f = SegmentConsistencyDenoiser(Denoiser(Half(), schedule, "sample"), edges)
+    t = torch.tensor([999.0, 666.0, 500.0, 333.0, 10.0])
+    assert f.lower_edge(t).tolist() == [666.0, 333.0, 333.0, 0.0, 0.0]
+    x = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = f(x, t)
+    a_t, s_t = schedule.alpha(t).view(-1, 1, 1, 1), schedule.sigma(t).view(-1, 1, 1, 1)
+    e = f.lower_edge(t)
+    a_e = torch.where(e == 0, torch.ones_like(e), schedule.alpha(e)).view(-1, 1, 1, 1)
+    s_e = torch.where(e == 0, torch.zeros_like(e), schedule.sigma(e)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, (a_e * 0.5 * x + s_e * (x - a_t * 0.5 * x) / s_t).float())
+    torch.testing.assert_close(out[3:], 0.5 * x[3:])  # the last segment: x0
+    near = f(x[:1], torch.tensor([333.0001]))  # just above an edge: (nearly) the identity
+    torch.testing.assert_close(near, x[:1], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="end at 0"):
+        SegmentConsistencyDenoiser(Denoiser(Half(), schedule, "sample"), torch.tensor([999.0, 500.0]))
