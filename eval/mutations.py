@@ -103,8 +103,8 @@ MUTANTS = [
            "return sim(x, x0_real, x0_fake, c)",
            ("tests/test_sid_sim_swiftbrush_recipes.py::test_sim_generator_loss_weightings",),
            "SIM's per-sample weighting option ignored"),
-    Mutant("sim_fixed_direction_residual", "stepdistill/losses/sim.py", "return _weighted_mean((u * (f - x).flatten(1)).sum(1), weight, x)",
-           "return _weighted_mean((u * (r - x).flatten(1)).sum(1), weight, x)",
+    Mutant("sim_fixed_direction_residual", "stepdistill/losses/sim.py", "return weighted_mean((u * (f - x).flatten(1)).sum(1), weight, x)",
+           "return weighted_mean((u * (r - x).flatten(1)).sum(1), weight, x)",
            ("tests/test_sid_sim_swiftbrush_recipes.py::test_sim_generator_loss_weightings",),
            "SIM's fixed-direction form with the real score's residual"),
     # SwiftBrush (recipes/swiftbrush.py)

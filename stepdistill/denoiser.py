@@ -136,6 +136,11 @@ def native_loss_weight(prediction_type: str, alpha, sigma, sigma_data: float = 0
 # ----------------------------------------------------------------------------
 # The wrapper.
 
+def network_output(out) -> torch.Tensor:
+    """The prediction of a network call: the tensor itself, a tuple's first entry, or a `BaseOutput`'s `sample`."""
+    return out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+
+
 class _Stop(Exception):
     """Raised by the bottleneck hook: `Denoiser.features` needs no layer past it."""
 
@@ -211,7 +216,7 @@ class Denoiser(nn.Module):
         t = self._times(t, x_t)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         out = self._run(x_t, t, concat, cond)
-        out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+        out = network_output(out)
         if self.learn_sigma:
             out = out[:, : x_t.shape[1]]
         return to_x0(self.prediction_type, x_t, out.float(), alpha, sigma, self.sigma_data)
@@ -356,15 +361,12 @@ class SegmentConsistencyDenoiser(nn.Module):
         return torch.where(below, self.edges.to(t.device), torch.full_like(self.edges, -1.0)).amax(1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
-        from .samplers import coefficients
+        from .samplers import ddim_step
 
         x_t = x_t.float()
         t = Denoiser._times(t, x_t)
         x0 = self.denoiser(x_t, t, **cond)
-        a_t, s_t = coefficients(self.denoiser.schedule, t)
-        a_e, s_e = coefficients(self.denoiser.schedule, self.lower_edge(t))
-        eps = (x_t - _b(a_t, x_t) * x0) / _b(s_t, x_t)
-        return _b(a_e, x_t) * x0 + _b(s_e, x_t) * eps
+        return ddim_step(None, self.denoiser.schedule, x_t, t, self.lower_edge(t), x0=x0)
 
 
 def lcm_guidance_to_cfg(w: float) -> float:

@@ -122,8 +122,10 @@ class DigitsBenchmark:
 
 
 def is_shipped_teacher(teacher: str) -> bool:
-    """Whether `teacher` (a recipe's `model.teacher`) names the shipped digits teacher."""
-    return teacher == "digits" or Path(teacher).expanduser().resolve() == (ASSETS / "digits_teacher").resolve()
+    """Whether `teacher` (a recipe's `model.teacher`) names the shipped digits teacher itself (not a view of it)."""
+    from .roles import SHIPPED, shipped_folder
+
+    return not teacher.endswith("-edm") and shipped_folder(teacher) == SHIPPED["digits"]
 
 
 def table_rows(wanted: list[tuple[str, int]], *, seeds: list[int], n_samples: int,

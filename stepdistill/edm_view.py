@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .denoiser import from_x0, to_x0
+from .denoiser import from_x0, network_output, to_x0
 from .schedules import EDM, VPDiscrete
 
 
@@ -50,7 +50,7 @@ class EDMView(nn.Module):
         alpha, sigma = self.vp.alpha(t), self.vp.sigma(t)
         x_t = alpha.view(view) * x
         out = self.net(x_t.to(self.net.dtype), timestep=t, **cond)
-        out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+        out = network_output(out)
         x0 = to_x0(self.prediction_type, x_t, out.float(), alpha, sigma)
         return from_x0("edm", x, x0, torch.ones_like(s), s, self.sigma_data)
 

@@ -56,7 +56,6 @@ PROJECT_LICENSE = "apache-2.0"  # the shipped teachers' too: the project trained
 
 # The pipeline that travels inside a class-conditional export: a real module, copied into the folder.
 PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "class_conditional.py"
-SHIPPED_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,9 +337,9 @@ def _plain_network(net: nn.Module, adapter: str | None) -> nn.Module:
 def teacher_license(teacher: str) -> str | None:
     """The license a student inherits: the project's for its shipped teachers, else the `license` in the
     teacher folder's (or cached hub repo's) model card front matter; None when unknown."""
-    from .roles import SHIPPED
+    from .roles import shipped_folder
 
-    if teacher.removesuffix("-edm") in SHIPPED or Path(teacher).expanduser().resolve().parent == SHIPPED_ASSETS.resolve():
+    if shipped_folder(teacher) is not None:
         return PROJECT_LICENSE
     readme = Path(teacher).expanduser() / "README.md"
     if not readme.is_file() and hub_reference(teacher):

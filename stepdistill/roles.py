@@ -33,6 +33,16 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"digits": ASSETS / "digits_teacher"}  # name -> folder; "tiny-sd" is built on first use
 
 
+def shipped_folder(teacher: str | Path) -> Path | None:
+    """The shipped teacher's folder that `teacher` names (its name, its "-edm" view, or the folder's path);
+    None for any other teacher."""
+    name = str(teacher).removesuffix("-edm")
+    if name in SHIPPED:
+        return SHIPPED[name]
+    path = Path(name).expanduser().resolve()
+    return next((folder for folder in SHIPPED.values() if folder.resolve() == path), None)
+
+
 def _shipped(name: str) -> Path | None:
     if name == "tiny-sd":  # a random SD-shaped pipeline for smoke tests of the text-to-image path
         from .tiny import ensure_tiny_text_to_image
@@ -42,7 +52,7 @@ def _shipped(name: str) -> Path | None:
 DENOISER_COMPONENTS = ("unet", "transformer")
 
 __all__ = ["Teacher", "load_teacher", "make_real_score", "make_fake_score", "make_generator", "Generator",
-           "freeze", "trainable", "make_target", "ema_update", "set_gradient_checkpointing", "SHIPPED"]
+           "freeze", "trainable", "make_target", "ema_update", "set_gradient_checkpointing", "SHIPPED", "shipped_folder"]
 
 
 class TeacherLoadError(ValueError):

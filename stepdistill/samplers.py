@@ -230,15 +230,12 @@ def tcd_step(denoise: DenoiseFn, schedule: NoiseSchedule, x: torch.Tensor, t: to
     TCD takes training index 0 there), so gamma = 1 is exactly the consistency re-noising."""
     from .schedules import VPDiscrete
 
-    x0 = _denoise(denoise, x, t)
-    a_t, s_t = _coeffs(schedule, t)
-    eps = (x - a_t * x0) / s_t
     s = (1 - gamma) * t_next.to(torch.float64)
     s = s.floor() if isinstance(schedule, VPDiscrete) else s
-    a_s, s_s = _coeffs(schedule, s)
-    x_s = a_s * x0 + s_s * eps
+    x_s = ddim_step(denoise, schedule, x, t.reshape(1).expand(x.shape[0]), s.reshape(1).expand(x.shape[0]))
     if gamma == 0 or noise is None:
         return x_s
+    a_s, s_s = _coeffs(schedule, s)
     a_n, s_n = _coeffs(schedule, t_next)
     ratio = a_n / a_s
     return ratio * x_s + math.sqrt(max(s_n ** 2 - (ratio * s_s) ** 2, 0.0)) * noise

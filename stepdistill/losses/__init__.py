@@ -34,6 +34,6 @@ vsd_loss = dispatched(vsd.vsd_loss, "vsd_loss_fused")
 sid_loss = dispatched(sid.sid_loss, "sid_loss_fused")
 pseudo_huber_loss = dispatched(consistency.pseudo_huber_loss, "pseudo_huber_loss_fused")
 
-__all__ = ["consistency_l2_loss", "denoising_loss", "ect_weight", "ict_weight", "lcm_huber_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "generator_gan_loss", "per_sample",
-           "pseudo_huber_loss", "regression_loss", "sid_loss", "sid_normaliser", "sim_fixed_direction_loss", "sim_loss",
-           "vsd_loss"]
+__all__ = ["consistency_l2_loss", "denoising_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "ect_weight",
+           "generator_gan_loss", "ict_weight", "lcm_huber_loss", "per_sample", "pseudo_huber_loss", "regression_loss",
+           "sid_loss", "sid_normaliser", "sim_fixed_direction_loss", "sim_loss", "vsd_loss"]

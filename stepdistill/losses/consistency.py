@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .weights import per_sample
+from .weights import weighted_mean
 
 
 def pseudo_huber_loss(
@@ -29,10 +29,7 @@ def pseudo_huber_loss(
     """
     diff = pred.float() - target.float()
     sq = diff.square().flatten(1).sum(1)
-    per = sq / (torch.sqrt(sq + c * c) + c)
-    if weight is None:
-        return per.mean()
-    return (per_sample(weight, pred.shape[0], pred) * per).mean()
+    return weighted_mean(sq / (torch.sqrt(sq + c * c) + c), weight, pred)
 
 
 def consistency_l2_loss(pred: torch.Tensor, target: torch.Tensor,
@@ -40,10 +37,7 @@ def consistency_l2_loss(pred: torch.Tensor, target: torch.Tensor,
     """Squared L2 consistency metric (Song et al. 2023; `cm/karras_diffusion.py::consistency_losses`,
     `loss_norm="l2"`): mean_b w_b mean_n (pred_bn - target_bn)^2. Unweighted, it is LCM's `loss_type="l2"`
     (`F.mse_loss`). Shapes (B, ...); computed in float32; returns a float32 scalar."""
-    per = (pred.float() - target.float()).square().flatten(1).mean(1)
-    if weight is None:
-        return per.mean()
-    return (per_sample(weight, pred.shape[0], pred) * per).mean()
+    return weighted_mean((pred.float() - target.float()).square().flatten(1).mean(1), weight, pred)
 
 
 def lcm_huber_loss(pred: torch.Tensor, target: torch.Tensor, c: float = 0.001) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .weights import per_sample
+from .weights import weighted_mean
 
 
 def sim_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, c: float = 0.1,
@@ -43,17 +43,13 @@ def sim_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, c: f
     sample; weight a float, a (B,) tensor or None (= 1). Computed in float32; returns a float32 scalar.
     """
     x, r, f = x.float(), x0_real.float(), x0_fake.float()
-    return _weighted_mean((pseudo_huber_direction(r, f, c) * (r - x).flatten(1)).sum(1), weight, x)
+    return weighted_mean((pseudo_huber_direction(r, f, c) * (r - x).flatten(1)).sum(1), weight, x)
 
 
 def pseudo_huber_direction(x0_real: torch.Tensor, x0_fake: torch.Tensor, c: float) -> torch.Tensor:
     """u = d'(y) = y / sqrt(||y||^2 + c^2) per sample, y = x0_real - x0_fake flattened: shape (B, N)."""
     y = (x0_real - x0_fake).flatten(1)
     return y / torch.sqrt(y.square().sum(1, keepdim=True) + c * c)
-
-
-def _weighted_mean(per: torch.Tensor, weight, like: torch.Tensor) -> torch.Tensor:
-    return per.mean() if weight is None else (per_sample(weight, like.shape[0], like) * per).mean()
 
 
 def sim_fixed_direction_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, c: float = 0.1,
@@ -69,11 +65,11 @@ def sim_fixed_direction_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: to
     generator's own samples vanishes at the fake score's optimum. `sim_loss` is the form the paper writes
     (the real score's residual, d'(y) inside the gradient: "on-policy"); both share the leading term
     d loss / dx = -w_b u_b / B, and so the same stationary point, and differ in the second-order terms
-    through the networks (`tests/test_toy2d_distillation.py` measures both).
+    through the networks (`eval/sim_forms.py` measures both).
 
     Shapes and dtypes as `sim_loss`; computed in float32; returns a float32 scalar.
     """
     x, r, f = x.float(), x0_real.float(), x0_fake.float()
     with torch.no_grad():
         u = pseudo_huber_direction(r, f, c)
-    return _weighted_mean((u * (f - x).flatten(1)).sum(1), weight, x)
+    return weighted_mean((u * (f - x).flatten(1)).sum(1), weight, x)

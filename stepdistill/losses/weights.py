@@ -13,3 +13,8 @@ def per_sample(value: torch.Tensor | float, batch: int, like: torch.Tensor) -> t
     if v.shape != (batch,):
         raise ValueError(f"expected a float or a ({batch},) per-sample tensor, got shape {tuple(v.shape)}")
     return v.contiguous()
+
+
+def weighted_mean(per: torch.Tensor, weight: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor:
+    """mean_b w_b per_b of per-sample values `per` (B,), with weights as `per_sample` takes them (None: 1)."""
+    return per.mean() if weight is None else (per_sample(weight, like.shape[0], like) * per).mean()

@@ -51,8 +51,7 @@ def teacher_rows(evaluation: EvalConfig, bench: DigitsBenchmark, real_denoiser, 
             row.update(seconds_per_image=bench.seconds_per_image(fn), timed_images=10 * 10)
         source = f"table: {TEACHER_TABLE.relative_to(TEACHER_TABLE.parents[2])} (speed timed in this run)"
     else:
-        rows = [dict(model="teacher", sampler=sampler, nfe=nfe, **bench.evaluate(fn, seeds))
-                for (sampler, nfe), fn in zip(wanted, fns)]
+        rows = [bench.evaluate(fn, seeds) for fn in fns]
         source = "measured in this run"
     for row, (sampler, nfe) in zip(rows, wanted):
         row.pop("default", None)

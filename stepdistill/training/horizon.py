@@ -67,6 +67,35 @@ class Horizon:
             self.fitted_at_step = state.get("fitted_at_step")
 
 
+class FitClock:
+    """When the loop (re)fits a horizon and at what speed: steps SKIP_STEPS.. are timed from the run's
+    `start_step`; the first fit comes TIMED_STEPS steps later, then one every REFIT_EVERY steps, each at the
+    slower of the mean speed so far and the last window's (a slowdown shows at once). Disabled (never due)
+    without a time limit or when a resumed run already holds a fitted horizon."""
+
+    def __init__(self, start_step: int, *, enabled: bool):
+        self.start_step = start_step
+        self.first_at = start_step + SKIP_STEPS + TIMED_STEPS if enabled else None
+        self.timed_from: Optional[float] = None
+        self.last_fit: Optional[float] = None
+
+    def step_starts(self, step: int, now: float) -> None:
+        if step == self.start_step + SKIP_STEPS:
+            self.timed_from = now
+
+    def due(self, done: int, horizon: Horizon) -> bool:
+        return (self.first_at is not None and done >= self.first_at and (done - self.first_at) % REFIT_EVERY == 0
+                and done < horizon.total)
+
+    def seconds_per_step(self, done: int, now: float) -> float:
+        """The speed to fit with at `now`, after `done` steps; marks this as the last fit."""
+        speeds = [(now - self.timed_from) / (done - self.start_step - SKIP_STEPS)]
+        if self.last_fit is not None:
+            speeds.append((now - self.last_fit) / REFIT_EVERY)
+        self.last_fit = now
+        return max(speeds)
+
+
 def lr_factor(schedule: LRSchedule, *, warmup_steps: int, total_steps: Callable[[], int]) -> Callable[[int], float]:
     """The learning-rate multiplier at an optimiser's step `k`: a linear warm-up over `warmup_steps`, then
     constant, or a linear / cosine decay reaching zero at `total_steps()`, read at every step so that a

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import checkpoint_dirs, save_checkpoint
 from .draw import Draw
-from .horizon import REFIT_EVERY, SKIP_STEPS, TIMED_STEPS, Horizon
+from .horizon import FitClock, Horizon
 from .sections import TrainConfig
 
 StepFn = Callable[[Draw, int], dict]  # (draw, step) -> logs; one optimisation step of the recipe
@@ -87,16 +87,12 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     accelerator.init_trackers(name, config={k: str(v) for k, v in (tracker_config or {}).items()})
     bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=horizon.total,
                desc=name, disable=not accelerator.is_main_process)
-    # Fit the horizon from the speed of this run's first steps, then refit it every REFIT_EVERY steps from
-    # the mean speed so far (checkpoints and sample grids included); a resumed run keeps its checkpoint's.
-    fit_at = (start_step + SKIP_STEPS + TIMED_STEPS
-              if train.time_limit_minutes is not None and not horizon.fitted else None)
-    timed_from = last_fit = None
+    # Fit the horizon to the time limit from this run's speed (a resumed run keeps its checkpoint's).
+    clock = FitClock(start_step, enabled=train.time_limit_minutes is not None and not horizon.fitted)
     done, shown, bad_steps = start_step, {}, 0
     with _Signals() as signals, (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
         for step in bar:
-            if step == start_step + SKIP_STEPS:
-                timed_from = time.time()
+            clock.step_starts(step, time.time())
             draw = Draw(accelerator, train.batch_size, train.seed, step)
             logs = step_fn(draw, step)
             log_file.write(json.dumps({"step": step, **logs}) + "\n")
@@ -115,15 +111,10 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                                            f"{bad_steps} consecutive steps")
             shown |= logs
             done = step + 1
-            if fit_at is not None and done >= fit_at and (done - fit_at) % REFIT_EVERY == 0 and done < horizon.total:
-                now = time.time()
-                # the slower of the run's mean speed and the last window's: react to a slowdown at once
-                window = [(now - timed_from) / (done - start_step - SKIP_STEPS)]
-                if last_fit is not None:
-                    window.append((now - last_fit) / REFIT_EVERY)
-                _fit(accelerator, horizon, train, done=done, seconds_per_step=max(window), now=now,
-                     start_time=start_time, first=last_fit is None)
-                last_fit = now
+            if clock.due(done, horizon):
+                now, first = time.time(), clock.last_fit is None
+                _fit(accelerator, horizon, train, done=done, seconds_per_step=clock.seconds_per_step(done, now),
+                     now=now, start_time=start_time, first=first)
                 log_file.write(json.dumps({"horizon": horizon.state()}) + "\n")
                 bar.total = horizon.total
                 bar.refresh()
@@ -138,8 +129,9 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
             reached = done >= horizon.total
             if done % train.checkpoint_every == 0 or reached or out_of_time or stop_signal:
                 weights = student_weights() if student_weights is not None else None
-                if weights is not None and nonfinite(weights):  # never write (nor prune over) a broken one
-                    raise _diverged(out, step, f"non-finite student weights ({nonfinite(weights)[0]}, ...)")
+                broken = nonfinite(weights) if weights is not None else []
+                if broken:  # never write (nor prune over) a broken one
+                    raise _diverged(out, step, f"non-finite student weights ({broken[0]}, ...)")
                 save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints,
                                 student=weights if accelerator.is_main_process else None,
                                 info={"horizon": horizon.state()})
