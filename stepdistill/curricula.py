@@ -64,3 +64,40 @@ def ect_r(t: torch.Tensor, stage: int, *, q: float = 2.0, k: float = 8.0, b: flo
     t64 = t.double()
     r = t64 * (1 - q ** -(stage + 1) * (1 + k * torch.sigmoid(-b * t64)))
     return r.clamp_min(0).to(t.dtype)
+
+
+def skip_grid(schedule, levels: int) -> torch.Tensor:
+    """Consistency distillation's grid of `levels` noise levels above the boundary, as native times, ascending,
+    the boundary first (float64, levels + 1 entries). VP-discrete teachers: LCM's skipping-step grid
+    {0, k - 1, 2k - 1, ..., N - 1} with k = N / levels (50 levels of 1,000: {0, 19, 39, ..., 999}, diffusers'
+    `DDIMSolver`); other schedules: Karras levels from t_min (sigma_min, the consistency boundary) to t_max,
+    as the official CD code's N = 40 grid."""
+    from .schedules import VPDiscrete
+
+    if levels < 1:
+        raise ValueError(f"the skip grid needs >= 1 level, got {levels}")
+    if isinstance(schedule, VPDiscrete):
+        n = schedule.num_train_timesteps
+        if levels > n or n % levels:
+            raise ValueError(f"{levels} levels do not divide the teacher's {n} training timesteps evenly "
+                             "(LCM's skipping step k = N / levels)")
+        k = n // levels
+        return torch.cat([torch.zeros(1, dtype=torch.float64),
+                          torch.arange(1, levels + 1, dtype=torch.float64) * k - 1])
+    r_min = float(schedule.ratio(torch.tensor(schedule.t_min, dtype=torch.float64)))
+    r_max = float(schedule.ratio(torch.tensor(schedule.t_max, dtype=torch.float64)))
+    return schedule.t_from_ratio(karras_sigmas(levels + 1, r_min, r_max).flip(0)).to(torch.float64)
+
+
+def segment_edges(grid: torch.Tensor, segments: int) -> torch.Tensor:
+    """The edges of `segments` multistep-consistency segments on a skip grid (ascending, boundary first):
+    descending times from the top level to the boundary, the i-th at grid position L - floor(i L / S) of the L
+    levels, the positions LCMScheduler would sample in S steps (8 segments of LCM's 50 levels: 999, 879, 759,
+    ..., 139, 0). Counts that divide each other nest (the 4-segment edges are among the 8-segment ones), so
+    progressive training towards fewer segments keeps every earlier edge a point of the trajectory."""
+    levels = len(grid) - 1
+    if not 1 <= segments <= levels:
+        raise ValueError(f"segments={segments} must lie in [1, {levels}] (the skip grid's levels)")
+    desc = grid.flip(0)[:-1]  # levels, top first
+    picked = desc[(torch.arange(segments) * levels) // segments]
+    return torch.cat([picked, grid[:1]])

@@ -25,7 +25,8 @@ __all__ = [
     "to_eps", "to_v", "to_flow", "to_score",
     "x0_from_eps", "x0_from_v", "x0_from_flow",
     "to_x0", "from_x0", "native_loss_weight",
-    "Denoiser", "CFGDenoiser", "lcm_guidance_to_cfg",
+    "Denoiser", "CFGDenoiser", "lcm_guidance_to_cfg", "guidance_scale_embedding", "GuidanceConditioned",
+    "ConsistencyDenoiser", "SegmentConsistencyDenoiser", "consistency_scalings", "lcm_scalings",
 ]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow", "edm")
@@ -282,6 +283,19 @@ class CFGDenoiser(nn.Module):
 # ----------------------------------------------------------------------------
 # Consistency models: the boundary condition f(x, t_min) = x.
 
+class WrapsDenoiser(nn.Module):
+    """A function built on a `Denoiser` (`self.denoiser`) that shows its network and schedule: a student
+    exports `.net`, a `roles.Generator` reads `.schedule`."""
+
+    @property
+    def net(self) -> nn.Module:
+        return self.denoiser.net
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.denoiser.schedule
+
+
 def consistency_scalings(sigma: torch.Tensor, *, sigma_data: float = 0.5,
                          sigma_min: float = 0.002) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_skip, c_out) of consistency models (Song et al. 2023, App. C; official `cm/karras_diffusion.py::
@@ -310,11 +324,16 @@ def lcm_scalings(timestep: torch.Tensor, *, sigma_data: float = 0.5,
     return c_skip.float(), c_out.float()
 
 
-class ConsistencyDenoiser(nn.Module):
-    """f(x_t, t) = c_skip(t) x_t + c_out(t) D(x_t, t): a consistency function on any `Denoiser`, with the
-    boundary condition f(x, t_min) = x. `boundary`: "cm" (`consistency_scalings` at sigma_t / alpha_t, for
-    EDM-style and other continuous schedules) or "lcm" (`lcm_scalings` at the network timestep, for
-    VP-discrete teachers, as LCM / MLCM distil SD)."""
+class ConsistencyDenoiser(WrapsDenoiser):
+    """f(x_t, t): a consistency function on any `Denoiser`, with the boundary condition f(x, t_min) = x.
+
+    boundary "lcm" (latent consistency models, VP-discrete teachers): f = c_skip x_t + c_out x0_hat with
+    `lcm_scalings` at the network timestep (diffusers' LCMScheduler applies the same at inference).
+    boundary "cm" (Song et al. 2023, any schedule): the official f = c_skip(s) x + c_out(s) F on the VE sample
+    x = x_t / alpha_t at level s = sigma_t / alpha_t, where F is the EDM network output that gives the
+    denoiser's x0 (x0 = c_skip_edm x + c_out_edm F, exactly the network's own output for an "edm" teacher).
+    Since c_out / c_out_edm = (s - s_min) / s, f = c_skip(s) x + (1 - s_min / s)(x0 - c_skip_edm(s) x), which
+    needs F for no prediction type."""
 
     def __init__(self, denoiser: Denoiser, boundary: str = "cm", *, sigma_min: float = 0.002,
                  timestep_scaling: float = 10.0):
@@ -325,6 +344,7 @@ class ConsistencyDenoiser(nn.Module):
         self.sigma_min, self.timestep_scaling = sigma_min, timestep_scaling
 
     def scalings(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out) at native times t: c_out multiplies x0_hat ("lcm") or the EDM output F ("cm")."""
         schedule, sigma_data = self.denoiser.schedule, self.denoiser.sigma_data
         if self.boundary == "lcm":
             return lcm_scalings(schedule.timestep(t), sigma_data=sigma_data, timestep_scaling=self.timestep_scaling)
@@ -334,10 +354,19 @@ class ConsistencyDenoiser(nn.Module):
         x_t = x_t.float()
         t = Denoiser._times(t, x_t)
         c_skip, c_out = (_b(c.to(x_t.device), x_t) for c in self.scalings(t))
-        return c_skip * x_t + c_out * self.denoiser(x_t, t, **cond)
+        x0 = self.denoiser(x_t, t, **cond)
+        if self.boundary == "lcm":
+            return c_skip * x_t + c_out * x0
+        schedule = self.denoiser.schedule
+        s = schedule.ratio(t.double())
+        s_min = float(torch.tensor(self.sigma_min, dtype=torch.float32))  # on the float32 grid, as the scalings
+        x = x_t / _b(schedule.alpha(t).to(x_t.device), x_t)
+        c_skip_edm = _b((self.denoiser.sigma_data ** 2 / (s ** 2 + self.denoiser.sigma_data ** 2)).float(), x_t)
+        shrink = _b((1 - s_min / s.float().double()).float().to(x_t.device), x_t)
+        return c_skip * x + shrink * (x0 - c_skip_edm.to(x_t.device) * x)
 
 
-class SegmentConsistencyDenoiser(nn.Module):
+class SegmentConsistencyDenoiser(WrapsDenoiser):
     """A multistep (MLCM / phased) consistency function: the time range is cut at `edges` (native times,
     descending from t_max to 0, e.g. `time_grid(schedule, segments, "uniform")`, TLCM's linspace(999, 0, 9)),
     and on the segment (e_{j+1}, e_j] the student maps x_t to its segment's lower edge with a DDIM jump on
@@ -360,13 +389,43 @@ class SegmentConsistencyDenoiser(nn.Module):
         below = self.edges.to(t.device).unsqueeze(0) < t.to(torch.float64).unsqueeze(1)  # (B, E)
         return torch.where(below, self.edges.to(t.device), torch.full_like(self.edges, -1.0)).amax(1)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
+    def jump(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The segment function given the network's x0 at (x_t, t): the DDIM jump to t's lower edge."""
         from .samplers import ddim_step
 
+        t = Denoiser._times(t, x_t)
+        return ddim_step(None, self.denoiser.schedule, x_t.float(), t, self.lower_edge(t), x0=x0)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
         x_t = x_t.float()
         t = Denoiser._times(t, x_t)
-        x0 = self.denoiser(x_t, t, **cond)
-        return ddim_step(None, self.denoiser.schedule, x_t, t, self.lower_edge(t), x0=x0)
+        return self.jump(x_t, t, self.denoiser(x_t, t, **cond))
+
+
+def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """LCM's w-embedding: the sinusoidal embedding of 1000 w (B, dim), computed by diffusers' own pipeline
+    method, so a student trains on exactly what the stock pipeline feeds its `timestep_cond` at inference
+    (there w = guidance_scale - 1)."""
+    from diffusers import StableDiffusionPipeline
+
+    w = torch.as_tensor(w, dtype=torch.float32).reshape(-1)
+    return StableDiffusionPipeline.get_guidance_scale_embedding(None, w.cpu(), embedding_dim=dim).to(w.device)
+
+
+class GuidanceConditioned(WrapsDenoiser):
+    """A student that takes LCM's guidance w as an input (w-conditioning; the UNet's `time_cond_proj_dim`):
+    `self(x_t, t, w=..., **cond)` runs `inner` (a `Denoiser`, or a consistency function on one) with
+    `timestep_cond` = the embedding of w (per sample, or one value); without `w` it runs at `self.w`, the
+    scale it samples with by default."""
+
+    def __init__(self, inner: nn.Module, dim: int, w: float):
+        super().__init__()
+        self.denoiser, self.dim, self.w = inner, dim, float(w)
+
+    def forward(self, x_t: torch.Tensor, t, *, w=None, **cond) -> torch.Tensor:
+        w = torch.as_tensor(self.w if w is None else w, dtype=torch.float32, device=x_t.device)
+        emb = guidance_scale_embedding(w.expand(x_t.shape[0]) if w.ndim == 0 else w, self.dim)
+        return self.denoiser(x_t, t, timestep_cond=emb.to(x_t.device), **cond)
 
 
 def lcm_guidance_to_cfg(w: float) -> float:

@@ -44,7 +44,7 @@ from torch import nn
 
 from .io import atomic_dir, atomic_write_text
 
-__all__ = ["export_class_conditional", "export_text_to_image", "write_model_card", "push_to_hub",
+__all__ = ["export_class_conditional", "export_text_to_image", "export_lora", "write_model_card", "push_to_hub",
            "PIPELINE_FILE", "PIPELINE_MODULE", "PIPELINE_CLASS"]
 
 PIPELINE_MODULE = "stepdistill_pipeline"  # the file name diffusers imports from the folder (module cache key)
@@ -64,7 +64,7 @@ PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "class_condition
 
 def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_config: Mapping, *,
                              timesteps: list[int], null_label: int | None, model_card: dict | None = None,
-                             adapter: str | None = None) -> Path:
+                             adapter: str | None = None, scheduler_options: Mapping | None = None) -> Path:
     """Write a self-contained diffusers pipeline folder for a class-conditional pixel-space student.
 
     `unet`: the student (a diffusers model, e.g. `UNet2DModel`, called `unet(x, t, class_labels=y)`); a LoRA
@@ -73,15 +73,17 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
     betas and `prediction_type`). `timesteps`: the student's input times, strictly descending, in
     [1, num_train_timesteps). `null_label`: the label of the unconditional class, or None.
     `model_card`: keyword arguments of `write_model_card` (base_model, recipe, metrics, tags, extra).
+    `scheduler_options`: LCMScheduler settings of a consistency student (`Student.scheduler_options`).
 
     Load it, with or without stepdistill installed:
         `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)(class_labels=[3, 7]).images`
+    (`num_inference_steps=K` samples a consistency student in K steps of its grid.)
     """
     import diffusers
     from diffusers import LCMScheduler
 
     folder = Path(folder).expanduser()
-    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0)
+    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0, **(scheduler_options or {}))
     timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
     net = _plain_network(unet, adapter)
     num_classes = getattr(net.config, "num_class_embeds", None)
@@ -116,7 +118,8 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
 
 
 def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn.Module, *, timesteps: list[int],
-                         model_card: dict | None = None, adapter: str | None = None) -> Path:
+                         model_card: dict | None = None, adapter: str | None = None,
+                         scheduler_options: Mapping | None = None) -> Path:
     """Write the base pipeline with the student `unet` and an `LCMScheduler` in place of its own.
 
     `base_pipeline`: a local pipeline folder (with model_index.json) or a hub id. Every other component
@@ -149,7 +152,7 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
     if "unet" not in pipe.components:
         raise ValueError(f"base pipeline {base_pipeline} has no `unet` component: export_text_to_image supports "
                          "unet-based pipelines (SD 1.x/2.x, SDXL)")
-    lcm = _lcm_scheduler(pipe.scheduler.config)
+    lcm = _lcm_scheduler(pipe.scheduler.config, **(scheduler_options or {}))
     timesteps = _check_timesteps(timesteps, lcm.config.num_train_timesteps)
     sigma_0 = float((1 - lcm.alphas_cumprod[timesteps[0]]).sqrt())  # the student's first input is sigma_0 z
     pipe.scheduler = lcm if len(timesteps) > 1 else _one_step_scheduler(lcm.config)
@@ -187,6 +190,46 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
         write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
         _scrub_local_paths(tmp)
         _check_complete(tmp)
+    return folder
+
+
+def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: list[int],
+                scheduler_options: Mapping | None = None) -> Path:
+    """Write LoRA `adapter` of a text-to-image student's unet in diffusers' LoRA format
+    (`pytorch_lora_weights.safetensors`, with peft's adapter config as metadata), as LCM-LoRA is published: on
+    the stock base pipeline with an LCMScheduler of the same settings,
+
+        pipe.load_lora_weights(folder); pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, ...)
+
+    samples as the student does (the LoRA's model card holds the exact lines)."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    from .adapters import adapter_names
+
+    folder = Path(folder).expanduser()
+    for wrapper in ("_orig_mod", "module", "_orig_mod"):
+        inner = getattr(net, wrapper, None)
+        net = inner if isinstance(inner, nn.Module) else net
+    if adapter not in adapter_names(net):
+        raise ValueError(f"the network has no LoRA adapter {adapter!r}")
+    # peft's own key names (lora_A / lora_B), which the loader reads as they are, with the adapter's config
+    layers = get_peft_model_state_dict(net, adapter_name=adapter)
+    metadata = net.peft_config[adapter].to_dict()  # rank, alpha, targets: loaders rebuild the adapter from it
+    options = {k: v for k, v in dict(scheduler_options or {}).items()}
+    call = textwrap.dedent(f"""\
+        import torch
+        from diffusers import DiffusionPipeline, LCMScheduler
+
+        pipe = DiffusionPipeline.from_pretrained(BASE_MODEL)  # the teacher this LoRA was distilled from
+        pipe.load_lora_weights("./{folder.name}")
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, **{options!r})
+        image = pipe("a photo of a cat", num_inference_steps={len(timesteps)}, guidance_scale=0.0,
+                     generator=torch.Generator().manual_seed(0)).images[0]""")
+    with atomic_dir(folder) as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+        write_model_card(tmp, base_model=None, recipe="consistency_distill", metrics={}, pipeline_call=call,
+                         tags=["lora", "lcm-lora"], pipeline_tag="text-to-image")
     return folder
 
 
@@ -266,10 +309,11 @@ def _lcm_scheduler(config: Mapping, **overrides):
     # teacher's values, defaults included, are its schedule: LCMScheduler's defaults differ (SD's betas).
     accepted = set(inspect.signature(LCMScheduler.__init__).parameters) - {"self"}
     config = {k: v for k, v in config.items() if k in accepted}
-    config.update(overrides, timestep_scaling=TIMESTEP_SCALING,
-                  # with k = 1, LCM's default schedule for K steps is 999 - floor(i * N / K): DMD2's evenly spaced
-                  # steps ([999, 749, 499, 249] for K = 4), and every custom timestep lies on its grid
-                  original_inference_steps=config.get("num_train_timesteps", 1000))
+    # with k = 1, LCM's default schedule for K steps is 999 - floor(i * N / K): DMD2's evenly spaced steps
+    # ([999, 749, 499, 249] for K = 4), and every custom timestep lies on its grid. A consistency student
+    # overrides both: LCM's scaling 10 and its skip grid's length (50: K steps of {19, 39, ..., 999}).
+    config.update(timestep_scaling=TIMESTEP_SCALING, original_inference_steps=config.get("num_train_timesteps", 1000))
+    config.update(overrides)
     return LCMScheduler.from_config(config)
 
 

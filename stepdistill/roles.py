@@ -236,6 +236,36 @@ def ema_update(target: nn.Module, online: nn.Module, mu: float) -> None:
         b.copy_(ob)
 
 
+def rng_state(device: torch.device | str) -> tuple:
+    """The random streams a forward pass draws from (dropout): the CPU's and, on CUDA, the device's."""
+    device = torch.device(device)
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def replayed_rng(state: tuple, device: torch.device | str) -> Iterator[None]:
+    """Run the block from the random streams of `state` (`rng_state`), then continue from where they were:
+    consistency training's target pass then draws the online pass's dropout masks (iCT, ECT: "the same
+    dropout RNG"), so the two differ only by their inputs."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+def set_dropout(module: nn.Module, p: float | None) -> None:
+    """Set every dropout layer's probability (None: leave the network's own)."""
+    if p is None:
+        return
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout={p} must lie in [0, 1)")
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+
+
 def set_gradient_checkpointing(net: nn.Module, enabled: bool = True) -> None:
     if enabled and hasattr(net, "enable_gradient_checkpointing"):
         net.enable_gradient_checkpointing()

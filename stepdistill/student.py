@@ -52,18 +52,31 @@ class Student:
     teacher: object  # roles.Teacher: the export's base (its folder, scheduler config, source)
     ema: Optional[object] = None  # diffusers EMAModel over the generator's trainable parameters
     name: str = "student"
+    # Steps by default, when the student may sample in any number of its times (a consistency student holds
+    # its whole skip grid, 999, 979, ..., 19, and samples K of them as LCMScheduler does); None: all of them.
+    steps: Optional[int] = None
+    # The student is this LoRA adapter on the teacher's network (LCM-LoRA): a text-to-image export also writes
+    # it in diffusers' LoRA format (`lora/`), for `pipe.load_lora_weights` on the stock base pipeline.
+    lora_adapter: Optional[str] = None
 
     @classmethod
     def from_setup(cls, setup, *, generator: torch.nn.Module, timesteps: torch.Tensor, ema=None,
-                   name: str = "student") -> "Student":
+                   name: str = "student", steps: int | None = None, lora_adapter: str | None = None) -> "Student":
         """The student of a recipe's run: its (prepared) generator with the run's `Setup`."""
-        return cls(generator=setup.unwrap(generator), conditioner=setup.conditioner, schedule=setup.schedule,
-                   timesteps=timesteps, space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema,
-                   name=name)
+        student = cls(generator=setup.unwrap(generator), conditioner=setup.conditioner, schedule=setup.schedule,
+                      timesteps=timesteps, space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema,
+                      name=name, steps=steps, lora_adapter=lora_adapter)
+        student_timesteps(timesteps, steps)  # a default step count it cannot sample fails here
+        return student
 
     @property
     def nfe(self) -> int:
-        return len(self.timesteps)
+        """Network evaluations of the default sampling."""
+        return len(self.default_timesteps)
+
+    @property
+    def default_timesteps(self) -> torch.Tensor:
+        return student_timesteps(self.timesteps, self.steps)
 
     @property
     def device(self) -> torch.device:
@@ -76,8 +89,8 @@ class Student:
         gen = self.generator
         z = torch.randn(len(labels), *self.shape, generator=generator).to(labels.device)
         den = partial(gen.denoiser, **self.conditioner.cond(labels))
-        return multistep(den, self.schedule, z * gen.input_scale, student_timesteps(self.timesteps, steps),
-                         generator=generator)
+        ts = student_timesteps(self.timesteps, self.steps if steps is None else steps)
+        return multistep(den, self.schedule, z * gen.input_scale, ts, generator=generator)
 
     def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
         """Decoded images in [-1, 1]."""
@@ -134,14 +147,46 @@ class Student:
         from .export import hub_reference
 
         card = {"base_model": hub_reference(self.teacher.source), "recipe": self.name, **(model_card or {})}
-        timesteps = [int(round(float(t))) for t in self.timesteps]
+        timesteps = [int(round(float(t))) for t in self.default_timesteps]
         net = self.generator.net
+        options = self.scheduler_options()
         if isinstance(self.conditioner, TextConditioner):
-            return export_text_to_image(folder, self.teacher.root, net, timesteps=timesteps, model_card=card)
+            folder = export_text_to_image(folder, self.teacher.root, net, timesteps=timesteps, model_card=card,
+                                          scheduler_options=options, adapter=self.lora_adapter)
+            if self.lora_adapter is not None:
+                from .export import export_lora
+
+                export_lora(folder / "lora", net, self.lora_adapter, timesteps=timesteps, scheduler_options=options)
+            return folder
         if isinstance(self.conditioner, ClassConditioner):
             return export_class_conditional(folder, net, self.teacher.scheduler_config, timesteps=timesteps,
-                                            null_label=self.conditioner.null_label, model_card=card)
+                                            null_label=self.conditioner.null_label, model_card=card,
+                                            scheduler_options=options, adapter=self.lora_adapter)
         raise TypeError(f"no export for a student conditioned by {type(self.conditioner).__name__}")
+
+    def scheduler_options(self) -> dict:
+        """What the exported LCMScheduler needs beyond the teacher's schedule to sample as `sample` does: LCM's
+        boundary scaling for a consistency function with it (`denoiser.ConsistencyDenoiser`, "lcm"), and, for a
+        student holding a skip grid {k-1, 2k-1, ..., N-1}, `original_inference_steps` = its length, so that
+        `num_inference_steps=K` picks the K times `sample(steps=K)` does."""
+        from .denoiser import ConsistencyDenoiser, GuidanceConditioned
+
+        options = {}
+        den = self.generator.denoiser
+        while isinstance(den, GuidanceConditioned):
+            den = den.denoiser
+        if isinstance(den, ConsistencyDenoiser):
+            if den.boundary != "lcm":
+                raise ValueError("the export's LCMScheduler applies LCM's boundary condition; a 'cm' consistency "
+                                 "student has no stock-scheduler equivalent (train it with model.boundary=lcm)")
+            options["timestep_scaling"] = den.timestep_scaling
+        ts = [int(round(float(t))) for t in self.timesteps]
+        n = len(ts)
+        total = getattr(self.schedule, "num_train_timesteps", None) or 1000
+        k = total // n
+        if self.steps is not None and ts == [(i + 1) * k - 1 for i in reversed(range(n))]:
+            options["original_inference_steps"] = n
+        return options
 
 
 @dataclass(kw_only=True)

@@ -190,8 +190,11 @@ def test_consistency_denoiser_meets_its_boundary_condition(boundary, tiny_unet):
         torch.testing.assert_close(f(x, t_min.expand(2), **cond), x)
         t_far = torch.tensor([80.0 if boundary == "cm" else 999.0]).expand(2)
         far, plain = f(x, t_far, **cond), den(x, t_far, **cond)
+        # the official form: c_out multiplies the raw EDM output F ("cm"), LCM's the x0 prediction ("lcm")
+        raw = tiny_unet(x * schedule.c_in(t_far).view(-1, 1, 1, 1), timestep=schedule.timestep(t_far),
+                        **cond).sample
     c_skip, c_out = f.scalings(t_far)
-    torch.testing.assert_close(far, c_skip[0] * x + c_out[0] * plain)
+    torch.testing.assert_close(far, c_skip[0] * x + c_out[0] * (raw if boundary == "cm" else plain))
 
 
 def test_segment_consistency_jumps_to_the_lower_edge_and_is_the_identity_there():

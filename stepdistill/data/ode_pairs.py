@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..samplers import sample, steps_for_nfe
 
-__all__ = ["ODEPairs", "make_ode_pairs"]
+__all__ = ["ODEPairs", "make_ode_pairs", "solve_in_shares", "load_cached", "save_cached"]
 
 
 @dataclass
@@ -38,39 +38,63 @@ def make_ode_pairs(denoise, schedule, conditioner, shape: tuple[int, ...], *, n:
                    seed: int, accelerator, cache: Path | None = None, batch_size: int = 250) -> ODEPairs:
     """`n` pairs solved with `sampler` at `nfe` evaluations of `denoise` (a `CFGDenoiser`: the
     guidance of the real score). `cache`: a .safetensors file reused when its settings match."""
-    from safetensors.torch import load_file, save_file
-
     if n < 1:
         raise ValueError(f"the number of ODE pairs must be >= 1, got {n}")
     meta = dict(n=str(n), sampler=sampler, nfe=str(nfe), seed=str(seed), guidance=str(float(denoise.scale)),
                 shape=",".join(map(str, shape)))
-    if cache is not None and cache.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(cache), "pt") as f:
-            same = f.metadata() == meta
-        if same:
-            return ODEPairs(**{k: v.to(accelerator.device) for k, v in load_file(str(cache)).items()})
-
-    processes, rank = accelerator.num_processes, accelerator.process_index
+    cached = load_cached(cache, meta)
+    if cached is not None:
+        return ODEPairs(**{k: v.to(accelerator.device) for k, v in cached.items()})
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, *shape, generator=g)
     labels = conditioner.sample_labels(n, generator=g)
+    steps = steps_for_nfe(sampler, nfe)
+
+    def solve(zb, lb):
+        den = partial(denoise, uncond=conditioner.uncond(lb), **conditioner.cond(lb))
+        return sample(den, schedule, zb * schedule.prior_std(), sampler=sampler, steps=steps).float()
+
+    x = solve_in_shares(solve, z, labels, accelerator, batch_size=batch_size, desc="teacher ODE pairs")
+    pairs = ODEPairs(z.to(accelerator.device), labels.to(accelerator.device), x)
+    save_cached(cache, meta, {"z": pairs.z, "labels": pairs.labels, "x": pairs.x}, accelerator)
+    return pairs
+
+
+def solve_in_shares(solve, z: torch.Tensor, labels: torch.Tensor, accelerator, *, batch_size: int,
+                    desc: str) -> torch.Tensor:
+    """`solve(z_batch, labels_batch)` over the whole set, each process its share, gathered in order: every
+    process returns the same tensor (on its device) as one process solving everything would."""
+    n = len(labels)
+    processes, rank = accelerator.num_processes, accelerator.process_index
     per = math.ceil(n / processes)  # every process solves `per` (gather needs equal shares: the last pads)
     mine = torch.arange(rank * per, (rank + 1) * per) % n
-    steps = steps_for_nfe(sampler, nfe)
     solved = []
-    for zb, lb in tqdm(list(zip(z[mine].split(batch_size), labels[mine].split(batch_size))),
-                       desc="teacher ODE pairs", disable=not accelerator.is_main_process):
-        zb, lb = zb.to(accelerator.device), lb.to(accelerator.device)
-        den = partial(denoise, uncond=conditioner.uncond(lb), **conditioner.cond(lb))
-        solved.append(sample(den, schedule, zb * schedule.prior_std(), sampler=sampler, steps=steps).float())
-    x = accelerator.gather(torch.cat(solved))[:n]
-    pairs = ODEPairs(z.to(accelerator.device), labels.to(accelerator.device), x)
-    if cache is not None and accelerator.is_main_process:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        save_file({"z": pairs.z.cpu().contiguous(), "labels": pairs.labels.cpu().contiguous(),
-                   "x": pairs.x.cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, cache)
-    return pairs
+    for zb, lb in tqdm(list(zip(z[mine].split(batch_size), labels[mine].split(batch_size))), desc=desc,
+                       disable=not accelerator.is_main_process):
+        solved.append(solve(zb.to(accelerator.device), lb.to(accelerator.device)))
+    return accelerator.gather(torch.cat(solved))[:n]
+
+
+def load_cached(cache: Path | None, meta: dict[str, str]) -> dict[str, torch.Tensor] | None:
+    """The tensors of a .safetensors `cache` written with the same settings `meta`, else None."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if cache is None or not cache.is_file():
+        return None
+    with safe_open(str(cache), "pt") as f:
+        if f.metadata() != meta:
+            return None
+    return load_file(str(cache))
+
+
+def save_cached(cache: Path | None, meta: dict[str, str], tensors: dict[str, torch.Tensor], accelerator) -> None:
+    """Write `tensors` with their settings to `cache` atomically (the main process)."""
+    from safetensors.torch import save_file
+
+    if cache is None or not accelerator.is_main_process:
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, cache)

@@ -3,13 +3,15 @@
     pipe = DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)
     images = pipe(class_labels=[3, 7], generator=torch.Generator().manual_seed(0)).images
 
-Sampling, one network evaluation per timestep of `pipe.config.timesteps` (descending, t_0 first):
+Sampling, one network evaluation per timestep of `pipe.config.timesteps` (descending, t_0 first), or of the
+scheduler's K-step schedule with `num_inference_steps=K`:
     z = randn_tensor((B, C, H, W), generator=generator)   # float32; a CPU generator draws on the CPU
     x = sqrt(1 - alphas_cumprod[t_0]) * z
     for t in timesteps:                                    # LCMScheduler.step:
         x0 = clamp(x0 from unet(x, t, class_labels=y) for the scheduler's prediction_type, -1, 1)
         x = x0 on the last step, else sqrt(abar_next) x0 + sqrt(1 - abar_next) eps, eps drawn from `generator`
-The saved LCMScheduler's timestep_scaling makes LCM's boundary condition (c_skip, c_out) = (0, 1) for t >= 1.
+The saved LCMScheduler's timestep_scaling makes LCM's boundary condition (c_skip, c_out) = (0, 1) for t >= 1,
+or is LCM's own 10 for a consistency student (denoised = c_skip x + c_out x0, as it was trained).
 Images: output_type "pil" (default), "np" (B, H, W, C) or "pt" (B, C, H, W), in [0, 1] as usual in diffusers.
 """
 import json
@@ -34,9 +36,12 @@ class StepDistillClassConditionalPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)  # [-1, 1] -> [0, 1]
 
     @torch.no_grad()
-    def __call__(self, class_labels=None, num_images=1, generator=None, output_type="pil", return_dict=True):
+    def __call__(self, class_labels=None, num_images=1, generator=None, output_type="pil", return_dict=True,
+                 num_inference_steps=None):
         """class_labels: an int, a list of ints or a LongTensor, one image each. None: `num_images` images
-        with the null label (unconditional), or with no label at all for a model without class embeddings."""
+        with the null label (unconditional), or with no label at all for a model without class embeddings.
+        num_inference_steps: None runs the student's own `timesteps`; K runs the scheduler's K-step schedule
+        (a consistency student: K times of its skip grid, as LCM pipelines do)."""
         device = self._execution_device
         if class_labels is None:
             labels = None if self.config.null_label is None else torch.full((num_images,), self.config.null_label)
@@ -47,7 +52,10 @@ class StepDistillClassConditionalPipeline(DiffusionPipeline):
         cfg = self.unet.config
         z = randn_tensor((num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=generator,
                          device=device, dtype=torch.float32)
-        self.scheduler.set_timesteps(timesteps=self.config.timesteps, device=device)
+        if num_inference_steps is None:
+            self.scheduler.set_timesteps(timesteps=self.config.timesteps, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = (1 - self.scheduler.alphas_cumprod[int(self.scheduler.timesteps[0])]).sqrt().to(device) * z
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self.unet(x.to(self.unet.dtype), t, class_labels=labels).sample.float()

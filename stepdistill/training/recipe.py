@@ -66,6 +66,19 @@ def student_weights(students: list[AnyStudent]) -> dict:
     return {f"{s.name}.{k}": v for s in students for k, v in s.state_dict().items()}
 
 
+def check_student_steps(students: list[AnyStudent], steps) -> None:
+    """`eval.student_steps`: step counts every student can sample, checked before training."""
+    from ..student import Student, student_timesteps
+
+    for k in steps:
+        for s in students:
+            for one in (s.students if not isinstance(s, Student) else [s]):
+                try:
+                    student_timesteps(one.timesteps, k)
+                except ValueError as e:
+                    raise ValueError(f"eval.student_steps: {e}") from None
+
+
 def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
     """Train `recipe` under `cfg` and finish: returns the digits benchmark result, if one was measured."""
     start_time = time.time()
@@ -74,6 +87,7 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
                                                         "eval.results")))
     run = recipe.setup(cfg)
     setup = run.setup
+    check_student_steps(recipe.students(run), evaluation.student_steps)
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg,
                          horizon=setup.horizon)
     steps_done = train_loop(

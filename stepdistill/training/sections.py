@@ -57,6 +57,9 @@ class EvalConfig:
     teacher_rows: Literal["table", "measure", "none"] = "table"
     teacher_sampler: SamplerName = "dpmpp_2m"
     teacher_nfe: int = 35
+    # The student's rows: its default steps first, then these step counts (a consistency student samples
+    # any number of its grid's levels: 1, 2, 4, 8); () measures the default only.
+    student_steps: tuple[int, ...] = ()
     # None: OUTPUT/results.json. The committed tables (eval/results/<recipe>_digits.json) are written only
     # when named explicitly, e.g. `eval.results=eval/results/dmd2_digits.json`.
     results: Optional[str] = None
