@@ -70,6 +70,9 @@ class ModelConfig:
     # text-to-image (UNet2DConditionModel) students only.
     guidance_embedding_dim: Optional[int] = None
     inference_steps: int = 4  # the default sampling steps (export, sample grids); any count works at inference
+    # Between steps: null re-noises x0 (LCM, LCMScheduler); a value samples with TCD's gamma (TCDScheduler's
+    # eta), 0 being a deterministic DDIM jump on the student's x0, what an MLCM segment student is trained for.
+    gamma: Optional[float] = None
     gradient_checkpointing: bool = False
 
 
@@ -165,6 +168,8 @@ def check(cfg: ConsistencyDistillConfig, s: Setup) -> None:
                              "time_cond_proj_dim (w-conditioning needs a UNet2DConditionModel)")
     if m.lora_rank is not None and m.lora_rank < 1:
         raise ValueError(f"model.lora_rank={m.lora_rank} must be >= 1 (or null: a full student)")
+    if m.gamma is not None and not 0 <= m.gamma <= 1:
+        raise ValueError(f"model.gamma={m.gamma} must lie in [0, 1] (or null: LCM's re-noising)")
     if m.inference_steps < 1 or m.inference_steps > lo.levels:
         raise ValueError(f"model.inference_steps={m.inference_steps} must lie in [1, loss.levels={lo.levels}]")
 
@@ -322,11 +327,11 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
 
 
 def students(run: Run) -> list[Student]:
-    """The student holds the whole skip grid (999, 979, ..., 19) and samples `model.inference_steps` of it
-    by default; for MLCM the network's x0 is re-noised between steps as for every consistency model."""
+    """The student holds the whole skip grid (999, 979, ..., 19) and samples `model.inference_steps` of it by
+    default, re-noising x0 between steps (LCM) or with TCD's `model.gamma` (0: MLCM's deterministic jumps)."""
     ts = run.grid[1:].flip(0)
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=ts, ema=run.ema, name=NAME,
-                               steps=run.cfg.model.inference_steps,
+                               steps=run.cfg.model.inference_steps, gamma=run.cfg.model.gamma,
                                lora_adapter="student" if run.cfg.model.lora_rank is not None else None)]
 
 

@@ -80,10 +80,12 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
     (`num_inference_steps=K` samples a consistency student in K steps of its grid.)
     """
     import diffusers
-    from diffusers import LCMScheduler
 
     folder = Path(folder).expanduser()
-    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0, **(scheduler_options or {}))
+    options = dict(scheduler_options or {})
+    gamma = options.pop("gamma", None)
+    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0, tcd=gamma is not None,
+                               **options)
     timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
     net = _plain_network(unet, adapter)
     num_classes = getattr(net.config, "num_class_embeds", None)
@@ -104,8 +106,8 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
         scheduler.save_pretrained(tmp / "scheduler")
         shutil.copyfile(PIPELINE_FILE, tmp / f"{PIPELINE_MODULE}.py")
         index = {"_class_name": [PIPELINE_MODULE, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
-                 "unet": ["diffusers", type(net).__name__], "scheduler": ["diffusers", LCMScheduler.__name__],
-                 "timesteps": timesteps, "null_label": null_label}
+                 "unet": ["diffusers", type(net).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
+                 "timesteps": timesteps, "null_label": null_label, "gamma": gamma}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, pipeline_call=call, **card)
         _scrub_local_paths(tmp)
@@ -152,11 +154,13 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
     if "unet" not in pipe.components:
         raise ValueError(f"base pipeline {base_pipeline} has no `unet` component: export_text_to_image supports "
                          "unet-based pipelines (SD 1.x/2.x, SDXL)")
-    lcm = _lcm_scheduler(pipe.scheduler.config, **(scheduler_options or {}))
+    options = dict(scheduler_options or {})
+    gamma = options.pop("gamma", None)
+    lcm = _lcm_scheduler(pipe.scheduler.config, tcd=gamma is not None, **options)
     timesteps = _check_timesteps(timesteps, lcm.config.num_train_timesteps)
     sigma_0 = float((1 - lcm.alphas_cumprod[timesteps[0]]).sqrt())  # the student's first input is sigma_0 z
     pipe.scheduler = lcm if len(timesteps) > 1 else _one_step_scheduler(lcm.config)
-    steps = f"num_inference_steps={len(timesteps)}"
+    steps = f"num_inference_steps={len(timesteps)}" + ("" if gamma is None else f", eta={gamma}")
     if "timesteps" in inspect.signature(type(pipe).__call__).parameters:
         steps += f", timesteps={timesteps}"
     else:
@@ -294,9 +298,10 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
 # helpers
 
 
-def _lcm_scheduler(config: Mapping, **overrides):
-    """An LCMScheduler with the teacher's noise schedule, acting as the plain student sampler (module docstring)."""
-    from diffusers import LCMScheduler
+def _lcm_scheduler(config: Mapping, *, tcd: bool = False, **overrides):
+    """An LCMScheduler with the teacher's noise schedule, acting as the plain student sampler (module docstring);
+    `tcd`: a TCDScheduler with the same settings (a student sampled with TCD's gamma, its `eta`)."""
+    from diffusers import LCMScheduler, TCDScheduler
 
     config = dict(config)
     if config.get("beta_schedule") is None and config.get("trained_betas") is None:
@@ -314,7 +319,7 @@ def _lcm_scheduler(config: Mapping, **overrides):
     # overrides both: LCM's scaling 10 and its skip grid's length (50: K steps of {19, 39, ..., 999}).
     config.update(timestep_scaling=TIMESTEP_SCALING, original_inference_steps=config.get("num_train_timesteps", 1000))
     config.update(overrides)
-    return LCMScheduler.from_config(config)
+    return (TCDScheduler if tcd else LCMScheduler).from_config(config)
 
 
 def _one_step_scheduler(lcm_config: Mapping):

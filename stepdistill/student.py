@@ -23,7 +23,7 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
-from .samplers import multistep
+from .samplers import multistep, tcd
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
 
@@ -58,14 +58,19 @@ class Student:
     # The student is this LoRA adapter on the teacher's network (LCM-LoRA): a text-to-image export also writes
     # it in diffusers' LoRA format (`lora/`), for `pipe.load_lora_weights` on the stock base pipeline.
     lora_adapter: Optional[str] = None
+    # Sampling between steps: None re-noises each x0 with fresh noise (consistency models, LCMScheduler);
+    # a value samples with TCD's gamma (`samplers.tcd`, TCDScheduler's eta): 0 is a deterministic DDIM jump on
+    # the student's x0, the sampler of multistep-consistency (segment) students.
+    gamma: Optional[float] = None
 
     @classmethod
     def from_setup(cls, setup, *, generator: torch.nn.Module, timesteps: torch.Tensor, ema=None,
-                   name: str = "student", steps: int | None = None, lora_adapter: str | None = None) -> "Student":
+                   name: str = "student", steps: int | None = None, lora_adapter: str | None = None,
+                   gamma: float | None = None) -> "Student":
         """The student of a recipe's run: its (prepared) generator with the run's `Setup`."""
         student = cls(generator=setup.unwrap(generator), conditioner=setup.conditioner, schedule=setup.schedule,
                       timesteps=timesteps, space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema,
-                      name=name, steps=steps, lora_adapter=lora_adapter)
+                      name=name, steps=steps, lora_adapter=lora_adapter, gamma=gamma)
         student_timesteps(timesteps, steps)  # a default step count it cannot sample fails here
         return student
 
@@ -90,6 +95,8 @@ class Student:
         z = torch.randn(len(labels), *self.shape, generator=generator).to(labels.device)
         den = partial(gen.denoiser, **self.conditioner.cond(labels))
         ts = student_timesteps(self.timesteps, self.steps if steps is None else steps)
+        if self.gamma is not None:
+            return tcd(den, self.schedule, z * gen.input_scale, ts, gamma=self.gamma, generator=generator)
         return multistep(den, self.schedule, z * gen.input_scale, ts, generator=generator)
 
     def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
@@ -165,10 +172,10 @@ class Student:
         raise TypeError(f"no export for a student conditioned by {type(self.conditioner).__name__}")
 
     def scheduler_options(self) -> dict:
-        """What the exported LCMScheduler needs beyond the teacher's schedule to sample as `sample` does: LCM's
+        """What the exported scheduler needs beyond the teacher's schedule to sample as `sample` does: LCM's
         boundary scaling for a consistency function with it (`denoiser.ConsistencyDenoiser`, "lcm"), and, for a
         student holding a skip grid {k-1, 2k-1, ..., N-1}, `original_inference_steps` = its length, so that
-        `num_inference_steps=K` picks the K times `sample(steps=K)` does."""
+        `num_inference_steps=K` picks the K times `sample(steps=K)` does; TCD's gamma (a TCDScheduler) if set."""
         from .denoiser import ConsistencyDenoiser, GuidanceConditioned
 
         options = {}
@@ -186,6 +193,8 @@ class Student:
         k = total // n
         if self.steps is not None and ts == [(i + 1) * k - 1 for i in reversed(range(n))]:
             options["original_inference_steps"] = n
+        if self.gamma is not None:
+            options["gamma"] = self.gamma
         return options
 
 

@@ -261,6 +261,45 @@ def test_exported_consistency_student_samples_as_the_student_in_any_steps(digits
     torch.testing.assert_close(images, (x * 0.5 + 0.5).clamp(0, 1), rtol=0, atol=1e-5)
 
 
+
+def test_a_gamma_student_exports_a_tcd_scheduler_that_samples_as_the_student(digits_like_teacher, tmp_path):
+    """model.gamma=0 (MLCM's deterministic jumps): the Student samples with `samplers.tcd`, the export saves a
+    TCDScheduler run with eta=gamma, and the pipeline at num_inference_steps=2 is the Student's 2-step sample.
+    The only gap: TCDScheduler's last step lands at training index 0 (sqrt(1 - abar_0) ~ 0.03 of its eps
+    estimate), where the Student returns x0."""
+    from diffusers import DiffusionPipeline, TCDScheduler
+
+    from stepdistill.denoiser import ConsistencyDenoiser
+    from stepdistill.roles import load_teacher
+    from stepdistill.samplers import tcd
+    from stepdistill.student import student_timesteps
+
+    out = tmp_path / "run"
+    cd.main(_cd(digits_like_teacher, out, "model.gamma=0.0", "train.max_steps=1", "train.checkpoint_every=1"))
+    pipe = DiffusionPipeline.from_pretrained(out / "pipeline", trust_remote_code=True)
+    assert isinstance(pipe.scheduler, TCDScheduler) and pipe.config.gamma == 0.0
+    images = pipe(class_labels=[3, 7], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="pt").images
+
+    teacher = load_teacher(digits_like_teacher)
+    teacher.net.load_state_dict(load_file(str(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")))
+    f = ConsistencyDenoiser(teacher.denoiser(), "lcm")
+    student = cd.students(cd.setup(_cd(digits_like_teacher, tmp_path / "again", "model.gamma=0.0")))[0]
+    ts = student_timesteps(student.timesteps, 2)
+    assert [int(t) for t in ts] == [999, 499]
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 1, 16, 16, generator=g) * float(teacher.schedule.sigma(torch.tensor(999.0)))
+    with torch.no_grad():
+        x = tcd(lambda x, t: f(x, t, class_labels=torch.tensor([3, 7])), teacher.schedule, z, ts, gamma=0.0)
+    expected = (x * 0.5 + 0.5).clamp(0, 1)
+    diff = (images - expected).abs()
+    assert diff.mean() < 0.01 and diff.max() < 0.1, (diff.mean(), diff.max())
+    renoised = DiffusionPipeline.from_pretrained(out / "pipeline", trust_remote_code=True)
+    renoised.register_to_config(gamma=1.0)  # re-noising between steps (LCM's sampler) is far from it
+    other = renoised(class_labels=[3, 7], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                     output_type="pt").images
+    assert (other - expected).abs().mean() > 5 * diff.mean()
+
 @pytest.mark.parametrize("preset", ["tiny_t2i", "tiny_t2i_lora"])
 def test_tiny_text_to_image_preset_trains_two_steps_and_stock_diffusers_runs_it_at_four(preset, tmp_path, monkeypatch):
     """w-conditioning (time_cond_proj_dim: the stock pipeline embeds guidance_scale - 1) or an LCM-LoRA, trained

@@ -35,8 +35,19 @@ RUNS = {
     # VSD's logged loss, 0.5 mean(grad^2), is blind to the gradient's sign: a generator rate 80x the default
     # makes the direction of each update show in the next steps' losses.
     "swiftbrush": (["optim.lr_generator=1e-3"], ("loss_vsd", "loss_lora")),
+    "consistency_distill": ([], ("loss",)),
+    # LCM's guidance, a w per sample from [2, 3]
+    "consistency_distill:guided": (["loss.w_min=2", "loss.w_max=3"], ("loss",)),
+    # MLCM: 4 then 2 segments on teacher trajectories; a batch of 16 meets segment edges every step
+    "consistency_distill:mlcm": (["loss.segments=[4,2]", "loss.states=teacher", "loss.trajectories=16",
+                                  "train.batch_size=16"], ("loss", "segments")),
+    "ect": ([], ("loss",)),
+    # iCT from fresh weights (seed 3: seed 0 redraws the tiny teacher's own), dropout replayed in the target
+    "ect:ict": (["model.init=scratch", "loss.schedule=ict", "model.boundary=lcm", "loss.huber_c=null",
+                 "model.dropout=0.2", "train.seed=3"], ("loss",)),
 }
-CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig"}
+CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
+           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig"}
 # Recorded on CPU (float32). The tolerance absorbs BLAS summation order across machines, not wiring.
 RECORDED: dict[str, list[dict[str, float]]] = {
     "dmd2": [
@@ -74,6 +85,36 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"loss_vsd": 2.12851e-06, "loss_lora": 0.287707},
         {"loss_vsd": 8.37611e-06, "loss_lora": 0.645916},
         {"loss_vsd": 1.15239e-05, "loss_lora": 0.650486},
+    ],
+    "consistency_distill": [
+        {"loss": 0.00117459},
+        {"loss": 0.000747817},
+        {"loss": 0.00113675},
+        {"loss": 0.000798077},
+    ],
+    "consistency_distill:guided": [
+        {"loss": 0.0013786},
+        {"loss": 0.000842621},
+        {"loss": 0.0012882},
+        {"loss": 0.000881211},
+    ],
+    "consistency_distill:mlcm": [
+        {"loss": 5.76996e-05, "segments": 4},
+        {"loss": 6.57965e-05, "segments": 4},
+        {"loss": 0.000261211, "segments": 2},
+        {"loss": 0.000160839, "segments": 2},
+    ],
+    "ect": [
+        {"loss": 16.9064},
+        {"loss": 7.79415},
+        {"loss": 8.86058},
+        {"loss": 18.7478},
+    ],
+    "ect:ict": [
+        {"loss": 16.7123},
+        {"loss": 7.87846},
+        {"loss": 9.53926},
+        {"loss": 9.21496},
     ],
 }
 RTOL = 2e-3

@@ -3,21 +3,24 @@
     pipe = DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)
     images = pipe(class_labels=[3, 7], generator=torch.Generator().manual_seed(0)).images
 
-Sampling, one network evaluation per timestep of `pipe.config.timesteps` (descending, t_0 first), or of the
-scheduler's K-step schedule with `num_inference_steps=K`:
+Sampling, one network evaluation per timestep of `pipe.config.timesteps` (descending, t_0 first), or of K
+times of the distillation grid with `num_inference_steps=K`:
     z = randn_tensor((B, C, H, W), generator=generator)   # float32; a CPU generator draws on the CPU
     x = sqrt(1 - alphas_cumprod[t_0]) * z
     for t in timesteps:                                    # LCMScheduler.step:
         x0 = clamp(x0 from unet(x, t, class_labels=y) for the scheduler's prediction_type, -1, 1)
         x = x0 on the last step, else sqrt(abar_next) x0 + sqrt(1 - abar_next) eps, eps drawn from `generator`
 The saved LCMScheduler's timestep_scaling makes LCM's boundary condition (c_skip, c_out) = (0, 1) for t >= 1,
-or is LCM's own 10 for a consistency student (denoised = c_skip x + c_out x0, as it was trained).
+or is LCM's own 10 for a consistency student (denoised = c_skip x + c_out x0, as it was trained). A student
+sampled with TCD's gamma (`pipe.config.gamma`; 0 for multistep-consistency segments) saves a TCDScheduler
+instead, whose step is a DDIM jump on x0 to (1 - gamma) t_next and fresh noise up to t_next.
 Images: output_type "pil" (default), "np" (B, H, W, C) or "pt" (B, C, H, W), in [0, 1] as usual in diffusers.
 """
 import json
 import os
 import shutil
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
@@ -29,10 +32,10 @@ PIPELINE_MODULE = "stepdistill_pipeline"  # the file name an exported folder hol
 class StepDistillClassConditionalPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, timesteps=(999,), null_label=None):
+    def __init__(self, unet, scheduler, timesteps=(999,), null_label=None, gamma=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(timesteps=[int(t) for t in timesteps], null_label=null_label)
+        self.register_to_config(timesteps=[int(t) for t in timesteps], null_label=null_label, gamma=gamma)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)  # [-1, 1] -> [0, 1]
 
     @torch.no_grad()
@@ -40,8 +43,8 @@ class StepDistillClassConditionalPipeline(DiffusionPipeline):
                  num_inference_steps=None):
         """class_labels: an int, a list of ints or a LongTensor, one image each. None: `num_images` images
         with the null label (unconditional), or with no label at all for a model without class embeddings.
-        num_inference_steps: None runs the student's own `timesteps`; K runs the scheduler's K-step schedule
-        (a consistency student: K times of its skip grid, as LCM pipelines do)."""
+        num_inference_steps: None runs the student's own `timesteps`; K runs K times of the scheduler's
+        distillation grid (`original_inference_steps` levels), picked as LCMScheduler does."""
         device = self._execution_device
         if class_labels is None:
             labels = None if self.config.null_label is None else torch.full((num_images,), self.config.null_label)
@@ -52,14 +55,18 @@ class StepDistillClassConditionalPipeline(DiffusionPipeline):
         cfg = self.unet.config
         z = randn_tensor((num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=generator,
                          device=device, dtype=torch.float32)
-        if num_inference_steps is None:
-            self.scheduler.set_timesteps(timesteps=self.config.timesteps, device=device)
-        else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.config.timesteps
+        if num_inference_steps is not None:  # LCM's rule: K of the distillation grid, evenly by index
+            n = self.scheduler.config.original_inference_steps
+            k = self.scheduler.config.num_train_timesteps // n
+            grid = [(i + 1) * k - 1 for i in reversed(range(n))]
+            timesteps = [grid[int(j)] for j in np.floor(np.linspace(0, n, num_inference_steps, endpoint=False))]
+        self.scheduler.set_timesteps(timesteps=timesteps, device=device)
+        step_kwargs = {} if self.config.gamma is None else {"eta": self.config.gamma}  # TCDScheduler's gamma
         x = (1 - self.scheduler.alphas_cumprod[int(self.scheduler.timesteps[0])]).sqrt().to(device) * z
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self.unet(x.to(self.unet.dtype), t, class_labels=labels).sample.float()
-            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+            x = self.scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample
         images = self.image_processor.postprocess(x, output_type=output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
