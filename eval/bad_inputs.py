@@ -20,7 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "bad_inputs.md"
-CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig"}
+CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
+           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig"}
 # what a case that wrongly passes would run: one step, nothing measured or exported
 SAFE = ["train.max_steps=1", "optim.warmup_steps=0", "eval.enabled=false", "export.enabled=false",
         "train.time_limit_minutes=null"]
@@ -80,6 +81,20 @@ CASES = [
     Case("sim", ("loss.weighting=cosine",), "loss.weighting"),
     Case("swiftbrush", ("model.lora_rank=0",), "model.lora_rank=0"),
     Case("swiftbrush", ("optim.lr_lora=-1",), "optim.lr_lora=-1.0 must be > 0"),
+    Case("consistency_distill", ("loss.segments=[2,4]",), "non-increasing"),
+    Case("consistency_distill", ("loss.w_min=4", "loss.w_max=2"), "need 0 <= w_min <= w_max"),
+    Case("consistency_distill", ("loss.target_decay=1",), "loss.target_decay=1.0 must lie in [0, 1)"),
+    Case("consistency_distill", ("loss.solver=heun",), "loss.solver=heun"),
+    Case("consistency_distill", ("loss.levels=7",), "loss.levels"),
+    Case("consistency_distill", ("model.inference_steps=60",), "model.inference_steps=60"),
+    Case("consistency_distill", ("model.gamma=1.5",), "model.gamma=1.5 must lie in [0, 1]"),
+    Case("consistency_distill", ("model.guidance_embedding_dim=32",), "time_cond_proj_dim"),
+    Case("consistency_distill", ("eval.student_steps=[1,64]",), "eval.student_steps"),
+    Case("ect", ("loss.q=1",), "loss.q=1.0 > 1"),
+    Case("ect", ("loss.p_std=0",), "loss.p_std=0.0 must be > 0"),
+    Case("ect", ("model.dropout=1.5",), "model.dropout"),
+    Case("ect", ("model.sigma_min=0.0001",), "model.sigma_min=0.0001 lies below"),
+    Case("ect", ("model.inference_steps=9",), "model.inference_steps=9 must lie in [1, model.sampling_levels=8]"),
     Case("evaluate", ("gen", "--protocol", "digits", "--model", "digits", "--nfe", "0"), "--nfe"),
     Case("evaluate", ("gen", "--protocol", "no_such_protocol", "--model", "digits"), "no_such_protocol"),
     Case("evaluate", ("calc", "--protocol", "digits"), "no generated digits sets"),

@@ -86,15 +86,24 @@ def test_distillation_step_is_lcm_s_loss_and_moves_the_ema_target(metric, digits
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
-def test_ect_step_is_the_official_loss_with_shared_noise(digits_like_teacher, tmp_path):
+def test_ect_step_is_the_official_loss_with_shared_noise(digits_like_teacher, tmp_path, monkeypatch):
     """ECT's step 0 from the same draws: t ~ LogNormal(-1.1, 2), r = ect_r(t, stage 0), one noise for both,
     the network at (x + t eps, t) against itself at (x + r eps, r) (x where r reaches the boundary), the L2 norm
-    per sample weighted 1 / (t - r)."""
+    per sample weighted 1 / (t - r); its gradient flows through the online pass only (theta^- = sg(theta))."""
     from stepdistill.curricula import ect_r
     from stepdistill.roles import load_teacher
 
     run = ect.setup(_ect(digits_like_teacher, tmp_path, "train.batch_size=16"))
     s = run.setup
+    grads = {}
+    real_step = ect.optimizer_step
+
+    def capture(accelerator, loss, params, *args, **kwargs):
+        params = list(params)
+        grads["recipe"] = torch.autograd.grad(loss, params, retain_graph=True)
+        return real_step(accelerator, loss, params, *args, **kwargs)
+
+    monkeypatch.setattr(ect, "optimizer_step", capture)
     logs = ect.step(run, Draw(s.accelerator, 16, seed=0, step=0), 0)
 
     teacher = load_teacher(digits_like_teacher)
@@ -109,13 +118,18 @@ def test_ect_step_is_the_official_loss_with_shared_noise(digits_like_teacher, tm
     t = sched.t_from_ratio(sigma_t.double()).float()
     r = sched.t_from_ratio(torch.where(clean, sigma_t, sigma_r).double()).float()
     cond = {"class_labels": labels}
+    teacher.net.requires_grad_(True)
+    online = den(sched.add_noise(images, eps, t), t, **cond)
     with torch.no_grad():
-        online = den(sched.add_noise(images, eps, t), t, **cond)
         target = den(sched.add_noise(images, eps, r), r, **cond)
     target = torch.where(clean.view(-1, 1, 1, 1), images, target)
     weight = 1 / (sigma_t.double() - torch.where(clean, torch.zeros_like(sigma_r), sigma_r).double()).float()
-    norms = (online - target).flatten(1).norm(dim=1)
-    assert logs["loss"] == pytest.approx(float((weight * norms).mean()), rel=1e-4)
+    loss = (weight * (online - target).flatten(1).norm(dim=1)).mean()
+    assert logs["loss"] == pytest.approx(float(loss.detach()), rel=1e-4)
+    expected = torch.autograd.grad(loss, list(teacher.net.parameters()))
+    assert len(expected) == len(grads["recipe"])
+    for got, want in zip(grads["recipe"], expected):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
 
 def test_the_target_pass_replays_the_online_pass_dropout(digits_like_teacher):

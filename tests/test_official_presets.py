@@ -9,13 +9,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
+import consistency_distill  # noqa: E402
 import dmd2  # noqa: E402
+import ect  # noqa: E402
 import sid  # noqa: E402
 import sim  # noqa: E402
 import swiftbrush  # noqa: E402
 from stepdistill.config import load_config  # noqa: E402
 
-CONFIGS = {"dmd2": dmd2.DMD2Config, "sid": sid.SiDConfig, "sim": sim.SIMConfig, "swiftbrush": swiftbrush.SwiftBrushConfig}
+CONFIGS = {"dmd2": dmd2.DMD2Config, "sid": sid.SiDConfig, "sim": sim.SIMConfig, "swiftbrush": swiftbrush.SwiftBrushConfig,
+           "consistency_distill": consistency_distill.ConsistencyDistillConfig, "ect": ect.ECTConfig}
 
 # tianweiy/DMD2: main/train_sd.py, main/sd_guidance.py, main/edm/edm_guidance.py and the launch scripts.
 DMD2_COMMON = {
@@ -64,7 +67,27 @@ SWIFTBRUSH = {
     "optim.lr_generator": 1e-6, "optim.lr_lora": 1e-3, "optim.betas": (0.9, 0.999), "optim.grad_clip": 1.0,
     "optim.warmup_steps": 0, "data.prompt_dropout": 0.1,
 }
+# huggingface/diffusers: examples/consistency_distillation/train_lcm_distill{,_lora}_{sd,sdxl}_wds.py (defaults)
+# and their README (lr 1e-6 full, 1e-4 LoRA); the LCM-LoRA report's fixed guidance 7.5 (w = 7.5 - 1 here).
+LCM_COMMON = {
+    "model.boundary": "lcm", "model.timestep_scaling": 10.0,  # --timestep_scaling_factor 10
+    "loss.levels": 50, "loss.solver": "ddim",  # --num_ddim_timesteps 50, DDIMSolver
+    "loss.states": "real",  # VAE latents of the webdataset images
+    "optim.betas": (0.9, 0.999), "optim.weight_decay": 1e-2,  # --adam_beta1/2, --adam_weight_decay 1e-2
+    "optim.warmup_steps": 500, "optim.lr_schedule": "constant",  # --lr_warmup_steps 500, constant
+    "optim.grad_clip": 1.0, "data.prompt_dropout": 0.0,  # --max_grad_norm 1.0, --proportion_empty_prompts 0
+}
+LCM_LORA = LCM_COMMON | {
+    "model.lora_rank": 64, "model.lora_alpha": 64,  # --lora_rank 64 --lora_alpha 64, LCM's target modules
+    "loss.target": "online",  # "we do not use a separate target network": the LoRA UNet under no_grad
+    "loss.metric": "huber", "loss.huber_c": 0.001,  # README --loss_type huber, --huber_c 0.001
+    "loss.w_min": 6.5, "loss.w_max": 6.5, "optim.lr": 1e-4,
+}
 OFFICIAL = DMD2 | {
+    "consistency_distill/sd15": LCM_COMMON | {
+        "model.guidance_embedding_dim": 256, "loss.w_min": 5.0, "loss.w_max": 15.0,  # --unet_time_cond_proj_dim
+        "loss.metric": "l2", "loss.target": "ema", "loss.target_decay": 0.95, "optim.lr": 1e-6},  # --ema_decay
+    "consistency_distill/sd15_lora": LCM_LORA, "consistency_distill/sdxl_lora": LCM_LORA,
     "sid/sd15": SID_LSG | {"loss.alpha": 1.0}, "sid/sd21_base": SID_LSG | {"loss.alpha": 1.0},
     "sim/sd15": SID_LSG, "sim/sd21_base": SID_LSG,
     "swiftbrush/sd21_base": SWIFTBRUSH, "swiftbrush/sd15": SWIFTBRUSH,

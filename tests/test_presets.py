@@ -8,13 +8,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
+import consistency_distill  # noqa: E402
 import dmd2  # noqa: E402
+import ect  # noqa: E402
 import sid  # noqa: E402
 import sim  # noqa: E402
 import swiftbrush  # noqa: E402
 from stepdistill.config import load_config, to_dict  # noqa: E402
 
-CONFIGS = {"dmd2": dmd2.DMD2Config, "sid": sid.SiDConfig, "sim": sim.SIMConfig, "swiftbrush": swiftbrush.SwiftBrushConfig}
+CONFIGS = {"dmd2": dmd2.DMD2Config, "sid": sid.SiDConfig, "sim": sim.SIMConfig, "swiftbrush": swiftbrush.SwiftBrushConfig,
+           "consistency_distill": consistency_distill.ConsistencyDistillConfig, "ect": ect.ECTConfig}
 PRESETS = sorted(p for r in CONFIGS for p in (ROOT / "recipes" / "configs" / r).glob("*.yaml"))
 
 
