@@ -198,7 +198,7 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
 
 
 def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: list[int],
-                scheduler_options: Mapping | None = None) -> Path:
+                scheduler_options: Mapping | None = None, base_model: str | None = None) -> Path:
     """Write LoRA `adapter` of a text-to-image student's unet in diffusers' LoRA format
     (`pytorch_lora_weights.safetensors`, with peft's adapter config as metadata), as LCM-LoRA is published: on
     the stock base pipeline with an LCMScheduler of the same settings,
@@ -220,19 +220,24 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
     # peft's own key names (lora_A / lora_B), which the loader reads as they are, with the adapter's config
     layers = get_peft_model_state_dict(net, adapter_name=adapter)
     metadata = net.peft_config[adapter].to_dict()  # rank, alpha, targets: loaders rebuild the adapter from it
-    options = {k: v for k, v in dict(scheduler_options or {}).items()}
+    options = dict(scheduler_options or {})
+    gamma = options.pop("gamma", None)  # a student sampled with TCD's gamma: TCDScheduler, eta = gamma
+    scheduler = "LCMScheduler" if gamma is None else "TCDScheduler"
+    base = repr(base_model) if base_model else "BASE_MODEL"
+    where = "the base model it was distilled from" if base_model else "the teacher it was distilled from"
+    eta = "" if gamma is None else f", eta={gamma}"
     call = textwrap.dedent(f"""\
         import torch
-        from diffusers import DiffusionPipeline, LCMScheduler
+        from diffusers import DiffusionPipeline, {scheduler}
 
-        pipe = DiffusionPipeline.from_pretrained(BASE_MODEL)  # the teacher this LoRA was distilled from
+        pipe = DiffusionPipeline.from_pretrained({base})  # {where}
         pipe.load_lora_weights("./{folder.name}")
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, **{options!r})
-        image = pipe("a photo of a cat", num_inference_steps={len(timesteps)}, guidance_scale=0.0,
+        pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, **{options!r})
+        image = pipe("a photo of a cat", num_inference_steps={len(timesteps)}, guidance_scale=0.0{eta},
                      generator=torch.Generator().manual_seed(0)).images[0]""")
     with atomic_dir(folder) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
-        write_model_card(tmp, base_model=None, recipe="consistency_distill", metrics={}, pipeline_call=call,
+        write_model_card(tmp, base_model=base_model, recipe="consistency_distill", metrics={}, pipeline_call=call,
                          tags=["lora", "lcm-lora"], pipeline_tag="text-to-image")
     return folder
 

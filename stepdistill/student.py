@@ -163,7 +163,8 @@ class Student:
             if self.lora_adapter is not None:
                 from .export import export_lora
 
-                export_lora(folder / "lora", net, self.lora_adapter, timesteps=timesteps, scheduler_options=options)
+                export_lora(folder / "lora", net, self.lora_adapter, timesteps=timesteps, scheduler_options=options,
+                            base_model=card["base_model"])
             return folder
         if isinstance(self.conditioner, ClassConditioner):
             return export_class_conditional(folder, net, self.teacher.scheduler_config, timesteps=timesteps,

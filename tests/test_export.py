@@ -401,3 +401,21 @@ def test_model_card_license_is_the_teachers(tmp_path):
         card = write_model_card(tmp_path / "card", base_model=None, recipe="dmd2", metrics={}, pipeline_call="",
                                 license=license).read_text()
         assert front in card.split("---")[1] and ("The license of its teacher applies" in card) == note
+
+def test_a_lora_export_s_card_names_its_base_model_and_scheduler(tmp_path, base_sd):
+    """The LoRA card's loading code starts from the base model the LoRA needs (front matter and code), with the
+    scheduler the student samples with: LCMScheduler, or TCDScheduler run with eta = gamma."""
+    from stepdistill.export import export_lora
+
+    student = UNet2DConditionModel.from_pretrained(base_sd, subfolder="unet")
+    add_lora(student, "student", rank=4)
+    lcm = export_lora(tmp_path / "lcm", student, "student", timesteps=[999, 499], base_model="org/base",
+                      scheduler_options={"timestep_scaling": 10.0})
+    card = (lcm / "README.md").read_text()
+    assert "base_model: org/base" in card and "DiffusionPipeline.from_pretrained('org/base')" in card
+    assert "LCMScheduler.from_config(pipe.scheduler.config, **{'timestep_scaling': 10.0})" in card
+    tcd = export_lora(tmp_path / "tcd", student, "student", timesteps=[999, 499],
+                      scheduler_options={"timestep_scaling": 10.0, "gamma": 0.0})
+    card = (tcd / "README.md").read_text()
+    assert "TCDScheduler.from_config" in card and "eta=0.0" in card and "gamma" not in card.split("from_config")[1]
+    assert "from_pretrained(BASE_MODEL)" in card  # a local teacher: the user names it

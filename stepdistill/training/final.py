@@ -68,7 +68,9 @@ def evaluate_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation:
     floor = bench.floor()
     seeds = list(evaluation.seeds)
     steps = [None] + [k for k in evaluation.student_steps if k != student.nfe]
-    rows = [dict(model=student.name, sampler="one_step" if (k or student.nfe) == 1 else "multistep",
+    gamma = getattr(student, "gamma", None)  # a consistency student sampled by TCD's gamma (MLCM: 0)
+    multistep = "multistep" if gamma is None else f"tcd_gamma_{gamma:g}"
+    rows = [dict(model=student.name, sampler="one_step" if (k or student.nfe) == 1 else multistep,
                  nfe=k or student.nfe, **bench.evaluate(student.sample_fn(k), seeds)) for k in steps]
     teacher, source = teacher_rows(evaluation, bench, real_denoiser, schedule, student.shape,
                                    teacher=str(config.get("model", {}).get("teacher", "")))
