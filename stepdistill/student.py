@@ -95,9 +95,10 @@ class Student:
         z = torch.randn(len(labels), *self.shape, generator=generator).to(labels.device)
         den = partial(gen.denoiser, **self.conditioner.cond(labels))
         ts = student_timesteps(self.timesteps, self.steps if steps is None else steps)
+        x = z * gen.input_scale
         if self.gamma is not None:
-            return tcd(den, self.schedule, z * gen.input_scale, ts, gamma=self.gamma, generator=generator)
-        return multistep(den, self.schedule, z * gen.input_scale, ts, generator=generator)
+            return tcd(den, self.schedule, x, ts, gamma=self.gamma, generator=generator)
+        return multistep(den, self.schedule, x, ts, generator=generator)
 
     def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
         """Decoded images in [-1, 1]."""

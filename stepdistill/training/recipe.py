@@ -28,6 +28,7 @@ from ..student import AnyStudent
 from ..roles import make_real_score
 from .draw import Draw
 from .final import finish, save_samples
+from .footprint import footprint, format_footprint
 from .loop import DivergenceError, train_loop
 from .setup import restore
 
@@ -87,6 +88,7 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
                                                         "eval.results")))
     run = recipe.setup(cfg)
     setup = run.setup
+    setup.accelerator.print(format_footprint(footprint(run)))  # size a job before its first step
     check_student_steps(recipe.students(run), evaluation.student_steps)
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg,
                          horizon=setup.horizon)

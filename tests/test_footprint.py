@@ -1,0 +1,50 @@
+"""The setup report of each run's memory: roles' parameter counts, and the per-process parameter, optimiser
+and EMA memory, counted from the networks themselves (a LoRA fake score on the teacher's network counted once)."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+import consistency_distill as cd  # noqa: E402
+import swiftbrush  # noqa: E402
+from stepdistill.config import apply_overrides  # noqa: E402
+from stepdistill.training.footprint import footprint, format_footprint  # noqa: E402
+
+COMMON = ["train.batch_size=4", "optim.warmup_steps=0", "train.time_limit_minutes=null", "eval.enabled=false"]
+MIB = 2 ** 20
+
+
+def _numel(module, trainable=None):
+    return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
+
+
+def test_roles_optimiser_states_and_ema_are_counted_from_the_networks(digits_like_teacher, tmp_path):
+    run = cd.setup(apply_overrides(cd.ConsistencyDistillConfig(), [f"model.teacher={digits_like_teacher}",
+                                                                   f"train.output_dir={tmp_path}", *COMMON]))
+    report = footprint(run)
+    rows = {r["role"]: r for r in report["roles"]}
+    assert list(rows) == ["teacher", "generator", "target"]
+    teacher = run.setup.teacher.net
+    student = run.setup.unwrap(run.generator)
+    assert rows["teacher"]["params"] == _numel(teacher) and rows["teacher"]["trainable"] == 0
+    assert rows["generator"]["trainable"] == _numel(student, True) > 0
+    assert rows["target"]["trainable"] == 0
+    n = _numel(teacher)  # three copies of one architecture, float32
+    assert report["mib"]["parameters"] * MIB == 3 * 4 * n
+    assert report["mib"]["optimizer_states"] * MIB == 2 * 4 * n  # Adam: two moments per trainable weight
+    assert report["mib"]["ema"] * MIB == 4 * n
+    text = format_footprint(report)
+    assert f"{n:,}" in text and "before activations" in text
+
+
+def test_a_lora_fake_score_on_the_teacher_is_counted_once(digits_like_teacher, tmp_path):
+    run = swiftbrush.setup(apply_overrides(swiftbrush.SwiftBrushConfig(), [
+        f"model.teacher={digits_like_teacher}", f"train.output_dir={tmp_path}", *COMMON]))
+    report = footprint(run)
+    rows = {r["role"]: r for r in report["roles"]}
+    teacher = run.setup.teacher.net
+    assert rows["teacher"]["trainable"] == _numel(teacher, True) > 0  # the LoRA, on the teacher's network
+    assert "real_score" not in rows  # the same network, adapters off: not listed again
+    unique = {id(p): p for m in (teacher, run.setup.unwrap(run.generator)) for p in m.parameters()}
+    assert report["mib"]["parameters"] * MIB == sum(p.numel() * p.element_size() for p in unique.values())
