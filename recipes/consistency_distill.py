@@ -214,7 +214,10 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
     s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data,
                     need_images=cfg.loss.states == "real")
     check(cfg, s)
-    grid = skip_grid(s.schedule, cfg.loss.levels)
+    try:
+        grid = skip_grid(s.schedule, cfg.loss.levels)
+    except ValueError as e:  # name the key at fault
+        raise ValueError(f"loss.levels={cfg.loss.levels}: {e}") from None
     teacher = make_real_score(s.teacher)
     generator = make_student(cfg, s)
     target = None if cfg.loss.target == "online" or cfg.model.lora_rank is not None else make_target(generator)

@@ -106,6 +106,8 @@ def check(cfg: ECTConfig, s: Setup) -> None:
     check_optim(cfg.optim, cfg.train.max_steps)
     if m.boundary == "lcm" and not isinstance(s.schedule, VPDiscrete):
         raise ValueError("model.boundary=lcm scales integer timesteps of a VP-discrete teacher; use none or cm")
+    if m.dropout is not None and not 0 <= m.dropout < 1:
+        raise ValueError(f"model.dropout={m.dropout} must lie in [0, 1) (or null: the network's own)")
     if lo.p_std <= 0:
         raise ValueError(f"loss.p_std={lo.p_std} must be > 0")
     if lo.stages < 1 or lo.q <= 1:
