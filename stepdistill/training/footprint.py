@@ -29,6 +29,10 @@ def _optimizer(value: Any) -> torch.optim.Optimizer | None:
     return value if isinstance(value, torch.optim.Optimizer) else None
 
 
+def _fields(run: Any) -> tuple:
+    return dataclasses.fields(run) if dataclasses.is_dataclass(run) else ()
+
+
 def _bytes(params) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
@@ -39,8 +43,7 @@ def roles(run: Any) -> dict[str, nn.Module]:
     teacher = getattr(getattr(run, "setup", None), "teacher", None)
     if teacher is not None and isinstance(getattr(teacher, "net", None), nn.Module):
         found["teacher"] = teacher.net
-    fields = dataclasses.fields(run) if dataclasses.is_dataclass(run) else ()
-    for f in fields:
+    for f in _fields(run):
         module = _module(getattr(run, f.name))
         if module is not None:
             found[f.name] = module
@@ -58,8 +61,9 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
 
 def footprint(run: Any) -> dict:
     """Rows per role (params, trainable, parameter MiB) and per-process totals in MiB."""
+    networks = roles(run)
     rows, seen, listed = [], set(), []
-    for name, module in roles(run).items():
+    for name, module in networks.items():
         params = list(module.parameters())
         ids = {id(p) for p in params}
         if not ids or any(ids <= other for other in listed):
@@ -69,9 +73,8 @@ def footprint(run: Any) -> dict:
                          trainable=sum(p.numel() for p in params if p.requires_grad),
                          mib=_bytes(p for p in params if id(p) not in seen) / 2**20))
         seen |= ids
-    unique = {id(p): p for module in roles(run).values() for p in module.parameters()}
-    opts = {id(o): o for f in (dataclasses.fields(run) if dataclasses.is_dataclass(run) else ())
-            if (o := _optimizer(getattr(run, f.name))) is not None}
+    unique = {id(p): p for module in networks.values() for p in module.parameters()}
+    opts = {id(o): o for f in _fields(run) if (o := _optimizer(getattr(run, f.name))) is not None}
     ema = getattr(run, "ema", None)
     shadow = getattr(ema, "shadow_params", None) or []
     totals = dict(parameters=_bytes(unique.values()) / 2**20,
