@@ -49,50 +49,64 @@ class ClassConditioner:
 
 
 class TextConditioner:
-    """Prompts as `encoder_hidden_states=` for SD-family UNets / transformers.
+    """Prompts as the text-conditioning keyword arguments of the teacher's family (`prompt_encoders`):
+    `encoder_hidden_states=` for SD 1.x / 2.x, plus SDXL's `added_cond_kwargs=` (pooled embedding, size ids),
+    SD3's and Flux's `pooled_projections=` (and Flux's embedded `guidance=`).
 
-    Labels are prompt indices (-1 is the empty prompt, the unconditional branch of CFG). Embeddings
-    are computed once per prompt, on first use, and cached in float16 on the CPU; the empty prompt's
-    embedding is computed up front.
+    Labels are prompt indices (-1 is the empty prompt, the unconditional branch of CFG). Each prompt is
+    encoded once, on first use, and cached in float16 on the CPU; the empty prompt is encoded up front.
     """
 
-    def __init__(self, prompts: list[str], tokenizer, text_encoder, *, device="cpu"):
+    def __init__(self, prompts: list[str], encoder, *, device="cpu"):
         if not prompts:
             raise ValueError("TextConditioner needs at least one prompt")
-        self.prompts, self.tokenizer, self.device = prompts, tokenizer, torch.device(device)
-        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        self.prompts, self.encoder, self.device = prompts, encoder, torch.device(device)
         self.num_classes = len(prompts)
-        self._cache: dict[int, torch.Tensor] = {}
-        self.null = self._encode([""])[0]
+        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        self.null = {k: v[0] for k, v in encoder.null().items()}
 
-    @torch.no_grad()
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(tokens)[0].float()
-
-    def embeddings(self, labels: torch.Tensor) -> torch.Tensor:
+    def rows(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each label's encoded prompt, stacked: {name: (B, ...)} in float32 on `labels`' device."""
         missing = sorted({int(i) for i in labels.tolist() if i >= 0 and int(i) not in self._cache})
         if missing:
-            for i, e in zip(missing, self._encode([self.prompts[i] for i in missing])):
-                self._cache[i] = e.half().cpu()
-        rows = [self.null if int(i) < 0 else self._cache[int(i)].float().to(self.device) for i in labels.tolist()]
-        return torch.stack(rows).to(labels.device)
+            encoded = self.encoder.encode([self.prompts[i] for i in missing])
+            for j, i in enumerate(missing):
+                self._cache[i] = {k: v[j].half().cpu() for k, v in encoded.items()}
+        picked = [self.null if int(i) < 0 else self._cache[int(i)] for i in labels.tolist()]
+        return {k: torch.stack([p[k].float().to(labels.device) for p in picked]) for k in self.null}
+
+    def embeddings(self, labels: torch.Tensor) -> torch.Tensor:
+        """The prompts' token states (B, L, D): what every family's cross-attention reads."""
+        return self.rows(labels)["hidden"]
 
     def sample_labels(self, n: int, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
         return torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
 
-    def cond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"encoder_hidden_states": self.embeddings(labels)}
+    def cond(self, labels: torch.Tensor) -> dict:
+        return self.encoder.kwargs(self.rows(labels))
 
-    def uncond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"encoder_hidden_states": self.embeddings(torch.full_like(labels, -1))}
+    def uncond(self, labels: torch.Tensor) -> dict:
+        return self.cond(torch.full_like(labels, -1))
 
     def drop(self, labels: torch.Tensor, p: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
         if p <= 0:
             return labels
         mask = torch.rand(labels.shape, generator=generator).to(labels.device) < p
         return torch.where(mask, torch.full_like(labels, -1), labels)
+
+
+def cat_conditions(a: dict, b: dict) -> dict:
+    """Two batches' keyword arguments as one batch: tensors joined on the batch dimension, nested dicts
+    (SDXL's `added_cond_kwargs`) joined key by key, anything else (a flag) taken from `b`."""
+    out = {}
+    for k, v in b.items():
+        if torch.is_tensor(v):
+            out[k] = torch.cat([a[k], v])
+        elif isinstance(v, dict):
+            out[k] = cat_conditions(a[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 class Unconditional:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .conditioning import cat_conditions
+from .network_call import bottleneck_tokens, call_network
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -158,8 +160,9 @@ def _bottleneck_module(net: nn.Module) -> nn.Module:
 class Denoiser(nn.Module):
     """Wrap a diffusers denoising network so that `self(x_t, t, **cond)` is the x0 prediction.
 
-    net:     UNet2DModel (pass `class_labels=`), UNet2DConditionModel (`encoder_hidden_states=`),
-             DiT / PixArt / SD3 transformers (`encoder_hidden_states=`, `pooled_projections=`, ...);
+    net:     UNet2DModel (pass `class_labels=`), UNet2DConditionModel (`encoder_hidden_states=`; SDXL's
+             `added_cond_kwargs=`), DiT / PixArt / SD3 / Flux transformers (`encoder_hidden_states=`,
+             `pooled_projections=`, Flux's `guidance=`; see `network_call`);
              any module whose output is a tensor, a tuple or a diffusers `BaseOutput`.
     t:       native time of `schedule`, a scalar or shape (B,).
     adapter: for a peft-adapted net shared between roles, the adapter this role runs with; None
@@ -203,8 +206,7 @@ class Denoiser(nn.Module):
         if concat is not None:
             net_in = torch.cat([net_in, concat.float()], dim=1)
         self._select_adapter()
-        # timestep by keyword: SD3 / PixArt transformers take encoder_hidden_states second.
-        return self.net(net_in.to(self.dtype), timestep=self.schedule.timestep(t), **cond)
+        return call_network(self.net, net_in.to(self.dtype), self.schedule.timestep(t), cond)
 
     @staticmethod
     def _times(t: torch.Tensor | float, x_t: torch.Tensor) -> torch.Tensor:
@@ -233,7 +235,7 @@ class Denoiser(nn.Module):
         captured: list[torch.Tensor] = []
 
         def hook(_module, _inputs, output):
-            captured.append(output[0] if isinstance(output, tuple) else output)
+            captured.append(bottleneck_tokens(output))
             raise _Stop
 
         handle = _bottleneck_module(self.net).register_forward_hook(hook)
@@ -275,7 +277,7 @@ class CFGDenoiser(nn.Module):
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        both = {k: torch.cat([uncond[k], v]) if torch.is_tensor(v) else v for k, v in cond.items()}
+        both = cat_conditions(uncond, cond)
         x0_uncond, x0_cond = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
         return x0_cond, x0_uncond
 

@@ -8,9 +8,10 @@ Two kinds of folder, both loadable with stock diffusers in an environment withou
   `["stepdistill_pipeline", "<class>"]`, which diffusers resolves
   to the file inside the folder (or repo). Load with
   `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
-- SD-family text-to-image students: `export_text_to_image` re-saves every component of the base pipeline,
-  the student unet and a stock scheduler; `DiffusionPipeline.from_pretrained(folder)` then
-  `pipe(prompt, num_inference_steps=K, guidance_scale=0, timesteps=[...])` samples with the student.
+- text-to-image students (SD 1.x / 2.x, SDXL, SD3, Flux): `export_text_to_image` re-saves every component of
+  the base pipeline, the student network and a stock scheduler; `DiffusionPipeline.from_pretrained(folder)`
+  then `pipe(prompt, num_inference_steps=K, guidance_scale=0, timesteps=[...])` (flow students: `sigmas=[...]`)
+  samples with the student.
 
 The student's first input is sigma(t_0) z (`roles.Generator`): exactly z only where alpha(t_0) = 0 (t = 999 of a
 cosine schedule), 0.9977 z at t = 999 of SD's schedule, 0.93 z at SiD's t_0 = 625. The class-conditional
@@ -119,42 +120,81 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
 # text-to-image students
 
 
-def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn.Module, *, timesteps: list[int],
+def export_text_to_image(folder: str | Path, base_pipeline: str | Path, net: nn.Module, *, timesteps: list,
                          model_card: dict | None = None, adapter: str | None = None,
-                         scheduler_options: Mapping | None = None) -> Path:
-    """Write the base pipeline with the student `unet` and an `LCMScheduler` in place of its own.
+                         scheduler_options: Mapping | None = None, call_options: Mapping | None = None) -> Path:
+    """Write the base pipeline with the student `net` in place of its denoiser and a stock scheduler that runs
+    the student's steps.
 
     `base_pipeline`: a local pipeline folder (with model_index.json) or a hub id. Every other component
     (VAE, text encoders, tokenizers, ...) is loaded and re-saved as safetensors. A LoRA student is merged
-    (`adapter` as in `export_class_conditional`). `timesteps`: strictly descending, in [1, num_train_timesteps).
+    (`adapter` as in `export_class_conditional`).
 
-    Load it with stock diffusers:
-        `DiffusionPipeline.from_pretrained(folder)(prompt, num_inference_steps=len(timesteps),
-                                                   guidance_scale=0, timesteps=timesteps)`
+    - UNet families (SD 1.x / 2.x, SDXL): an `LCMScheduler` (one step: `EulerDiscreteScheduler`, module
+      docstring); `timesteps` are integers, strictly descending, in [1, num_train_timesteps).
+    - flow transformers (SD3, Flux): a `FlowMatchEulerDiscreteScheduler` with shift 1 and `stochastic_sampling`,
+      whose step from sigma to sigma' is the student's sampler exactly (x0 = x - sigma v, then
+      (1 - sigma') x0 + sigma' z); `timesteps` are the student's times in (0, 1], passed as `sigmas=`.
+
+    `call_options`: keyword arguments the pipeline call needs to sample as the student does (Flux's embedded
+    `guidance_scale`, a short T5 `max_sequence_length`); they go into the model card's code. Load it with
+    stock diffusers: `DiffusionPipeline.from_pretrained(folder)(prompt, <the card's arguments>)`.
     """
-    import inspect
-
     from diffusers import DiffusionPipeline
 
     folder = Path(folder).expanduser()
     local = _is_local(base_pipeline)
+    net = _plain_network(net, adapter)
+    component = "unet" if type(net).__name__.startswith("UNet") else "transformer"
     if local:
         base = Path(base_pipeline).expanduser()
         index_path = base / "model_index.json"
         if not index_path.is_file():
             raise ValueError(f"base pipeline folder {base} does not exist or has no model_index.json")
-        if "unet" not in json.loads(index_path.read_text()):
-            raise ValueError(f"base pipeline {base} has no `unet` component: export_text_to_image supports "
-                             "unet-based pipelines (SD 1.x/2.x, SDXL)")
-    _check_timesteps(timesteps, None)  # the upper bound once the base scheduler is known
-    net = _plain_network(unet, adapter)
+        if component not in json.loads(index_path.read_text()):
+            raise ValueError(f"base pipeline {base} has no `{component}` component for the student's "
+                             f"{type(net).__name__}")
+    flow = component == "transformer"
+    if flow:
+        timesteps = _check_sigmas(timesteps)
+    else:
+        _check_timesteps(timesteps, None)  # the upper bound once the base scheduler is known
     card = _card_arguments(model_card, base_model=None if local else str(base_pipeline))
 
-    pipe = DiffusionPipeline.from_pretrained(str(base_pipeline), unet=net)
-    if "unet" not in pipe.components:
-        raise ValueError(f"base pipeline {base_pipeline} has no `unet` component: export_text_to_image supports "
-                         "unet-based pipelines (SD 1.x/2.x, SDXL)")
+    pipe = DiffusionPipeline.from_pretrained(str(base_pipeline), **{component: net})
     options = dict(scheduler_options or {})
+    extra = "".join(f", {k}={v!r}" for k, v in (call_options or {}).items())
+    if flow:
+        pipe.scheduler = _flow_scheduler(pipe.scheduler.config)
+        steps = f"num_inference_steps={len(timesteps)}, sigmas={timesteps}" + extra
+        guidance = "" if "guidance_scale" in (call_options or {}) else ", guidance_scale=0.0"
+        call = _sampling_call(folder, steps + guidance)
+    else:
+        call, timesteps = _unet_scheduler(pipe, timesteps, options, folder, extra)
+
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        index = json.loads((tmp / "model_index.json").read_text())
+        index.pop("_name_or_path", None)  # the base's local path: private, and meaningless elsewhere
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
+        _scrub_local_paths(tmp)
+        _check_complete(tmp)
+    return folder
+
+
+def _sampling_call(folder: Path, arguments: str) -> str:
+    return textwrap.dedent(f"""\
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained("./{folder.name}")  # or the hub repo id
+        image = pipe("a photo of a cat", {arguments},
+                     generator=torch.Generator().manual_seed(0)).images[0]""")
+
+
+def _unet_scheduler(pipe, timesteps: list[int], options: dict, folder: Path, extra: str) -> tuple[str, list[int]]:
+    """Put the LCM (multistep) or Euler (one step) scheduler on a UNet pipeline; the card's sampling code."""
     gamma = options.pop("gamma", None)
     lcm = _lcm_scheduler(pipe.scheduler.config, tcd=gamma is not None, **options)
     timesteps = _check_timesteps(timesteps, lcm.config.num_train_timesteps)
@@ -168,13 +208,7 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
         if pipe.scheduler.timesteps.tolist() != timesteps:
             raise ValueError(f"{type(pipe).__name__} takes no `timesteps` argument and its LCMScheduler would run "
                              f"{pipe.scheduler.timesteps.tolist()} for {len(timesteps)} steps, not {timesteps}")
-    call = textwrap.dedent(f"""\
-        import torch
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained("./{folder.name}")  # or the hub repo id
-        image = pipe("a photo of a cat", {steps}, guidance_scale=0.0,
-                     generator=torch.Generator().manual_seed(0)).images[0]""")
+    call = _sampling_call(folder, f"{steps}, guidance_scale=0.0{extra}")
     if len(timesteps) > 1 and abs(sigma_0 - 1) > 1e-6:  # LCMScheduler does not scale the initial noise
         call = textwrap.dedent(f"""\
             import torch
@@ -184,17 +218,26 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, unet: nn
             # the student starts from sigma(t_0) z = {sigma_0:.6g} z (LCMScheduler would pass z unscaled)
             shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
             latents = {sigma_0!r} * torch.randn(shape, generator=torch.Generator().manual_seed(0))
-            image = pipe("a photo of a cat", {steps}, guidance_scale=0.0, latents=latents).images[0]""")
+            image = pipe("a photo of a cat", {steps}, guidance_scale=0.0{extra}, latents=latents).images[0]""")
+    return call, timesteps
 
-    with atomic_dir(folder) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        index = json.loads((tmp / "model_index.json").read_text())
-        index.pop("_name_or_path", None)  # the base's local path: private, and meaningless elsewhere
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
-        _scrub_local_paths(tmp)
-        _check_complete(tmp)
-    return folder
+
+def _flow_scheduler(config: Mapping):
+    """FlowMatchEulerDiscreteScheduler on the given sigmas unchanged (shift 1, no dynamic shifting: the student's
+    times are already shifted) with the stochastic step: x0, then re-noised to the next sigma."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config(dict(config), shift=1.0, use_dynamic_shifting=False,
+                                                       stochastic_sampling=True)
+
+
+def _check_sigmas(timesteps) -> list[float]:
+    ts = [float(t) for t in (timesteps or [])]
+    if not ts:
+        raise ValueError("timesteps is empty: give the flow student's input times, e.g. [1.0] or [1.0, 0.75, 0.5, 0.25]")
+    if any(a <= b for a, b in zip(ts, ts[1:])) or not (0 < ts[-1] and ts[0] <= 1):
+        raise ValueError(f"a flow student's timesteps must be strictly descending in (0, 1], got {ts}")
+    return ts
 
 
 def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: list[int],

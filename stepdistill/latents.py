@@ -18,10 +18,18 @@ class PixelSpace:
 class LatentSpace:
     """A diffusers `AutoencoderKL`: latents = scaling_factor * (mean of q(z | image) - shift)."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, resolution: int | None = None):
         self.vae = vae.eval().requires_grad_(False)
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.resolution = resolution or int(vae.config.sample_size)
         self.scale = float(vae.config.scaling_factor)
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One latent: (latent channels, resolution / factor, resolution / factor)."""
+        size = self.resolution // self.factor
+        return (int(self.vae.config.latent_channels), size, size)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

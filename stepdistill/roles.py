@@ -30,7 +30,7 @@ from .denoiser import Denoiser
 from .schedules import NoiseSchedule, from_scheduler_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"digits": ASSETS / "digits_teacher"}  # name -> folder; "tiny-sd" is built on first use
+SHIPPED = {"digits": ASSETS / "digits_teacher"}  # name -> folder; "tiny-sd", "tiny-sdxl", ... built on first use
 
 
 def shipped_folder(teacher: str | Path) -> Path | None:
@@ -44,10 +44,10 @@ def shipped_folder(teacher: str | Path) -> Path | None:
 
 
 def _shipped(name: str) -> Path | None:
-    if name == "tiny-sd":  # a random SD-shaped pipeline for smoke tests of the text-to-image path
-        from .tiny import ensure_tiny_text_to_image
+    from .tiny import SHIPPED_NAMES, ensure_tiny_text_to_image
 
-        return ensure_tiny_text_to_image()
+    if name in SHIPPED_NAMES:  # a tiny random pipeline of a real family: smoke tests of the text-to-image path
+        return ensure_tiny_text_to_image(name=name)
     return SHIPPED.get(name)
 DENOISER_COMPONENTS = ("unet", "transformer")
 
@@ -69,6 +69,12 @@ class Teacher:
     component: str = "unet"  # the denoiser's sub-folder name in a pipeline folder
     extra: dict[str, Any] = field(default_factory=dict)  # model_index.json entries of other components
     root: str = ""  # the local folder or hub id everything was loaded from
+    index: dict[str, Any] = field(default_factory=dict)  # the pipeline's model_index.json ({} for a bare network)
+
+    @property
+    def pipeline_class(self) -> str | None:
+        """The diffusers pipeline class the teacher's folder names (`StableDiffusionXLPipeline`, ...), if any."""
+        return self.index.get("_class_name")
 
     def load_component(self, name: str, *, dtype: torch.dtype | None = None):
         """Another pipeline component (vae, text_encoder, tokenizer, ...) by its model_index.json entry."""
@@ -104,14 +110,19 @@ def _read_json(path: Path) -> dict:
 
 
 def _local_layout(root: Path) -> tuple[str, dict]:
-    """Which sub-folder holds the denoiser, and the other components named in model_index.json."""
+    """Which sub-folder holds the denoiser, and model_index.json ({} where the folder has none)."""
     index = _read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
     for name in DENOISER_COMPONENTS:
         if (root / name / "config.json").is_file():
-            extra = {k: v for k, v in index.items() if not k.startswith("_") and k not in (name, "scheduler")}
-            return name, extra
+            return name, index
     raise TeacherLoadError(f"teacher folder {root} has no unet/config.json or transformer/config.json; "
                            "expected a diffusers pipeline folder (or pass a hub id)")
+
+
+def _components(index: dict, denoiser: str) -> dict:
+    """model_index.json's component entries ([library, class]) other than the denoiser and the scheduler."""
+    return {k: v for k, v in index.items() if not k.startswith("_") and k not in (denoiser, "scheduler")
+            and isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is not None}
 
 
 def _model_class(config: dict, where: str):
@@ -144,7 +155,7 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
         root = Path(src)
         if not root.is_dir():
             raise TeacherLoadError(f"teacher {root} is a file; expected a diffusers pipeline folder")
-        component, extra = _local_layout(root)
+        component, index = _local_layout(root)
         sched_path = root / "scheduler" / "scheduler_config.json"
         if not sched_path.is_file():
             raise TeacherLoadError(f"teacher folder {root} has no scheduler/scheduler_config.json, so its "
@@ -157,14 +168,15 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
         except (OSError, ValueError, RuntimeError) as e:
             raise TeacherLoadError(f"cannot load {root / component}: {e}") from None
     else:
-        net, scheduler_config, component, extra = _load_from_hub(str(source), dtype, revision)
+        net, scheduler_config, component, index = _load_from_hub(str(source), dtype, revision)
     try:
         schedule, prediction_type = from_scheduler_config(scheduler_config)
     except ValueError as e:
         raise TeacherLoadError(f"teacher {source}: {e}") from None
     net = freeze(net.to(device))
     root = str(src) if Path(src).exists() else str(source)
-    return Teacher(net, schedule, prediction_type, scheduler_config, str(source), component, extra, root)
+    return Teacher(net, schedule, prediction_type, scheduler_config, str(source), component,
+                   _components(index, component), root, index)
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype, revision: str | None):
@@ -186,8 +198,7 @@ def _load_from_hub(repo_id: str, dtype: torch.dtype, revision: str | None):
             f"teacher {repo_id!r} is not a local folder and could not be loaded from the hub "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Pass a local diffusers "
             f"folder, or 'digits' for the shipped teacher") from None
-    extra = {k: v for k, v in index.items() if not k.startswith("_") and k not in (component, "scheduler")}
-    return net, scheduler_config, component, extra
+    return net, scheduler_config, component, index
 
 
 # ----------------------------------------------------------------------------

@@ -203,11 +203,7 @@ def from_scheduler_config(config: Mapping[str, Any] | Any) -> tuple[NoiseSchedul
     config = dict(config)
     name = config.get("_class_name") or _infer_class_name(config)
     if name.startswith("FlowMatch"):
-        if config.get("use_dynamic_shifting"):
-            raise ValueError(f"{name} with use_dynamic_shifting (resolution-dependent shift) is not supported; "
-                             "set a fixed `shift` in the scheduler config")
-        return RectifiedFlow(shift=float(config.get("shift", 1.0)),
-                             num_train_timesteps=int(config.get("num_train_timesteps", 1000))), "flow"
+        return RectifiedFlow(shift=flow_shift(config), num_train_timesteps=int(config.get("num_train_timesteps", 1000))), "flow"
     if name.startswith("EDM"):
         if config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError(f"{name} with prediction_type={config.get('prediction_type')!r} is not supported")
@@ -222,6 +218,21 @@ def from_scheduler_config(config: Mapping[str, Any] | Any) -> tuple[NoiseSchedul
             "rescale_betas_zero_snr")
     ddpm = diffusers.DDPMScheduler(**{k: config[k] for k in keys if k in config and config[k] is not None})
     return VPDiscrete(ddpm.alphas_cumprod), prediction_type
+
+
+def flow_shift(config: Mapping[str, Any], image_tokens: int | None = None) -> float:
+    """A FlowMatch scheduler's shift: its fixed `shift`, or with `use_dynamic_shifting` (Flux) exp(mu), mu
+    linear in the image's token count as FluxPipeline computes it (`image_tokens` None: the largest,
+    `max_image_seq_len`, the model's native resolution)."""
+    if not config.get("use_dynamic_shifting"):
+        return float(config.get("shift", 1.0))
+    if config.get("time_shift_type", "exponential") != "exponential":
+        raise ValueError("FlowMatch dynamic shifting with time_shift_type='linear' is not supported")
+    lo, hi = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base, top = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    tokens = hi if image_tokens is None else image_tokens
+    mu = base + (top - base) / (hi - lo) * (tokens - lo)  # diffusers' calculate_shift
+    return math.exp(mu)
 
 
 def _infer_class_name(config: dict) -> str:

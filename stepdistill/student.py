@@ -24,6 +24,7 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from .samplers import multistep, tcd
+from .schedules import RectifiedFlow
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
 
@@ -155,12 +156,16 @@ class Student:
         from .export import hub_reference
 
         card = {"base_model": hub_reference(self.teacher.source), "recipe": self.name, **(model_card or {})}
-        timesteps = [int(round(float(t))) for t in self.default_timesteps]
+        if isinstance(self.schedule, RectifiedFlow):  # flow students: times in (0, 1], the exported sigmas
+            timesteps = [round(float(t), 6) for t in self.default_timesteps]
+        else:
+            timesteps = [int(round(float(t))) for t in self.default_timesteps]
         net = self.generator.net
         options = self.scheduler_options()
         if isinstance(self.conditioner, TextConditioner):
             folder = export_text_to_image(folder, self.teacher.root, net, timesteps=timesteps, model_card=card,
-                                          scheduler_options=options, adapter=self.lora_adapter)
+                                          scheduler_options=options, adapter=self.lora_adapter,
+                                          call_options=self.conditioner.encoder.call_options())
             if self.lora_adapter is not None:
                 from .export import export_lora
 

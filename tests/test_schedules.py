@@ -67,8 +67,33 @@ def test_edm_config_and_preconditioning():
 def test_unsupported_configs_are_named():
     with pytest.raises(ValueError, match="prediction_type"):
         from_scheduler_config({"_class_name": "DDPMScheduler", "prediction_type": "x0"})
-    with pytest.raises(ValueError, match="use_dynamic_shifting"):
-        from_scheduler_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True})
+    with pytest.raises(ValueError, match="time_shift_type"):
+        from_scheduler_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True,
+                               "time_shift_type": "linear"})
+
+
+def test_dynamic_shift_is_the_flux_pipelines_at_every_token_count():
+    """Flux-dev's scheduler shifts by exp(mu(tokens)); with no token count, the native (largest) resolution's."""
+    import math
+
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from stepdistill.schedules import flow_shift
+
+    config = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                  max_image_seq_len=4096)
+    scheduler = FlowMatchEulerDiscreteScheduler(**config)
+    for tokens in (16, 256, 1024, 4096):
+        mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.25, 4), mu=mu)
+        schedule = RectifiedFlow(shift=flow_shift(config, tokens))
+        torch.testing.assert_close(scheduler.sigmas[:-1].double(), schedule.shifted(torch.linspace(1.0, 0.25, 4,
+                                                                                                   dtype=torch.float64)),
+                                   atol=1e-6, rtol=0)
+    assert flow_shift(config) == pytest.approx(math.exp(1.15))
+    assert from_scheduler_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0})[0].shift == 3.0
 
 
 @pytest.mark.parametrize("schedule", [from_scheduler_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2"))[0],

@@ -40,6 +40,11 @@ class TrainConfig:
 class DataConfig:
     prompts: Optional[str] = None  # text-to-image: a prompt file (.txt/.csv/.json/.jsonl)
     prompt_dropout: float = 0.1  # condition dropout where a recipe trains on conditions (fake score)
+    # Text-to-image: the image size in pixels (square); null: the teacher's default (its sample size times
+    # the VAE's factor; FluxPipeline's 1024 for Flux). SDXL's size ids and Flux's shift follow it.
+    resolution: Optional[int] = None
+    # Flux-dev's embedded guidance scale (its transformer embeds it; FluxPipeline's default 3.5); null: 3.5.
+    embedded_guidance: Optional[float] = None
     images: Optional[str] = None  # real images (an image folder); the digits teacher uses digits
     image_channels: int = 3
     # Image-conditioned teachers (super-resolution): the real images downsampled this many times are the

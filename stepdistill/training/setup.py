@@ -19,11 +19,14 @@ from diffusers.training_utils import EMAModel
 
 from ..checkpointing import checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
 from ..conditioning import ClassConditioner, ImageConditioner, TextConditioner, Unconditional
+from ..prompt_encoders import prompt_encoder
 from ..data import DigitsDataset, ImageFolder, load_prompts
 from ..distributed import make_accelerator
 from ..io import atomic_write_text
 from ..latents import LatentSpace, PixelSpace
+from ..network_call import is_flux
 from ..roles import Teacher, load_teacher
+from ..schedules import RectifiedFlow, flow_shift
 from .horizon import Horizon, lr_factor
 from .sections import DataConfig, LRSchedule, TrainConfig
 
@@ -129,6 +132,8 @@ def check_optim(optim, max_steps: int, *, steps_per_update: int = 1) -> None:
 def sample_shape(teacher: Teacher, conditioner, space) -> tuple[int, ...]:
     """One sample's shape in the denoised space: the network's input channels less those the conditioner
     concatenates (a low-resolution image for super-resolution), at the network's sample size."""
+    if isinstance(space, LatentSpace):  # (latent channels, resolution / VAE factor, same)
+        return space.shape
     c = teacher.net.config
     size = c.sample_size if isinstance(c.sample_size, int) else tuple(c.sample_size)
     channels = c.in_channels - getattr(conditioner, "extra_channels", 0)
@@ -153,10 +158,13 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     if not 0.0 <= data.prompt_dropout < 1.0:
         raise ValueError(f"data.prompt_dropout={data.prompt_dropout} must lie in [0, 1)")
     if data.prompts is not None:
-        conditioner = TextConditioner(load_prompts(data.prompts), teacher.load_component("tokenizer"),
-                                      teacher.load_component("text_encoder"), device=device)
-        space = LatentSpace(teacher.load_component("vae").to(device))
-        resolution = net_cfg.sample_size * 2 ** (len(space.vae.config.block_out_channels) - 1)
+        vae = teacher.load_component("vae").to(device)
+        resolution = text_to_image_resolution(data, teacher, vae)
+        space = LatentSpace(vae, resolution)
+        check_latent_channels(teacher, space)
+        encoder = prompt_encoder(teacher, (resolution, resolution), device=device, guidance=data.embedded_guidance)
+        conditioner = TextConditioner(load_prompts(data.prompts), encoder, device=device)
+        teacher.schedule = at_resolution(teacher, space.shape)
     elif data.condition_scale:  # the condition is built from the real images below
         conditioner, space, resolution = None, PixelSpace(), net_cfg.sample_size
         need_images = True
@@ -180,6 +188,42 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
                              f"in and {net_cfg.get('out_channels')} out")
         conditioner = ImageConditioner(dataset, data.condition_scale, extra)
     return conditioner, space, dataset
+
+
+def text_to_image_resolution(data: DataConfig, teacher: Teacher, vae) -> int:
+    """`data.resolution`, else the teacher's default: its sample size times the VAE's factor (Flux's
+    transformer has none: FluxPipeline's 1024). Checked against the latent grid the denoiser needs."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    packed = is_flux(teacher.net)
+    if data.resolution is not None:
+        resolution = data.resolution
+    elif packed:
+        resolution = 1024
+    else:
+        resolution = teacher.net.config.sample_size * factor
+    multiple = factor * (2 if packed else teacher.net.config.get("patch_size") or 1)
+    if resolution < multiple or resolution % multiple:
+        raise ValueError(f"data.resolution={resolution} must be a positive multiple of {multiple} for this teacher "
+                         f"(VAE factor {factor}{', 2x2 latent packing' if packed else ''})")
+    return resolution
+
+
+def check_latent_channels(teacher: Teacher, space: LatentSpace) -> None:
+    c = space.shape[0]
+    expected = 4 * c if is_flux(teacher.net) else c  # Flux's tokens are 2x2 patches of latents
+    if teacher.net.config.in_channels != expected:
+        raise ValueError(f"the teacher's {teacher.component} takes {teacher.net.config.in_channels} input channels but its "
+                         f"VAE has {c} latent channels")
+
+
+def at_resolution(teacher: Teacher, shape: tuple[int, ...]):
+    """The teacher's schedule at this sample shape: a FlowMatch scheduler with `use_dynamic_shifting` (Flux)
+    shifts by an amount that depends on the image's token count (2x2 latent patches)."""
+    config = teacher.scheduler_config
+    if not config.get("use_dynamic_shifting"):
+        return teacher.schedule
+    tokens = (shape[-2] // 2) * (shape[-1] // 2)
+    return RectifiedFlow(shift=flow_shift(config, tokens), num_train_timesteps=int(config.get("num_train_timesteps", 1000)))
 
 
 def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: str | Path, config,

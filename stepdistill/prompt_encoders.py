@@ -1,0 +1,195 @@
+"""Prompts -> the denoiser's text conditioning, one encoder per model family (`TextConditioner` uses them).
+
+Each encoder returns per-prompt rows (a dict of tensors, first dimension the prompt) and turns a batch of rows
+into the network's keyword arguments. The SDXL, SD3 and Flux encoders call the pipeline's own `encode_prompt`,
+so the conditioning is the stock pipeline's exactly (which hidden layer, how the encoders are joined, how
+long T5's sequence is); only what the pipeline adds per call (SDXL's size ids, Flux's guidance) is built here:
+
+| family (pipeline)          | rows                         | network keyword arguments                                  |
+|----------------------------|------------------------------|------------------------------------------------------------|
+| SD 1.x / 2.x               | hidden (77, D)               | encoder_hidden_states                                      |
+| SDXL                       | hidden (77, D1 + D2), pooled | encoder_hidden_states, added_cond_kwargs {text_embeds, time_ids} |
+| SD3                        | hidden (77 + T, D), pooled   | encoder_hidden_states, pooled_projections                  |
+| Flux                       | hidden (T, D), pooled        | encoder_hidden_states, pooled_projections, guidance        |
+
+The empty prompt (classifier-free guidance's unconditional branch) is built as each pipeline builds its
+negative: zeros for SDXL when `force_zeros_for_empty_prompt` is set (SDXL base's config), the encoded ""
+otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+__all__ = ["PromptEncoder", "ClipPromptEncoder", "SDXLPromptEncoder", "SD3PromptEncoder", "FluxPromptEncoder",
+           "prompt_encoder", "FAMILY_OF_PIPELINE"]
+
+# The pipeline classes whose teachers the text-to-image recipes distil, by family.
+FAMILY_OF_PIPELINE = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+                      "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale: the embedded guidance Flux-dev was distilled at
+
+
+class PromptEncoder(Protocol):
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def null(self) -> dict[str, torch.Tensor]: ...  # one row: the unconditional branch
+
+    def kwargs(self, rows: dict[str, torch.Tensor]) -> dict: ...
+
+    def call_options(self) -> dict: ...  # what the exported pipeline's call needs to condition the same way
+
+
+class ClipPromptEncoder:
+    """SD 1.x / 2.x: CLIP's last hidden state, padded to the tokenizer's 77 tokens."""
+
+    def __init__(self, tokenizer, text_encoder, *, device="cpu"):
+        self.tokenizer, self.device = tokenizer, torch.device(device)
+        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return {"hidden": self.text_encoder(tokens)[0].float()}
+
+    def null(self) -> dict[str, torch.Tensor]:
+        return self.encode([""])
+
+    def kwargs(self, rows: dict[str, torch.Tensor]) -> dict:
+        return {"encoder_hidden_states": rows["hidden"]}
+
+    def call_options(self) -> dict:
+        return {}
+
+
+class _PipelineEncoder:
+    """Rows from `pipe.encode_prompt` of a pipeline loaded without its denoiser and VAE; `resolution` is
+    the training images' (height, width), which the exported pipeline's call repeats."""
+
+    max_sequence_length: int | None = None
+    default_sequence_length: int | None = None
+
+    def __init__(self, pipe, resolution: tuple[int, int], *, device="cpu"):
+        self.pipe, self.device, self.resolution = pipe, torch.device(device), tuple(resolution)
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module):
+                module.to(self.device).eval().requires_grad_(False)
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        hidden, pooled = self._encode(texts)
+        return {"hidden": hidden.float(), "pooled": pooled.float()}
+
+    def null(self) -> dict[str, torch.Tensor]:
+        return self.encode([""])
+
+    def call_options(self) -> dict:
+        options = {"height": self.resolution[0], "width": self.resolution[1]}
+        if self.max_sequence_length != self.default_sequence_length:
+            options["max_sequence_length"] = self.max_sequence_length
+        return options
+
+
+class SDXLPromptEncoder(_PipelineEncoder):
+    """SDXL: both encoders' penultimate states joined on features, the second's pooled projection, and the six
+    micro-conditioning ids (original size, crop top-left, target size) of an uncropped `resolution` image."""
+
+    def __init__(self, pipe, resolution: tuple[int, int], *, device="cpu"):
+        super().__init__(pipe, resolution, device=device)
+        h, w = resolution
+        self.time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32)
+        self.zeros_for_empty = bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+
+    def _encode(self, texts):
+        hidden, _, pooled, _ = self.pipe.encode_prompt(texts, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+        return hidden, pooled
+
+    def null(self) -> dict[str, torch.Tensor]:
+        rows = self.encode([""])
+        return {k: torch.zeros_like(v) for k, v in rows.items()} if self.zeros_for_empty else rows
+
+    def kwargs(self, rows: dict[str, torch.Tensor]) -> dict:
+        time_ids = self.time_ids.to(rows["hidden"].device).expand(len(rows["hidden"]), -1)
+        return {"encoder_hidden_states": rows["hidden"],
+                "added_cond_kwargs": {"text_embeds": rows["pooled"], "time_ids": time_ids}}
+
+
+class SD3PromptEncoder(_PipelineEncoder):
+    """SD3: two CLIPs' penultimate states (joined on features, zero-padded to T5's width) then T5's states on
+    the sequence; the two pooled projections joined."""
+
+    default_sequence_length = 256  # StableDiffusion3Pipeline's max_sequence_length
+
+    def __init__(self, pipe, resolution: tuple[int, int], *, max_sequence_length: int = 256, device="cpu"):
+        super().__init__(pipe, resolution, device=device)
+        self.max_sequence_length = max_sequence_length
+
+    def _encode(self, texts):
+        hidden, _, pooled, _ = self.pipe.encode_prompt(texts, None, None, device=self.device,
+                                                       do_classifier_free_guidance=False,
+                                                       max_sequence_length=self.max_sequence_length)
+        return hidden, pooled
+
+    def kwargs(self, rows: dict[str, torch.Tensor]) -> dict:
+        return {"encoder_hidden_states": rows["hidden"], "pooled_projections": rows["pooled"]}
+
+
+class FluxPromptEncoder(_PipelineEncoder):
+    """Flux: T5's states, CLIP's pooled output; `guidance` is the embedded scale of a guidance-distilled
+    transformer (Flux-dev), passed to every call (`network_call`)."""
+
+    default_sequence_length = 512  # FluxPipeline's max_sequence_length
+
+    def __init__(self, pipe, resolution: tuple[int, int], *, guidance: float = FLUX_GUIDANCE,
+                 max_sequence_length: int = 512, device="cpu"):
+        super().__init__(pipe, resolution, device=device)
+        self.guidance, self.max_sequence_length = float(guidance), max_sequence_length
+
+    def _encode(self, texts):
+        hidden, pooled, _ = self.pipe.encode_prompt(texts, None, device=self.device, num_images_per_prompt=1,
+                                                    max_sequence_length=self.max_sequence_length)
+        return hidden, pooled
+
+    def kwargs(self, rows: dict[str, torch.Tensor]) -> dict:
+        hidden = rows["hidden"]
+        return {"encoder_hidden_states": hidden, "pooled_projections": rows["pooled"],
+                "guidance": torch.full((len(hidden),), self.guidance, device=hidden.device)}
+
+    def call_options(self) -> dict:
+        return {**super().call_options(), "guidance_scale": self.guidance}  # FluxPipeline's embedded guidance
+
+
+def _max_length(pipe, tokenizer: str, default: int) -> int:
+    """The pipeline's T5 sequence length, bounded by the tokenizer's own (a small local tokenizer's)."""
+    return min(default, int(getattr(pipe.components.get(tokenizer), "model_max_length", default) or default))
+
+
+def prompt_encoder(teacher, resolution: tuple[int, int], *, device="cpu", guidance: float | None = None):
+    """The prompt encoder of `teacher`'s pipeline family (`roles.Teacher.pipeline_class`). `resolution`:
+    the training images' (height, width) in pixels (SDXL's size ids); `guidance`: Flux's embedded scale."""
+    from diffusers import DiffusionPipeline
+
+    family = FAMILY_OF_PIPELINE.get(teacher.pipeline_class or "StableDiffusionPipeline")
+    if family is None:
+        raise ValueError(f"text-to-image teachers of class {teacher.pipeline_class} are not supported; supported: "
+                         f"{', '.join(FAMILY_OF_PIPELINE)}")
+    if family == "sd":
+        return ClipPromptEncoder(teacher.load_component("tokenizer"), teacher.load_component("text_encoder"),
+                                 device=device)
+    skip = {teacher.component: None, "vae": None, **({"image_encoder": None, "feature_extractor": None}
+                                                       if family == "sdxl" else {})}
+    pipe = DiffusionPipeline.from_pretrained(teacher.root, **skip)
+    if family == "sdxl":
+        return SDXLPromptEncoder(pipe, resolution, device=device)
+    if family == "sd3":
+        return SD3PromptEncoder(pipe, resolution, max_sequence_length=_max_length(pipe, "tokenizer_3", 256),
+                                device=device)
+    return FluxPromptEncoder(pipe, resolution, guidance=FLUX_GUIDANCE if guidance is None else guidance,
+                             max_sequence_length=_max_length(pipe, "tokenizer_2", 512), device=device)

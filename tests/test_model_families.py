@@ -1,0 +1,172 @@
+"""SDXL, SD3 and Flux through the shared design, on tiny random pipelines of the real classes (`stepdistill.tiny`):
+conditioning reaches the network, the flow denoiser's x0, DMD2 trains and its export samples in stock diffusers
+as the student does."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+import dmd2  # noqa: E402
+from stepdistill.conditioning import TextConditioner  # noqa: E402
+from stepdistill.prompt_encoders import prompt_encoder  # noqa: E402
+from stepdistill.roles import load_teacher  # noqa: E402
+from stepdistill.tiny import build_tiny_text_to_image  # noqa: E402
+
+FAMILIES = ("sdxl", "sd3", "flux")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The tiny pipelines where `load_teacher("tiny-<family>")` finds them."""
+    root = tmp_path_factory.mktemp("cache")
+    for family in FAMILIES:
+        build_tiny_text_to_image(root / f"tiny-{family}", family=family)
+    return root
+
+
+def _conditioner(teacher, prompts=("a red square", "a cat")):
+    return TextConditioner(list(prompts), prompt_encoder(teacher, (64, 64)))
+
+
+def test_sdxl_pooled_embeddings_and_size_ids_reach_the_unet(cache):
+    teacher = load_teacher(cache / "tiny-sdxl")
+    cond = _conditioner(teacher).cond(torch.tensor([0, 1]))
+    added = cond["added_cond_kwargs"]
+    assert cond["encoder_hidden_states"].shape == (2, 77, 64)  # two CLIPs joined on features (32 + 32)
+    assert added["text_embeds"].shape == (2, 32) and added["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
+    den = teacher.denoiser()
+    x = torch.randn(2, 4, 8, 8)
+    base = den(x, 500.0, **cond)
+    for key in ("text_embeds", "time_ids"):  # each micro-condition changes the prediction: none is dropped
+        other = {**added, key: added[key] + 1.0}
+        assert (den(x, 500.0, **{**cond, "added_cond_kwargs": other}) - base).abs().max() > 1e-4, key
+
+
+def test_sdxl_empty_prompt_is_zeros_as_the_pipeline_builds_it(cache):
+    """SDXL base's `force_zeros_for_empty_prompt`: the unconditional branch is all zeros, pooled included."""
+    from diffusers import DiffusionPipeline
+
+    teacher = load_teacher(cache / "tiny-sdxl")
+    uncond = _conditioner(teacher).uncond(torch.tensor([0]))
+    assert uncond["encoder_hidden_states"].abs().max() == 0 and uncond["added_cond_kwargs"]["text_embeds"].abs().max() == 0
+    pipe = DiffusionPipeline.from_pretrained(cache / "tiny-sdxl", unet=None, vae=None)
+    _, negative, _, negative_pooled = pipe.encode_prompt("a cat", device="cpu", do_classifier_free_guidance=True,
+                                                         negative_prompt=None)
+    assert negative.abs().max() == 0 and negative_pooled.abs().max() == 0
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_text_conditioning_is_the_pipelines_own(cache, family):
+    from diffusers import DiffusionPipeline
+
+    teacher = load_teacher(cache / f"tiny-{family}")
+    cond = _conditioner(teacher).cond(torch.tensor([1]))
+    pipe = DiffusionPipeline.from_pretrained(cache / f"tiny-{family}", transformer=None, vae=None)
+    if family == "sd3":
+        hidden, _, pooled, _ = pipe.encode_prompt("a cat", None, None, do_classifier_free_guidance=False,
+                                                  max_sequence_length=64)
+    else:
+        hidden, pooled, _ = pipe.encode_prompt("a cat", None, max_sequence_length=64)
+        assert cond["guidance"].tolist() == [3.5]
+    torch.testing.assert_close(cond["encoder_hidden_states"], hidden, atol=2e-3, rtol=2e-3)  # cached in float16
+    torch.testing.assert_close(cond["pooled_projections"], pooled, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_denoiser_recovers_x0_exactly_on_a_linear_flow(cache, family):
+    """A network whose output is the true velocity eps - x0 of x_t = (1 - t) x0 + t eps: the Denoiser returns x0
+    at every t, through Flux's packing and timestep / 1000 as well as SD3's plain call."""
+    from stepdistill.denoiser import Denoiser
+
+    teacher = load_teacher(cache / f"tiny-{family}")
+    cond = _conditioner(teacher).cond(torch.tensor([0, 1]))
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    seen = []
+    net = teacher.net
+
+    def oracle(module, args, kwargs, output):
+        t = kwargs["timestep"].float() * (1.0 if family == "flux" else 1e-3)  # Flux gets t, SD3 gets 1000 t
+        seen.append(t)
+        u = eps - x0
+        if family == "flux":
+            from diffusers import FluxPipeline
+
+            u = FluxPipeline._pack_latents(u, 2, 4, 8, 8)
+        return (u,)
+
+    handle = net.register_forward_hook(oracle, with_kwargs=True)
+    try:
+        for t in (0.9, 0.5, 0.05):
+            x_t = (1 - t) * x0 + t * eps
+            torch.testing.assert_close(Denoiser(net, teacher.schedule, "flow")(x_t, t, **cond), x0,
+                                       atol=1e-5, rtol=1e-5)
+    finally:
+        handle.remove()
+    assert [round(float(s[0]), 4) for s in seen] == [0.9, 0.5, 0.05]
+
+
+def test_flux_schedule_shift_follows_the_training_resolution(cache, tmp_path):
+    """Flux-dev's dynamic shift: exp(mu), mu from the token count as FluxPipeline computes it."""
+    import math
+
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from stepdistill.training.setup import at_resolution
+
+    teacher = load_teacher(cache / "tiny-flux")
+    shifted = at_resolution(teacher, (4, 8, 8))
+    assert shifted.shift == pytest.approx(math.exp(calculate_shift(16, 256, 4096, 0.5, 1.15)))
+    assert at_resolution(load_teacher(cache / "tiny-sd3"), (4, 8, 8)).shift == 3.0  # fixed shift stays
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dmd2_trains_two_steps_and_the_export_samples_as_the_student_in_stock_diffusers(cache, family, tmp_path,
+                                                                                        monkeypatch):
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+    from stepdistill.config import load_config
+    from stepdistill.roles import make_generator
+
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(cache))
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    cfg = load_config(dmd2.DMD2Config, ["--config", f"recipes/configs/dmd2/tiny_{family}.yaml",
+                                        f"train.output_dir={out}"])
+    dmd2.main(cfg)
+    log = [json.loads(line) for line in (out / "log_rank0.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1] and "loss_dm" in log[0]
+    assert all(torch.isfinite(torch.tensor(v)) for r in log for v in r.values())
+
+    pipe = DiffusionPipeline.from_pretrained(out / "pipeline")
+    assert type(pipe).__name__ == json.loads((cache / f"tiny-{family}" / "model_index.json").read_text())["_class_name"]
+    trained = {k.removeprefix("denoiser.net."): v
+               for k, v in load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "model.safetensors")).items()}
+    exported = getattr(pipe, "unet", None) or pipe.transformer
+    for name, value in exported.state_dict().items():
+        torch.testing.assert_close(value, trained[name], atol=1e-6, rtol=0)  # the EMA of 2 steps
+
+    # the stock pipeline at one step, guidance off (Flux: its embedded guidance), against the student's own x0
+    card = (out / "pipeline" / "README.md").read_text()
+    call = dict(num_inference_steps=1, output_type="pt", height=64, width=64)
+    if family == "sdxl":
+        call.update(timesteps=[999], guidance_scale=0.0)
+    else:
+        assert "sigmas=[1.0]" in card and "max_sequence_length=64" in card
+        call.update(sigmas=[1.0], max_sequence_length=64, guidance_scale=3.5 if family == "flux" else 0.0)
+    images = pipe("a red square", generator=torch.Generator().manual_seed(0), **call).images
+
+    teacher = load_teacher(cache / f"tiny-{family}")
+    gen = make_generator(teacher, cfg.model.generator_timesteps[0])
+    gen.net.load_state_dict(trained)
+    conditioner = _conditioner(teacher, ("a red square",))
+    from stepdistill.latents import LatentSpace
+
+    space = LatentSpace(teacher.load_component("vae"), 64)
+    with torch.no_grad():
+        z = torch.randn(1, *space.shape, generator=torch.Generator().manual_seed(0))
+        expected = space.decode(gen.eval()(z, **conditioner.cond(torch.tensor([0])))) * 0.5 + 0.5
+    torch.testing.assert_close(images, expected, atol=3e-3, rtol=0)
