@@ -169,6 +169,8 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, net: nn.
         steps = f"num_inference_steps={len(timesteps)}, sigmas={timesteps}" + extra
         guidance = "" if "guidance_scale" in (call_options or {}) else ", guidance_scale=0.0"
         call = _sampling_call(folder, steps + guidance)
+        if len(timesteps) > 1:
+            call = call.replace("image = pipe(", f"{STOCHASTIC_SEED}\nimage = pipe(")
     else:
         call, timesteps = _unet_scheduler(pipe, timesteps, options, folder, extra)
 
@@ -240,16 +242,28 @@ def _check_sigmas(timesteps) -> list[float]:
     return ts
 
 
-def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: list[int],
-                scheduler_options: Mapping | None = None, base_model: str | None = None) -> Path:
-    """Write LoRA `adapter` of a text-to-image student's unet in diffusers' LoRA format
-    (`pytorch_lora_weights.safetensors`, with peft's adapter config as metadata), as LCM-LoRA is published: on
-    the stock base pipeline with an LCMScheduler of the same settings,
+# SD3's and Flux's pipelines do not pass `generator` to `scheduler.step`: the stochastic steps' noise comes from
+# torch's global generator, which a reproducible multistep call seeds.
+STOCHASTIC_SEED = "torch.manual_seed(0)  # the re-noising steps draw from torch's global generator"
 
-        pipe.load_lora_weights(folder); pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, ...)
+# The pipeline class whose `save_lora_weights` writes a student network's LoRA, and the keyword naming its layers.
+_LORA_SAVERS = {"SD3Transformer2DModel": ("StableDiffusion3Pipeline", "transformer"),
+                "FluxTransformer2DModel": ("FluxPipeline", "transformer")}
 
-    samples as the student does (the LoRA's model card holds the exact lines)."""
-    from diffusers import StableDiffusionPipeline
+
+def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: list,
+                scheduler_options: Mapping | None = None, base_model: str | None = None,
+                call_options: Mapping | None = None, recipe: str = "consistency_distill") -> Path:
+    """Write LoRA `adapter` of a text-to-image student's network in diffusers' LoRA format
+    (`pytorch_lora_weights.safetensors`, with peft's adapter config as metadata), as LCM-LoRA and DMD2's SDXL
+    LoRA are published: on the stock base pipeline with the student's scheduler,
+
+        pipe.load_lora_weights(folder); pipe.scheduler = <Scheduler>.from_config(pipe.scheduler.config, ...)
+
+    samples as the student does (the LoRA's model card holds the exact lines). UNet students (SD, SDXL) use an
+    LCMScheduler (TCDScheduler with TCD's gamma), flow transformers (SD3, Flux) the stochastic
+    FlowMatchEulerDiscreteScheduler of `export_text_to_image`."""
+    import diffusers
     from peft.utils import get_peft_model_state_dict
 
     from .adapters import adapter_names
@@ -260,15 +274,24 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
         net = inner if isinstance(inner, nn.Module) else net
     if adapter not in adapter_names(net):
         raise ValueError(f"the network has no LoRA adapter {adapter!r}")
+    saver, prefix = _LORA_SAVERS.get(type(net).__name__, ("StableDiffusionPipeline", "unet"))
     # peft's own key names (lora_A / lora_B), which the loader reads as they are, with the adapter's config
     layers = get_peft_model_state_dict(net, adapter_name=adapter)
     metadata = net.peft_config[adapter].to_dict()  # rank, alpha, targets: loaders rebuild the adapter from it
     options = dict(scheduler_options or {})
-    gamma = options.pop("gamma", None)  # a student sampled with TCD's gamma: TCDScheduler, eta = gamma
-    scheduler = "LCMScheduler" if gamma is None else "TCDScheduler"
+    extra = "".join(f", {k}={v!r}" for k, v in (call_options or {}).items())
+    guidance = "" if "guidance_scale" in (call_options or {}) else ", guidance_scale=0.0"
+    if prefix == "transformer":
+        scheduler = "FlowMatchEulerDiscreteScheduler"
+        options = {"shift": 1.0, "use_dynamic_shifting": False, "stochastic_sampling": True}
+        steps = f"num_inference_steps={len(timesteps)}, sigmas={_check_sigmas(timesteps)}"
+
+    else:
+        gamma = options.pop("gamma", None)  # a student sampled with TCD's gamma: TCDScheduler, eta = gamma
+        scheduler = "LCMScheduler" if gamma is None else "TCDScheduler"
+        steps = f"num_inference_steps={len(timesteps)}" + ("" if gamma is None else f", eta={gamma}")
     base = repr(base_model) if base_model else "BASE_MODEL"
     where = "the base model it was distilled from" if base_model else "the teacher it was distilled from"
-    eta = "" if gamma is None else f", eta={gamma}"
     call = textwrap.dedent(f"""\
         import torch
         from diffusers import DiffusionPipeline, {scheduler}
@@ -276,12 +299,16 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
         pipe = DiffusionPipeline.from_pretrained({base})  # {where}
         pipe.load_lora_weights("./{folder.name}")
         pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, **{options!r})
-        image = pipe("a photo of a cat", num_inference_steps={len(timesteps)}, guidance_scale=0.0{eta},
+        image = pipe("a photo of a cat", {steps}{guidance}{extra},
                      generator=torch.Generator().manual_seed(0)).images[0]""")
+    if prefix == "transformer" and len(timesteps) > 1:
+        call = call.replace("image = pipe(", f"{STOCHASTIC_SEED}\nimage = pipe(")
     with atomic_dir(folder) as tmp:
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
-        write_model_card(tmp, base_model=base_model, recipe="consistency_distill", metrics={}, pipeline_call=call,
-                         tags=["lora", "lcm-lora"], pipeline_tag="text-to-image")
+        getattr(diffusers, saver).save_lora_weights(tmp, **{f"{prefix}_lora_layers": layers,
+                                                           f"{prefix}_lora_adapter_metadata": metadata})
+        write_model_card(tmp, base_model=base_model, recipe=recipe, metrics={}, pipeline_call=call,
+                         tags=["lora"] + (["lcm-lora"] if recipe == "consistency_distill" else []),
+                         pipeline_tag="text-to-image")
     return folder
 
 

@@ -68,8 +68,12 @@ class Student:
     def from_setup(cls, setup, *, generator: torch.nn.Module, timesteps: torch.Tensor, ema=None,
                    name: str = "student", steps: int | None = None, lora_adapter: str | None = None,
                    gamma: float | None = None) -> "Student":
-        """The student of a recipe's run: its (prepared) generator with the run's `Setup`."""
-        student = cls(generator=setup.unwrap(generator), conditioner=setup.conditioner, schedule=setup.schedule,
+        """The student of a recipe's run: its (prepared) generator with the run's `Setup`. A generator trained as
+        a LoRA adapter (`roles.make_generator(lora_rank=...)`) is that adapter's student unless told otherwise."""
+        generator = setup.unwrap(generator)
+        if lora_adapter is None:
+            lora_adapter = getattr(getattr(generator, "denoiser", None), "adapter", None)
+        student = cls(generator=generator, conditioner=setup.conditioner, schedule=setup.schedule,
                       timesteps=timesteps, space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema,
                       name=name, steps=steps, lora_adapter=lora_adapter, gamma=gamma)
         student_timesteps(timesteps, steps)  # a default step count it cannot sample fails here
@@ -163,14 +167,14 @@ class Student:
         net = self.generator.net
         options = self.scheduler_options()
         if isinstance(self.conditioner, TextConditioner):
+            calls = self.conditioner.encoder.call_options()
             folder = export_text_to_image(folder, self.teacher.root, net, timesteps=timesteps, model_card=card,
-                                          scheduler_options=options, adapter=self.lora_adapter,
-                                          call_options=self.conditioner.encoder.call_options())
-            if self.lora_adapter is not None:
+                                          scheduler_options=options, adapter=self.lora_adapter, call_options=calls)
+            if self.lora_adapter is not None:  # also as the LoRA itself, for the stock base pipeline
                 from .export import export_lora
 
                 export_lora(folder / "lora", net, self.lora_adapter, timesteps=timesteps, scheduler_options=options,
-                            base_model=card["base_model"])
+                            base_model=card["base_model"], call_options=calls, recipe=self.name)
             return folder
         if isinstance(self.conditioner, ClassConditioner):
             return export_class_conditional(folder, net, self.teacher.scheduler_config, timesteps=timesteps,

@@ -170,3 +170,51 @@ def test_dmd2_trains_two_steps_and_the_export_samples_as_the_student_in_stock_di
         z = torch.randn(1, *space.shape, generator=torch.Generator().manual_seed(0))
         expected = space.decode(gen.eval()(z, **conditioner.cond(torch.tensor([0])))) * 0.5 + 0.5
     torch.testing.assert_close(images, expected, atol=3e-3, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_a_lora_generator_exports_as_a_lora_that_the_stock_base_pipeline_loads(cache, family, tmp_path, monkeypatch):
+    """DMD2 with a LoRA generator and a LoRA fake score: `pipe.load_lora_weights(folder/lora)` on the stock base
+    pipeline, with the scheduler line of the LoRA's card, gives the merged student's image for a fixed seed."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+    from stepdistill.config import load_config
+
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(cache))
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    steps = "[999, 499]" if family == "sdxl" else "[1.0, 0.5]"  # two steps: the LoRA card's multistep scheduler
+    dmd2.main(load_config(dmd2.DMD2Config, [
+        "--config", f"recipes/configs/dmd2/tiny_{family}.yaml", f"train.output_dir={out}", "train.ema_decay=null",
+        "model.generator_lora_rank=4", "model.fake_score_lora_rank=4", f"model.generator_timesteps={steps}",
+        "optim.lr_generator=0.05"]))
+    card = (out / "pipeline" / "lora" / "README.md").read_text()
+    assert "pipe.load_lora_weights(" in card and "base_model:" not in card  # a local teacher: the user names it
+    merged = DiffusionPipeline.from_pretrained(out / "pipeline")
+    base = DiffusionPipeline.from_pretrained(cache / f"tiny-{family}")
+    call = dict(num_inference_steps=2, height=64, width=64, output_type="pt")
+    if family == "sdxl":  # the merged export's multistep LCM run starts from sigma(t_0) z, as its card says
+        assert "LCMScheduler.from_config(pipe.scheduler.config, **{})" in card
+        scheduler = diffusers.LCMScheduler.from_config(base.scheduler.config)
+        sigma_0 = float((1 - merged.scheduler.alphas_cumprod[999]).sqrt())
+        call.update(guidance_scale=0.0, timesteps=[999, 499],
+                    latents=sigma_0 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
+    else:
+        options = {"shift": 1.0, "use_dynamic_shifting": False, "stochastic_sampling": True}
+        assert f"FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **{options!r})" in card
+        assert "sigmas=[1.0, 0.5]" in card and "guidance_scale=3.5" in card and "max_sequence_length=64" in card
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(base.scheduler.config, **options)
+        call.update(sigmas=[1.0, 0.5], guidance_scale=3.5, max_sequence_length=64)
+    if family == "flux":  # FluxPipeline's re-noising steps draw from torch's global generator: the card seeds it
+        assert "torch.manual_seed(0)" in card
+
+    def sample(pipe):
+        torch.manual_seed(0)
+        return pipe("a red square", generator=torch.Generator().manual_seed(0), **call).images
+
+    plain = sample(base)
+    base.load_lora_weights(out / "pipeline" / "lora")
+    base.scheduler = scheduler
+    a, b = sample(merged), sample(base)
+    torch.testing.assert_close(a, b, rtol=0, atol=3e-3)
+    assert float((a - plain).abs().max()) > 1e-2  # the LoRA trained: not the base model
