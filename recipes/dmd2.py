@@ -263,40 +263,41 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor)
 
 
 def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """On G's samples `x` (with their graph) for `labels`."""
+    """On G's samples `x` (with their graph) for `labels`. The fake score and the head stay frozen until G's
+    update is done: a checkpointed network recomputes its activations in the backward pass, as frozen."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
     cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
-    # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
-    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step, inclusive=True), schedule)
-    x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
-    with torch.no_grad():
-        x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
-        x0_fake = run.fake_score(x_t, t, **cond)
-    loss = loss_dm = losses.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
-    logs = {"loss_dm": loss_dm.item()}
-    # 2. Non-saturating GAN loss through the fake-score encoder and head, both frozen for this step.
-    if run.head is not None:
-        t_g = draw.times(UniformTime(0.0, cfg.loss.gan_max_t), schedule)
-        gan_cond = cond if s.labelled_real else conditioner.cond(torch.full_like(labels, -1))
-        # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
-        fake, head = run.setup.unwrap(run.fake_score), run.setup.unwrap(run.head)
-        with trainable(fake, False), trainable(head, False):
+    # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
+    fake, head = run.setup.unwrap(run.fake_score), run.setup.unwrap(run.head)
+    with trainable(fake, False), trainable(head, False):
+        # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
+        t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step, inclusive=True), schedule)
+        x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
+        with torch.no_grad():
+            x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
+            x0_fake = run.fake_score(x_t, t, **cond)
+        loss = loss_dm = losses.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
+        logs = {"loss_dm": loss_dm.item()}
+        # 2. Non-saturating GAN loss through the fake-score encoder and head.
+        if head is not None:
+            t_g = draw.times(UniformTime(0.0, cfg.loss.gan_max_t), schedule)
+            gan_cond = cond if s.labelled_real else conditioner.cond(torch.full_like(labels, -1))
             features = fake.features(schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
             loss_g = losses.generator_gan_loss(head(features))
-        if run.gan_weight.balance is not None:
-            balance_gan_weight(run, x, loss_dm, loss_g)
-        loss = loss + run.gan_weight.value * loss_g
-        logs |= {"loss_g_gan": loss_g.item(), "gan_weight": run.gan_weight.value}
-    # 3. DMD's regression to the teacher's ODE solutions (a multistep generator's first step).
-    if run.pairs is not None:
-        i = draw.index(len(run.pairs))
-        x_reg = run.generator(run.pairs.z[i], **conditioner.cond(run.pairs.labels[i]))
-        loss_reg = losses.regression_loss(x_reg, run.pairs.x[i])
-        loss = loss + cfg.loss.regression_weight * loss_reg
-        logs["loss_reg"] = loss_reg.item()
-    optimizer_step(s.accelerator, loss, trainable_params(run.generator), run.opt_g, run.sched_g,
-                   grad_clip=cfg.optim.grad_clip)
+            if run.gan_weight.balance is not None:
+                balance_gan_weight(run, x, loss_dm, loss_g)
+            loss = loss + run.gan_weight.value * loss_g
+            logs |= {"loss_g_gan": loss_g.item(), "gan_weight": run.gan_weight.value}
+        # 3. DMD's regression to the teacher's ODE solutions (a multistep generator's first step).
+        if run.pairs is not None:
+            i = draw.index(len(run.pairs))
+            x_reg = run.generator(run.pairs.z[i], **conditioner.cond(run.pairs.labels[i]))
+            loss_reg = losses.regression_loss(x_reg, run.pairs.x[i])
+            loss = loss + cfg.loss.regression_weight * loss_reg
+            logs["loss_reg"] = loss_reg.item()
+        optimizer_step(s.accelerator, loss, trainable_params(run.generator), run.opt_g, run.sched_g,
+                       grad_clip=cfg.optim.grad_clip)
     if run.ema is not None:
         run.ema.step(trainable_params(run.generator))
     return logs

@@ -57,3 +57,32 @@ def delete_lora(net: nn.Module, name: str) -> None:
         configs.pop(name, None)
         if not configs:
             del net.peft_config
+
+
+def adapter_state(module: nn.Module) -> list[tuple[nn.Module, bool, list[str]]]:
+    """Which adapters each LoRA layer of `module` runs with right now."""
+    return [(layer, layer._disable_adapters, list(layer._active_adapter)) for layer in _tuner_layers(module)]
+
+
+def set_adapter_state(state: list[tuple[nn.Module, bool, list[str]]]) -> None:
+    for layer, disabled, active in state:
+        layer._disable_adapters, layer._active_adapter = disabled, active
+
+
+def checkpoint_with_adapters(module: nn.Module, *args):
+    """diffusers' gradient-checkpointing function, made safe for roles that share one network through adapters
+    (a LoRA fake score on the teacher's weights): the backward pass recomputes `module` with the adapters it ran
+    with in the forward pass, not with whichever role ran last."""
+    import torch.utils.checkpoint
+
+    forward_state = adapter_state(module)
+
+    def run(*inputs):
+        now = adapter_state(module)
+        set_adapter_state(forward_state)
+        try:
+            return module(*inputs)
+        finally:
+            set_adapter_state(now)
+
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)

@@ -169,6 +169,9 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, net: nn.
         steps = f"num_inference_steps={len(timesteps)}, sigmas={timesteps}" + extra
         guidance = "" if "guidance_scale" in (call_options or {}) else ", guidance_scale=0.0"
         call = _sampling_call(folder, steps + guidance)
+        if timesteps[0] < 1:  # the student starts from t_0 z, not the pure noise z the pipeline draws at sigma 1
+            call = call.replace("image = pipe(", _flow_latents(timesteps[0], call_options or {}, pipe) + "image = pipe(")
+            call = call.replace("guidance_scale", "latents=latents, guidance_scale", 1)
         if len(timesteps) > 1:
             call = call.replace("image = pipe(", f"{STOCHASTIC_SEED}\nimage = pipe(")
     else:
@@ -222,6 +225,21 @@ def _unet_scheduler(pipe, timesteps: list[int], options: dict, folder: Path, ext
             latents = {sigma_0!r} * torch.randn(shape, generator=torch.Generator().manual_seed(0))
             image = pipe("a photo of a cat", {steps}, guidance_scale=0.0{extra}, latents=latents).images[0]""")
     return call, timesteps
+
+
+def _flow_latents(t0: float, call_options: Mapping, pipe) -> str:
+    """Card lines drawing the flow student's first input t_0 z (packed into 2x2 tokens for Flux)."""
+    if "height" not in call_options or "width" not in call_options:
+        raise ValueError("a flow student starting below t = 1 needs height and width in call_options")
+    h, w = call_options["height"], call_options["width"]
+    draw = f"{t0!r} * torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))"
+    if type(pipe).__name__.startswith("Flux"):
+        return (f"# the student starts from t_0 z = {t0:.6g} z, 2x2-packed as FluxPipeline takes latents\n"
+                f"c, h, w = pipe.transformer.config.in_channels // 4, {h} // pipe.vae_scale_factor, {w} // pipe.vae_scale_factor\n"
+                f"latents = pipe._pack_latents({draw}, 1, c, h, w)\n")
+    return (f"# the student starts from t_0 z = {t0:.6g} z (the pipeline would draw z at sigma 1)\n"
+            f"c, h, w = pipe.transformer.config.in_channels, {h} // pipe.vae_scale_factor, {w} // pipe.vae_scale_factor\n"
+            f"latents = {draw}\n")
 
 
 def _flow_scheduler(config: Mapping):

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .adapters import adapter_names, add_lora, delete_lora
+from .adapters import adapter_names, add_lora, checkpoint_with_adapters, delete_lora
 from .denoiser import Denoiser
 from .schedules import NoiseSchedule, from_scheduler_config
 
@@ -209,13 +209,13 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def trainable(module: nn.Module, flag: bool) -> Iterator[None]:
-    """Temporarily set requires_grad on the parameters that are trainable in `module`'s role.
+def trainable(module: nn.Module | None, flag: bool) -> Iterator[None]:
+    """Temporarily set requires_grad on the parameters that are trainable in `module`'s role (None: nothing).
 
     Used to keep one network's gradients out of another's update (DMD2 trains the fake score and the
     generator in alternation): the parameters that were trainable on entry are toggled and restored.
     """
-    params = [p for p in module.parameters() if getattr(p, "_stepdistill_trainable", p.requires_grad)]
+    params = [] if module is None else [p for p in module.parameters() if getattr(p, "_stepdistill_trainable", p.requires_grad)]
     for p in params:
         p._stepdistill_trainable = True
         p.requires_grad_(flag)
@@ -278,8 +278,9 @@ def set_dropout(module: nn.Module, p: float | None) -> None:
 
 
 def set_gradient_checkpointing(net: nn.Module, enabled: bool = True) -> None:
+    """Recompute activations in the backward pass (diffusers models), adapter-aware (`checkpoint_with_adapters`)."""
     if enabled and hasattr(net, "enable_gradient_checkpointing"):
-        net.enable_gradient_checkpointing()
+        net.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_with_adapters)
     elif not enabled and hasattr(net, "disable_gradient_checkpointing"):
         net.disable_gradient_checkpointing()
 
@@ -287,8 +288,11 @@ def set_gradient_checkpointing(net: nn.Module, enabled: bool = True) -> None:
 # ----------------------------------------------------------------------------
 # The three roles.
 
-def make_real_score(teacher: Teacher) -> Denoiser:
-    """The frozen teacher; with a LoRA fake score on the same network, adapters are off here."""
+def make_real_score(teacher: Teacher, *, gradient_checkpointing: bool = False) -> Denoiser:
+    """The frozen teacher; with a LoRA fake score on the same network, adapters are off here.
+    `gradient_checkpointing`: for losses that backpropagate through its activations (SiD, SIM)."""
+    if gradient_checkpointing:
+        set_gradient_checkpointing(teacher.net, True)
     return teacher.denoiser(adapter=None)
 
 

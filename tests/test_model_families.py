@@ -218,3 +218,31 @@ def test_a_lora_generator_exports_as_a_lora_that_the_stock_base_pipeline_loads(c
     a, b = sample(merged), sample(base)
     torch.testing.assert_close(a, b, rtol=0, atol=3e-3)
     assert float((a - plain).abs().max()) > 1e-2  # the LoRA trained: not the base model
+
+
+@pytest.mark.parametrize("family,timesteps", [("sd3", [0.714]), ("flux", [0.714]), ("sdxl", [999])])
+def test_the_export_cards_code_samples_the_students_image(cache, family, timesteps, tmp_path, monkeypatch):
+    """The model card's code, run as written (the first input t_0 z below t = 1 included), gives the student's
+    own one-step image for the card's prompt and seed."""
+    import re
+
+    import numpy as np
+    from stepdistill.export import export_text_to_image
+    from stepdistill.latents import LatentSpace
+    from stepdistill.roles import make_generator
+
+    teacher = load_teacher(cache / f"tiny-{family}")
+    conditioner = _conditioner(teacher, ("a photo of a cat",))
+    folder = export_text_to_image(tmp_path / "pipeline", cache / f"tiny-{family}", teacher.net, timesteps=timesteps,
+                                  call_options=conditioner.encoder.call_options())
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102
+    gen = make_generator(teacher, timesteps[0]).eval()
+    space = LatentSpace(teacher.load_component("vae"), 64)
+    with torch.no_grad():
+        z = torch.randn(1, *space.shape, generator=torch.Generator().manual_seed(0))
+        expected = (space.decode(gen(z, **conditioner.cond(torch.tensor([0])))) * 0.5 + 0.5)[0].permute(1, 2, 0)
+    got = torch.from_numpy(np.asarray(scope["image"], dtype=np.float32) / 255)
+    assert float((got - expected).abs().max()) <= 1.5 / 255  # the PIL image's 8-bit rounding

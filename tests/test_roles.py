@@ -136,3 +136,48 @@ def test_target_network_is_a_frozen_copy_moved_only_by_ema_update(teacher_folder
     assert all(torch.equal(t, o) for t, o in zip(target.parameters(), online.parameters()))
     with pytest.raises(ValueError, match="mu"):
         ema_update(target, online, 1.5)
+
+
+def test_checkpointing_recomputes_with_the_adapters_of_the_forward_pass(tiny_cond_unet):
+    """A LoRA fake score shares the teacher's network: after its forward pass another role runs with adapters
+    off, then the backward pass recomputes. The gradients equal those without checkpointing; with diffusers'
+    default checkpointing the recompute ran the wrong weights and torch refused it."""
+    import copy
+
+    from stepdistill.adapters import activate, add_lora
+    from stepdistill.roles import set_gradient_checkpointing
+
+    net = copy.deepcopy(tiny_cond_unet)
+    add_lora(net, "fake", rank=4)
+    for name, p in net.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # a trained adapter, not the identity
+    x = torch.randn(2, 4, 8, 8)
+    cond = dict(timestep=torch.tensor([500, 300]), encoder_hidden_states=torch.randn(2, 77, 16))
+
+    def grads(checkpointed: bool) -> torch.Tensor:
+        set_gradient_checkpointing(net, checkpointed)
+        xin = x.clone().requires_grad_(True)
+        activate(net, "fake")
+        out = net(xin, **cond).sample
+        activate(net, None)  # the real score's turn before the backward pass
+        with torch.no_grad():
+            net(x, **cond)
+        out.square().sum().backward()
+        return xin.grad
+
+    torch.testing.assert_close(grads(True), grads(False), atol=1e-5, rtol=1e-5)
+
+
+def test_every_role_can_be_checkpointed(tmp_path):
+    """Real score (SiD and SIM backpropagate through it), fake score and generator."""
+    from stepdistill.roles import load_teacher, make_fake_score, make_generator, make_real_score
+    from stepdistill.tiny import build_tiny_text_to_image
+
+    teacher = load_teacher(build_tiny_text_to_image(tmp_path / "sd"))
+    real = make_real_score(teacher, gradient_checkpointing=True)
+    fake = make_fake_score(teacher, gradient_checkpointing=True)
+    gen = make_generator(teacher, gradient_checkpointing=True)
+    assert all(n.is_gradient_checkpointing for n in (real.net, fake.net, gen.net))
+    lora_fake = make_fake_score(load_teacher(tmp_path / "sd"), lora_rank=4, gradient_checkpointing=True)
+    assert lora_fake.net.is_gradient_checkpointing

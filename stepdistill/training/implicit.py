@@ -122,7 +122,8 @@ def setup(cfg) -> Run:
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.accelerator.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
     ema = make_ema(gen_params, cfg.train.ema_decay, s.accelerator)
-    return Run(cfg=cfg, setup=s, ts=ts, real=CFGDenoiser(make_real_score(teacher), cfg.loss.guidance),
+    return Run(cfg=cfg, setup=s, ts=ts, real=CFGDenoiser(
+        make_real_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing), cfg.loss.guidance),
                fake_score=fake_score, generator=generator, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g,
                sched_f=sched_f, ema=ema)
 
