@@ -34,6 +34,11 @@ def make_accelerator(**kwargs) -> Accelerator:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not torch.cuda.is_available():
         kwargs.setdefault("cpu", True)
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and os.environ.get("RANK", "0") == "0":
+            # accelerate's state switches only GPU-family process groups to FSDP; say so rather than shard nothing
+            print("note: accelerate shards (FSDP) GPU processes only; these CPU processes train data-parallel "
+                  "(every process holds every weight). tests/fsdp_worker.py checks the roles under FSDP2 on CPU.",
+                  flush=True)
     if "mixed_precision" in kwargs:
         device_type = "cpu" if kwargs.get("cpu") or not torch.cuda.is_available() else "cuda"
         kwargs["mixed_precision"] = resolve_mixed_precision(kwargs["mixed_precision"], device_type)
