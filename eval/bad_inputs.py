@@ -30,7 +30,7 @@ SAFE = ["train.max_steps=1", "optim.warmup_steps=0", "eval.enabled=false", "expo
 @dataclass(frozen=True)
 class Case:
     target: str  # a recipe name, or "evaluate"
-    argv: tuple[str, ...]  # {teacher}, {tmp}, {file} are filled in
+    argv: tuple[str, ...]  # {teacher}, {tmp}, {file}, {root} (the checkout) are filled in
     expect: str  # a fragment the message must contain
 
 
@@ -95,6 +95,14 @@ CASES = [
     Case("ect", ("model.dropout=1.5",), "model.dropout"),
     Case("ect", ("model.sigma_min=0.0001",), "model.sigma_min=0.0001 lies below"),
     Case("ect", ("model.inference_steps=9",), "model.inference_steps=9 must lie in [1, model.sampling_levels=8]"),
+    Case("dmd2", ("data.resolution=64",), "data.resolution=64 applies to text-to-image teachers"),
+    Case("dmd2", ("data.embedded_guidance=3.5",), "data.embedded_guidance=3.5 applies to text-to-image teachers"),
+    Case("dmd2", ("model.teacher=tiny-flux", "data.prompts={root}/assets/prompts/smoke.txt", "data.resolution=72"),
+         "data.resolution=72 must be a positive multiple of 16"),
+    Case("dmd2", ("model.teacher=tiny-sd3", "data.prompts={root}/assets/prompts/smoke.txt", "data.resolution=64",
+                  "loss.gan=false", "model.generator_timesteps=[999]"), "model.generator_timesteps must descend within [0, 1.0]"),
+    Case("sid", ("model.teacher=tiny-sdxl", "data.prompts={root}/assets/prompts/smoke.txt", "data.embedded_guidance=2"),
+         "data.embedded_guidance=2.0 applies to text-to-image teachers that embed the guidance scale"),
     Case("evaluate", ("gen", "--protocol", "digits", "--model", "digits", "--nfe", "0"), "--nfe"),
     Case("evaluate", ("gen", "--protocol", "no_such_protocol", "--model", "digits"), "no_such_protocol"),
     Case("evaluate", ("calc", "--protocol", "digits"), "no generated digits sets"),
@@ -117,7 +125,7 @@ def prepare(tmp: Path) -> dict[str, str]:
     half = tmp / "checkpoints" / "step_00000004.tmp"
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"")
-    return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file")}
+    return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file"), "root": str(ROOT)}
 
 
 def run_case(case: Case, paths: dict[str, str], out: Path) -> tuple[int, str]:

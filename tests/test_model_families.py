@@ -38,7 +38,14 @@ def test_sdxl_pooled_embeddings_and_size_ids_reach_the_unet(cache):
     cond = _conditioner(teacher).cond(torch.tensor([0, 1]))
     added = cond["added_cond_kwargs"]
     assert cond["encoder_hidden_states"].shape == (2, 77, 64)  # two CLIPs joined on features (32 + 32)
-    assert added["text_embeds"].shape == (2, 32) and added["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
+    assert added["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(cache / "tiny-sdxl", unet=None, vae=None)
+    hidden, _, pooled, _ = pipe.encode_prompt(["a red square", "a cat"], device="cpu",
+                                              do_classifier_free_guidance=False)
+    torch.testing.assert_close(cond["encoder_hidden_states"], hidden, atol=2e-3, rtol=2e-3)  # cached in float16
+    torch.testing.assert_close(added["text_embeds"], pooled, atol=2e-3, rtol=2e-3)  # the pooled projection
     den = teacher.denoiser()
     x = torch.randn(2, 4, 8, 8)
     base = den(x, 500.0, **cond)
@@ -246,3 +253,32 @@ def test_the_export_cards_code_samples_the_students_image(cache, family, timeste
         expected = (space.decode(gen(z, **conditioner.cond(torch.tensor([0])))) * 0.5 + 0.5)[0].permute(1, 2, 0)
     got = torch.from_numpy(np.asarray(scope["image"], dtype=np.float32) / 255)
     assert float((got - expected).abs().max()) <= 1.5 / 255  # the PIL image's 8-bit rounding
+
+
+def test_a_multistep_flow_export_runs_the_students_sampler(cache, tmp_path):
+    """Two steps on SD3: the stock pipeline with the exported stochastic flow scheduler is x0 = G(z) at t = 1,
+    then G((1 - s) x0 + s eps, s), eps drawn from torch's global generator as the pipeline's scheduler does."""
+    from diffusers import DiffusionPipeline
+    from stepdistill.export import export_text_to_image
+    from stepdistill.latents import LatentSpace
+    from stepdistill.roles import make_generator
+
+    teacher = load_teacher(cache / "tiny-sd3")
+    conditioner = _conditioner(teacher, ("a photo of a cat",))
+    folder = export_text_to_image(tmp_path / "pipeline", cache / "tiny-sd3", teacher.net, timesteps=[1.0, 0.5],
+                                  call_options=conditioner.encoder.call_options())
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    torch.manual_seed(0)
+    images = pipe("a photo of a cat", num_inference_steps=2, sigmas=[1.0, 0.5], height=64, width=64,
+                  max_sequence_length=64, guidance_scale=0.0, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    gen = make_generator(teacher, 1.0).eval()
+    space = LatentSpace(teacher.load_component("vae"), 64)
+    cond = conditioner.cond(torch.tensor([0]))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        z = torch.randn(1, *space.shape, generator=torch.Generator().manual_seed(0))
+        x0 = gen(z, **cond)
+        x0 = gen(0.5 * x0 + 0.5 * torch.randn(1, *space.shape), 0.5, **cond)
+        expected = space.decode(x0) * 0.5 + 0.5
+    torch.testing.assert_close(images, expected, atol=3e-3, rtol=0)

@@ -157,13 +157,21 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     net_cfg = teacher.net.config
     if not 0.0 <= data.prompt_dropout < 1.0:
         raise ValueError(f"data.prompt_dropout={data.prompt_dropout} must lie in [0, 1)")
+    if data.prompts is None and data.resolution is not None:
+        raise ValueError(f"data.resolution={data.resolution} applies to text-to-image teachers (set data.prompts); "
+                         "a pixel teacher's resolution is its network's")
+    if data.embedded_guidance is not None and not (data.prompts is not None and is_flux(teacher.net)
+                                                   and teacher.net.config.guidance_embeds):
+        raise ValueError(f"data.embedded_guidance={data.embedded_guidance} applies to text-to-image teachers that "
+                         "embed the guidance scale (Flux-dev); this teacher does not")
     if data.prompts is not None:
+        prompts = load_prompts(data.prompts)  # the prompt file first: the cheapest thing to get wrong
         vae = teacher.load_component("vae").to(device)
         resolution = text_to_image_resolution(data, teacher, vae)
         space = LatentSpace(vae, resolution)
         check_latent_channels(teacher, space)
         encoder = prompt_encoder(teacher, (resolution, resolution), device=device, guidance=data.embedded_guidance)
-        conditioner = TextConditioner(load_prompts(data.prompts), encoder, device=device)
+        conditioner = TextConditioner(prompts, encoder, device=device)
         teacher.schedule = at_resolution(teacher, space.shape)
     elif data.condition_scale:  # the condition is built from the real images below
         conditioner, space, resolution = None, PixelSpace(), net_cfg.sample_size
