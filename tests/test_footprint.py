@@ -48,3 +48,22 @@ def test_a_lora_fake_score_on_the_teacher_is_counted_once(digits_like_teacher, t
     assert "real_score" not in rows  # the same network, adapters off: not listed again
     unique = {id(p): p for m in (teacher, run.setup.unwrap(run.generator)) for p in m.parameters()}
     assert report["mib"]["parameters"] * MIB == sum(p.numel() * p.element_size() for p in unique.values())
+
+
+def test_a_text_to_image_run_counts_its_text_encoders_and_vae(tmp_path, monkeypatch):
+    """SDXL: both CLIP encoders in one frozen row, the VAE in another, both in the per-process parameters."""
+    import dmd2
+
+    from stepdistill.config import load_config
+
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    run = dmd2.setup(load_config(dmd2.DMD2Config, ["--config", "recipes/configs/dmd2/tiny_sdxl.yaml",
+                                                   f"train.output_dir={tmp_path / 'run'}"]))
+    rows = {r["role"]: r for r in footprint(run)["roles"]}
+    pipe = run.setup.conditioner.encoder.pipe
+    texts = _numel(pipe.text_encoder) + _numel(pipe.text_encoder_2)
+    assert rows["text_encoders"]["params"] == texts and rows["text_encoders"]["trainable"] == 0
+    assert rows["vae"]["params"] == _numel(run.setup.space.vae) and rows["vae"]["trainable"] == 0
+    three = 3 * _numel(run.setup.teacher.net)  # teacher, fake score, generator
+    assert footprint(run)["mib"]["parameters"] * MIB == 4 * (three + texts + _numel(run.setup.space.vae))

@@ -1,5 +1,5 @@
 """What a run holds before its first step, printed at setup so that a user sizes a GPU job before it starts:
-each role's parameters (all and trainable) and, per process, the memory of the parameters, the optimisers'
+each role's parameters (all and trainable; a text-to-image run's frozen text encoders and VAE too) and, per process, the memory of the parameters, the optimisers'
 states and the EMA (activations come on top and depend on the batch).
 
 Roles are read off a recipe's `Run`: every `nn.Module` field (the teacher from `run.setup`), every optimiser
@@ -37,17 +37,33 @@ def _bytes(params) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
-def roles(run: Any) -> dict[str, nn.Module]:
-    """The run's networks by field name, the teacher's first."""
+def _frozen_inputs(setup: Any) -> dict[str, nn.Module]:
+    """A text-to-image run's frozen networks around the trio: the text encoders (one row) and the VAE."""
     found = {}
-    teacher = getattr(getattr(run, "setup", None), "teacher", None)
+    encoder = getattr(getattr(setup, "conditioner", None), "encoder", None)
+    pipe = getattr(encoder, "pipe", None)
+    texts = [m for m in (getattr(pipe, "components", None) or {}).values() if isinstance(m, nn.Module)]
+    texts += [m for m in [getattr(encoder, "text_encoder", None)] if isinstance(m, nn.Module)]
+    if texts:
+        found["text_encoders"] = nn.ModuleList(texts)  # a view: the modules are not copied
+    vae = getattr(getattr(setup, "space", None), "vae", None)
+    if isinstance(vae, nn.Module):
+        found["vae"] = vae
+    return found
+
+
+def roles(run: Any) -> dict[str, nn.Module]:
+    """The run's networks by field name, the teacher's first, then a text-to-image run's text encoders and VAE."""
+    found = {}
+    setup = getattr(run, "setup", None)
+    teacher = getattr(setup, "teacher", None)
     if teacher is not None and isinstance(getattr(teacher, "net", None), nn.Module):
         found["teacher"] = teacher.net
     for f in _fields(run):
         module = _module(getattr(run, f.name))
         if module is not None:
             found[f.name] = module
-    return found
+    return found | _frozen_inputs(setup)
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
