@@ -8,10 +8,11 @@
 - `horizon`: where training ends and decaying learning rates reach zero, fitted to the time limit;
 - `final`: sample grids, the digits benchmark and export at the end of a run;
 - `recipe`: the `Recipe` protocol and `run_recipe`, which drives one;
-- `implicit`: the fake-score / generator alternation SiD and SIM share.
+- `implicit`: the fake-score / generator alternation SiD and SIM share;
+- `dmd`: distribution matching with a GAN, the steps DMD2 and multi-student distillation share.
 """
 
-from . import implicit
+from . import dmd, implicit
 from .draw import Draw
 from .final import evaluate_on_digits, finish, save_samples
 from .loop import train_loop
@@ -20,7 +21,7 @@ from .sections import DataConfig, EvalConfig, ExportConfig, LRSchedule, TrainCon
 from .setup import (Setup, check_optim, make_ema, make_optimizer, one_step_timesteps, optimizer_step, restore, setup_data,
                     trainable_params)
 
-__all__ = ["implicit", "DataConfig", "Draw", "EvalConfig", "ExportConfig", "LRSchedule", "Recipe", "Setup",
+__all__ = ["dmd", "implicit", "DataConfig", "Draw", "EvalConfig", "ExportConfig", "LRSchedule", "Recipe", "Setup",
            "TrainConfig", "check_optim", "cli",
            "decays", "evaluate_on_digits", "finish", "make_ema", "make_optimizer", "one_step_timesteps", "optimizer_step", "restore",
            "run_recipe", "save_samples", "setup_data", "train_loop", "trainable_params"]
