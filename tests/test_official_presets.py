@@ -16,11 +16,13 @@ import dmd2  # noqa: E402
 import ect  # noqa: E402
 import sid  # noqa: E402
 import sim  # noqa: E402
+import msd  # noqa: E402
 import swiftbrush  # noqa: E402
 from stepdistill.config import load_config  # noqa: E402
 
 CONFIGS = {"dmd2": dmd2.DMD2Config, "sid": sid.SiDConfig, "sim": sim.SIMConfig, "swiftbrush": swiftbrush.SwiftBrushConfig,
-           "consistency_distill": consistency_distill.ConsistencyDistillConfig, "ect": ect.ECTConfig}
+           "consistency_distill": consistency_distill.ConsistencyDistillConfig, "ect": ect.ECTConfig,
+           "msd": msd.MSDConfig}
 
 # tianweiy/DMD2: main/train_sd.py, main/sd_guidance.py, main/edm/edm_guidance.py and the launch scripts.
 DMD2_COMMON = {

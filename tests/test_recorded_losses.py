@@ -42,14 +42,36 @@ RUNS = {
     "consistency_distill:mlcm": (["loss.segments=[4,2]", "loss.states=teacher", "loss.trajectories=16",
                                   "train.batch_size=16"], ("loss", "segments")),
     "ect": ([], ("loss",)),
+    # two students of 2 samples each, DMD2's steps on their halves of the classes; then one shared fake score
+    "msd": (["model.students=2", "optim.update_ratio=2"], ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),
+    "msd:shared": (["model.students=2", "optim.update_ratio=2", "model.fake_score=shared"],
+                   ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),
     # iCT from fresh weights (seed 3: seed 0 redraws the tiny teacher's own), dropout replayed in the target
     "ect:ict": (["model.init=scratch", "loss.schedule=ict", "model.boundary=lcm", "loss.huber_c=null",
                  "model.dropout=0.2", "train.seed=3"], ("loss",)),
 }
 CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
-           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig"}
+           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig"}
 # Recorded on CPU (float32). The tolerance absorbs BLAS summation order across machines, not wiring.
 RECORDED: dict[str, list[dict[str, float]]] = {
+    "consistency_distill": [
+        {"loss": 0.00117459},
+        {"loss": 0.000747817},
+        {"loss": 0.00113675},
+        {"loss": 0.000798077},
+    ],
+    "consistency_distill:guided": [
+        {"loss": 0.0013786},
+        {"loss": 0.000842621},
+        {"loss": 0.0012882},
+        {"loss": 0.000881211},
+    ],
+    "consistency_distill:mlcm": [
+        {"loss": 5.76996e-05, "segments": 4.0},
+        {"loss": 6.57965e-05, "segments": 4.0},
+        {"loss": 0.000261211, "segments": 2.0},
+        {"loss": 0.000160839, "segments": 2.0},
+    ],
     "dmd2": [
         {"loss_fake": 0.639713, "loss_d": 1.36991, "loss_dm": 0.000717542, "loss_g_gan": 0.497136},
         {"loss_fake": 0.306328, "loss_d": 1.34839},
@@ -61,6 +83,30 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"loss_fake": 0.307591, "loss_d": 1.3469},
         {"loss_fake": 0.464187, "loss_d": 1.3317, "loss_dm": 0.00120831, "loss_g_gan": 0.573053},
         {"loss_fake": 0.457644, "loss_d": 1.41031},
+    ],
+    "ect": [
+        {"loss": 16.9064},
+        {"loss": 7.79415},
+        {"loss": 8.86058},
+        {"loss": 18.7478},
+    ],
+    "ect:ict": [
+        {"loss": 16.7123},
+        {"loss": 7.87846},
+        {"loss": 9.53926},
+        {"loss": 9.21496},
+    ],
+    "msd": [
+        {"loss_fake": 0.986528, "loss_d": 1.36595, "loss_dm": 0.000715531, "loss_g_gan": 0.601572},
+        {"loss_fake": 0.732984, "loss_d": 1.2779},
+        {"loss_fake": 0.794864, "loss_d": 1.43231, "loss_dm": 0.00338919, "loss_g_gan": 0.507497},
+        {"loss_fake": 0.501587, "loss_d": 1.45316},
+    ],
+    "msd:shared": [
+        {"loss_fake": 0.983253, "loss_d": 1.42469, "loss_dm": 0.00152269, "loss_g_gan": 0.550791},
+        {"loss_fake": 0.725014, "loss_d": 1.30852},
+        {"loss_fake": 0.792287, "loss_d": 1.34059, "loss_dm": 0.00343276, "loss_g_gan": 0.516273},
+        {"loss_fake": 0.501965, "loss_d": 1.44839},
     ],
     "sid": [
         {"loss_fake": 0.548671, "loss_g": 0.00210387},
@@ -85,36 +131,6 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"loss_vsd": 2.12851e-06, "loss_lora": 0.287707},
         {"loss_vsd": 8.37611e-06, "loss_lora": 0.645916},
         {"loss_vsd": 1.15239e-05, "loss_lora": 0.650486},
-    ],
-    "consistency_distill": [
-        {"loss": 0.00117459},
-        {"loss": 0.000747817},
-        {"loss": 0.00113675},
-        {"loss": 0.000798077},
-    ],
-    "consistency_distill:guided": [
-        {"loss": 0.0013786},
-        {"loss": 0.000842621},
-        {"loss": 0.0012882},
-        {"loss": 0.000881211},
-    ],
-    "consistency_distill:mlcm": [
-        {"loss": 5.76996e-05, "segments": 4},
-        {"loss": 6.57965e-05, "segments": 4},
-        {"loss": 0.000261211, "segments": 2},
-        {"loss": 0.000160839, "segments": 2},
-    ],
-    "ect": [
-        {"loss": 16.9064},
-        {"loss": 7.79415},
-        {"loss": 8.86058},
-        {"loss": 18.7478},
-    ],
-    "ect:ict": [
-        {"loss": 16.7123},
-        {"loss": 7.87846},
-        {"loss": 9.53926},
-        {"loss": 9.21496},
     ],
 }
 RTOL = 2e-3

@@ -157,43 +157,47 @@ def setup(cfg) -> Run:
 
 
 def build(cfg, s: Setup, ts: torch.Tensor, *, generator: torch.nn.Module | None = None,
-          real_guided: CFGDenoiser | None = None, fake_score: torch.nn.Module | None = None) -> Run:
+          real_guided: CFGDenoiser | None = None, share_fake_with: "Run | None" = None) -> Run:
     """One student's trio on `s` (a `Setup`, or a view of one restricted to part of the conditions): the
     fake score, the generator (given, e.g. a smaller student, or a copy of the teacher) and the GAN head,
-    their optimisers, prepared by the accelerator and registered for checkpointing. `real_guided` and
-    `fake_score` may be shared with other students (one teacher; a shared fake score is trained by each)."""
+    their optimisers, prepared by the accelerator and registered for checkpointing. `real_guided` may be
+    shared between students (one teacher); `share_fake_with`: another student's run whose fake score, GAN
+    head and their optimiser this student trains too (multi-student distillation's shared fake score)."""
     accelerator, teacher, schedule = s.accelerator, s.teacher, s.schedule
     loss_cfg = cfg.loss
     if real_guided is None:
         real_guided = CFGDenoiser(make_real_score(teacher), cfg.loss.real_guidance)
-    shared_fake = fake_score is not None
-    if fake_score is None:
+    if share_fake_with is None:
         fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
                                      gradient_checkpointing=cfg.model.gradient_checkpointing)
+    else:
+        fake_score = share_fake_with.fake_score
     if generator is None:
         generator = make_generator(teacher, float(ts[0]), lora_rank=cfg.model.generator_lora_rank,
                                    gradient_checkpointing=cfg.model.gradient_checkpointing)
-    head = None
-    if cfg.loss.gan:  # sized by probing the fake score's bottleneck once
+    head = None if share_fake_with is None else share_fake_with.head
+    if cfg.loss.gan and share_fake_with is None:  # sized by probing the fake score's bottleneck once
         probe_cond = s.conditioner.cond(torch.zeros(1, dtype=torch.long, device=accelerator.device))
         head = GANHead.for_denoiser(s.unwrap(fake_score), torch.zeros(1, *s.shape, device=accelerator.device),
                                     float(ts[0]), **probe_cond)
 
     # AdamW for G, and for the fake score together with the GAN head.
     o = cfg.optim
-    gen_params, fake_params = trainable_params(generator), trainable_params(fake_score, head)
+    gen_params = trainable_params(generator)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
                                     warmup_steps=math.ceil(o.warmup_steps / o.update_ratio), schedule=o.lr_schedule,
                                     total_steps=s.horizon, steps_per_update=o.update_ratio)
-    opt_f, sched_f = make_optimizer(fake_params, lr=o.lr_fake, betas=o.betas, weight_decay=o.weight_decay,
-                                    warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
-    if shared_fake:  # already prepared by the student that built it
-        generator, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(generator, opt_g, opt_f, sched_g, sched_f)
-    else:
+    if share_fake_with is None:
+        opt_f, sched_f = make_optimizer(trainable_params(fake_score, head), lr=o.lr_fake, betas=o.betas,
+                                        weight_decay=o.weight_decay, warmup_steps=o.warmup_steps,
+                                        schedule=o.lr_schedule, total_steps=s.horizon)
         generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
             generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-    if head is not None:
-        head = accelerator.prepare(head)
+        if head is not None:
+            head = accelerator.prepare(head)
+    else:  # prepared by the student that built them
+        opt_f, sched_f = share_fake_with.opt_f, share_fake_with.sched_f
+        generator, opt_g, sched_g = accelerator.prepare(generator, opt_g, sched_g)
     ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)
     gan_weight = GANWeight(cfg.loss.gan_generator_weight, cfg.loss.gan_balance)
     accelerator.register_for_checkpointing(gan_weight)

@@ -52,17 +52,31 @@ def _frozen_inputs(setup: Any) -> dict[str, nn.Module]:
     return found
 
 
+def _runs(run: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """The run and the per-student runs it holds (a list field of runs, multi-student distillation's), each with
+    the suffix its roles are listed under."""
+    found = [(prefix, run)]
+    for f in _fields(run):
+        value = getattr(run, f.name)
+        if isinstance(value, (list, tuple)) and value and all(_fields(v) for v in value):
+            for i, sub in enumerate(value):
+                found += _runs(sub, f"{prefix}_{i}")
+    return found
+
+
 def roles(run: Any) -> dict[str, nn.Module]:
-    """The run's networks by field name, the teacher's first, then a text-to-image run's text encoders and VAE."""
+    """The run's networks by field name (`generator_0`, ... for per-student runs), the teacher's first, then a
+    text-to-image run's text encoders and VAE."""
     found = {}
     setup = getattr(run, "setup", None)
     teacher = getattr(setup, "teacher", None)
     if teacher is not None and isinstance(getattr(teacher, "net", None), nn.Module):
         found["teacher"] = teacher.net
-    for f in _fields(run):
-        module = _module(getattr(run, f.name))
-        if module is not None:
-            found[f.name] = module
+    for suffix, part in _runs(run):
+        for f in _fields(part):
+            module = _module(getattr(part, f.name))
+            if module is not None:
+                found[f.name + suffix] = module
     return found | _frozen_inputs(setup)
 
 
@@ -90,9 +104,9 @@ def footprint(run: Any) -> dict:
                          mib=_bytes(p for p in params if id(p) not in seen) / 2**20))
         seen |= ids
     unique = {id(p): p for module in networks.values() for p in module.parameters()}
-    opts = {id(o): o for f in _fields(run) if (o := _optimizer(getattr(run, f.name))) is not None}
-    ema = getattr(run, "ema", None)
-    shadow = getattr(ema, "shadow_params", None) or []
+    parts = [part for _, part in _runs(run)]
+    opts = {id(o): o for part in parts for f in _fields(part) if (o := _optimizer(getattr(part, f.name))) is not None}
+    shadow = [p for part in parts for p in (getattr(getattr(part, "ema", None), "shadow_params", None) or [])]
     totals = dict(parameters=_bytes(unique.values()) / 2**20,
                   optimizer_states=sum(optimizer_state_bytes(o) for o in opts.values()) / 2**20,
                   ema=_bytes(shadow) / 2**20)

@@ -1,0 +1,131 @@
+"""MSD: multi-student distillation (Song et al. 2024, "Multi-student Diffusion Distillation for Better One-step
+Generators"). No public code exists; this recipe follows the paper's description.
+
+    accelerate launch recipes/msd.py                                         # digits: 4 students, 1 step each
+    accelerate launch recipes/msd.py model.students=2 model.fake_score=shared
+    accelerate launch --multi_gpu --num_processes 2 recipes/msd.py
+    accelerate launch recipes/msd.py --resume latest
+
+Algorithm: the condition space is split into K parts (contiguous class blocks; k-means on the prompts'
+embeddings for text), and each part gets its own one-step student, initialised from the teacher and trained
+with DMD2's distribution matching and GAN (`stepdistill.training.dmd`, the steps `recipes/dmd2.py` runs) on its
+part only: its generator, fake score and discriminator see only its part's labels, and the GAN only its part's
+real images. The teacher is shared; the fake score is one per student (`model.fake_score=per_student`) or one
+for all, conditioned on the label and trained on every student's samples (`shared`: K generators and one fake
+score in memory). Equal compute with a single student: the global batch is split among the students (each
+step, K students x batch / K samples), so K students cost what one does.
+
+At sampling time each condition goes to the student that owns it (`stepdistill.student.RoutedStudent`); the
+export writes each student's pipeline and `routing.json` (the partition).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Literal, Optional
+
+import torch
+
+from stepdistill.conditioning import ClassConditioner, TextConditioner
+from stepdistill.partition import Partition, PartConditioner, class_blocks, kmeans, part_dataset
+from stepdistill.student import RoutedStudent, Student
+from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, cli, dmd, run_recipe
+
+NAME = "msd"
+
+
+@dataclass
+class ModelConfig(dmd.ModelConfig):
+    students: int = 4
+    # "class_blocks": contiguous blocks of class ids; "kmeans": k-means on the prompts' mean token states (text)
+    partition: Literal["class_blocks", "kmeans"] = "class_blocks"
+    # "per_student": a fake score (and GAN head) per student; "shared": one, trained on every student's samples
+    fake_score: Literal["per_student", "shared"] = "per_student"
+
+
+@dataclass
+class MSDConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: dmd.LossConfig = field(default_factory=dmd.LossConfig)
+    optim: dmd.OptimConfig = field(default_factory=dmd.OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/msd_digits"))
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
+
+
+@dataclass(kw_only=True)
+class Run:
+    cfg: MSDConfig
+    setup: Setup  # the whole condition space; each student's run holds a view restricted to its part
+    partition: Partition
+    runs: list[dmd.Run]  # one per student, in student order
+
+
+def partition(cfg: MSDConfig, s: Setup) -> Partition:
+    """The split of `s`'s conditions among `model.students` students, checked before anything is built."""
+    k, conditioner = cfg.model.students, s.conditioner
+    if cfg.model.partition == "kmeans":
+        if not isinstance(conditioner, TextConditioner):
+            raise ValueError("model.partition=kmeans clusters prompts: it needs a text-to-image teacher (data.prompts)")
+        labels = torch.arange(conditioner.num_classes, device=s.device)
+        return kmeans(conditioner.embeddings(labels).mean(1).cpu(), k, seed=cfg.train.seed)
+    if not isinstance(conditioner, (ClassConditioner, TextConditioner)):
+        raise ValueError(f"multi-student distillation splits conditions; this teacher is conditioned by "
+                         f"{type(conditioner).__name__}")
+    if not 1 <= k <= conditioner.num_classes:
+        raise ValueError(f"model.students={k} must lie in [1, {conditioner.num_classes}] (the number of conditions)")
+    return class_blocks(conditioner.num_classes, k)
+
+
+def setup(cfg: MSDConfig) -> Run:
+    s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data,
+                    need_images=cfg.loss.gan)
+    ts = dmd.check(cfg, s)
+    split = partition(cfg, s)
+    k = split.num_students
+    if cfg.train.batch_size % (k * s.accelerator.num_processes):
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by model.students={k} times "
+                         f"{s.accelerator.num_processes} process(es): each student takes an equal share")
+    runs: list[dmd.Run] = []
+    for student in range(k):
+        part = split.part(student)
+        view = replace(s, conditioner=PartConditioner(s.conditioner, part), dataset=part_dataset(s.dataset, part))
+        shared = runs[0] if runs and cfg.model.fake_score == "shared" else None
+        runs.append(dmd.build(cfg, view, ts, real_guided=runs[0].real_guided if runs else None,
+                              share_fake_with=shared))
+    return Run(cfg=cfg, setup=s, partition=split, runs=runs)
+
+
+def student_draw(run: Run, draw: Draw, student: int, step: int) -> Draw:
+    """Student k's share of the step's randomness: batch / K samples from its own seeded stream, the same
+    for any number of processes."""
+    k = run.partition.num_students
+    return Draw(run.setup.accelerator, draw.batch // k, run.cfg.train.seed * 1_000 + student + 1, step)
+
+
+def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    """Every student takes DMD2's step on its part (fake score every step, generator every update_ratio)."""
+    logs: dict[str, list[float]] = {}
+    for student, sub in enumerate(run.runs):
+        for key, value in dmd.step(sub, student_draw(run, draw, student, step), step).items():
+            logs.setdefault(key, []).append(float(value))
+    return {key: sum(values) / len(values) for key, values in logs.items()}  # the mean over students
+
+
+def students(run: Run) -> list[RoutedStudent]:
+    # on the whole condition space's setup: a student conditions as the teacher does; the router picks it
+    each = [Student.from_setup(run.setup, generator=sub.generator, timesteps=sub.ts, ema=sub.ema, name=NAME)
+            for sub in run.runs]
+    return [RoutedStudent(students=each, route=run.partition.route, routing={"partition": run.partition.to_json()},
+                          name=NAME)]
+
+
+def main(cfg: MSDConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], MSDConfig)

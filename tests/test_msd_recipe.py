@@ -1,0 +1,147 @@
+"""Multi-student distillation on a tiny class-conditional teacher: the partition and its router, each student
+confined to its part, a shared fake score, resume, one vs two processes, export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+import msd  # noqa: E402
+from stepdistill.config import apply_overrides  # noqa: E402
+from stepdistill.partition import PartConditioner, class_blocks, kmeans  # noqa: E402
+from stepdistill.training import Draw  # noqa: E402
+
+
+def _overrides(teacher, out, *extra):
+    return [f"model.teacher={teacher}", f"train.output_dir={out}", "train.batch_size=8", "train.log_every=1",
+            "train.sample_every=1000", "optim.update_ratio=2", "optim.warmup_steps=0",
+            "train.time_limit_minutes=null", "eval.enabled=false", "model.students=2", *extra]
+
+
+def _cfg(*overrides):
+    return apply_overrides(msd.MSDConfig(), list(overrides))
+
+
+@pytest.mark.parametrize("classes,k", [(10, 1), (10, 3), (10, 4), (10, 10), (7, 2)])
+def test_class_blocks_route_every_condition_to_exactly_one_student(classes, k):
+    p = class_blocks(classes, k)
+    parts = [p.part(s) for s in range(k)]
+    assert sorted(sum(parts, [])) == list(range(classes)) and all(parts)  # a cover, every student owns some
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1 and all(b == list(range(b[0], b[-1] + 1)) for b in parts)
+    labels = torch.arange(classes)
+    assert [sum(int(labels[i]) in part for part in parts) for i in range(classes)] == [1] * classes
+    assert p.route(labels).tolist() == [next(s for s in range(k) if c in parts[s]) for c in range(classes)]
+
+
+def test_kmeans_keeps_clusters_together_and_leaves_no_student_empty():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + torch.randn(6, 2, generator=g) for c in centres])
+    p = kmeans(points, 3)
+    assert [len(set(p.owner[i * 6:(i + 1) * 6])) for i in range(3)] == [1, 1, 1] and len(set(p.owner)) == 3
+    same = kmeans(torch.zeros(4, 2), 4)  # identical points: every student still gets one
+    assert sorted(same.owner) == [0, 1, 2, 3]
+
+
+def test_each_student_draws_and_sees_only_its_part(digits_like_teacher, tmp_path):
+    run = msd.setup(_cfg(*_overrides(digits_like_teacher, tmp_path)))
+    assert [r.setup.conditioner.part.tolist() for r in run.runs] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    for k, sub in enumerate(run.runs):
+        assert isinstance(sub.setup.conditioner, PartConditioner)
+        labels = sub.setup.conditioner.sample_labels(500, generator=torch.Generator().manual_seed(0))
+        assert set(labels.tolist()) == set(run.partition.part(k))
+        real = torch.stack([sub.setup.dataset[i]["class_labels"] for i in range(len(sub.setup.dataset))])
+        assert set(real.tolist()) == set(run.partition.part(k))  # the GAN's real images: its classes only
+        draw = msd.student_draw(run, Draw(run.setup.accelerator, 8, 0, 3), k, 3)
+        assert draw.batch == 4  # an equal share of the global batch
+    first = [msd.student_draw(run, Draw(run.setup.accelerator, 8, 0, 3), k, 3).randn(3) for k in range(2)]
+    assert not torch.equal(*first)  # each student its own noise
+    assert run.runs[0].fake_score is not run.runs[1].fake_score
+
+
+def test_a_shared_fake_score_is_one_network_and_one_optimiser_trained_by_every_student(digits_like_teacher, tmp_path):
+    run = msd.setup(_cfg(*_overrides(digits_like_teacher, tmp_path, "model.fake_score=shared")))
+    a, b = run.runs
+    assert a.fake_score is b.fake_score and a.head is b.head and a.opt_f is b.opt_f
+    assert a.generator is not b.generator and a.opt_g is not b.opt_g
+    before = [p.detach().clone() for p in a.fake_score.parameters()]
+    calls = []
+    original = a.opt_f.step
+    a.opt_f.step = lambda *args, **kw: (calls.append(1), original(*args, **kw))[1]
+    msd.step(run, Draw(run.setup.accelerator, 8, 0, 0), 0)
+    assert len(calls) == 2  # one fake-score update per student, on that student's samples
+    assert any(not torch.equal(p, q) for p, q in zip(before, a.fake_score.parameters()))
+
+
+def test_students_export_with_their_routing_and_sample_as_routed(digits_like_teacher, tmp_path):
+    out = tmp_path / "run"
+    msd.main(_cfg(*_overrides(digits_like_teacher, out, "train.max_steps=2", "train.checkpoint_every=2")))
+    routing = json.loads((out / "pipeline" / "routing.json").read_text())
+    assert routing["students"] == ["student_0", "student_1"]
+    assert routing["partition"] == {"method": "class_blocks", "students": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]}
+    from diffusers import DiffusionPipeline
+
+    for k, label in ((0, 3), (1, 7)):
+        pipe = DiffusionPipeline.from_pretrained(out / "pipeline" / f"student_{k}", trust_remote_code=True)
+        image = pipe(class_labels=[label], generator=torch.Generator().manual_seed(0), output_type="pt").images
+        assert image.shape[-2:] == (16, 16) and torch.isfinite(image).all()
+    weights = load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "student.safetensors"))
+    assert {k.split(".")[1] for k in weights} == {"0", "1"}  # both students checkpointed
+
+
+def test_resume_restores_every_student(digits_like_teacher, tmp_path):
+    """Stopped after its first step (a zero time limit), then resumed: every student's generator, fake score and
+    optimiser states continue as in the uninterrupted run."""
+    extra = ("train.max_steps=4", "train.checkpoint_every=2", "export.enabled=false")
+    msd.main(_cfg(*_overrides(digits_like_teacher, tmp_path / "straight", *extra)))
+    with pytest.warns(UserWarning, match="limit stopped training at step 1 of 4"):
+        msd.main(_cfg(*_overrides(digits_like_teacher, tmp_path / "resumed", *extra, "train.time_limit_minutes=0")))
+    msd.main(_cfg(*_overrides(digits_like_teacher, tmp_path / "resumed", *extra, "resume=latest")))
+    last = [sorted((tmp_path / r / "checkpoints").glob("step_*"))[-1] for r in ("straight", "resumed")]
+    a, b = [load_file(str(c / "student.safetensors")) for c in last]
+    assert {k.split(".")[1] for k in a} == {"0", "1"} and set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    models = sorted(p.name for p in last[0].glob("model*.safetensors"))
+    assert len(models) == 6  # two generators, two fake scores, two heads
+    for name in models:
+        x, y = load_file(str(last[0] / name)), load_file(str(last[1] / name))
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def test_two_processes_train_the_same_students_as_one(digits_like_teacher, tmp_path):
+    def launch(out, processes):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", str(processes), *(["--multi_gpu"] if processes > 1 else []),
+               str(ROOT / "recipes" / "msd.py"),
+               *_overrides(digits_like_teacher, out, "train.max_steps=3", "train.checkpoint_every=3",
+                           "export.enabled=false", "optim.lr_generator=1e-3", "optim.lr_fake=1e-3")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+        return load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "student.safetensors"))
+
+    one, two = launch(tmp_path / "one", 1), launch(tmp_path / "two", 2)
+    teacher = load_file(str(digits_like_teacher / "unet" / "diffusion_pytorch_model.safetensors"))
+    diff = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
+    moved = torch.cat([(one[f"students.{s}.denoiser.net.{k}"] - v).abs().flatten()
+                       for s in (0, 1) for k, v in teacher.items()])
+    # Reduction order only: Adam's first steps turn float noise in near-zero gradients into +-lr updates on a
+    # few weights (0.04% here), so the bound is on the mean and on how many weights differ at all.
+    assert float(diff.mean()) < 1e-3 * float(moved.mean()) and float((diff > 1e-5).float().mean()) < 2e-3
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.students=11", "model.students=11 must lie in [1, 10]"),
+    ("train.batch_size=6", "train.batch_size=6 must be divisible by model.students=4"),
+    ("model.partition=kmeans", "model.partition=kmeans clusters prompts"),
+])
+def test_bad_msd_input_fails_before_any_step(digits_like_teacher, tmp_path, override, match):
+    args = [a for a in _overrides(digits_like_teacher, tmp_path) if not a.startswith("model.students")]
+    with pytest.raises(ValueError, match=match.replace("[", r"\[").replace("]", r"\]")):
+        msd.setup(_cfg(*args, "model.students=4", override))
