@@ -15,6 +15,11 @@ for all, conditioned on the label and trained on every student's samples (`share
 score in memory). Equal compute with a single student: the global batch is split among the students (each
 step, K students x batch / K samples), so K students cost what one does.
 
+Smaller students (`model.student_width` < 1: every block's channels scaled, about width^2 of the parameters)
+cannot start from the teacher's weights: they first regress the teacher's denoiser on their part at the
+teacher's noise levels for `model.tsm_steps` steps (Teacher Score Matching, on noised real images of the part),
+then train as above; a smaller student is what makes one-step generation cheaper than one teacher call.
+
 At sampling time each condition goes to the student that owns it (`stepdistill.student.RoutedStudent`); the
 export writes each student's pipeline and `routing.json` (the partition).
 """
@@ -27,10 +32,15 @@ from typing import Literal, Optional
 
 import torch
 
+from stepdistill import losses
 from stepdistill.conditioning import ClassConditioner, TextConditioner
+from stepdistill.denoiser import native_loss_weight
 from stepdistill.partition import Partition, PartConditioner, class_blocks, kmeans, part_dataset
+from stepdistill.roles import make_generator, smaller_network
+from stepdistill.schedules import fake_score_times
 from stepdistill.student import RoutedStudent, Student
-from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, cli, dmd, run_recipe
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, cli, dmd,
+                                  make_optimizer, optimizer_step, run_recipe, trainable_params)
 
 NAME = "msd"
 
@@ -42,13 +52,22 @@ class ModelConfig(dmd.ModelConfig):
     partition: Literal["class_blocks", "kmeans"] = "class_blocks"
     # "per_student": a fake score (and GAN head) per student; "shared": one, trained on every student's samples
     fake_score: Literal["per_student", "shared"] = "per_student"
+    # < 1: smaller students, every block's channels times this (0.75: 45% fewer parameters on digits),
+    # initialised by `tsm_steps` of Teacher Score Matching instead of the teacher's weights
+    student_width: float = 1.0
+    tsm_steps: int = 0
+
+
+@dataclass
+class OptimConfig(dmd.OptimConfig):
+    lr_tsm: float = 1e-3  # Teacher Score Matching: AdamW, constant after the shared warm-up
 
 
 @dataclass
 class MSDConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: dmd.LossConfig = field(default_factory=dmd.LossConfig)
-    optim: dmd.OptimConfig = field(default_factory=dmd.OptimConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/msd_digits"))
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -62,6 +81,7 @@ class Run:
     setup: Setup  # the whole condition space; each student's run holds a view restricted to its part
     partition: Partition
     runs: list[dmd.Run]  # one per student, in student order
+    tsm: list  # per student: (optimiser, schedule) of the Teacher Score Matching stage; empty without one
 
 
 def partition(cfg: MSDConfig, s: Setup) -> Partition:
@@ -81,8 +101,16 @@ def partition(cfg: MSDConfig, s: Setup) -> Partition:
 
 
 def setup(cfg: MSDConfig) -> Run:
-    s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data,
-                    need_images=cfg.loss.gan)
+    m = cfg.model
+    if not 0 < m.student_width <= 1:
+        raise ValueError(f"model.student_width={m.student_width} must lie in (0, 1] (1: the teacher's size)")
+    if m.tsm_steps < 0 or (m.student_width < 1 and m.tsm_steps == 0):
+        raise ValueError(f"model.tsm_steps={m.tsm_steps}: smaller students (model.student_width < 1) start from "
+                         "random weights and need Teacher Score Matching steps (> 0); never negative")
+    if m.tsm_steps >= cfg.train.max_steps:
+        raise ValueError(f"model.tsm_steps={m.tsm_steps} must be fewer than train.max_steps={cfg.train.max_steps}")
+    s = Setup.build(train=cfg.train, teacher=m.teacher, resume=cfg.resume, data=cfg.data,
+                    need_images=cfg.loss.gan or m.tsm_steps > 0)
     ts = dmd.check(cfg, s)
     split = partition(cfg, s)
     k = split.num_students
@@ -94,9 +122,39 @@ def setup(cfg: MSDConfig) -> Run:
         part = split.part(student)
         view = replace(s, conditioner=PartConditioner(s.conditioner, part), dataset=part_dataset(s.dataset, part))
         shared = runs[0] if runs and cfg.model.fake_score == "shared" else None
-        runs.append(dmd.build(cfg, view, ts, real_guided=runs[0].real_guided if runs else None,
-                              share_fake_with=shared))
-    return Run(cfg=cfg, setup=s, partition=split, runs=runs)
+        generator = None
+        if m.student_width < 1:
+            small = smaller_network(s.teacher.net, m.student_width, seed=cfg.train.seed * 1_000 + student)
+            generator = make_generator(s.teacher, float(ts[0]), network=small,
+                                       gradient_checkpointing=m.gradient_checkpointing)
+        runs.append(dmd.build(cfg, view, ts, generator=generator, share_fake_with=shared,
+                              real_guided=runs[0].real_guided if runs else None))
+    tsm = []
+    if m.tsm_steps > 0:
+        for sub in runs:
+            opt, sched = make_optimizer(trainable_params(sub.generator), lr=cfg.optim.lr_tsm, betas=(0.9, 0.999),
+                                        warmup_steps=0)
+            tsm.append(tuple(s.accelerator.prepare(opt, sched)))
+    return Run(cfg=cfg, setup=s, partition=split, runs=runs, tsm=tsm)
+
+
+def tsm_step(run: Run, sub: dmd.Run, draw: Draw, student: int) -> dict[str, float]:
+    """Teacher Score Matching: the student's denoiser regresses the teacher's x0 (no guidance) on noised real
+    images of its part at the teacher's training levels, in the teacher's parameterisation's weighting."""
+    s = sub.setup
+    real, labels = draw.real(s.dataset)
+    labels = labels if labels is not None else draw.labels(s.conditioner)  # uncaptioned images: its prompts
+    x0 = s.space.encode(real)
+    t = draw.times(fake_score_times("teacher"), s.schedule)
+    x_t = s.schedule.add_noise(x0, draw.randn(*s.shape), t)
+    cond = s.conditioner.cond(labels)
+    with torch.no_grad():
+        target = sub.real_guided.denoiser(x_t, t, **cond)
+    weight = native_loss_weight(s.teacher.prediction_type, s.schedule.alpha(t), s.schedule.sigma(t))
+    loss = losses.denoising_loss(sub.generator(x_t, t, **cond), target, weight)
+    opt, sched = run.tsm[student]
+    optimizer_step(s.accelerator, loss, trainable_params(sub.generator), opt, sched, grad_clip=run.cfg.optim.grad_clip)
+    return {"loss_tsm": loss.item()}
 
 
 def student_draw(run: Run, draw: Draw, student: int, step: int) -> Draw:
@@ -107,10 +165,13 @@ def student_draw(run: Run, draw: Draw, student: int, step: int) -> Draw:
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
-    """Every student takes DMD2's step on its part (fake score every step, generator every update_ratio)."""
+    """Every student takes DMD2's step on its part (fake score every step, generator every update_ratio), after
+    `model.tsm_steps` of Teacher Score Matching for smaller students."""
     logs: dict[str, list[float]] = {}
     for student, sub in enumerate(run.runs):
-        for key, value in dmd.step(sub, student_draw(run, draw, student, step), step).items():
+        mine = student_draw(run, draw, student, step)
+        out = tsm_step(run, sub, mine, student) if step < run.cfg.model.tsm_steps else dmd.step(sub, mine, step)
+        for key, value in out.items():
             logs.setdefault(key, []).append(float(value))
     return {key: sum(values) / len(values) for key, values in logs.items()}  # the mean over students
 

@@ -52,7 +52,8 @@ def _shipped(name: str) -> Path | None:
 DENOISER_COMPONENTS = ("unet", "transformer")
 
 __all__ = ["Teacher", "load_teacher", "make_real_score", "make_fake_score", "make_generator", "Generator",
-           "freeze", "trainable", "make_target", "ema_update", "set_gradient_checkpointing", "SHIPPED", "shipped_folder"]
+           "freeze", "trainable", "make_target", "ema_update", "set_gradient_checkpointing", "SHIPPED", "shipped_folder",
+           "smaller_network"]
 
 
 class TeacherLoadError(ValueError):
@@ -285,6 +286,23 @@ def set_gradient_checkpointing(net: nn.Module, enabled: bool = True) -> None:
         net.disable_gradient_checkpointing()
 
 
+def smaller_network(net: nn.Module, width: float, *, seed: int = 0) -> nn.Module:
+    """A freshly initialised network of `net`'s class and config with every block's channels times `width`
+    (rounded to multiples of 8; group norms regrouped to divide them): a smaller student (multi-student
+    distillation), about width^2 of the parameters. Seeded, so every process builds the same weights."""
+    import math
+
+    if not 0 < width <= 1:
+        raise ValueError(f"a smaller network's width must lie in (0, 1], got {width}")
+    config = {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
+    channels = [max(8, int(round(c * width / 8)) * 8) for c in config["block_out_channels"]]
+    groups = math.gcd(int(config.get("norm_num_groups") or 32), *channels)
+    config.update(block_out_channels=channels, norm_num_groups=groups)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return type(net).from_config(config).to(next(net.parameters()).device)
+
+
 # ----------------------------------------------------------------------------
 # The three roles.
 
@@ -333,16 +351,17 @@ class Generator(nn.Module):
 def make_generator(teacher: Teacher, t_init: float | None = None, *, copies: int = 1,
                    lora_rank: int | None = None, lora_alpha: float | None = None,
                    target_modules: list[str] | None = None,
-                   gradient_checkpointing: bool = False) -> Generator | nn.ModuleList:
+                   gradient_checkpointing: bool = False, network: nn.Module | None = None) -> Generator | nn.ModuleList:
     """Trainable copies of the teacher bound to `t_init` (default: the schedule's t_max).
 
     `copies > 1` gives the K students of multi-student distillation as an `nn.ModuleList`.
     With `lora_rank`, each copy trains a LoRA adapter named "generator" instead of all weights.
+    `network`: a student network of its own (a smaller one, `smaller_network`) in place of the teacher's copy.
     """
     t_init = teacher.schedule.t_max if t_init is None else t_init
     students = []
     for _ in range(copies):
-        net = copy.deepcopy(teacher.net)
+        net = copy.deepcopy(teacher.net if network is None else network)
         for name in adapter_names(net):  # drop a LoRA fake score sharing the teacher's network
             delete_lora(net, name)
         if lora_rank is None:

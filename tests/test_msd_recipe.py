@@ -145,3 +145,28 @@ def test_bad_msd_input_fails_before_any_step(digits_like_teacher, tmp_path, over
     args = [a for a in _overrides(digits_like_teacher, tmp_path) if not a.startswith("model.students")]
     with pytest.raises(ValueError, match=match.replace("[", r"\[").replace("]", r"\]")):
         msd.setup(_cfg(*args, "model.students=4", override))
+
+
+def test_teacher_score_matching_lowers_a_smaller_students_error_against_the_teacher_on_its_part(
+        digits_like_teacher, tmp_path):
+    run = msd.setup(_cfg(*_overrides(digits_like_teacher, tmp_path, "model.student_width=0.5", "model.tsm_steps=30",
+                                     "train.max_steps=40", "optim.lr_tsm=3e-3")))
+    teacher_params = sum(p.numel() for p in run.setup.teacher.net.parameters())
+    sub = run.runs[1]
+    assert sum(p.numel() for p in sub.generator.parameters()) < 0.75 * teacher_params  # a smaller network
+    s, g = sub.setup, torch.Generator().manual_seed(5)
+    labels = torch.tensor(run.partition.part(1) * 4)
+    x0 = torch.stack([s.dataset[i]["images"] for i in range(len(labels))])
+    t = torch.randint(20, 980, (len(labels),), generator=g).float()
+    x_t = s.schedule.add_noise(x0, torch.randn(x0.shape, generator=g), t)
+
+    def error() -> float:
+        with torch.no_grad():
+            cond = s.conditioner.cond(labels)
+            return float((sub.generator(x_t, t, **cond) - sub.real_guided.denoiser(x_t, t, **cond)).square().mean())
+
+    before = error()
+    logs = [msd.step(run, Draw(run.setup.accelerator, 8, 0, i), i) for i in range(30)]
+    assert all(set(r) == {"loss_tsm"} for r in logs)  # the TSM stage only, for tsm_steps steps
+    assert error() < 0.5 * before
+    assert "loss_fake" in msd.step(run, Draw(run.setup.accelerator, 8, 0, 30), 30)  # then distribution matching
