@@ -20,8 +20,9 @@ cannot start from the teacher's weights: they first regress the teacher's denois
 teacher's noise levels for `model.tsm_steps` steps (Teacher Score Matching, on noised real images of the part),
 then train as above; a smaller student is what makes one-step generation cheaper than one teacher call.
 
-At sampling time each condition goes to the student that owns it (`stepdistill.student.RoutedStudent`); the
-export writes each student's pipeline and `routing.json` (the partition).
+At sampling time each condition goes to the student that owns it (`stepdistill.student.RoutedStudent`); a
+class-conditional export is one pipeline folder holding every student and the partition, whose pipeline routes
+each label to its student in stock diffusers (the model card lists the partition).
 """
 
 from __future__ import annotations
@@ -180,8 +181,8 @@ def students(run: Run) -> list[RoutedStudent]:
     # on the whole condition space's setup: a student conditions as the teacher does; the router picks it
     each = [Student.from_setup(run.setup, generator=sub.generator, timesteps=sub.ts, ema=sub.ema, name=NAME)
             for sub in run.runs]
-    return [RoutedStudent(students=each, route=run.partition.route, routing={"partition": run.partition.to_json()},
-                          name=NAME)]
+    routing = {"owner": list(run.partition.owner), "partition": run.partition.to_json()}
+    return [RoutedStudent(students=each, route=run.partition.route, routing=routing, name=NAME)]
 
 
 def main(cfg: MSDConfig) -> dict | None:

@@ -63,9 +63,10 @@ PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "class_condition
 # class-conditional students
 
 
-def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_config: Mapping, *,
+def export_class_conditional(folder: str | Path, unet: nn.Module | list[nn.Module], scheduler_config: Mapping, *,
                              timesteps: list[int], null_label: int | None, model_card: dict | None = None,
-                             adapter: str | None = None, scheduler_options: Mapping | None = None) -> Path:
+                             adapter: str | None = None, scheduler_options: Mapping | None = None,
+                             owner: list[int] | None = None) -> Path:
     """Write a self-contained diffusers pipeline folder for a class-conditional pixel-space student.
 
     `unet`: the student (a diffusers model, e.g. `UNet2DModel`, called `unet(x, t, class_labels=y)`); a LoRA
@@ -75,6 +76,8 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
     [1, num_train_timesteps). `null_label`: the label of the unconditional class, or None.
     `model_card`: keyword arguments of `write_model_card` (base_model, recipe, metrics, tags, extra).
     `scheduler_options`: LCMScheduler settings of a consistency student (`Student.scheduler_options`).
+    Several students (multi-student distillation): `unet` is their list (at most 8) and `owner[label]` the
+    student of each class; the pipeline routes each label to its student.
 
     Load it, with or without stepdistill installed:
         `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)(class_labels=[3, 7]).images`
@@ -88,7 +91,12 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
     scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0, tcd=gamma is not None,
                                **options)
     timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
-    net = _plain_network(unet, adapter)
+    nets = [_plain_network(u, adapter) for u in (unet if isinstance(unet, (list, tuple)) else [unet])]
+    if len(nets) > 1 or owner is not None:
+        if owner is None or sorted(set(owner)) != list(range(len(nets))) or len(nets) > 8:
+            raise ValueError(f"{len(nets)} students (at most 8) need an owner per class naming each of them; "
+                             f"got owner={owner}")
+    net = nets[0]
     num_classes = getattr(net.config, "num_class_embeds", None)
     if null_label is not None and (not isinstance(null_label, int) or num_classes is None
                                    or not 0 <= null_label < num_classes):
@@ -103,12 +111,16 @@ def export_class_conditional(folder: str | Path, unet: nn.Module, scheduler_conf
         images = pipe(class_labels=[0, 1, 2], generator=torch.Generator().manual_seed(0)).images""")
 
     with atomic_dir(folder) as tmp:
-        net.save_pretrained(tmp / "unet", safe_serialization=True)
+        names = ["unet"] + [f"unet_{k}" for k in range(1, len(nets))]
+        for name, each in zip(names, nets):
+            each.save_pretrained(tmp / name, safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
         shutil.copyfile(PIPELINE_FILE, tmp / f"{PIPELINE_MODULE}.py")
         index = {"_class_name": [PIPELINE_MODULE, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
-                 "unet": ["diffusers", type(net).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
-                 "timesteps": timesteps, "null_label": null_label, "gamma": gamma}
+                 "scheduler": ["diffusers", type(scheduler).__name__],
+                 "timesteps": timesteps, "null_label": null_label, "gamma": gamma,
+                 **{name: ["diffusers", type(each).__name__] for name, each in zip(names, nets)},
+                 **({"owner": list(owner)} if owner is not None else {})}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, pipeline_call=call, **card)
         _scrub_local_paths(tmp)

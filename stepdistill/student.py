@@ -285,9 +285,27 @@ class RoutedStudent:
         return replace(self, students=[s.unwrapped(accelerator) for s in self.students])
 
     def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
+        """Class-conditional students: one pipeline folder whose pipeline routes each label to its student
+        (`routing["owner"]`, loads in stock diffusers). Others: a folder per student and `routing.json`."""
+        from .conditioning import ClassConditioner
         from .io import atomic_write_text
 
         folder = Path(folder)
+        owner = self.routing.get("owner")
+        if owner is not None and len(self.students) <= 8 and all(
+                isinstance(s.conditioner, ClassConditioner) for s in self.students):
+            from .export import export_class_conditional, hub_reference
+
+            first = self.students[0]
+            card = {"base_model": hub_reference(first.teacher.source), "recipe": self.name, **(model_card or {})}
+            card["extra"] = (card.get("extra", "") + "\n\n## Students\n\n" + "\n".join(
+                f"- student {k}: classes {[c for c, o in enumerate(owner) if o == k]}"
+                for k in range(len(self.students)))).strip()
+            return export_class_conditional(
+                folder, [s.generator.net for s in self.students], first.teacher.scheduler_config,
+                timesteps=[int(round(float(t))) for t in first.default_timesteps],
+                null_label=first.conditioner.null_label, model_card=card, owner=list(owner),
+                scheduler_options=first.scheduler_options())
         for k, s in enumerate(self.students):
             s.export(folder / f"student_{k}", model_card=model_card)
         atomic_write_text(folder / "routing.json", json.dumps(

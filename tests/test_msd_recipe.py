@@ -80,20 +80,50 @@ def test_a_shared_fake_score_is_one_network_and_one_optimiser_trained_by_every_s
     assert any(not torch.equal(p, q) for p, q in zip(before, a.fake_score.parameters()))
 
 
-def test_students_export_with_their_routing_and_sample_as_routed(digits_like_teacher, tmp_path):
-    out = tmp_path / "run"
-    msd.main(_cfg(*_overrides(digits_like_teacher, out, "train.max_steps=2", "train.checkpoint_every=2")))
-    routing = json.loads((out / "pipeline" / "routing.json").read_text())
-    assert routing["students"] == ["student_0", "student_1"]
-    assert routing["partition"] == {"method": "class_blocks", "students": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]}
-    from diffusers import DiffusionPipeline
+CHILD = r"""
+import importlib.abc, sys
 
-    for k, label in ((0, 3), (1, 7)):
-        pipe = DiffusionPipeline.from_pretrained(out / "pipeline" / f"student_{k}", trust_remote_code=True)
-        image = pipe(class_labels=[label], generator=torch.Generator().manual_seed(0), output_type="pt").images
-        assert image.shape[-2:] == (16, 16) and torch.isfinite(image).all()
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "stepdistill":
+            raise ImportError("stepdistill is hidden in this process")
+
+sys.meta_path.insert(0, Hide())
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import save_file
+
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+images = pipe(class_labels=[7, 3, 9, 0], generator=torch.Generator().manual_seed(0), output_type="pt").images
+save_file({"images": images.contiguous()}, sys.argv[2])
+"""
+
+
+def test_the_export_is_one_pipeline_that_routes_each_label_to_its_student_without_stepdistill(
+        digits_like_teacher, tmp_path):
+    out = tmp_path / "run"
+    msd.main(_cfg(*_overrides(digits_like_teacher, out, "train.max_steps=2", "train.checkpoint_every=2",
+                              "optim.lr_generator=1e-3")))
+    index = json.loads((out / "pipeline" / "model_index.json").read_text())
+    assert index["owner"] == [0] * 5 + [1] * 5 and "unet_1" in index and "unet_2" not in index
+    assert "student 1: classes [5, 6, 7, 8, 9]" in (out / "pipeline" / "README.md").read_text()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
+    child = subprocess.run([sys.executable, "-I", "-c", CHILD, str(out / "pipeline"), str(tmp_path / "x.safetensors")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    images = load_file(str(tmp_path / "x.safetensors"))["images"]
+    # the trained students, routed by stepdistill, from the same generator: the same images in the same order
+    from stepdistill.student import RoutedStudent
+
     weights = load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "student.safetensors"))
-    assert {k.split(".")[1] for k in weights} == {"0", "1"}  # both students checkpointed
+    run = msd.setup(_cfg(*_overrides(digits_like_teacher, tmp_path / "fresh")))
+    routed = msd.students(run)[0]
+    assert isinstance(routed, RoutedStudent)
+    routed.load_state_dict(weights)
+    expected = routed.images(torch.tensor([7, 3, 9, 0]), torch.Generator().manual_seed(0)) * 0.5 + 0.5
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
+    teacher = load_file(str(digits_like_teacher / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert max(float((weights[f"students.1.denoiser.net.{k}"] - v).abs().max()) for k, v in teacher.items()) > 1e-4
 
 
 def test_resume_restores_every_student(digits_like_teacher, tmp_path):
