@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "bad_inputs.md"
 CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
-           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig"}
+           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig"}
 # what a case that wrongly passes would run: one step, nothing measured or exported
 SAFE = ["train.max_steps=1", "optim.warmup_steps=0", "eval.enabled=false", "export.enabled=false",
         "train.time_limit_minutes=null"]
@@ -103,6 +103,11 @@ CASES = [
                   "loss.gan=false", "model.generator_timesteps=[999]"), "model.generator_timesteps must descend within [0, 1.0]"),
     Case("sid", ("model.teacher=tiny-sdxl", "data.prompts={root}/assets/prompts/smoke.txt", "data.embedded_guidance=2"),
          "data.embedded_guidance=2.0 applies to text-to-image teachers that embed the guidance scale"),
+    Case("msd", ("model.students=11",), "model.students=11 must lie in [1, 10]"),
+    Case("msd", ("train.batch_size=6",), "train.batch_size=6 must be divisible by model.students=4"),
+    Case("msd", ("model.student_width=1.5",), "model.student_width=1.5 must lie in (0, 1]"),
+    Case("msd", ("model.student_width=0.75",), "model.tsm_steps=0: smaller students"),
+    Case("msd", ("model.partition=kmeans",), "model.partition=kmeans clusters prompts"),
     Case("evaluate", ("gen", "--protocol", "digits", "--model", "digits", "--nfe", "0"), "--nfe"),
     Case("evaluate", ("gen", "--protocol", "no_such_protocol", "--model", "digits"), "no_such_protocol"),
     Case("evaluate", ("calc", "--protocol", "digits"), "no generated digits sets"),

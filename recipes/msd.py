@@ -3,7 +3,7 @@ Generators"). No public code exists; this recipe follows the paper's description
 
     accelerate launch recipes/msd.py                                         # digits: 4 students, 1 step each
     accelerate launch recipes/msd.py model.students=2 model.fake_score=shared
-    accelerate launch --multi_gpu --num_processes 2 recipes/msd.py
+    accelerate launch --multi_gpu --num_processes 2 recipes/msd.py model.parallel=students   # 2 students each
     accelerate launch recipes/msd.py --resume latest
 
 Algorithm: the condition space is split into K parts (contiguous class blocks; k-means on the prompts'
@@ -34,8 +34,11 @@ from typing import Literal, Optional
 import torch
 
 from stepdistill import losses
+from accelerate.utils import broadcast_object_list
+
 from stepdistill.conditioning import ClassConditioner, TextConditioner
 from stepdistill.denoiser import native_loss_weight
+from stepdistill.distributed import LocalAccelerator
 from stepdistill.partition import Partition, PartConditioner, class_blocks, kmeans, part_dataset
 from stepdistill.roles import make_generator, smaller_network
 from stepdistill.schedules import fake_score_times
@@ -57,6 +60,10 @@ class ModelConfig(dmd.ModelConfig):
     # initialised by `tsm_steps` of Teacher Score Matching instead of the teacher's weights
     student_width: float = 1.0
     tsm_steps: int = 0
+    # Several processes: "data", every process takes part in every student's step (data-parallel); "students",
+    # each process owns students k = process, process + P, ... and trains them alone on their whole share, with
+    # no gradient all-reduce between processes (synced at checkpoints and at the end; needs per-student fake scores)
+    parallel: Literal["data", "students"] = "data"
 
 
 @dataclass
@@ -83,6 +90,7 @@ class Run:
     partition: Partition
     runs: list[dmd.Run]  # one per student, in student order
     tsm: list  # per student: (optimiser, schedule) of the Teacher Score Matching stage; empty without one
+    owned: list[int]  # the students this process trains (all of them unless model.parallel=students)
 
 
 def partition(cfg: MSDConfig, s: Setup) -> Partition:
@@ -114,14 +122,21 @@ def setup(cfg: MSDConfig) -> Run:
                     need_images=cfg.loss.gan or m.tsm_steps > 0)
     ts = dmd.check(cfg, s)
     split = partition(cfg, s)
-    k = split.num_students
-    if cfg.train.batch_size % (k * s.accelerator.num_processes):
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by model.students={k} times "
-                         f"{s.accelerator.num_processes} process(es): each student takes an equal share")
+    k, processes = split.num_students, s.accelerator.num_processes
+    owning = m.parallel == "students" and processes > 1
+    if owning and (k % processes or m.fake_score == "shared"):
+        raise ValueError(f"model.parallel=students gives each of the {processes} processes model.students / "
+                         f"{processes} students of their own: model.students={k} must be a multiple of it and "
+                         f"model.fake_score must be per_student (got {m.fake_score})")
+    if cfg.train.batch_size % (k * (1 if owning else processes)):
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by model.students={k}"
+                         + ("" if owning else f" times {processes} process(es)") + ": each student takes an equal share")
+    local = LocalAccelerator(s.accelerator) if owning else s.accelerator
     runs: list[dmd.Run] = []
     for student in range(k):
         part = split.part(student)
-        view = replace(s, conditioner=PartConditioner(s.conditioner, part), dataset=part_dataset(s.dataset, part))
+        view = replace(s, accelerator=local, conditioner=PartConditioner(s.conditioner, part),
+                       dataset=part_dataset(s.dataset, part))
         shared = runs[0] if runs and cfg.model.fake_score == "shared" else None
         generator = None
         if m.student_width < 1:
@@ -136,7 +151,8 @@ def setup(cfg: MSDConfig) -> Run:
             opt, sched = make_optimizer(trainable_params(sub.generator), lr=cfg.optim.lr_tsm, betas=(0.9, 0.999),
                                         warmup_steps=0)
             tsm.append(tuple(s.accelerator.prepare(opt, sched)))
-    return Run(cfg=cfg, setup=s, partition=split, runs=runs, tsm=tsm)
+    owned = [i for i in range(k) if not owning or i % processes == s.accelerator.process_index]
+    return Run(cfg=cfg, setup=s, partition=split, runs=runs, tsm=tsm, owned=owned)
 
 
 def tsm_step(run: Run, sub: dmd.Run, draw: Draw, student: int) -> dict[str, float]:
@@ -162,19 +178,37 @@ def student_draw(run: Run, draw: Draw, student: int, step: int) -> Draw:
     """Student k's share of the step's randomness: batch / K samples from its own seeded stream, the same
     for any number of processes."""
     k = run.partition.num_students
-    return Draw(run.setup.accelerator, draw.batch // k, run.cfg.train.seed * 1_000 + student + 1, step)
+    return Draw(run.runs[student].setup.accelerator, draw.batch // k, run.cfg.train.seed * 1_000 + student + 1, step)
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
     """Every student takes DMD2's step on its part (fake score every step, generator every update_ratio), after
     `model.tsm_steps` of Teacher Score Matching for smaller students."""
     logs: dict[str, list[float]] = {}
-    for student, sub in enumerate(run.runs):
+    for student in run.owned:
+        sub = run.runs[student]
         mine = student_draw(run, draw, student, step)
         out = tsm_step(run, sub, mine, student) if step < run.cfg.model.tsm_steps else dmd.step(sub, mine, step)
         for key, value in out.items():
             logs.setdefault(key, []).append(float(value))
-    return {key: sum(values) / len(values) for key, values in logs.items()}  # the mean over students
+    return {key: sum(values) / len(values) for key, values in logs.items()}  # the mean over its students
+
+
+def sync(run: Run) -> None:
+    """With process-owned students: every student's weights, optimiser, schedule, EMA and GAN weight go from
+    its owner to every process (before each checkpoint, which the main process writes, and at the end)."""
+    s = run.setup
+    if len(run.owned) == len(run.runs):
+        return
+    for student, sub in enumerate(run.runs):
+        objects = [m for m in (sub.generator, sub.fake_score, sub.head, sub.opt_g, sub.opt_f, sub.sched_g,
+                               sub.sched_f, sub.ema, sub.gan_weight) if m is not None]
+        if run.tsm:
+            objects += list(run.tsm[student])
+        state = [[o.state_dict() for o in objects] if student in run.owned else None]
+        broadcast_object_list(state, from_process=student % s.accelerator.num_processes)
+        for o, value in zip(objects, state[0]):
+            o.load_state_dict(value)
 
 
 def students(run: Run) -> list[RoutedStudent]:

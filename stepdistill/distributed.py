@@ -51,3 +51,30 @@ def make_accelerator(**kwargs) -> Accelerator:
         # cores instead (1.5x faster DMD2 steps on 2 cores than one thread).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     return accelerator
+
+
+class LocalAccelerator:
+    """One process's own view of a multi-process `Accelerator`, for work no other process shares (a student
+    owned by this process, multi-student distillation): one process of the global batch, models prepared
+    without the data-parallel wrapper, `reduce` the identity. Everything else (backward with mixed precision,
+    clipping, optimiser and scheduler wrappers, checkpoint registration) is the accelerator's own."""
+
+    num_processes, process_index, local_process_index = 1, 0, 0
+    is_main_process = is_local_main_process = True
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+
+    def __getattr__(self, name):
+        return getattr(self.accelerator, name)
+
+    def prepare(self, *objects):
+        prepared = [self.accelerator.prepare_model(o, evaluation_mode=True) if isinstance(o, torch.nn.Module)
+                    else self.accelerator.prepare(o) for o in objects]
+        return prepared[0] if len(prepared) == 1 else tuple(prepared)
+
+    def reduce(self, tensor, reduction: str = "sum"):
+        return tensor
+
+    def wait_for_everyone(self) -> None:
+        pass

@@ -145,25 +145,44 @@ def test_resume_restores_every_student(digits_like_teacher, tmp_path):
         assert all(torch.equal(x[k], y[k]) for k in x), name
 
 
-def test_two_processes_train_the_same_students_as_one(digits_like_teacher, tmp_path):
-    def launch(out, processes):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--num_processes", str(processes), *(["--multi_gpu"] if processes > 1 else []),
-               str(ROOT / "recipes" / "msd.py"),
-               *_overrides(digits_like_teacher, out, "train.max_steps=3", "train.checkpoint_every=3",
-                           "export.enabled=false", "optim.lr_generator=1e-3", "optim.lr_fake=1e-3")]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-        subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
-        return load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "student.safetensors"))
+def _launch(teacher, out, processes, *extra):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", str(processes), *(["--multi_gpu"] if processes > 1 else []),
+           str(ROOT / "recipes" / "msd.py"),
+           *_overrides(teacher, out, "train.max_steps=3", "train.checkpoint_every=3", "export.enabled=false",
+                       "optim.lr_generator=1e-3", "optim.lr_fake=1e-3", *extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    return load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "student.safetensors"))
 
-    one, two = launch(tmp_path / "one", 1), launch(tmp_path / "two", 2)
-    teacher = load_file(str(digits_like_teacher / "unet" / "diffusion_pytorch_model.safetensors"))
+
+def _close(one, two, teacher) -> None:
+    """Reduction order only: Adam's first steps turn float noise in near-zero gradients into +-lr updates on a
+    few weights (0.04% here), so the bound is on the mean and on how many weights differ at all."""
+    base = load_file(str(teacher / "unet" / "diffusion_pytorch_model.safetensors"))
     diff = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
     moved = torch.cat([(one[f"students.{s}.denoiser.net.{k}"] - v).abs().flatten()
-                       for s in (0, 1) for k, v in teacher.items()])
-    # Reduction order only: Adam's first steps turn float noise in near-zero gradients into +-lr updates on a
-    # few weights (0.04% here), so the bound is on the mean and on how many weights differ at all.
+                       for s in (0, 1) for k, v in base.items()])
+    assert set(one) == set(two)
     assert float(diff.mean()) < 1e-3 * float(moved.mean()) and float((diff > 1e-5).float().mean()) < 2e-3
+
+
+def test_two_processes_train_the_same_students_as_one(digits_like_teacher, tmp_path):
+    """Data-parallel: each student's share split again across the two processes."""
+    _close(_launch(digits_like_teacher, tmp_path / "one", 1), _launch(digits_like_teacher, tmp_path / "two", 2),
+           digits_like_teacher)
+
+
+def test_process_owned_students_train_as_one_process_training_them_in_turn(digits_like_teacher, tmp_path):
+    """model.parallel=students: each of two processes trains one student alone (no all-reduce between them); the
+    checkpoint, written by the main process after the owners' states are gathered, holds both students as the
+    one-process run trains them, and its log shows only its own student's losses."""
+    one = _launch(digits_like_teacher, tmp_path / "one", 1)
+    owned = _launch(digits_like_teacher, tmp_path / "owned", 2, "model.parallel=students")
+    _close(one, owned, digits_like_teacher)
+    ranks = [[json.loads(line) for line in (tmp_path / "owned" / f"log_rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert ranks[0][0]["loss_fake"] != ranks[1][0]["loss_fake"]  # each process logs its own student
 
 
 @pytest.mark.parametrize("override,match", [

@@ -220,7 +220,8 @@ def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
     if len(run.ts) == 1:
         return run.generator(z, **cond)
     # The step index is drawn once and broadcast, so every process trains the same step.
-    k = int(broadcast(torch.randint(0, len(run.ts), (1,), generator=draw.g).to(run.setup.device)))
+    k = torch.randint(0, len(run.ts), (1,), generator=draw.g).to(run.setup.device)
+    k = int(broadcast(k) if run.setup.accelerator.num_processes > 1 else k)
     draw.k = k
     renoise = [draw.randn(*shape) for _ in range(k)]  # global draws: any process count
     gen = run.setup.unwrap(run.generator)

@@ -42,6 +42,9 @@ class Recipe(Protocol):
 
     def students(self, run: Any) -> list[AnyStudent]: ...
 
+    # Optional: `sync(run)`, called on every process before each checkpoint and at the end of training, brings
+    # every process's copy of state that another process trains up to date (MSD's process-owned students).
+
 
 def decays(optim: Any) -> bool:
     """Whether an optim section's learning rates decay over train.max_steps (`lr_schedule`)."""
@@ -88,6 +91,7 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
                                                         "eval.results")))
     run = recipe.setup(cfg)
     setup = run.setup
+    sync = getattr(recipe, "sync", lambda run: None)
     setup.accelerator.print(format_footprint(footprint(run)))  # size a job before its first step
     check_student_steps(recipe.students(run), evaluation.student_steps)
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg,
@@ -96,8 +100,9 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
         setup.accelerator, cfg.train, name=recipe.NAME, start_step=start_step, start_time=start_time,
         step_fn=lambda draw, step: recipe.step(run, draw, step),
         save_samples=lambda path: save_samples(recipe.students(run)[0], path),
-        student_weights=lambda: student_weights(recipe.students(run)),
+        student_weights=lambda: (sync(run), student_weights(recipe.students(run)))[1],
         tracker_config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)), horizon=setup.horizon)
+    sync(run)
     students = [s.use_ema() for s in recipe.students(run)]
     return finish(students, setup.accelerator, output_dir=cfg.train.output_dir, evaluation=evaluation,
                   export=cfg.export, real_denoiser=make_real_score(setup.teacher), schedule=setup.schedule,
