@@ -2,7 +2,7 @@
 students) for a fixed number of steps on 1 process, then on 2 processes owning 2 students each
 (`model.parallel=students`) and on 2 data-parallel processes; seconds per training step from each run's log.
 
-    python eval/msd_scale_out.py            # -> eval/results/msd_scale_out.json (~8 min on 2 CPU cores)
+    python eval/msd_scale_out.py --steps 100   # -> eval/results/msd_scale_out.json (~3 min on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             run(args.work / "data", 2, args.steps)]
     for r in rows:
         r["speedup_vs_one_process"] = round(rows[0]["wall_seconds"] / r["wall_seconds"], 2)
-    result = {"command": "python eval/msd_scale_out.py", "configuration": "recipes/configs/msd/digits.yaml",
+    result = {"command": "python eval/msd_scale_out.py" + ("" if args.steps == 300 else f" --steps {args.steps}"), "configuration": "recipes/configs/msd/digits.yaml",
               "machine": f"{os.cpu_count()} CPU cores", "rows": rows,
               "note": "wall time includes each launch's start-up (~10 s) and its one checkpoint"}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
