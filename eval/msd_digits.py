@@ -87,8 +87,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    names = [r["run"].replace(", ", "\n") for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = [r["run"].replace(" (x0.75 channels)", "\n(x0.75 channels)").replace(", ", "\n") for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.bar(names, [r["fd"] for r in rows], yerr=[r["fd_std"] for r in rows], color=["#888", "#3b7", "#37b"])
     best = min(r["fd"] for r in result["teacher_rows"])
     a.axhline(best, color="k", ls="--", lw=1, label=f"teacher, best row ({best:.3f})")
