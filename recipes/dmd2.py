@@ -5,16 +5,9 @@
     accelerate launch --multi_gpu --num_processes 2 recipes/dmd2.py train.max_steps=20
     accelerate launch recipes/dmd2.py --resume latest                        # after preemption
 
-Algorithm (paper Sec. 4, official code `train_sd.py`): a generator G, initialised from the teacher,
-maps noise to images. Every step the fake score (an online denoiser of G's samples) takes a
-denoising step, and the discriminator head on its bottleneck a GAN step; every `update_ratio` steps
-G takes a step along the distribution-matching gradient (real score minus fake score) plus the
-non-saturating GAN loss (two time-scale update rule). Multistep generators are trained on their own
-samples (backward simulation).
-
-Every random draw (noise, times, labels, real images) is made for the *global* batch from a
-generator seeded by (seed, step), and each process takes its slice: one and N processes see the
-same data, so their runs agree up to reduction order.
+Algorithm (paper Sec. 4, official code `train_sd.py`): the fake score denoises the generator's samples every
+step, the GAN head on its bottleneck trains beside it, and every `update_ratio` steps the generator follows the
+distribution-matching gradient plus the GAN loss; multistep generators train on their own samples.
 
 The steps live in `stepdistill.training.dmd`, which multi-student distillation (`recipes/msd.py`) shares:
 `setup` builds the trio, `step` runs the fake-score and (every `update_ratio` steps) the generator update.
