@@ -278,6 +278,20 @@ MUTANTS = [
            "which = torch.tensor(owner, device=device)[labels.clamp(min=0)]", "which = torch.zeros_like(labels)",
            ("tests/test_msd_recipe.py::test_the_export_is_one_pipeline_that_routes_each_label_to_its_student_without_stepdistill",),
            "the exported pipeline sends every label to student 0"),
+    Mutant("msd_text_pipeline_runs_first_student", "stepdistill/pipelines/routed_text.py",
+           'parts["unet" if self.unet is not None else "transformer"] = self.student(k)',
+           'parts["unet" if self.unet is not None else "transformer"] = self.student(0)',
+           ("tests/test_msd_recipe.py::test_text_students_export_as_one_pipeline_that_routes_prompts_without_stepdistill",),
+           "the routed text-to-image pipeline samples every prompt with student 0"),
+    Mutant("msd_text_centroids_all_student_0", "stepdistill/student.py",
+           "centroids = torch.stack([embeddings[table == j].mean(0) for j in range(k)])",
+           "centroids = torch.stack([embeddings[table == 0].mean(0) for j in range(k)])",
+           ("tests/test_msd_recipe.py::test_text_students_export_as_one_pipeline_that_routes_prompts_without_stepdistill",),
+           "unseen prompts are routed against wrong centroids"),
+    Mutant("dmd_gan_from_step_zero", "stepdistill/training/dmd.py",
+           "gan = step >= run.cfg.loss.gan_start_step", "gan = True",
+           ("tests/test_dmd2_recipe.py::test_the_gan_terms_join_distribution_matching_at_gan_start_step",),
+           "the GAN terms ignore loss.gan_start_step"),
 ]
 
 def scratch_copy(dest: Path) -> None:

@@ -45,7 +45,7 @@ from torch import nn
 
 from .io import atomic_dir, atomic_write_text
 
-__all__ = ["export_class_conditional", "export_text_to_image", "export_lora", "write_model_card", "push_to_hub",
+__all__ = ["export_class_conditional", "export_text_to_image", "export_routed_text_to_image", "export_lora", "write_model_card", "push_to_hub",
            "PIPELINE_FILE", "PIPELINE_MODULE", "PIPELINE_CLASS"]
 
 PIPELINE_MODULE = "stepdistill_pipeline"  # the file name diffusers imports from the folder (module cache key)
@@ -57,6 +57,11 @@ PROJECT_LICENSE = "apache-2.0"  # the shipped teachers' too: the project trained
 
 # The pipeline that travels inside a class-conditional export: a real module, copied into the folder.
 PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "class_conditional.py"
+# ... and the one that routes prompts among several text-to-image students
+ROUTED_PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "routed_text.py"
+ROUTED_PIPELINE_MODULE = "stepdistill_routed_pipeline"
+ROUTED_PIPELINE_CLASS = "StepDistillRoutedTextPipeline"
+ROUTED_MAX_STUDENTS = 8
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,9 +157,74 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, net: nn.
     `guidance_scale`, a short T5 `max_sequence_length`); they go into the model card's code. Load it with
     stock diffusers: `DiffusionPipeline.from_pretrained(folder)(prompt, <the card's arguments>)`.
     """
-    from diffusers import DiffusionPipeline
+    folder = Path(folder).expanduser()
+    pipe, call, card = _text_to_image_pipeline(folder, base_pipeline, net, timesteps=timesteps, model_card=model_card,
+                                               adapter=adapter, scheduler_options=scheduler_options,
+                                               call_options=call_options)
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        index = json.loads((tmp / "model_index.json").read_text())
+        index.pop("_name_or_path", None)  # the base's local path: private, and meaningless elsewhere
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
+        _scrub_local_paths(tmp)
+        _check_complete(tmp)
+    return folder
+
+
+def export_routed_text_to_image(folder: str | Path, base_pipeline: str | Path, nets: list[nn.Module], *,
+                                timesteps: list, prompts: list[str], owner: list[int], centroids,
+                                model_card: dict | None = None, adapter: str | None = None,
+                                scheduler_options: Mapping | None = None,
+                                call_options: Mapping | None = None) -> Path:
+    """Several text-to-image students (multi-student distillation) in one folder: `export_text_to_image`'s with
+    student 0 as the denoiser, the others as `student_1` ... (at most 8 in all), and a travelling pipeline
+    (`stepdistill/pipelines/routed_text.py`) that sends each training prompt to its owner (`owner[i]` owns
+    `prompts[i]`) and any other prompt to the nearest of `centroids` (K, D) in the prompts' mean token states.
+    Load it with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`; its call is the base
+    pipeline's."""
+    import torch
 
     folder = Path(folder).expanduser()
+    centroids = torch.as_tensor(centroids, dtype=torch.float64)
+    k = len(nets)
+    if not 1 <= k <= ROUTED_MAX_STUDENTS or len(prompts) != len(owner) or sorted(set(owner)) != list(range(k)) \
+            or tuple(centroids.shape[:1]) != (k,):
+        raise ValueError(f"{k} students (at most {ROUTED_MAX_STUDENTS}) need an owner per prompt naming each of them "
+                         f"and a centroid each; got {len(prompts)} prompts, owners {sorted(set(owner))}, "
+                         f"centroids of shape {tuple(centroids.shape)}")
+    pipe, call, card = _text_to_image_pipeline(folder, base_pipeline, nets[0], timesteps=timesteps,
+                                               model_card=model_card, adapter=adapter,
+                                               scheduler_options=scheduler_options, call_options=call_options)
+    call = call.replace(f'from_pretrained("./{folder.name}")', f'from_pretrained("./{folder.name}", trust_remote_code=True)')
+    denoiser = "unet" if "unet" in pipe.components else "transformer"
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        base_index = json.loads((tmp / "model_index.json").read_text())
+        for j, net in enumerate(nets[1:], start=1):
+            _plain_network(net, adapter).save_pretrained(tmp / f"student_{j}", safe_serialization=True)
+        shutil.copyfile(ROUTED_PIPELINE_FILE, tmp / f"{ROUTED_PIPELINE_MODULE}.py")
+        components = {name: value for name, value in base_index.items()
+                      if not name.startswith("_") and isinstance(value, list)}
+        index = {"_class_name": [ROUTED_PIPELINE_MODULE, ROUTED_PIPELINE_CLASS],
+                 "_diffusers_version": base_index["_diffusers_version"], **components,
+                 **{f"student_{j}": base_index[denoiser] for j in range(1, k)},
+                 "base_pipeline": base_index["_class_name"], "prompts": list(prompts),
+                 "owner": [int(o) for o in owner], "centroids": centroids.tolist(),
+                 "route_sequence_length": (call_options or {}).get("max_sequence_length")}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
+        _scrub_local_paths(tmp)
+        _check_complete(tmp)
+    return folder
+
+
+def _text_to_image_pipeline(folder: Path, base_pipeline: str | Path, net: nn.Module, *, timesteps: list,
+                            model_card: dict | None, adapter: str | None, scheduler_options: Mapping | None,
+                            call_options: Mapping | None) -> tuple:
+    """The base pipeline with `net` and the student's scheduler, the card's sampling code, the card's arguments."""
+    from diffusers import DiffusionPipeline
+
     local = _is_local(base_pipeline)
     net = _plain_network(net, adapter)
     component = "unet" if type(net).__name__.startswith("UNet") else "transformer"
@@ -189,15 +259,7 @@ def export_text_to_image(folder: str | Path, base_pipeline: str | Path, net: nn.
     else:
         call, timesteps = _unet_scheduler(pipe, timesteps, options, folder, extra)
 
-    with atomic_dir(folder) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        index = json.loads((tmp / "model_index.json").read_text())
-        index.pop("_name_or_path", None)  # the base's local path: private, and meaningless elsewhere
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        write_model_card(tmp, pipeline_call=call, pipeline_tag="text-to-image", **card)
-        _scrub_local_paths(tmp)
-        _check_complete(tmp)
-    return folder
+    return pipe, call, card
 
 
 def _sampling_call(folder: Path, arguments: str) -> str:

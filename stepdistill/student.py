@@ -160,10 +160,7 @@ class Student:
         from .export import hub_reference
 
         card = {"base_model": hub_reference(self.teacher.source), "recipe": self.name, **(model_card or {})}
-        if isinstance(self.schedule, RectifiedFlow):  # flow students: times in (0, 1], the exported sigmas
-            timesteps = [round(float(t), 6) for t in self.default_timesteps]
-        else:
-            timesteps = [int(round(float(t))) for t in self.default_timesteps]
+        timesteps = self.export_timesteps()
         net = self.generator.net
         options = self.scheduler_options()
         if isinstance(self.conditioner, TextConditioner):
@@ -181,6 +178,12 @@ class Student:
                                             null_label=self.conditioner.null_label, model_card=card,
                                             scheduler_options=options, adapter=self.lora_adapter)
         raise TypeError(f"no export for a student conditioned by {type(self.conditioner).__name__}")
+
+    def export_timesteps(self) -> list:
+        """The exported scheduler's times: integer indices (VP-discrete), or sigmas in (0, 1] for flow students."""
+        if isinstance(self.schedule, RectifiedFlow):
+            return [round(float(t), 6) for t in self.default_timesteps]
+        return [int(round(float(t))) for t in self.default_timesteps]
 
     def scheduler_options(self) -> dict:
         """What the exported scheduler needs beyond the teacher's schedule to sample as `sample` does: LCM's
@@ -285,31 +288,45 @@ class RoutedStudent:
         return replace(self, students=[s.unwrapped(accelerator) for s in self.students])
 
     def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
-        """Class-conditional students: one pipeline folder whose pipeline routes each label to its student
-        (`routing["owner"]`, loads in stock diffusers). Others: a folder per student and `routing.json`."""
-        from .conditioning import ClassConditioner
+        """One pipeline folder, loading in stock diffusers, whose pipeline routes each condition to its student
+        (`routing["owner"]`; at most 8 students): class-conditional students route labels, text-to-image ones
+        prompts (unseen prompts by their embedding, to the nearest student's mean). More students: a folder
+        per student and `routing.json`. The model card lists the partition."""
+        from .conditioning import ClassConditioner, TextConditioner
+        from .export import ROUTED_MAX_STUDENTS, export_class_conditional, export_routed_text_to_image, hub_reference
         from .io import atomic_write_text
 
         folder = Path(folder)
         owner = self.routing.get("owner")
-        if owner is not None and len(self.students) <= 8 and all(
-                isinstance(s.conditioner, ClassConditioner) for s in self.students):
-            from .export import export_class_conditional, hub_reference
-
-            first = self.students[0]
-            card = {"base_model": hub_reference(first.teacher.source), "recipe": self.name, **(model_card or {})}
-            card["extra"] = (card.get("extra", "") + "\n\n## Students\n\n" + "\n".join(
-                f"- student {k}: classes {[c for c, o in enumerate(owner) if o == k]}"
-                for k in range(len(self.students)))).strip()
+        first, k = self.students[0], len(self.students)
+        routable = owner is not None and k <= ROUTED_MAX_STUDENTS
+        card = {"base_model": hub_reference(first.teacher.source), "recipe": self.name, **(model_card or {})}
+        text = isinstance(first.conditioner, TextConditioner)
+        parts = [[c for c, o in enumerate(owner or []) if o == j] for j in range(k)]
+        card["extra"] = (card.get("extra", "") + "\n\n## Students\n\n" + "\n".join(
+            f"- student {j}: " + (f"prompts {', '.join(repr(first.conditioner.prompts[c]) for c in part)}" if text
+                                  else f"classes {part}") for j, part in enumerate(parts))).strip()
+        timesteps = first.export_timesteps()
+        if routable and all(isinstance(s.conditioner, ClassConditioner) for s in self.students):
             return export_class_conditional(
                 folder, [s.generator.net for s in self.students], first.teacher.scheduler_config,
-                timesteps=[int(round(float(t))) for t in first.default_timesteps],
-                null_label=first.conditioner.null_label, model_card=card, owner=list(owner),
+                timesteps=timesteps, null_label=first.conditioner.null_label, model_card=card, owner=list(owner),
                 scheduler_options=first.scheduler_options())
-        for k, s in enumerate(self.students):
-            s.export(folder / f"student_{k}", model_card=model_card)
+        if routable and text:
+            conditioner = first.conditioner
+            labels = torch.arange(conditioner.num_classes)
+            embeddings = conditioner.embeddings(labels).double().mean(1)
+            table = torch.tensor(owner)
+            centroids = torch.stack([embeddings[table == j].mean(0) for j in range(k)])
+            return export_routed_text_to_image(
+                folder, first.teacher.root, [s.generator.net for s in self.students], timesteps=timesteps,
+                prompts=list(conditioner.prompts), owner=list(owner), centroids=centroids, model_card=card,
+                adapter=first.lora_adapter, scheduler_options=first.scheduler_options(),
+                call_options=conditioner.encoder.call_options())
+        for j, s in enumerate(self.students):
+            s.export(folder / f"student_{j}", model_card=model_card)
         atomic_write_text(folder / "routing.json", json.dumps(
-            {"students": [f"student_{k}" for k in range(len(self.students))], **self.routing}, indent=2) + "\n")
+            {"students": [f"student_{j}" for j in range(k)], **self.routing}, indent=2) + "\n")
         return folder
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
+from without_stepdistill import SEEDED, images_without_stepdistill  # noqa: E402
 import dmd2  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
 
@@ -63,32 +64,10 @@ def test_resume_continues_at_the_saved_step_with_identical_state(teacher_dir, tm
         torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=0)
 
 
-CHILD = r"""
-import importlib.abc, sys
-
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "stepdistill":
-            raise ImportError("stepdistill is hidden in this process")
-
-sys.meta_path.insert(0, Hide())
-import torch
-from diffusers import DiffusionPipeline
-from safetensors.torch import save_file
-
-pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
-images = pipe(class_labels=[3, 7], generator=torch.Generator().manual_seed(0), output_type="pt").images
-save_file({"images": images.contiguous()}, sys.argv[2])
-"""
-
-
 def test_exported_student_reproduces_the_trained_generator_without_stepdistill(teacher_dir, tmp_path):
     out = tmp_path / "run"
     dmd2.main(_cfg(*_overrides(teacher_dir, out, "train.max_steps=2", "train.checkpoint_every=2")))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
-    child = subprocess.run([sys.executable, "-I", "-c", CHILD, str(out / "pipeline"), str(tmp_path / "x.safetensors")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, child.stderr[-2000:]
+    images = images_without_stepdistill(out / "pipeline", tmp_path, "class_labels=[3, 7], " + SEEDED)
     from stepdistill.roles import load_teacher, make_generator
 
     gen = make_generator(load_teacher(teacher_dir))
@@ -96,7 +75,7 @@ def test_exported_student_reproduces_the_trained_generator_without_stepdistill(t
     with torch.no_grad():
         z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
         expected = gen(z, class_labels=torch.tensor([3, 7])).clamp(-1, 1) * 0.5 + 0.5
-    torch.testing.assert_close(load_file(str(tmp_path / "x.safetensors"))["images"], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
 
 
 def test_regression_pairs_are_the_teachers_ode_solutions_and_are_reused(teacher_dir, tmp_path):
@@ -135,7 +114,19 @@ def test_bad_input_fails_before_any_step(teacher_dir, tmp_path):
         dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "x", "model.generator_timesteps=[499,999]")))
     with pytest.raises(FileNotFoundError, match="incomplete"):
         dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "y", f"resume={tmp_path / 'nothing'}")))
+    with pytest.raises(ValueError, match="gan_start_step"):
+        dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path / "x", "loss.gan_start_step=10", "train.max_steps=10")))
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_the_gan_terms_join_distribution_matching_at_gan_start_step(teacher_dir, tmp_path):
+    """Staged training (MSD's DM, then DM + GAN): no discriminator step and no generator GAN loss before the
+    start step, both from it on (the generator steps at 0 and 2, update_ratio 2)."""
+    dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path, "train.max_steps=4", "loss.gan_start_step=2",
+                               "export.enabled=false")))
+    log = [json.loads(line) for line in (tmp_path / "log_rank0.jsonl").read_text().splitlines()]
+    assert [("loss_d" in r, "loss_g_gan" in r, "loss_dm" in r) for r in log] == [
+        (False, False, True), (False, False, False), (True, True, True), (True, False, False)]
 
 
 def _launch(teacher_dir, out, processes, *extra):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
+from without_stepdistill import SEEDED, images_without_stepdistill  # noqa: E402
 import msd  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
 from stepdistill.partition import PartConditioner, class_blocks, kmeans  # noqa: E402
@@ -80,25 +81,6 @@ def test_a_shared_fake_score_is_one_network_and_one_optimiser_trained_by_every_s
     assert any(not torch.equal(p, q) for p, q in zip(before, a.fake_score.parameters()))
 
 
-CHILD = r"""
-import importlib.abc, sys
-
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "stepdistill":
-            raise ImportError("stepdistill is hidden in this process")
-
-sys.meta_path.insert(0, Hide())
-import torch
-from diffusers import DiffusionPipeline
-from safetensors.torch import save_file
-
-pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
-images = pipe(class_labels=[7, 3, 9, 0], generator=torch.Generator().manual_seed(0), output_type="pt").images
-save_file({"images": images.contiguous()}, sys.argv[2])
-"""
-
-
 def test_the_export_is_one_pipeline_that_routes_each_label_to_its_student_without_stepdistill(
         digits_like_teacher, tmp_path):
     out = tmp_path / "run"
@@ -107,11 +89,7 @@ def test_the_export_is_one_pipeline_that_routes_each_label_to_its_student_withou
     index = json.loads((out / "pipeline" / "model_index.json").read_text())
     assert index["owner"] == [0] * 5 + [1] * 5 and "unet_1" in index and "unet_2" not in index
     assert "student 1: classes [5, 6, 7, 8, 9]" in (out / "pipeline" / "README.md").read_text()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
-    child = subprocess.run([sys.executable, "-I", "-c", CHILD, str(out / "pipeline"), str(tmp_path / "x.safetensors")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, child.stderr[-2000:]
-    images = load_file(str(tmp_path / "x.safetensors"))["images"]
+    images = images_without_stepdistill(out / "pipeline", tmp_path, "class_labels=[7, 3, 9, 0], " + SEEDED)
     # the trained students, routed by stepdistill, from the same generator: the same images in the same order
     from stepdistill.student import RoutedStudent
 
@@ -124,6 +102,45 @@ def test_the_export_is_one_pipeline_that_routes_each_label_to_its_student_withou
     torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
     teacher = load_file(str(digits_like_teacher / "unet" / "diffusion_pytorch_model.safetensors"))
     assert max(float((weights[f"students.1.denoiser.net.{k}"] - v).abs().max()) for k, v in teacher.items()) > 1e-4
+
+
+@pytest.mark.parametrize("teacher", ["tiny-sd", "tiny-flux"])
+def test_text_students_export_as_one_pipeline_that_routes_prompts_without_stepdistill(teacher, tmp_path, monkeypatch):
+    """k-means on the prompts' embeddings, two students; the folder loads in a process without stepdistill and
+    gives stepdistill's routed images for the card's own call; unseen prompts are routed in the space the
+    partition was made in (the training prompts, routed as if unseen, land with their owners)."""
+    import re
+
+    from diffusers import DiffusionPipeline
+    from stepdistill.config import load_config
+
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    flux = ["model.teacher=tiny-flux", "model.generator_timesteps=[1.0]", "data.resolution=64"]
+    args = ["--config", "recipes/configs/msd/tiny_t2i.yaml", "optim.lr_generator=1e-2",  # students that differ
+            *(flux if teacher == "tiny-flux" else [])]
+    msd.main(load_config(msd.MSDConfig, [*args, f"train.output_dir={tmp_path / 'run'}"]))
+    folder = tmp_path / "run" / "pipeline"
+    index = json.loads((folder / "model_index.json").read_text())
+    prompts, owner = index["prompts"], index["owner"]
+    assert sorted(set(owner)) == [0, 1] and "student_1" in index and "student_2" not in index
+    card = (folder / "README.md").read_text()
+    assert f"- student 1: prompts {repr(prompts[owner.index(1)])}" in card and "trust_remote_code=True" in card
+
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert pipe.route(prompts) == owner
+    pipe.register_to_config(prompts=[], owner=[])
+    assert pipe.route(prompts) == owner
+
+    picked = [owner.index(1), owner.index(0), owner.index(1)]  # students out of order, one twice
+    call = re.search(r'pipe\("a photo of a cat", (.*?),\s*generator=', card, re.S).group(1)
+    images = images_without_stepdistill(folder, tmp_path, f"{[prompts[i] for i in picked]!r}, {call}, {SEEDED}")
+    run = msd.setup(load_config(msd.MSDConfig, [*args, f"train.output_dir={tmp_path / 'fresh'}"]))
+    routed = msd.students(run)[0]
+    routed.load_state_dict(load_file(str(sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1]
+                                         / "student.safetensors")))
+    expected = routed.images(torch.tensor(picked), torch.Generator().manual_seed(0)) * 0.5 + 0.5
+    torch.testing.assert_close(images, expected, atol=3e-3, rtol=0)
 
 
 def test_resume_restores_every_student(digits_like_teacher, tmp_path):

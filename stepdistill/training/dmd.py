@@ -66,6 +66,9 @@ class LossConfig:
     gan_balance: Optional[float] = 1.0
     gan_discriminator_weight: float = 1e-1
     gan_max_t: float = 0.2  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
+    # The training step at which the GAN terms (discriminator and generator) join; before it, distribution
+    # matching alone. MSD trains in stages, DM then DM + GAN; DMD2's SDXL run resumed a DM-only run with the GAN.
+    gan_start_step: int = 0
     # DMD's regression loss (Eq. 9) on noise-image pairs from the teacher's ODE solver (at the real
     # score's guidance), solved once before training; 0 turns it off, as in DMD2's recipes.
     regression_weight: float = 0.0
@@ -145,6 +148,9 @@ def check(cfg, s: Setup) -> torch.Tensor:
     if cfg.optim.update_ratio < 1:
         raise ValueError(f"optim.update_ratio={cfg.optim.update_ratio} must be >= 1 "
                          "(fake-score steps per generator step)")
+    if not 0 <= loss_cfg.gan_start_step < cfg.train.max_steps:
+        raise ValueError(f"loss.gan_start_step={loss_cfg.gan_start_step} must lie in [0, train.max_steps="
+                         f"{cfg.train.max_steps}): the step at which the GAN terms join distribution matching")
     check_optim(cfg.optim, cfg.train.max_steps, steps_per_update=cfg.optim.update_ratio)
     return ts
 
@@ -230,8 +236,9 @@ def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
     return run.generator(x_k, float(run.ts[k]), **cond)
 
 
-def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """On G's samples `x` (detached here) for `labels`."""
+def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True
+                    ) -> dict[str, float]:
+    """On G's samples `x` (detached here) for `labels`; `gan`: with the discriminator's step (if it has one)."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
     x = x.detach()
@@ -242,7 +249,7 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor)
     loss = loss_fake = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(labels)), x, weight)
     logs = {"loss_fake": loss_fake.item()}
     # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
-    if run.head is not None:
+    if run.head is not None and gan:
         real, real_labels = draw.real(s.dataset)
         real = s.space.encode(real)
         # Real images without labels (an uncaptioned folder): both sides get the null condition, so
@@ -265,9 +272,11 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor)
     return logs
 
 
-def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """On G's samples `x` (with their graph) for `labels`. The fake score and the head stay frozen until G's
-    update is done: a checkpointed network recomputes its activations in the backward pass, as frozen."""
+def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True
+                   ) -> dict[str, float]:
+    """On G's samples `x` (with their graph) for `labels`; `gan`: with the GAN loss (if it has a head). The fake
+    score and the head stay frozen until G's update is done: a checkpointed network recomputes its activations
+    in the backward pass, as frozen."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
     cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
@@ -283,7 +292,7 @@ def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) 
         loss = loss_dm = losses.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
         logs = {"loss_dm": loss_dm.item()}
         # 2. Non-saturating GAN loss through the fake-score encoder and head.
-        if head is not None:
+        if head is not None and gan:
             t_g = draw.times(UniformTime(0.0, cfg.loss.gan_max_t), schedule)
             gan_cond = cond if s.labelled_real else conditioner.cond(torch.full_like(labels, -1))
             features = fake.features(schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
@@ -323,16 +332,18 @@ def samples(run: Run, draw: Draw, *, graph: bool) -> tuple[torch.Tensor, torch.T
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
-    """The fake score (and discriminator) every step, the generator every `update_ratio` steps (TTUR)."""
+    """The fake score (and discriminator) every step, the generator every `update_ratio` steps (TTUR); the GAN
+    terms from `loss.gan_start_step` on."""
     generator_turn = step % run.cfg.optim.update_ratio == 0
+    gan = step >= run.cfg.loss.gan_start_step
     if run.cfg.loss.fake_samples == "shared":  # the official order: G first, the fake score on its samples
         x, labels = samples(run, draw, graph=generator_turn)
-        logs = generator_step(run, draw, x, labels) if generator_turn else {}
-        logs |= fake_score_step(run, draw, x, labels)
+        logs = generator_step(run, draw, x, labels, gan=gan) if generator_turn else {}
+        logs |= fake_score_step(run, draw, x, labels, gan=gan)
     else:
-        logs = fake_score_step(run, draw, *samples(run, draw, graph=False))
+        logs = fake_score_step(run, draw, *samples(run, draw, graph=False), gan=gan)
         if generator_turn:
-            logs |= generator_step(run, draw, *samples(run, draw, graph=True))
+            logs |= generator_step(run, draw, *samples(run, draw, graph=True), gan=gan)
     if draw.k is not None:
         logs["backsim_step"] = draw.k
     return logs
