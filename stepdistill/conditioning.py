@@ -1,6 +1,6 @@
 """Conditions for the trio's denoisers: what `cond` / `uncond` keyword arguments a batch carries.
 
-A conditioner turns a batch of labels (class ids, or prompts) into the keyword arguments of the
+A conditioner turns a batch of labels (class ids, prompts, or low-resolution images) into the keyword arguments of the
 denoising network, plus the null condition classifier-free guidance contrasts with. Recipes draw
 conditions through it and never know whether the model is class- or text-conditional.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .degradations import Degradation, bicubic_up
 
 
 @dataclass
@@ -128,39 +130,43 @@ class Unconditional:
         return labels
 
 
-class ImageConditioner:
-    """An image condition as extra input channels (super-resolution, SR3 / TAD-SR style): label i is item i
-    of `dataset` (high-resolution `images` in [-1, 1]), downsampled `scale` times by area averaging and
-    upsampled back bicubically; `Denoiser` concatenates it after the c_in scaling of x_t (`concat=`).
-    Label -1, the null condition (classifier-free guidance), is an all-zero image."""
+class LRConditioner:
+    """A low-resolution image as the condition (super-resolution: SR3, TAD-SR's teacher): label i is item i of
+    `dataset`, whose LR image is its `"lr"` entry, or its high-resolution `"images"` entry degraded by
+    `degradation` with seed i (`stepdistill.degradations`: bicubic x4 by default). The network reads it on the
+    HR grid (bicubic upsampling) as extra input channels; `Denoiser` concatenates it after the c_in scaling of
+    x_t (`concat=`). Label -1, the null condition (classifier-free guidance), is an all-zero image."""
 
     null_label = -1
 
-    def __init__(self, dataset, scale: int, channels: int):
-        if scale < 1:
-            raise ValueError(f"the image condition's downsampling factor must be >= 1, got {scale}")
-        self.dataset, self.scale, self.extra_channels = dataset, int(scale), int(channels)
+    def __init__(self, dataset, degradation: Degradation, channels: int):
+        self.dataset, self.degradation, self.extra_channels = dataset, degradation, int(channels)
         self.num_classes = len(dataset)
 
-    def low_resolution(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [-1, 1] -> (B, C, H / scale, W / scale), the degraded input."""
-        return torch.nn.functional.avg_pool2d(images, self.scale) if self.scale > 1 else images
+    @property
+    def scale(self) -> int:
+        return self.degradation.scale
 
-    def condition(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        up = torch.nn.functional.interpolate(low, size=size, mode="bicubic", align_corners=False)
-        return up.clamp(-1, 1)
+    def lr(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) in [-1, 1]: each label's low-resolution image (label -1: zeros)."""
+        items = [self.dataset[max(int(i), 0)] for i in labels.tolist()]
+        if "lr" in items[0]:
+            low = torch.stack([it["lr"] for it in items])
+        else:
+            low = self.degradation(torch.stack([it["images"] for it in items]), seeds=labels.clamp(min=0).tolist())
+        low = low.to(labels.device)
+        return torch.where((labels < 0).view(-1, 1, 1, 1), torch.zeros_like(low), low)
+
+    def condition(self, low: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's keyword arguments for LR images `low` (any source: a folder, a pipeline's input)."""
+        size = (low.shape[-2] * self.scale, low.shape[-1] * self.scale)
+        return {"concat": bicubic_up(low, size)}
 
     def sample_labels(self, n: int, *, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
         return torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
 
     def cond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = []
-        for i in labels.tolist():
-            hr = self.dataset[int(i) if i >= 0 else 0]["images"]
-            rows.append(torch.zeros_like(hr) if i < 0 else hr)
-        hr = torch.stack(rows).to(labels.device)
-        low = self.condition(self.low_resolution(hr), tuple(hr.shape[-2:]))
-        return {"concat": torch.where((labels < 0).view(-1, 1, 1, 1), torch.zeros_like(low), low)}
+        return self.condition(self.lr(labels))  # the null image stays zero: bicubic of zeros
 
     def uncond(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.cond(torch.full_like(labels, -1))

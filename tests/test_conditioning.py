@@ -4,7 +4,7 @@ channels, the sample shape), read by `setup_data` from the teacher itself."""
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from stepdistill.conditioning import ImageConditioner, Unconditional
+from stepdistill.conditioning import LRConditioner, Unconditional
 from stepdistill.training import DataConfig, setup_data
 from stepdistill.training.setup import sample_shape
 from stepdistill.roles import load_teacher
@@ -31,17 +31,19 @@ def test_unconditional_teacher_gets_no_condition(tmp_path):
 
 @torch.no_grad()
 def test_image_conditioned_teacher_concatenates_the_low_resolution_image(tmp_path):
-    """A super-resolution teacher (2 input channels, 1 output): the condition is the real image
-    downsampled 4x, upsampled back and concatenated after c_in; the sample has the output's channels;
-    the null condition (-1) is an all-zero image, so guidance has an unconditional branch."""
+    """A super-resolution teacher (2 input channels, 1 output): the condition is the real image with the
+    label's index, downsampled 4x (antialiased bicubic), upsampled back and concatenated after c_in; the sample
+    has the output's channels; the null condition (-1) is an all-zero image, so guidance has an unconditional
+    branch; real images are labelled with their own index (their condition)."""
     teacher = _teacher(tmp_path, in_channels=2, out_channels=1)
     conditioner, space, dataset = setup_data(DataConfig(condition_scale=4), teacher, "cpu", need_images=False)
-    assert isinstance(conditioner, ImageConditioner) and conditioner.extra_channels == 1 and dataset is not None
+    assert isinstance(conditioner, LRConditioner) and conditioner.extra_channels == 1 and dataset is not None
+    assert int(dataset[5]["class_labels"]) == 5
     assert sample_shape(teacher, conditioner, space) == (1, 16, 16)
     labels = torch.tensor([5, -1])
     concat = conditioner.cond(labels)["concat"]
     hr = dataset[5]["images"]
-    low = torch.nn.functional.avg_pool2d(hr[None], 4)
+    low = torch.nn.functional.interpolate(hr[None], size=(4, 4), mode="bicubic", antialias=True).clamp(-1, 1)
     assert concat.shape == (2, 1, 16, 16) and float(concat[1].abs().max()) == 0
     up = torch.nn.functional.interpolate(low, size=(16, 16), mode="bicubic", align_corners=False).clamp(-1, 1)
     torch.testing.assert_close(concat[:1], up)  # the 4x4 degraded image, brought back to the sample size

@@ -174,7 +174,7 @@ def test_patch_dataset_shapes_range_and_lr():
     assert len(ds) == 16
     for i in (0, 7, 15):
         item = ds[i]
-        hr, lr = item["hr"], item["lr"]
+        hr, lr = item["images"], item["lr"]
         assert hr.shape == (3, 32, 32) and lr.shape == (3, 8, 8)
         assert hr.dtype == lr.dtype == torch.float32
         assert hr.min() >= -1 and hr.max() <= 1 and lr.min() >= -1 and lr.max() <= 1
@@ -185,7 +185,7 @@ def test_patch_dataset_shapes_range_and_lr():
 def test_patch_dataset_determinism_and_split():
     a = PatchDataset(16, scale=2, num_patches=64, seed=5)
     b = PatchDataset(16, scale=2, num_patches=64, seed=5)
-    assert np.array_equal(a.positions, b.positions) and torch.equal(a[10]["hr"], b[10]["hr"])
+    assert np.array_equal(a.positions, b.positions) and torch.equal(a[10]["images"], b[10]["images"])
     c = PatchDataset(16, scale=2, num_patches=64, seed=6)
     assert not np.array_equal(a.positions, c.positions)
     test = PatchDataset(16, scale=2, num_patches=64, split="test")

@@ -2,14 +2,14 @@
 
 from .digits import DigitsDataset, Split, load_digits_tensors, split_indices
 from .folders import CorruptImageError, ImageFolder
-from .patches import PatchDataset, natural_image_names, natural_images
+from .patches import IndexLabelled, PatchDataset, natural_image_names, natural_images
 from .prompts import PromptDataset, PromptFileError, load_prompts
 from .toy2d import GaussianMixture, GaussianMixtureDenoiser
 
 __all__ = [
     "DigitsDataset", "Split", "load_digits_tensors", "split_indices",
     "CorruptImageError", "ImageFolder",
-    "PatchDataset", "natural_image_names", "natural_images",
+    "IndexLabelled", "PatchDataset", "natural_image_names", "natural_images",
     "PromptDataset", "PromptFileError", "load_prompts",
     "GaussianMixture", "GaussianMixtureDenoiser",
 ]

@@ -10,8 +10,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from ..degradations import Degradation
 
 # Photographs shipped inside scikit-image (no pooch download); any that fail to load are skipped.
 SKIMAGE_IMAGES = (
@@ -65,10 +66,11 @@ def natural_images() -> list[np.ndarray]:
 
 
 class PatchDataset(Dataset):
-    """`{"hr": (3, P, P), "lr": (3, P/scale, P/scale)}` in [-1, 1], from fixed random crops.
+    """`{"images": (3, P, P), "lr": (3, P/scale, P/scale)}` in [-1, 1], from fixed random crops.
 
     Patch positions are drawn once from `numpy.random.default_rng(seed)`, uniformly over all valid
-    crop positions of the split's images. `lr` is the antialiased bicubic downsample of `hr`.
+    crop positions of the split's images. `lr` is `degradation` of the high-resolution patch `images`
+    with the patch's index as its seed (default: the antialiased bicubic downsample by `scale`).
     """
 
     def __init__(
@@ -79,7 +81,11 @@ class PatchDataset(Dataset):
         num_patches: int = 2048,
         split: Literal["train", "test"] = "train",
         seed: int = 0,
+        degradation: Degradation | None = None,
     ) -> None:
+        degradation = degradation or Degradation(scale)
+        if degradation.scale != scale:
+            raise ValueError(f"the degradation's scale {degradation.scale} differs from the patches' {scale}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if patch_size <= 0 or scale <= 0 or num_patches <= 0:
@@ -95,7 +101,7 @@ class PatchDataset(Dataset):
                 raise ValueError(
                     f"patch_size {patch_size} does not fit image {name!r} of size {image.shape[:2]}"
                 )
-        self.patch_size, self.scale, self.split = patch_size, scale, split
+        self.patch_size, self.scale, self.split, self.degradation = patch_size, scale, split, degradation
         self.source_names = [n for n, _ in named]
         self._images = [im for _, im in named]
 
@@ -117,7 +123,18 @@ class PatchDataset(Dataset):
         p = self.patch_size
         crop = self._images[source][top : top + p, left : left + p]
         hr = torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0).contiguous()
-        # Bicubic overshoots near edges, hence the clamp back into the data range.
-        size = (p // self.scale, p // self.scale)
-        lr = F.interpolate(hr[None], size=size, mode="bicubic", antialias=True, align_corners=False)
-        return {"hr": hr, "lr": lr[0].clamp(-1.0, 1.0)}
+        return {"images": hr, "lr": self.degradation(hr[None], seeds=[index])[0]}
+
+
+class IndexLabelled(Dataset):
+    """`dataset` with each item labelled by its own index (`class_labels`): for an image-conditioned model,
+    a real image's condition is its own degraded copy, which `LRConditioner` finds by that index."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {**self.dataset[index], "class_labels": torch.tensor(index)}

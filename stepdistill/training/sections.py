@@ -47,9 +47,15 @@ class DataConfig:
     embedded_guidance: Optional[float] = None
     images: Optional[str] = None  # real images (an image folder); the digits teacher uses digits
     image_channels: int = 3
-    # Image-conditioned teachers (super-resolution): the real images downsampled this many times are the
-    # condition, concatenated to the network input; 0: the teacher is class-, text- or unconditional.
+    # Image-conditioned teachers (super-resolution): the real images degraded (`stepdistill.degradations`:
+    # bicubic downsampling by this factor, then the options below) are the condition, concatenated to the
+    # network input; 0: the teacher is class-, text- or unconditional. Real images: data.images, else the
+    # natural-image patches (RGB teachers, `data.patches` of them) or the digits (one-channel teachers).
     condition_scale: int = 0
+    degradation_blur: float = 0.0  # Gaussian blur before the downsample, sigma in HR pixels
+    degradation_noise: float = 0.0  # Gaussian noise on the LR image, sigma in 8-bit levels
+    degradation_jpeg: Optional[int] = None  # JPEG quality of the LR image; null: no JPEG
+    patches: int = 4096  # natural-image training patches (fixed crops of the training images)
 
 
 @dataclass

@@ -18,9 +18,10 @@ from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
 
 from ..checkpointing import checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
-from ..conditioning import ClassConditioner, ImageConditioner, TextConditioner, Unconditional
+from ..conditioning import ClassConditioner, LRConditioner, TextConditioner, Unconditional
 from ..prompt_encoders import prompt_encoder
-from ..data import DigitsDataset, ImageFolder, load_prompts
+from ..data import DigitsDataset, ImageFolder, IndexLabelled, PatchDataset, load_prompts
+from ..degradations import Degradation
 from ..distributed import make_accelerator
 from ..io import atomic_write_text
 from ..latents import LatentSpace, PixelSpace
@@ -37,7 +38,7 @@ class Setup:
 
     accelerator: Accelerator
     teacher: Teacher
-    conditioner: Any  # ClassConditioner | TextConditioner | ImageConditioner | Unconditional
+    conditioner: Any  # ClassConditioner | TextConditioner | LRConditioner | Unconditional
     space: Any  # PixelSpace | LatentSpace
     shape: tuple[int, ...]  # one sample in the space the networks denoise
     dataset: Optional[Any]  # real images (and labels), or None
@@ -148,8 +149,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
 
     - text-to-image (`data.prompts`): prompts (embeddings computed once and cached), the VAE's latents;
     - class-conditional pixel teachers (class embeddings): class labels;
-    - image-conditioned teachers (`data.condition_scale` > 0, e.g. super-resolution): the low-resolution
-      version of each real image, concatenated to the network input;
+    - image-conditioned teachers (`data.condition_scale` > 0, super-resolution): each real image's degraded
+      low-resolution copy, concatenated to the network input (label i: real image i);
     - unconditional teachers: no condition.
     Real images come from `data.images`, or the digits for the shipped digits teacher; `need_images`
     (a GAN, an image condition) makes them mandatory.
@@ -181,20 +182,32 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
         space, resolution = PixelSpace(), net_cfg.sample_size
     else:
         conditioner, space, resolution = Unconditional(), PixelSpace(), net_cfg.sample_size
-    dataset = None
-    if data.images is not None:
-        dataset = ImageFolder(data.images, resolution, channels=data.image_channels)
-    elif need_images and isinstance(space, PixelSpace) and (net_cfg.get("out_channels") or net_cfg.in_channels) == 1:
-        dataset = DigitsDataset(resolution, split="all")  # one-channel pixel teachers: the shipped digits
-    if need_images and dataset is None:
-        raise ValueError("this configuration needs real images: set data.images to an image folder")
+    degradation = None
     if conditioner is None:
         extra = net_cfg.in_channels - net_cfg.get("out_channels", net_cfg.in_channels)
         if extra < 1:
             raise ValueError(f"data.condition_scale={data.condition_scale} needs a teacher with more input than "
                              f"output channels (the condition is concatenated); this one has {net_cfg.in_channels} "
                              f"in and {net_cfg.get('out_channels')} out")
-        conditioner = ImageConditioner(dataset, data.condition_scale, extra)
+        if resolution % data.condition_scale:
+            raise ValueError(f"data.condition_scale={data.condition_scale} must divide the teacher's resolution "
+                             f"{resolution}")
+        degradation = Degradation(data.condition_scale, data.degradation_blur, data.degradation_noise,
+                                  data.degradation_jpeg)
+    out_channels = net_cfg.get("out_channels") or net_cfg.in_channels
+    dataset = None
+    if data.images is not None:
+        dataset = ImageFolder(data.images, resolution, channels=data.image_channels)
+    elif need_images and isinstance(space, PixelSpace) and out_channels == 1:
+        dataset = DigitsDataset(resolution, split="all")  # one-channel pixel teachers: the shipped digits
+    elif need_images and degradation is not None and out_channels == 3:  # RGB SR teachers: natural patches
+        dataset = PatchDataset(resolution, scale=degradation.scale, num_patches=data.patches, split="train",
+                               degradation=degradation)
+    if need_images and dataset is None:
+        raise ValueError("this configuration needs real images: set data.images to an image folder")
+    if degradation is not None:  # each real image is conditioned on its own degraded copy
+        dataset = IndexLabelled(dataset)
+        conditioner = LRConditioner(dataset, degradation, net_cfg.in_channels - out_channels)
     return conditioner, space, dataset
 
 
