@@ -1,14 +1,23 @@
-"""Train the class-conditional digits teacher shipped in `assets/digits_teacher`.
+"""Train the teachers shipped in `assets/`: the class-conditional digits teacher (`assets/digits_teacher`) and the
+super-resolution teachers (`assets/sr_teacher`, x4; `assets/sr_x2_teacher`, x2) on natural-image patches.
 
-    accelerate launch recipes/train_teacher.py              # the shipped teacher (~30 CPU minutes)
+    accelerate launch recipes/train_teacher.py              # the shipped digits teacher (~30 CPU minutes)
     python recipes/train_teacher.py train.max_steps=200 output_dir=outputs/teacher   # a quick check
     python recipes/train_teacher.py split=heldout output_dir=outputs/teacher_heldout  # control teacher
+    python recipes/train_teacher.py --config recipes/configs/train_teacher/sr_x4.yaml  # the x4 SR teacher
 
 A diffusers `UNet2DModel` with class embeddings (label 10 is the null label for classifier-free
 guidance, dropped in 10% of the time) on a cosine VP schedule with v-prediction (Nichol & Dhariwal
 2021, Eq. 17; Salimans & Ho 2022). The loss is the usual MSE in the network's own
 parameterisation, written as a weighted x0 error through the shared `Denoiser` (see
 `native_loss_weight`). EMA weights (diffusers `EMAModel`) are what gets saved.
+
+Super-resolution (`data=patches`): the same network and loss, conditioned on the low-resolution patch instead of a
+class: the patch degraded by `model.sr_scale` (`stepdistill.degradations`, bicubic), upsampled back bicubically and
+concatenated to the scaled x_t (SR3's conditioning, `stepdistill.conditioning.LRConditioner`). Concatenation keeps
+the teacher an ordinary diffusion model, so every sampler, recipe and export of the toolkit applies to it unchanged
+(ResShift's residual shifting would need its own forward process). `model_index.json` records `sr_scale`, which
+the recipes read.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -25,8 +35,10 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from stepdistill.conditioning import ClassConditioner, LRConditioner
 from stepdistill.config import load_config, save_config, to_dict
-from stepdistill.data import DigitsDataset, Split
+from stepdistill.data import DigitsDataset, IndexLabelled, PatchDataset, Split
+from stepdistill.degradations import Degradation
 from stepdistill.denoiser import Denoiser, native_loss_weight
 from stepdistill.io import atomic_dir, atomic_write_text
 from stepdistill.schedules import UniformTime, from_scheduler_config
@@ -39,7 +51,8 @@ class ModelConfig:
     layers_per_block: int = 1
     # Self-attention only at the coarsest (4x4) level: at 16x16 it buys little and costs a lot on CPU.
     down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
-    num_classes: int = 10
+    num_classes: int = 10  # digits
+    sr_scale: int = 4  # patches: the low-resolution condition's downsampling factor
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
 
@@ -65,18 +78,36 @@ class TeacherConfig:
     # "all" for the shipped teacher. "heldout" trains a control teacher that never sees the FD
     # reference images, to check that a distillation result does not rest on the teacher's memory of them.
     split: Split = "all"
+    # "digits": the class-conditional digits teacher; "patches": a super-resolution teacher on the natural-image
+    # training patches (`stepdistill.data.patches`), conditioned on their low-resolution copies
+    data: Literal["digits", "patches"] = "digits"
+    patches: int = 8192
     output_dir: str = "assets/digits_teacher"
 
 
-def build_unet(m: ModelConfig) -> UNet2DModel:
+def build_unet(m: ModelConfig, *, channels: int = 1, condition_channels: int = 0,
+               num_class_embeds: int | None = None) -> UNet2DModel:
     return UNet2DModel(
-        sample_size=m.resolution, in_channels=1, out_channels=1,
+        sample_size=m.resolution, in_channels=channels + condition_channels, out_channels=channels,
         block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
         down_block_types=m.down_block_types,
         up_block_types=tuple(b.replace("Down", "Up") for b in reversed(m.down_block_types)),
-        num_class_embeds=m.num_classes + 1,  # + the null label
-        norm_num_groups=16, attention_head_dim=32,
+        num_class_embeds=num_class_embeds, norm_num_groups=16, attention_head_dim=32,
     )
+
+
+def data_and_condition(cfg: TeacherConfig):
+    """(dataset, conditioner, image channels): digits and their classes (+ the null label), or natural-image
+    patches and their low-resolution copies."""
+    m = cfg.model
+    if cfg.data == "digits":
+        return DigitsDataset(m.resolution, split=cfg.split), ClassConditioner.for_embeddings(m.num_classes + 1), 1
+    if cfg.split != "all":
+        raise ValueError(f"split={cfg.split} selects digits; the patches' test images are always held out")
+    degradation = Degradation(m.sr_scale)
+    patches = IndexLabelled(PatchDataset(m.resolution, scale=m.sr_scale, num_patches=cfg.patches, split="train",
+                                         seed=cfg.train.seed, degradation=degradation))
+    return patches, LRConditioner(patches, degradation, channels=3), 3
 
 
 def main(cfg: TeacherConfig) -> None:
@@ -85,9 +116,10 @@ def main(cfg: TeacherConfig) -> None:
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.model.beta_schedule,
                               prediction_type=cfg.model.prediction_type, clip_sample=False)
     schedule, prediction_type = from_scheduler_config(scheduler)
-    unet = build_unet(cfg.model)
+    data, conditioner, channels = data_and_condition(cfg)
+    unet = build_unet(cfg.model, channels=channels, condition_channels=getattr(conditioner, "extra_channels", 0),
+                      num_class_embeds=cfg.model.num_classes + 1 if cfg.data == "digits" else None)
     denoiser = Denoiser(unet, schedule, prediction_type)
-    data = DigitsDataset(cfg.model.resolution, split=cfg.split)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     lr_sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.train.warmup_steps,
@@ -95,7 +127,6 @@ def main(cfg: TeacherConfig) -> None:
     denoiser, opt, loader, lr_sched = accelerator.prepare(denoiser, opt, loader, lr_sched)
     ema = EMAModel(unet.parameters(), decay=cfg.train.ema_max_decay, use_ema_warmup=True, power=0.75)
     times = UniformTime()
-    null_label = cfg.model.num_classes
 
     def batches():
         while True:
@@ -106,14 +137,13 @@ def main(cfg: TeacherConfig) -> None:
     for step in bar:
         batch = next(it)
         x0, labels = batch["images"], batch["class_labels"]
-        # 1. Drop labels to the null class so the same network is also the unconditional model.
-        drop = torch.rand(labels.shape, device=labels.device) < cfg.train.label_dropout
-        labels = torch.where(drop, torch.full_like(labels, null_label), labels)
+        # 1. Drop conditions to the null one so the same network is also the unconditional model.
+        labels = conditioner.drop(labels, cfg.train.label_dropout)
         # 2. Noise at a uniform time and predict x0; weight so the loss is the v-prediction MSE.
         t = times.sample(schedule, x0.shape[0], device=x0.device)
         eps = torch.randn_like(x0)
         x_t = schedule.add_noise(x0, eps, t)
-        x0_hat = denoiser(x_t, t, class_labels=labels)
+        x0_hat = denoiser(x_t, t, **conditioner.cond(labels))
         w = native_loss_weight(prediction_type, schedule.alpha(t), schedule.sigma(t))
         loss = (w.view(-1, 1, 1, 1) * (x0_hat - x0) ** 2).mean()
         accelerator.backward(loss)
@@ -134,6 +164,10 @@ def main(cfg: TeacherConfig) -> None:
         with atomic_dir(cfg.output_dir) as out:
             net.save_pretrained(out / "unet")
             scheduler.save_pretrained(out / "scheduler")
+            if cfg.data == "patches":  # what the recipes read to rebuild the condition
+                index = {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"],
+                         "sr_scale": cfg.model.sr_scale}
+                atomic_write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")
             save_config(cfg, out / "train_config.yaml")
             summary = dict(command="python " + " ".join(sys.argv), minutes=round(minutes, 1),
                            final_loss=sum(log[-500:]) / len(log[-500:]),

@@ -30,7 +30,7 @@ from .denoiser import Denoiser
 from .schedules import NoiseSchedule, from_scheduler_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"digits": ASSETS / "digits_teacher"}  # name -> folder; "tiny-sd", "tiny-sdxl", ... built on first use
+SHIPPED = {"digits": ASSETS / "digits_teacher", "sr": ASSETS / "sr_teacher", "sr-x2": ASSETS / "sr_x2_teacher"}  # name -> folder; "tiny-sd", "tiny-sdxl", ... built on first use
 
 
 def shipped_folder(teacher: str | Path) -> Path | None:

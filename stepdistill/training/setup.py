@@ -156,6 +156,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     (a GAN, an image condition) makes them mandatory.
     """
     net_cfg = teacher.net.config
+    # a super-resolution teacher's folder records its scale (recipes/train_teacher.py); data.condition_scale wins
+    condition_scale = data.condition_scale or int(teacher.index.get("sr_scale") or 0)
     if not 0.0 <= data.prompt_dropout < 1.0:
         raise ValueError(f"data.prompt_dropout={data.prompt_dropout} must lie in [0, 1)")
     if data.prompts is None and data.resolution is not None:
@@ -174,7 +176,7 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
         encoder = prompt_encoder(teacher, (resolution, resolution), device=device, guidance=data.embedded_guidance)
         conditioner = TextConditioner(prompts, encoder, device=device)
         teacher.schedule = at_resolution(teacher, space.shape)
-    elif data.condition_scale:  # the condition is built from the real images below
+    elif condition_scale:  # the condition is built from the real images below
         conditioner, space, resolution = None, PixelSpace(), net_cfg.sample_size
         need_images = True
     elif net_cfg.get("num_class_embeds"):
@@ -186,13 +188,13 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     if conditioner is None:
         extra = net_cfg.in_channels - net_cfg.get("out_channels", net_cfg.in_channels)
         if extra < 1:
-            raise ValueError(f"data.condition_scale={data.condition_scale} needs a teacher with more input than "
+            raise ValueError(f"data.condition_scale={condition_scale} needs a teacher with more input than "
                              f"output channels (the condition is concatenated); this one has {net_cfg.in_channels} "
                              f"in and {net_cfg.get('out_channels')} out")
-        if resolution % data.condition_scale:
-            raise ValueError(f"data.condition_scale={data.condition_scale} must divide the teacher's resolution "
+        if resolution % condition_scale:
+            raise ValueError(f"data.condition_scale={condition_scale} must divide the teacher's resolution "
                              f"{resolution}")
-        degradation = Degradation(data.condition_scale, data.degradation_blur, data.degradation_noise,
+        degradation = Degradation(condition_scale, data.degradation_blur, data.degradation_noise,
                                   data.degradation_jpeg)
     out_channels = net_cfg.get("out_channels") or net_cfg.in_channels
     dataset = None
