@@ -45,7 +45,7 @@ from torch import nn
 
 from .io import atomic_dir, atomic_write_text
 
-__all__ = ["export_class_conditional", "export_text_to_image", "export_routed_text_to_image", "export_lora", "write_model_card", "push_to_hub",
+__all__ = ["export_class_conditional", "export_super_resolution", "export_text_to_image", "export_routed_text_to_image", "export_lora", "write_model_card", "push_to_hub",
            "PIPELINE_FILE", "PIPELINE_MODULE", "PIPELINE_CLASS"]
 
 PIPELINE_MODULE = "stepdistill_pipeline"  # the file name diffusers imports from the folder (module cache key)
@@ -62,6 +62,10 @@ ROUTED_PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "routed_t
 ROUTED_PIPELINE_MODULE = "stepdistill_routed_pipeline"
 ROUTED_PIPELINE_CLASS = "StepDistillRoutedTextPipeline"
 ROUTED_MAX_STUDENTS = 8
+# ... and the super-resolution one
+SR_PIPELINE_FILE = Path(__file__).resolve().parent / "pipelines" / "super_resolution.py"
+SR_PIPELINE_MODULE = "stepdistill_sr_pipeline"
+SR_PIPELINE_CLASS = "StepDistillSuperResolutionPipeline"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,8 +92,6 @@ def export_class_conditional(folder: str | Path, unet: nn.Module | list[nn.Modul
         `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)(class_labels=[3, 7]).images`
     (`num_inference_steps=K` samples a consistency student in K steps of its grid.)
     """
-    import diffusers
-
     folder = Path(folder).expanduser()
     options = dict(scheduler_options or {})
     gamma = options.pop("gamma", None)
@@ -115,19 +117,57 @@ def export_class_conditional(folder: str | Path, unet: nn.Module | list[nn.Modul
         pipe = DiffusionPipeline.from_pretrained("./{folder.name}", trust_remote_code=True)  # or the hub repo id
         images = pipe(class_labels=[0, 1, 2], generator=torch.Generator().manual_seed(0)).images""")
 
+    names = ["unet"] + [f"unet_{k}" for k in range(1, len(nets))]
+    config = {"timesteps": timesteps, "null_label": null_label, "gamma": gamma,
+              **({"owner": list(owner)} if owner is not None else {})}
+    return _pixel_folder(folder, dict(zip(names, nets)), scheduler, PIPELINE_FILE, PIPELINE_MODULE, PIPELINE_CLASS,
+                         config, card=card, call=call)
+
+
+def export_super_resolution(folder: str | Path, unet: nn.Module, scheduler_config: Mapping, *, timesteps: list[int],
+                            sr_scale: int, model_card: dict | None = None, adapter: str | None = None) -> Path:
+    """Write a self-contained diffusers pipeline folder for a pixel-space super-resolution student (the LR image,
+    bicubic-upsampled, concatenated to the network's input): `unet` + an `LCMScheduler` (the student's sampler, as
+    for class-conditional students) + `stepdistill_sr_pipeline.py` (`stepdistill/pipelines/super_resolution.py`).
+    Load it, with or without stepdistill installed:
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)(image=low_resolution).images`
+    """
+    folder = Path(folder).expanduser()
+    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0)
+    timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
+    if int(sr_scale) < 1:
+        raise ValueError(f"sr_scale={sr_scale} must be >= 1")
+    net = _plain_network(unet, adapter)
+    card = _card_arguments(model_card, base_model=None)
+    call = textwrap.dedent(f"""\
+        import torch
+        from diffusers import DiffusionPipeline
+        from PIL import Image
+
+        pipe = DiffusionPipeline.from_pretrained("./{folder.name}", trust_remote_code=True)  # or the hub repo id
+        low_resolution = Image.open("input.png")  # the output is {int(sr_scale)}x larger
+        image = pipe(image=low_resolution, generator=torch.Generator().manual_seed(0)).images[0]""")
+    return _pixel_folder(folder, {"unet": net}, scheduler, SR_PIPELINE_FILE, SR_PIPELINE_MODULE, SR_PIPELINE_CLASS,
+                         {"timesteps": timesteps, "sr_scale": int(sr_scale)}, card=card, call=call,
+                         pipeline_tag="image-to-image")
+
+
+def _pixel_folder(folder: Path, nets: dict, scheduler, pipeline_file: Path, module: str, cls: str, config: dict, *,
+                  card: dict, call: str, pipeline_tag: str | None = None) -> Path:
+    """A travelling-pipeline folder: the networks, the scheduler, the pipeline's file, model_index.json naming it
+    and carrying `config`, the model card; written in one rename."""
+    import diffusers
+
     with atomic_dir(folder) as tmp:
-        names = ["unet"] + [f"unet_{k}" for k in range(1, len(nets))]
-        for name, each in zip(names, nets):
+        for name, each in nets.items():
             each.save_pretrained(tmp / name, safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
-        shutil.copyfile(PIPELINE_FILE, tmp / f"{PIPELINE_MODULE}.py")
-        index = {"_class_name": [PIPELINE_MODULE, PIPELINE_CLASS], "_diffusers_version": diffusers.__version__,
-                 "scheduler": ["diffusers", type(scheduler).__name__],
-                 "timesteps": timesteps, "null_label": null_label, "gamma": gamma,
-                 **{name: ["diffusers", type(each).__name__] for name, each in zip(names, nets)},
-                 **({"owner": list(owner)} if owner is not None else {})}
+        shutil.copyfile(pipeline_file, tmp / f"{module}.py")
+        index = {"_class_name": [module, cls], "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", type(scheduler).__name__], **config,
+                 **{name: ["diffusers", type(each).__name__] for name, each in nets.items()}}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        write_model_card(tmp, pipeline_call=call, **card)
+        write_model_card(tmp, pipeline_call=call, pipeline_tag=pipeline_tag, **card)
         _scrub_local_paths(tmp)
         _check_complete(tmp)
     return folder

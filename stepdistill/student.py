@@ -154,7 +154,7 @@ class Student:
     def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
         """A diffusers folder that samples as `sample` does (see `stepdistill.export`): the base pipeline
         with this unet for a text-conditional student, a self-contained pipeline for a class-conditional one."""
-        from .conditioning import ClassConditioner, TextConditioner
+        from .conditioning import ClassConditioner, LRConditioner, TextConditioner
         from .export import export_class_conditional, export_text_to_image
 
         from .export import hub_reference
@@ -177,6 +177,11 @@ class Student:
             return export_class_conditional(folder, net, self.teacher.scheduler_config, timesteps=timesteps,
                                             null_label=self.conditioner.null_label, model_card=card,
                                             scheduler_options=options, adapter=self.lora_adapter)
+        if isinstance(self.conditioner, LRConditioner) and not options:
+            from .export import export_super_resolution
+
+            return export_super_resolution(folder, net, self.teacher.scheduler_config, timesteps=timesteps,
+                                           sr_scale=self.conditioner.scale, model_card=card, adapter=self.lora_adapter)
         raise TypeError(f"no export for a student conditioned by {type(self.conditioner).__name__}")
 
     def export_timesteps(self) -> list:

@@ -64,3 +64,11 @@ def digits_like_teacher(tmp_path_factory):
     from stepdistill.tiny import build_tiny_class_conditional
 
     return build_tiny_class_conditional(tmp_path_factory.mktemp("teacher") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def sr_teacher(tmp_path_factory):
+    """A tiny random x4 super-resolution teacher folder (16x16 RGB, LR copy concatenated)."""
+    from stepdistill.tiny import build_tiny_super_resolution
+
+    return build_tiny_super_resolution(tmp_path_factory.mktemp("teacher") / "tiny-sr")

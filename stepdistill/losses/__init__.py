@@ -15,6 +15,7 @@ are `stepdistill.losses.<family>.<name>` (and `losses.<name>.reference`); the ke
   VSD            vsd.py           vsd_loss*
   consistency    consistency.py   pseudo_huber_loss*, consistency_l2_loss, lcm_huber_loss, ict_weight,
                                   ect_weight
+  SR (TAD-SR)    sr.py            hsd_loss, hinge_discriminator_loss, hinge_generator_loss
                                   (* fused on CUDA)
 """
 
@@ -27,6 +28,7 @@ from .dmd import dmd_grad, regression_loss
 from .gan import discriminator_loss, generator_gan_loss
 from .sid import sid_normaliser
 from .sim import sim_fixed_direction_loss, sim_loss
+from .sr import hinge_discriminator_loss, hinge_generator_loss, hsd_loss
 from .weights import per_sample
 
 dmd_loss = dispatched(dmd.dmd_loss, "dmd_loss_fused")
@@ -35,5 +37,6 @@ sid_loss = dispatched(sid.sid_loss, "sid_loss_fused")
 pseudo_huber_loss = dispatched(consistency.pseudo_huber_loss, "pseudo_huber_loss_fused")
 
 __all__ = ["consistency_l2_loss", "denoising_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "ect_weight",
-           "generator_gan_loss", "ict_weight", "lcm_huber_loss", "per_sample", "pseudo_huber_loss", "regression_loss",
-           "sid_loss", "sid_normaliser", "sim_fixed_direction_loss", "sim_loss", "vsd_loss"]
+           "generator_gan_loss", "hinge_discriminator_loss", "hinge_generator_loss", "hsd_loss", "ict_weight",
+           "lcm_huber_loss", "per_sample", "pseudo_huber_loss", "regression_loss", "sid_loss", "sid_normaliser",
+           "sim_fixed_direction_loss", "sim_loss", "vsd_loss"]

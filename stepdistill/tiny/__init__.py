@@ -23,6 +23,7 @@ Schedulers: SD1.5's betas (DDIMScheduler), SDXL's (EulerDiscreteScheduler), SD3'
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -85,6 +86,28 @@ def build_tiny_class_conditional(folder: str | Path, *, seed: int = 0) -> Path:
         unet.save_pretrained(tmp / "unet")
         DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
             tmp / "scheduler")
+    return folder
+
+
+def build_tiny_super_resolution(folder: str | Path, *, scale: int = 4, seed: int = 0) -> Path:
+    """Write a tiny random super-resolution teacher folder (16x16 RGB, the bicubic LR copy concatenated: 6 input
+    channels, 3 output; cosine VP, v-prediction; `sr_scale` in model_index.json, as `recipes/train_teacher.py`
+    writes the shipped one) and return its path. What the SR recipes' tests run on."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = Path(folder).expanduser()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DModel(sample_size=16, in_channels=6, out_channels=3, block_out_channels=(8, 16),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8)
+    with atomic_dir(folder) as tmp:
+        unet.save_pretrained(tmp / "unet")
+        DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
+            tmp / "scheduler")
+        (tmp / "model_index.json").write_text(json.dumps(
+            {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"], "sr_scale": scale},
+            indent=2) + "\n")
     return folder
 
 

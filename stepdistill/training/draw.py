@@ -27,6 +27,10 @@ class Draw:
     def rand(self) -> torch.Tensor:
         return self.local(torch.rand(self.batch, generator=self.g))
 
+    def uniform(self, *shape) -> torch.Tensor:
+        """U[0, 1) noise of the sample shape (TAD-SR's official HSD noise)."""
+        return self.local(torch.rand(self.batch, *shape, generator=self.g))
+
     def times(self, sampler, schedule) -> torch.Tensor:
         return self.local(sampler.sample(schedule, self.batch, generator=self.g))
 
