@@ -60,6 +60,33 @@ def natural_image_names() -> list[str]:
     return [name for name, _ in _named_images()]
 
 
+@functools.lru_cache(maxsize=8)
+def _reduced_cached(name: str, factor: float) -> np.ndarray:
+    image = dict(_named_images())[name]
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(x, scale_factor=factor, mode="bicubic", antialias=True, align_corners=False)
+    out = np.ascontiguousarray(x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
+    out.setflags(write=False)
+    return out
+
+
+def _reduced(image: np.ndarray, factor: float) -> np.ndarray:
+    """`image` reduced by `factor` (antialiased bicubic, uint8), cached per source image."""
+    if factor == 1:
+        return image
+    name = next(n for n, im in _named_images() if im is image)
+    return _reduced_cached(name, factor)
+
+
+def _detail(crops: np.ndarray, scale: int) -> np.ndarray:
+    """(N, P, P, 3) uint8 -> (N,) RMS in 8-bit levels of what bicubic down- and up-sampling by `scale` loses."""
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
+    size = x.shape[-2:]
+    low = torch.nn.functional.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True)
+    up = torch.nn.functional.interpolate(low, size=size, mode="bicubic")
+    return (x - up).square().mean(dim=(1, 2, 3)).sqrt().numpy()
+
+
 def natural_images() -> list[np.ndarray]:
     """The bundled natural images as read-only uint8 (H, W, 3) arrays (loaded once, then cached)."""
     return [image for _, image in _named_images()]
@@ -68,9 +95,14 @@ def natural_images() -> list[np.ndarray]:
 class PatchDataset(Dataset):
     """`{"images": (3, P, P), "lr": (3, P/scale, P/scale)}` in [-1, 1], from fixed random crops.
 
-    Patch positions are drawn once from `numpy.random.default_rng(seed)`, uniformly over all valid
-    crop positions of the split's images. `lr` is `degradation` of the high-resolution patch `images`
-    with the patch's index as its seed (default: the antialiased bicubic downsample by `scale`).
+    The split's images are first reduced by `source_scale` (antialiased bicubic): at their native size these
+    photographs are smooth (JPEG-softened, shallow depth of field), and a x4 bicubic upsample of a native
+    32-pixel crop already scores ~39 dB; at half size a crop holds twice the detail per pixel. Patch positions
+    are then drawn once from `numpy.random.default_rng(seed)`, uniformly over all valid crop positions, and
+    crops with less detail than `min_detail` are redrawn, as SR training pipelines discard low-texture patches:
+    detail is the RMS, in 8-bit levels, of what a bicubic round trip through the LR size loses (the test
+    crops are bimodal: ~1 level for sky and bokeh, 10-20 for texture). `lr` is `degradation` of the high-resolution patch `images` with the
+    patch's index as its seed (default: the antialiased bicubic downsample by `scale`).
     """
 
     def __init__(
@@ -82,6 +114,8 @@ class PatchDataset(Dataset):
         split: Literal["train", "test"] = "train",
         seed: int = 0,
         degradation: Degradation | None = None,
+        source_scale: float = 0.5,
+        min_detail: float = 4.0,
     ) -> None:
         degradation = degradation or Degradation(scale)
         if degradation.scale != scale:
@@ -95,7 +129,9 @@ class PatchDataset(Dataset):
             )
         if patch_size % scale:
             raise ValueError(f"patch_size ({patch_size}) must be divisible by scale ({scale})")
-        named = [(n, im) for n, im in _named_images() if (n in TEST_IMAGES) == (split == "test")]
+        if not 0 < source_scale <= 1 or min_detail < 0:
+            raise ValueError(f"source_scale must lie in (0, 1] and min_detail be >= 0, got {source_scale}, {min_detail}")
+        named = [(n, _reduced(im, source_scale)) for n, im in _named_images() if (n in TEST_IMAGES) == (split == "test")]
         for name, image in named:
             if min(image.shape[:2]) < patch_size:
                 raise ValueError(
@@ -110,18 +146,29 @@ class PatchDataset(Dataset):
         rows = np.array([im.shape[0] - patch_size + 1 for im in self._images])
         cols = np.array([im.shape[1] - patch_size + 1 for im in self._images])
         counts = rows * cols
-        source = rng.choice(len(self._images), size=num_patches, p=counts / counts.sum())
-        top = rng.integers(0, rows[source])
-        left = rng.integers(0, cols[source])
-        self.positions = np.stack([source, top, left], axis=1)  # (N, 3): image index, top, left
+        kept: list[np.ndarray] = []
+        for _ in range(100):  # rounds of candidates; textured crops are common, so few rounds are needed
+            source = rng.choice(len(self._images), size=num_patches, p=counts / counts.sum())
+            top = rng.integers(0, rows[source])
+            left = rng.integers(0, cols[source])
+            candidates = np.stack([source, top, left], axis=1)
+            detail = _detail(np.stack([self._crop(*c) for c in candidates]), scale)
+            kept += [c for c, d in zip(candidates, detail) if d >= min_detail]
+            if len(kept) >= num_patches:
+                break
+        if len(kept) < num_patches:
+            raise ValueError(f"only {len(kept)} crops of {patch_size} pixels have detail >= {min_detail}")
+        self.positions = np.stack(kept[:num_patches])  # (N, 3): image index, top, left
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        source, top, left = (int(v) for v in self.positions[index])
+    def _crop(self, source, top, left) -> np.ndarray:
         p = self.patch_size
-        crop = self._images[source][top : top + p, left : left + p]
+        return self._images[int(source)][int(top) : int(top) + p, int(left) : int(left) + p]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        crop = self._crop(*self.positions[index])
         hr = torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0).contiguous()
         return {"images": hr, "lr": self.degradation(hr[None], seeds=[index])[0]}
 
