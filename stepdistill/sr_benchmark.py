@@ -27,7 +27,10 @@ from .evaluation.sr import hf_energy_ratio, hf_spectrum_error, psnr, ssim
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
-__all__ = ["SRBenchmark", "patches_conditioner", "teacher_fn", "bicubic_fn", "save_crop_grid"]
+__all__ = ["SRBenchmark", "patches_conditioner", "teacher_fn", "bicubic_fn", "save_crop_grid", "is_sr_student",
+           "evaluate_sr_student", "NUM_TEST_PATCHES"]
+
+NUM_TEST_PATCHES = 256
 
 
 def patches_conditioner(resolution: int, degradation: Degradation, *, num_patches: int = 256,
@@ -129,3 +132,35 @@ def save_crop_grid(path: str | Path, columns: dict[str, torch.Tensor], *, condit
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def is_sr_student(student) -> bool:
+    """A one-model super-resolution student (conditioned on an LR image) the patch benchmark can measure."""
+    return isinstance(getattr(student, "conditioner", None), LRConditioner)
+
+
+def evaluate_sr_student(student, real_denoiser, schedule, *, teacher_sampler: str, teacher_nfe: int,
+                        teacher_rows: bool = True, grid: str | Path | None = None) -> dict:
+    """Rows on the held-out patches, measured in this call: bicubic, the teacher at its default sampler and
+    at one step (DDIM), the student at its own steps; `grid`: also a crop grid of every row's images there."""
+    from dataclasses import replace
+
+    conditioner = patches_conditioner(student.shape[-1], student.conditioner.degradation,
+                                      num_patches=NUM_TEST_PATCHES)
+    bench = SRBenchmark(conditioner)
+    rows, images = [], {}
+    row, images["bicubic"] = bench.evaluate(bicubic_fn(conditioner), model="bicubic", nfe=0)
+    rows.append(row)
+    if teacher_rows:
+        for sampler, nfe in ((teacher_sampler, teacher_nfe), ("ddim", 1)):
+            fn = teacher_fn(real_denoiser, schedule, conditioner, sampler=sampler, nfe=nfe, shape=student.shape)
+            row, images[f"teacher, {nfe} NFE"] = bench.evaluate(fn, model="teacher", sampler=sampler, nfe=nfe)
+            rows.append(row | ({"default": True} if nfe == teacher_nfe else {}))
+    mine = replace(student, conditioner=conditioner)
+    row, images[student.name] = bench.evaluate(mine.sample_fn(), model=student.name, nfe=student.nfe)
+    rows.append(row)
+    images["HR"] = bench.ground_truth()
+    if grid is not None:
+        save_crop_grid(grid, images, conditioner=conditioner)
+    return {"benchmark": "sr_patches", "scale": bench.scale, "n_patches": NUM_TEST_PATCHES,
+            "crop_border": bench.scale, "rows": rows}

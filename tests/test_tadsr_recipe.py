@@ -165,3 +165,17 @@ def test_the_exported_sr_pipeline_reproduces_the_student_without_stepdistill(sr_
         sigma = float(run.setup.schedule.sigma(torch.tensor(999.0)))
         untrained = run.teacher(sigma * z, 999.0, **run.setup.conditioner.condition(lr)).clamp(-1, 1) * 0.5 + 0.5
     assert float((untrained - expected).abs().max()) > 1e-3
+
+
+def test_a_run_measures_bicubic_the_teacher_and_the_student_on_held_out_patches(sr_teacher, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    tadsr.main(_cfg(*_overrides(sr_teacher, out, "train.max_steps=1", "eval.enabled=true", "eval.teacher_nfe=4",
+                                "export.enabled=false")))
+    result = json.loads((out / "results.json").read_text())
+    assert result["benchmark"] == "sr_patches" and result["n_patches"] == 256 and result["crop_border"] == 4
+    assert [(r["model"], r["nfe"]) for r in result["rows"]] == [("bicubic", 0), ("teacher", 4), ("teacher", 1),
+                                                                 ("tadsr", 1)]
+    assert all(r["psnr_y"] > 5 and 0 < r["seconds_per_image"] for r in result["rows"][1:])
+    assert "speedup" in result["student_vs_teacher"] and (out / "results.png").is_file()

@@ -14,6 +14,7 @@ from ..digits_benchmark import (TEACHER_TABLE, DigitsBenchmark, default_row, is_
 from ..export import push_to_hub, teacher_license
 from ..io import atomic_write_text
 from ..samplers import steps_for_nfe
+from ..sr_benchmark import evaluate_sr_student, is_sr_student
 from ..student import AnyStudent
 from .horizon import Horizon
 from .loop import DivergenceError, nonfinite
@@ -57,6 +58,34 @@ def teacher_rows(evaluation: EvalConfig, bench: DigitsBenchmark, real_denoiser, 
         row.pop("default", None)
         row.update(model="teacher", sampler=sampler, nfe=nfe, **({"default": True} if row is rows[-1] else {}))
     return rows, source
+
+
+def evaluate_on_patches(student: AnyStudent, real_denoiser, schedule, evaluation: EvalConfig, *, steps_done: int,
+                        horizon: Horizon, train_minutes: float, config: dict) -> dict:
+    """A super-resolution student's rows on the held-out natural-image patches (`stepdistill.sr_benchmark`),
+    with bicubic and the teacher's rows measured in the same run, written to `evaluation.results`, with a crop
+    grid beside it (.png)."""
+    result = evaluate_sr_student(student, real_denoiser, schedule, teacher_sampler=evaluation.teacher_sampler,
+                                 teacher_nfe=evaluation.teacher_nfe, teacher_rows=evaluation.teacher_rows != "none",
+                                 grid=Path(evaluation.results).with_suffix(".png"))
+    result = dict(result, recipe=student.name, command="accelerate launch " + " ".join(sys.argv),
+                  train_steps=steps_done, max_steps=horizon.max_steps, horizon=horizon.state(),
+                  decay_complete=steps_done >= horizon.total, stopped_by_time_limit=steps_done < horizon.total,
+                  train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(), config=config)
+    rows = result["rows"]
+    teacher = next((r for r in rows if r.get("default")), None)
+    if teacher is not None:
+        mine = rows[-1]
+        result["student_vs_teacher"] = dict(psnr_difference=mine["psnr_y"] - teacher["psnr_y"],
+                                            hf_error_ratio=mine["hf_spectrum_error"] / teacher["hf_spectrum_error"],
+                                            speedup=teacher["seconds_per_image"] / mine["seconds_per_image"])
+    atomic_write_text(evaluation.results, json.dumps(result, indent=2) + "\n")
+    for r in rows:
+        print(f"{r['model']:>10} {r.get('nfe', ''):>3} NFE  PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  "
+              f"HF error {r['hf_spectrum_error']:.3f}  HF energy {r['hf_energy_ratio']:.2f}  "
+              f"{1000 * r['seconds_per_image']:.2f} ms/image")
+    print(f"wrote {evaluation.results}")
+    return result
 
 
 def evaluate_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation: EvalConfig, *, steps_done: int,
@@ -165,6 +194,10 @@ def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, e
             if evaluation.enabled and student.benchmarkable():
                 result = evaluate_on_digits(student, real_denoiser, schedule, evaluation, steps_done=steps_done,
                                             horizon=horizon, train_minutes=train_minutes, config=config)
+                first = first or result
+            elif evaluation.enabled and is_sr_student(student):
+                result = evaluate_on_patches(student, real_denoiser, schedule, evaluation, steps_done=steps_done,
+                                             horizon=horizon, train_minutes=train_minutes, config=config)
                 first = first or result
             if export.enabled:
                 folder = out / "pipeline" if len(students) == 1 else out / "pipeline" / student.name
