@@ -132,8 +132,8 @@ class Unconditional:
 
 class LRConditioner:
     """A low-resolution image as the condition (super-resolution: SR3, TAD-SR's teacher): label i is item i of
-    `dataset`, whose LR image is its `"lr"` entry, or its high-resolution `"images"` entry degraded by
-    `degradation` with seed i (`stepdistill.degradations`: bicubic x4 by default). The network reads it on the
+    `dataset`, whose LR image is its `"lr"` entry when that has this conditioner's scale, else its
+    high-resolution `"images"` entry degraded by `degradation` with seed i (`stepdistill.degradations`: bicubic x4 by default). The network reads it on the
     HR grid (bicubic upsampling) as extra input channels; `Denoiser` concatenates it after the c_in scaling of
     x_t (`concat=`). Label -1, the null condition (classifier-free guidance), is an all-zero image."""
 
@@ -150,7 +150,8 @@ class LRConditioner:
     def lr(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) in [-1, 1]: each label's low-resolution image (label -1: zeros)."""
         items = [self.dataset[max(int(i), 0)] for i in labels.tolist()]
-        if "lr" in items[0]:
+        hr = items[0]["images"]
+        if "lr" in items[0] and items[0]["lr"].shape[-1] * self.scale == hr.shape[-1]:  # the item's own, this scale
             low = torch.stack([it["lr"] for it in items])
         else:
             low = self.degradation(torch.stack([it["images"] for it in items]), seeds=labels.clamp(min=0).tolist())
