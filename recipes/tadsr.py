@@ -84,7 +84,8 @@ class TADSRConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, ema_decay=0.999,
                                                                    output_dir="outputs/tadsr_patches"))
     data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    # the teacher's default: DPM-Solver++(2M) at 15 evaluations, the regression targets' (TAD-SR: 15 steps)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(teacher_nfe=15))
     export: ExportConfig = field(default_factory=ExportConfig)
     resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
