@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "bad_inputs.md"
 CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
-           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig"}
+           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig",
+           "tadsr": "TADSRConfig", "yonos": "YONOSConfig"}
 # what a case that wrongly passes would run: one step, nothing measured or exported
 SAFE = ["train.max_steps=1", "optim.warmup_steps=0", "eval.enabled=false", "export.enabled=false",
         "train.time_limit_minutes=null"]
@@ -108,6 +109,14 @@ CASES = [
     Case("msd", ("model.student_width=1.5",), "model.student_width=1.5 must lie in (0, 1]"),
     Case("msd", ("model.student_width=0.75",), "model.tsm_steps=0: smaller students"),
     Case("msd", ("model.partition=kmeans",), "model.partition=kmeans clusters prompts"),
+    Case("dmd2", ("loss.gan_start_step=1",), "loss.gan_start_step=1 must lie in [0, train.max_steps=1)"),
+    Case("tadsr", (), "TAD-SR distils a super-resolution teacher"),
+    Case("tadsr", ("model.teacher={sr}", "loss.hsd_max_t=0"), "loss.hsd_max_t=0.0 must lie in (0, 1]"),
+    Case("tadsr", ("model.teacher={sr}", "loss.gan_weight=-1"), "loss.gan_weight=-1.0 must be >= 0"),
+    Case("tadsr", ("model.teacher={sr}", "loss.hsd_noise=laplace"), "loss.hsd_noise"),
+    Case("tadsr", ("model.teacher={sr}", "data.degradation_jpeg=0"), "jpeg_quality must lie in [1, 100]"),
+    Case("tadsr", ("model.teacher={sr}", "data.condition_scale=3"), "data.condition_scale=3 must divide"),
+    Case("yonos", ("model.teacher={sr}",), "model.student_scale=4 must be larger than the teacher's scale 4"),
     Case("evaluate", ("gen", "--protocol", "digits", "--model", "digits", "--nfe", "0"), "--nfe"),
     Case("evaluate", ("gen", "--protocol", "no_such_protocol", "--model", "digits"), "no_such_protocol"),
     Case("evaluate", ("calc", "--protocol", "digits"), "no generated digits sets"),
@@ -118,10 +127,13 @@ CASES = [
 
 def prepare(tmp: Path) -> dict[str, str]:
     """The files the cases refer to: a teacher, a plain file, a teacher folder without a scheduler, a preset
-    with a misspelt key, a half-written checkpoint."""
+    with a misspelt key, a half-written checkpoint, a super-resolution teacher."""
     from stepdistill.tiny import build_tiny_class_conditional
 
+    from stepdistill.tiny import build_tiny_super_resolution
+
     teacher = build_tiny_class_conditional(tmp / "teacher")
+    build_tiny_super_resolution(tmp / "sr")
     (tmp / "a_file").write_text("not a teacher\n")
     build_tiny_class_conditional(tmp / "no_scheduler")
     for f in (tmp / "no_scheduler" / "scheduler").iterdir():
@@ -130,7 +142,8 @@ def prepare(tmp: Path) -> dict[str, str]:
     half = tmp / "checkpoints" / "step_00000004.tmp"
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"")
-    return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file"), "root": str(ROOT)}
+    return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file"), "root": str(ROOT),
+            "sr": str(tmp / "sr")}
 
 
 def run_case(case: Case, paths: dict[str, str], out: Path) -> tuple[int, str]:

@@ -49,11 +49,32 @@ RUNS = {
     # iCT from fresh weights (seed 3: seed 0 redraws the tiny teacher's own), dropout replayed in the target
     "ect:ict": (["model.init=scratch", "loss.schedule=ict", "model.boundary=lcm", "loss.huber_c=null",
                  "model.dropout=0.2", "train.seed=3"], ("loss",)),
+    # on the tiny x4 SR teacher: regression, HSD and the time-aware GAN; a generator rate that makes each
+    # update's direction show in the next steps' losses
+    "tadsr": (["data.patches=32", "loss.regression_pairs=8", "loss.regression_nfe=4", "optim.lr_generator=1e-3"],
+              ("loss_reg", "loss_hsd", "loss_g_gan", "loss_d")),
+    # on the tiny x2 SR teacher: the x4 student regresses its predictions
+    "yonos": (["data.patches=32", "optim.lr=1e-3"], ("loss",)),
 }
+# the teacher each recipe runs on (build_teachers): the tiny digits-shaped one unless named here
+TEACHERS = {"tadsr": "sr", "yonos": "sr-x2"}
 CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
-           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig"}
+           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig",
+           "tadsr": "TADSRConfig", "yonos": "YONOSConfig"}
 # Recorded on CPU (float32). The tolerance absorbs BLAS summation order across machines, not wiring.
 RECORDED: dict[str, list[dict[str, float]]] = {
+    "tadsr": [
+        {"loss_reg": 0.451869, "loss_hsd": 0.0451311, "loss_g_gan": 0.182612, "loss_d": 2.21555},
+        {"loss_reg": 0.404034, "loss_hsd": 0.0312757, "loss_g_gan": -0.104297, "loss_d": 1.92697},
+        {"loss_reg": 0.402317, "loss_hsd": 0.020244, "loss_g_gan": 0.219743, "loss_d": 2.02613},
+        {"loss_reg": 0.373574, "loss_hsd": 0.0213262, "loss_g_gan": 0.341868, "loss_d": 1.9418},
+    ],
+    "yonos": [
+        {"loss": 0.00177469},
+        {"loss": 0.0147428},
+        {"loss": 0.0110934},
+        {"loss": 0.010709},
+    ],
     "consistency_distill": [
         {"loss": 0.00117459},
         {"loss": 0.000747817},
@@ -136,12 +157,26 @@ RECORDED: dict[str, list[dict[str, float]]] = {
 RTOL = 2e-3
 
 
-def run_recipe(name: str, teacher: Path, out: Path) -> list[dict[str, float]]:
+def build_teachers(root: Path) -> dict[str, Path]:
+    """The tiny teachers the runs use (the digits-shaped one is what the `digits_like_teacher` fixture builds)."""
+    from stepdistill.tiny import build_tiny_class_conditional, build_tiny_super_resolution
+
+    return {"digits": build_tiny_class_conditional(root / "teacher"), "sr": build_tiny_super_resolution(root / "sr"),
+            "sr-x2": build_tiny_super_resolution(root / "sr_x2", scale=2)}
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    return build_teachers(tmp_path_factory.mktemp("teachers"))
+
+
+def run_recipe(name: str, teachers: dict[str, Path], out: Path) -> list[dict[str, float]]:
     import importlib
 
     from stepdistill.config import apply_overrides
 
     recipe = name.split(":")[0]  # "recipe:variant"
+    teacher = teachers[TEACHERS.get(recipe, "digits")]
     module = importlib.import_module(recipe)
     config = getattr(module, CONFIGS[recipe])
     extra, keys = RUNS[name]
@@ -152,8 +187,8 @@ def run_recipe(name: str, teacher: Path, out: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_short_run_logs_the_recorded_losses(name, digits_like_teacher, tmp_path):
-    logged = run_recipe(name, digits_like_teacher, tmp_path)
+def test_short_run_logs_the_recorded_losses(name, teachers, tmp_path):
+    logged = run_recipe(name, teachers, tmp_path)
     recorded = RECORDED[name]
     assert [sorted(r) for r in logged] == [sorted(r) for r in recorded]
     for step, (got, want) in enumerate(zip(logged, recorded)):
@@ -166,13 +201,11 @@ if __name__ == "__main__":  # re-record: prints the RECORDED table for this file
 
     import torch
 
-    from stepdistill.tiny import build_tiny_class_conditional
-
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = build_tiny_class_conditional(Path(tmp) / "teacher")  # what the fixture builds
+        built = build_teachers(Path(tmp))
         table = {}
         for name in sorted(RUNS):
             torch.manual_seed(0)  # as the autouse seed fixture does
             table[name] = [{k: float(f"{v:.6g}") for k, v in row.items()}
-                           for row in run_recipe(name, teacher, Path(tmp) / name)]
+                           for row in run_recipe(name, built, Path(tmp) / name)]
         print("RECORDED = " + json.dumps(table, indent=4))
