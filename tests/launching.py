@@ -1,0 +1,19 @@
+"""Launch a recipe as a user does, `accelerate launch [--multi_gpu --num_processes N] recipes/<name>.py ...`, on
+CPU processes (gloo), one thread each."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch(recipe: str, processes: int, overrides: list[str], *, timeout: int = 600) -> None:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", str(processes)]
+    cmd += ["--multi_gpu"] if processes > 1 else []
+    cmd += [str(ROOT / "recipes" / f"{recipe}.py"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-3000:]
