@@ -150,8 +150,10 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
         return load_edm_view(str(source)[:-4], device=device)
     src = _shipped(str(source)) or Path(source)
     if str(source) in SHIPPED and not Path(src).exists():
+        preset = {"sr": " --config recipes/configs/train_teacher/sr_x4.yaml",
+                  "sr-x2": " --config recipes/configs/train_teacher/sr_x2.yaml"}.get(str(source), "")
         raise TeacherLoadError(f"the shipped teacher {source!r} is missing from {src}; "
-                               "recreate it with `python recipes/train_teacher.py`")
+                               f"create it with `python recipes/train_teacher.py{preset}`")
     if Path(src).exists():
         root = Path(src)
         if not root.is_dir():
