@@ -1,5 +1,6 @@
-"""Train the teachers shipped in `assets/`: the class-conditional digits teacher (`assets/digits_teacher`) and the
-super-resolution teachers (`assets/sr_teacher`, x4; `assets/sr_x2_teacher`, x2) on natural-image patches.
+"""Train the teachers of `assets/`: the class-conditional digits teacher (`assets/digits_teacher`) and the
+super-resolution teachers on natural-image patches (`assets/sr_teacher`, x4, and `assets/sr_x2_teacher`, x2,
+where `load_teacher("sr")` / `("sr-x2")` look for them; not shipped yet).
 
     accelerate launch recipes/train_teacher.py              # the shipped digits teacher (~30 CPU minutes)
     python recipes/train_teacher.py train.max_steps=200 output_dir=outputs/teacher   # a quick check
