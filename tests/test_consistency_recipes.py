@@ -5,8 +5,6 @@ network's update, the replayed dropout, the teacher trajectories, the text-to-im
 (Convergence is tested on the exact 2-D teacher; digits quality is measured by the recipes' own runs.)"""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import ect  # noqa: E402
 from stepdistill import losses  # noqa: E402
 from stepdistill.config import apply_overrides, load_config  # noqa: E402
 from stepdistill.training import Draw  # noqa: E402
+from launching import launch  # noqa: E402
 
 COMMON = ["train.batch_size=4", "train.log_every=1", "train.sample_every=1000", "optim.warmup_steps=0",
           "train.time_limit_minutes=null", "eval.enabled=false"]
@@ -368,13 +367,8 @@ def test_lcm_lora_loads_into_the_stock_base_pipeline_and_reproduces_the_student(
 
 
 def _launch(script, teacher, out, processes, *extra):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_processes", str(processes)]
-    cmd += ["--multi_gpu"] if processes > 1 else []
-    cmd += [str(ROOT / "recipes" / script), f"model.teacher={teacher}", f"train.output_dir={out}", *COMMON,
-            "export.enabled=false", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    launch(script.removesuffix(".py"), processes, [f"model.teacher={teacher}", f"train.output_dir={out}", *COMMON,
+                                                   "export.enabled=false", *extra])
 
 
 def _weights(out):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
+from launching import launch  # noqa: E402
 from without_stepdistill import SEEDED, images_without_stepdistill  # noqa: E402
 import dmd2  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
@@ -130,12 +131,7 @@ def test_the_gan_terms_join_distribution_matching_at_gan_start_step(teacher_dir,
 
 
 def _launch(teacher_dir, out, processes, *extra):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_processes", str(processes)]
-    cmd += ["--multi_gpu"] if processes > 1 else []
-    cmd += [str(ROOT / "recipes" / "dmd2.py"), *_overrides(teacher_dir, out, *extra)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    launch("dmd2", processes, _overrides(teacher_dir, out, *extra))
 
 
 def test_two_processes_match_one_with_the_same_global_batch(teacher_dir, tmp_path):

@@ -2,8 +2,6 @@
 confined to its part, a shared fake score, resume, one vs two processes, export."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
+from launching import launch  # noqa: E402
 from without_stepdistill import SEEDED, images_without_stepdistill  # noqa: E402
 import msd  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
@@ -163,13 +162,8 @@ def test_resume_restores_every_student(digits_like_teacher, tmp_path):
 
 
 def _launch(teacher, out, processes, *extra):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_processes", str(processes), *(["--multi_gpu"] if processes > 1 else []),
-           str(ROOT / "recipes" / "msd.py"),
-           *_overrides(teacher, out, "train.max_steps=3", "train.checkpoint_every=3", "export.enabled=false",
-                       "optim.lr_generator=1e-3", "optim.lr_fake=1e-3", *extra)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    launch("msd", processes, _overrides(teacher, out, "train.max_steps=3", "train.checkpoint_every=3",
+                                        "export.enabled=false", "optim.lr_generator=1e-3", "optim.lr_fake=1e-3", *extra))
     return load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "student.safetensors"))
 
 
