@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         row, images[name.split(" (")[0]] = bench.evaluate(student_fn(out / "pipeline", teacher, conditioner, shape),
                                                           model=name, nfe=1)
         rows.append({**row, **record})
-    images["HR"] = bench.ground_truth()
+    images["HR"] = bench.ground_truth
     teacher_row = rows[1]
     for r in rows:
         r["psnr_vs_teacher_db"] = round(r["psnr_y"] - teacher_row["psnr_y"], 3)

@@ -11,6 +11,7 @@ invent (`stepdistill.evaluation.sr`), and seconds per image at the benchmark's b
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -74,9 +75,15 @@ class SRBenchmark:
     def scale(self) -> int:
         return self.conditioner.scale
 
+    @functools.cached_property
     def ground_truth(self) -> torch.Tensor:
+        """Every held-out patch in [-1, 1], read once."""
         n = self.conditioner.num_classes
         return torch.stack([self.conditioner.dataset[i]["images"] for i in range(n)])
+
+    @functools.cached_property
+    def _ground_truth_uint8(self) -> np.ndarray:
+        return _uint8(self.ground_truth)
 
     def images(self, fn: SampleFn) -> tuple[torch.Tensor, float]:
         """Every patch's output (in batches, one generator), and the seconds per image it took."""
@@ -91,7 +98,7 @@ class SRBenchmark:
     def evaluate(self, fn: SampleFn, **row) -> tuple[dict, torch.Tensor]:
         """A result row (the metrics' means over patches, with `row`'s fields) and the images."""
         images, seconds = self.images(fn)
-        out, gt = _uint8(images), _uint8(self.ground_truth())
+        out, gt = _uint8(images), self._ground_truth_uint8
         crop = self.scale
         metrics = {
             "psnr_y": np.mean([psnr(a, b, crop_border=crop, y_channel=True) for a, b in zip(out, gt)]),
@@ -159,7 +166,7 @@ def evaluate_sr_student(student, real_denoiser, schedule, *, teacher_sampler: st
     mine = replace(student, conditioner=conditioner)
     row, images[student.name] = bench.evaluate(mine.sample_fn(), model=student.name, nfe=student.nfe)
     rows.append(row)
-    images["HR"] = bench.ground_truth()
+    images["HR"] = bench.ground_truth
     if grid is not None:
         save_crop_grid(grid, images, conditioner=conditioner)
     return {"benchmark": "sr_patches", "scale": bench.scale, "n_patches": NUM_TEST_PATCHES,

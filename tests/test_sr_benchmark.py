@@ -29,7 +29,7 @@ def test_rows_on_held_out_patches_rank_the_ground_truth_above_bicubic(tmp_path):
     conditioner = patches_conditioner(32, Degradation(4), num_patches=8)
     assert set(conditioner.dataset.dataset.source_names) <= {"coffee", "flower"}
     bench = SRBenchmark(conditioner, batch_size=4)
-    gt = bench.ground_truth()
+    gt = bench.ground_truth
     row_b, bicubic = bench.evaluate(bicubic_fn(conditioner), model="bicubic")
     row_g, _ = bench.evaluate(lambda labels, g: gt[labels], model="ground truth")
     assert 15 < row_b["psnr_y"] < 40 and row_b["ssim_y"] < 1 and row_b["hf_energy_ratio"] < 0.5

@@ -60,22 +60,17 @@ def natural_image_names() -> list[str]:
     return [name for name, _ in _named_images()]
 
 
-@functools.lru_cache(maxsize=8)
-def _reduced_cached(name: str, factor: float) -> np.ndarray:
+@functools.lru_cache(maxsize=16)
+def _reduced(name: str, factor: float) -> np.ndarray:
+    """Bundled image `name` reduced by `factor` (antialiased bicubic, uint8, read-only), cached."""
     image = dict(_named_images())[name]
+    if factor == 1:
+        return image
     x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float()
     x = torch.nn.functional.interpolate(x, scale_factor=factor, mode="bicubic", antialias=True, align_corners=False)
     out = np.ascontiguousarray(x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
     out.setflags(write=False)
     return out
-
-
-def _reduced(image: np.ndarray, factor: float) -> np.ndarray:
-    """`image` reduced by `factor` (antialiased bicubic, uint8), cached per source image."""
-    if factor == 1:
-        return image
-    name = next(n for n, im in _named_images() if im is image)
-    return _reduced_cached(name, factor)
 
 
 def _detail(crops: np.ndarray, scale: int) -> np.ndarray:
@@ -131,7 +126,7 @@ class PatchDataset(Dataset):
             raise ValueError(f"patch_size ({patch_size}) must be divisible by scale ({scale})")
         if not 0 < source_scale <= 1 or min_detail < 0:
             raise ValueError(f"source_scale must lie in (0, 1] and min_detail be >= 0, got {source_scale}, {min_detail}")
-        named = [(n, _reduced(im, source_scale)) for n, im in _named_images() if (n in TEST_IMAGES) == (split == "test")]
+        named = [(n, _reduced(n, source_scale)) for n, _ in _named_images() if (n in TEST_IMAGES) == (split == "test")]
         for name, image in named:
             if min(image.shape[:2]) < patch_size:
                 raise ValueError(
