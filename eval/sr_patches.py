@@ -55,8 +55,9 @@ def student_fn(folder: Path, teacher, conditioner, shape):
     from stepdistill.denoiser import Denoiser
     from stepdistill.roles import Generator
 
+    residual = json.loads((folder / "model_index.json").read_text()).get("sr_residual", False)
     gen = Generator(Denoiser(UNet2DModel.from_pretrained(folder / "unet").eval(), teacher.schedule,
-                             teacher.prediction_type), 999.0)
+                             teacher.prediction_type, residual=residual), 999.0)
 
     def fn(labels, generator):
         z = torch.randn(len(labels), *shape, generator=generator)

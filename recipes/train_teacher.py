@@ -14,11 +14,14 @@ parameterisation, written as a weighted x0 error through the shared `Denoiser` (
 `native_loss_weight`). EMA weights (diffusers `EMAModel`) are what gets saved.
 
 Super-resolution (`data=patches`): the same network and loss, conditioned on the low-resolution patch instead of a
-class: the patch degraded by `model.sr_scale` (`stepdistill.degradations`, bicubic), upsampled back bicubically and
-concatenated to the scaled x_t (SR3's conditioning, `stepdistill.conditioning.LRConditioner`). Concatenation keeps
-the teacher an ordinary diffusion model, so every sampler, recipe and export of the toolkit applies to it unchanged
-(ResShift's residual shifting would need its own forward process). `model_index.json` records `sr_scale`, which
-the recipes read.
+class: the patch degraded by `model.sr_scale` (`stepdistill.degradations`, bicubic), upsampled back bicubically to y
+and concatenated to the scaled x_t (SR3's conditioning, `stepdistill.conditioning.LRConditioner`). By default the
+network models the residual x0 - y (SRDiff's residual; `Denoiser(residual=True)`): it sees x_t - alpha y and
+predicts the missing detail, so it starts at bicubic quality instead of having to learn to carry the LR content
+through (a small network that had to, at 3,000 steps, stayed 5 dB below bicubic; docs/tuning/README.md). Both keep
+the teacher an ordinary diffusion model of x0 under the usual forward process, so every sampler, recipe and export
+applies unchanged; ResShift's residual shifting would need a forward process of its own. `model_index.json` records
+`sr_scale` and `sr_residual`, which the recipes and the export read.
 """
 
 from __future__ import annotations
@@ -52,8 +55,14 @@ class ModelConfig:
     layers_per_block: int = 1
     # Self-attention only at the coarsest (4x4) level: at 16x16 it buys little and costs a lot on CPU.
     down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+    # GroupNorm groups; keep >= 2 channels per group at the first level: with one, every norm removes each
+    # feature map's own mean, and the network can no longer carry a condition's absolute intensities through
+    norm_num_groups: int = 16
     num_classes: int = 10  # digits
     sr_scale: int = 4  # patches: the low-resolution condition's downsampling factor
+    # patches: model the residual over the bicubic upsample (`Denoiser(residual=True)`), recorded in
+    # model_index.json as `sr_residual`
+    sr_residual: bool = True
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
 
@@ -93,7 +102,7 @@ def build_unet(m: ModelConfig, *, channels: int = 1, condition_channels: int = 0
         block_out_channels=m.block_out_channels, layers_per_block=m.layers_per_block,
         down_block_types=m.down_block_types,
         up_block_types=tuple(b.replace("Down", "Up") for b in reversed(m.down_block_types)),
-        num_class_embeds=num_class_embeds, norm_num_groups=16, attention_head_dim=32,
+        num_class_embeds=num_class_embeds, norm_num_groups=m.norm_num_groups, attention_head_dim=32,
     )
 
 
@@ -120,7 +129,7 @@ def main(cfg: TeacherConfig) -> None:
     data, conditioner, channels = data_and_condition(cfg)
     unet = build_unet(cfg.model, channels=channels, condition_channels=getattr(conditioner, "extra_channels", 0),
                       num_class_embeds=cfg.model.num_classes + 1 if cfg.data == "digits" else None)
-    denoiser = Denoiser(unet, schedule, prediction_type)
+    denoiser = Denoiser(unet, schedule, prediction_type, residual=cfg.data == "patches" and cfg.model.sr_residual)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     lr_sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.train.warmup_steps,
@@ -167,7 +176,7 @@ def main(cfg: TeacherConfig) -> None:
             scheduler.save_pretrained(out / "scheduler")
             if cfg.data == "patches":  # what the recipes read to rebuild the condition
                 index = {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"],
-                         "sr_scale": cfg.model.sr_scale}
+                         "sr_scale": cfg.model.sr_scale, "sr_residual": cfg.model.sr_residual}
                 atomic_write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")
             save_config(cfg, out / "train_config.yaml")
             summary = dict(command="python " + " ".join(sys.argv), minutes=round(minutes, 1),

@@ -167,13 +167,18 @@ class Denoiser(nn.Module):
     t:       native time of `schedule`, a scalar or shape (B,).
     adapter: for a peft-adapted net shared between roles, the adapter this role runs with; None
              runs the base weights with adapters disabled (SwiftBrush's real score).
+    residual: the network models the residual over its image condition y (`concat=`, super-resolution's
+             bicubic upsample; SRDiff, Li et al. 2022): it sees x_t - alpha y, the noised residual
+             alpha (x0 - y) + sigma eps, and x0 = y + its prediction. Still a denoiser of x0 itself, so
+             samplers, losses and recipes are unchanged; an untrained network starts near y, not noise.
 
     The network runs in its own dtype; the input scaling and the conversion to x0 run in float32,
     so losses never branch on dtype or prediction type.
     """
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction_type: str,
-                 *, sigma_data: float = 0.5, adapter: str | None = None, learn_sigma: bool = False):
+                 *, sigma_data: float = 0.5, adapter: str | None = None, learn_sigma: bool = False,
+                 residual: bool = False):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
@@ -184,6 +189,7 @@ class Denoiser(nn.Module):
         self.adapter = adapter
         # DiT/PixArt checkpoints predict (eps, variance) stacked on channels; keep the first half.
         self.learn_sigma = learn_sigma
+        self.residual = residual
 
     @property
     def dtype(self) -> torch.dtype:
@@ -213,16 +219,28 @@ class Denoiser(nn.Module):
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         return t.expand(x_t.shape[0]) if t.ndim == 0 else t
 
+    def _base(self, x_t: torch.Tensor, concat: torch.Tensor | None) -> torch.Tensor | None:
+        """What x0 is a residual over: the image condition for a residual network, else nothing."""
+        if not self.residual:
+            return None
+        if concat is None:
+            raise ValueError("a residual denoiser needs its image condition (concat=)")
+        return concat.float()
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, *, concat: torch.Tensor | None = None,
                 **cond) -> torch.Tensor:
         x_t = x_t.float()
         t = self._times(t, x_t)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        base = self._base(x_t, concat)
+        if base is not None:
+            x_t = x_t - _b(alpha, x_t) * base  # the noised residual
         out = self._run(x_t, t, concat, cond)
         out = network_output(out)
         if self.learn_sigma:
             out = out[:, : x_t.shape[1]]
-        return to_x0(self.prediction_type, x_t, out.float(), alpha, sigma, self.sigma_data)
+        x0 = to_x0(self.prediction_type, x_t, out.float(), alpha, sigma, self.sigma_data)
+        return x0 if base is None else base + x0
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor | float, *, concat: torch.Tensor | None = None,
                  **cond) -> torch.Tensor:
@@ -232,6 +250,9 @@ class Denoiser(nn.Module):
         network's trainable parameters."""
         x_t = x_t.float()
         t = self._times(t, x_t)
+        base = self._base(x_t, concat)
+        if base is not None:
+            x_t = x_t - _b(self.schedule.alpha(t), x_t) * base
         captured: list[torch.Tensor] = []
 
         def hook(_module, _inputs, output):

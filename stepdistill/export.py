@@ -125,15 +125,18 @@ def export_class_conditional(folder: str | Path, unet: nn.Module | list[nn.Modul
 
 
 def export_super_resolution(folder: str | Path, unet: nn.Module, scheduler_config: Mapping, *, timesteps: list[int],
-                            sr_scale: int, model_card: dict | None = None, adapter: str | None = None) -> Path:
+                            sr_scale: int, residual: bool = False, model_card: dict | None = None,
+                            adapter: str | None = None) -> Path:
     """Write a self-contained diffusers pipeline folder for a pixel-space super-resolution student (the LR image,
     bicubic-upsampled, concatenated to the network's input): `unet` + an `LCMScheduler` (the student's sampler, as
     for class-conditional students) + `stepdistill_sr_pipeline.py` (`stepdistill/pipelines/super_resolution.py`).
     Load it, with or without stepdistill installed:
         `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)(image=low_resolution).images`
+    `residual`: the network models the residual over the upsample (`Denoiser(residual=True)`); recorded as the
+    pipeline's `sr_residual`, whose sampler then runs on residuals, unclamped.
     """
     folder = Path(folder).expanduser()
-    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0)
+    scheduler = _lcm_scheduler(scheduler_config, clip_sample=not residual, clip_sample_range=1.0)
     timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
     if int(sr_scale) < 1:
         raise ValueError(f"sr_scale={sr_scale} must be >= 1")
@@ -148,7 +151,8 @@ def export_super_resolution(folder: str | Path, unet: nn.Module, scheduler_confi
         low_resolution = Image.open("input.png")  # the output is {int(sr_scale)}x larger
         image = pipe(image=low_resolution, generator=torch.Generator().manual_seed(0)).images[0]""")
     return _pixel_folder(folder, {"unet": net}, scheduler, SR_PIPELINE_FILE, SR_PIPELINE_MODULE, SR_PIPELINE_CLASS,
-                         {"timesteps": timesteps, "sr_scale": int(sr_scale)}, card=card, call=call,
+                         {"timesteps": timesteps, "sr_scale": int(sr_scale), "sr_residual": bool(residual)},
+                         card=card, call=call,
                          pipeline_tag="image-to-image")
 
 

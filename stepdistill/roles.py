@@ -97,7 +97,7 @@ class Teacher:
         learn_sigma = cfg.get("out_channels", 0) == 2 * cfg.get("in_channels", -1)
         sigma_data = self.scheduler_config.get("sigma_data", 0.5)
         return Denoiser(n, self.schedule, self.prediction_type, sigma_data=sigma_data, adapter=adapter,
-                        learn_sigma=learn_sigma)
+                        learn_sigma=learn_sigma, residual=bool(self.index.get("sr_residual", False)))
 
 
 # ----------------------------------------------------------------------------

@@ -181,7 +181,8 @@ class Student:
             from .export import export_super_resolution
 
             return export_super_resolution(folder, net, self.teacher.scheduler_config, timesteps=timesteps,
-                                           sr_scale=self.conditioner.scale, model_card=card, adapter=self.lora_adapter)
+                                           sr_scale=self.conditioner.scale, residual=self.generator.denoiser.residual,
+                                           model_card=card, adapter=self.lora_adapter)
         raise TypeError(f"no export for a student conditioned by {type(self.conditioner).__name__}")
 
     def export_timesteps(self) -> list:

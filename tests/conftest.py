@@ -68,7 +68,8 @@ def digits_like_teacher(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sr_teacher(tmp_path_factory):
-    """A tiny random x4 super-resolution teacher folder (16x16 RGB, LR copy concatenated)."""
+    """A tiny random x4 super-resolution teacher folder (16x16 RGB, LR copy concatenated), modelling the residual
+    over the upsample as the shipped one does."""
     from stepdistill.tiny import build_tiny_super_resolution
 
-    return build_tiny_super_resolution(tmp_path_factory.mktemp("teacher") / "tiny-sr")
+    return build_tiny_super_resolution(tmp_path_factory.mktemp("teacher") / "tiny-sr", residual=True)

@@ -22,7 +22,7 @@ from stepdistill.training import Draw  # noqa: E402
 def x2_teacher(tmp_path_factory):
     from stepdistill.tiny import build_tiny_super_resolution
 
-    return build_tiny_super_resolution(tmp_path_factory.mktemp("teacher") / "tiny-sr-x2", scale=2)
+    return build_tiny_super_resolution(tmp_path_factory.mktemp("teacher") / "tiny-sr-x2", scale=2, residual=True)
 
 
 def _cfg(teacher, out, *extra):

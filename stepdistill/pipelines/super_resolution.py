@@ -11,6 +11,8 @@ times larger. Sampling, one network evaluation per timestep of `pipe.config.time
     for t in timesteps:                                    # LCMScheduler.step:
         x0 = clamp(x0 from unet(cat([x, y]), t) for the scheduler's prediction_type, -1, 1)
         x = x0 on the last step, else sqrt(abar_next) x0 + sqrt(1 - abar_next) eps, eps drawn from `generator`
+With `pipe.config.sr_residual` the unet models the residual over y (SRDiff): the same loop runs on r = x - sqrt(abar_t) y,
+the noised residual (unet(cat([r, y]), t), no clamp), and the image is y + the last step's r.
 Images: output_type "pil" (default), "np" (B, H, W, C) or "pt" (B, C, H, W), in [0, 1] as usual in diffusers.
 """
 import json
@@ -30,10 +32,11 @@ PIPELINE_MODULE = "stepdistill_sr_pipeline"  # the file name an exported folder 
 class StepDistillSuperResolutionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, timesteps=(999,), sr_scale=4):
+    def __init__(self, unet, scheduler, timesteps=(999,), sr_scale=4, sr_residual=False):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(timesteps=[int(t) for t in timesteps], sr_scale=int(sr_scale))
+        self.register_to_config(timesteps=[int(t) for t in timesteps], sr_scale=int(sr_scale),
+                                sr_residual=bool(sr_residual))
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)  # [-1, 1] -> [0, 1]
 
     def condition(self, image, device):
@@ -56,10 +59,15 @@ class StepDistillSuperResolutionPipeline(DiffusionPipeline):
         z = randn_tensor((y.shape[0], self.unet.config.out_channels, *y.shape[-2:]), generator=generator,
                          device=device, dtype=torch.float32)
         self.scheduler.set_timesteps(timesteps=self.config.timesteps, device=device)
-        x = (1 - self.scheduler.alphas_cumprod[int(self.scheduler.timesteps[0])]).sqrt().to(device) * z
+        abar = self.scheduler.alphas_cumprod[int(self.scheduler.timesteps[0])].to(device)
+        x = (1 - abar).sqrt() * z
+        if self.config.sr_residual:  # the noised residual; linear re-noising keeps each step's x in that space
+            x = x - abar.sqrt() * y
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self.unet(torch.cat([x, y], dim=1).to(self.unet.dtype), t).sample.float()
             x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        if self.config.sr_residual:
+            x = y + x
         images = self.image_processor.postprocess(x, output_type=output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -89,10 +89,11 @@ def build_tiny_class_conditional(folder: str | Path, *, seed: int = 0) -> Path:
     return folder
 
 
-def build_tiny_super_resolution(folder: str | Path, *, scale: int = 4, seed: int = 0) -> Path:
+def build_tiny_super_resolution(folder: str | Path, *, scale: int = 4, seed: int = 0, residual: bool = False) -> Path:
     """Write a tiny random super-resolution teacher folder (16x16 RGB, the bicubic LR copy concatenated: 6 input
     channels, 3 output; cosine VP, v-prediction; `sr_scale` in model_index.json, as `recipes/train_teacher.py`
-    writes the shipped one) and return its path. What the SR recipes' tests run on."""
+    writes the shipped one; `residual`: `sr_residual`, the network models the residual over the upsample) and return
+    its path. What the SR recipes' tests run on."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     folder = Path(folder).expanduser()
@@ -106,8 +107,8 @@ def build_tiny_super_resolution(folder: str | Path, *, scale: int = 4, seed: int
         DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
             tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(
-            {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"], "sr_scale": scale},
-            indent=2) + "\n")
+            {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"], "sr_scale": scale,
+             "sr_residual": residual}, indent=2) + "\n")
     return folder
 
 
