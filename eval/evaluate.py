@@ -12,6 +12,19 @@ grid of NFEs, `calc` computes the metrics and writes the report, `all` does the 
 `--model`: `digits` or a teacher folder (sampled with `--sampler`), an exported pipeline folder, or a
 training checkpoint folder. Protocols: `stepdistill.evaluation.protocols`. Generated sets live in
 `<outdir>/<model>-<sampler>/nfe<K>/set<s>/` with a meta.json; `calc` scores every set it finds there.
+
+Super-resolution, `sr`: bicubic and each model on the same inputs, one JSON row each (+ CSV and a crop grid beside it)
+
+    python eval/evaluate.py sr --model sr outputs/tadsr/pipeline --nfe 15 --results eval/results/evaluate_sr.json
+    python eval/evaluate.py sr --model outputs/tadsr/pipeline --lr-dir my_lr/ --hr-dir my_hr/ --results out.json
+    python eval/evaluate.py sr --model outputs/tadsr/pipeline --lr-dir my_lr/ --save-images outputs/sr_images
+
+Inputs: the embedded held-out patches (`stepdistill.data.patches`, degraded as the model's training data: bicubic
+x`sr_scale`), or `--lr-dir` (and `--hr-dir`, same file names, for the metrics; without it only images and times).
+Models: an SR teacher (`sr`, `sr-x2` or a folder; through `--sampler` at each `--nfe`, default 15) or an exported SR
+pipeline (run as a user runs it, at its own steps). Metrics (`stepdistill.sr_benchmark`): PSNR and SSIM on the Y
+channel with `sr_scale` pixels cropped from every border (BasicSR / pyiqa `test_y_channel=True`), and the offline
+perceptual pair, the high-frequency spectrum error and energy ratio above the LR Nyquist frequency.
 """
 
 from __future__ import annotations
@@ -100,7 +113,24 @@ def parse(argv: list[str] | None = None) -> tuple[str, Options]:
     sub.add_parser("gen", parents=[common, gen], help="generate image sets")
     sub.add_parser("calc", parents=[common, calc], help="compute metrics of generated sets, write the report")
     sub.add_parser("all", parents=[common, gen, calc], help="ref, gen and calc")
+    sr = sub.add_parser("sr", help="super-resolution: bicubic and each model on LR inputs (module docstring)")
+    sr.add_argument("--model", dest="models", nargs="+", required=True)
+    sr.add_argument("--sampler", default="dpmpp_2m", help="teacher ODE sampler (ddim, euler, heun, dpmpp_2m)")
+    sr.add_argument("--nfe", type=int, nargs="+", default=[15], help="NFE grid for teachers")
+    sr.add_argument("--lr-dir", type=Path, help="low-resolution inputs (default: the embedded test patches)")
+    sr.add_argument("--hr-dir", type=Path, help="ground truth for --lr-dir, same file names")
+    sr.add_argument("--num-images", type=int, default=256, help="embedded test patches to use")
+    sr.add_argument("--batch-size", type=int, default=64)
+    sr.add_argument("--seed", type=int, default=0, help="the samplers' noise")
+    sr.add_argument("--results", type=Path, default=Options.outdir / "evaluate_sr.json")
+    sr.add_argument("--save-images", type=Path, help="also write every model's outputs as PNG files here")
     a = parser.parse_args(argv)
+    if a.command == "sr":
+        if min(a.nfe) < 1:
+            parser.error(f"--nfe must be >= 1 network evaluations; got {a.nfe}")
+        if a.hr_dir is not None and a.lr_dir is None:
+            parser.error("--hr-dir scores --lr-dir's outputs; give --lr-dir too")
+        return a.command, a
     bad = [n for n in [*getattr(a, "nfe", []), *getattr(a, "student_nfe", [])] if n < 1]
     if bad:
         parser.error(f"--nfe / --student-nfe must be >= 1 network evaluations; got {bad}")
@@ -352,8 +382,27 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+def cmd_sr(a: argparse.Namespace, argv: list[str]) -> dict:
+    from stepdistill.sr_benchmark import evaluate_sr_models, write_sr_results
+
+    result, images, conditioner = evaluate_sr_models(
+        a.models, sampler=a.sampler, nfe=a.nfe, lr_dir=a.lr_dir, hr_dir=a.hr_dir, num_images=a.num_images,
+        batch_size=a.batch_size, seed=a.seed, save_images=a.save_images)
+    result = {"command": "python eval/evaluate.py " + " ".join(argv), **result}
+    paths = write_sr_results(result, a.results, images, conditioner=conditioner)
+    for r in result["rows"]:
+        scores = (f"PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  HF err {r['hf_spectrum_error']:.3f}  "
+                  f"HF energy {r['hf_energy_ratio']:.2f}  " if "psnr_y" in r else "")
+        print(f"{r['model'][:40]:>40} {r['nfe']:>3} NFE  {scores}{1e3 * r['seconds_per_image']:.2f} ms / image")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return result
+
+
 def run(argv: list[str]) -> None:
     command, opts = parse(argv)
+    if command == "sr":
+        cmd_sr(opts, argv)
+        return
     if command in ("ref", "all"):
         cmd_ref(opts)
     if command in ("gen", "all"):

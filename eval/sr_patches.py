@@ -12,8 +12,6 @@ with the teacher rows, on the same patches, noise and machine.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import subprocess
 import sys
@@ -48,24 +46,6 @@ def train(recipe: str, overrides: list[str], out: Path, budget: float) -> dict:
             "wall_minutes": round((time.time() - start) / 60, 2)}
 
 
-def student_fn(folder: Path, teacher, conditioner, shape):
-    """The exported student (its `unet/` weights, the teacher's schedule) as the benchmark's `SampleFn`."""
-    from diffusers import UNet2DModel
-
-    from stepdistill.denoiser import Denoiser
-    from stepdistill.roles import Generator
-
-    residual = json.loads((folder / "model_index.json").read_text()).get("sr_residual", False)
-    gen = Generator(Denoiser(UNet2DModel.from_pretrained(folder / "unet").eval(), teacher.schedule,
-                             teacher.prediction_type, residual=residual), 999.0)
-
-    def fn(labels, generator):
-        z = torch.randn(len(labels), *shape, generator=generator)
-        return gen(z, **conditioner.cond(labels))
-
-    return fn
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "sr_patches_eval")
@@ -75,8 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from stepdistill.degradations import Degradation
     from stepdistill.roles import load_teacher
-    from stepdistill.sr_benchmark import (NUM_TEST_PATCHES, SRBenchmark, bicubic_fn, patches_conditioner,
-                                          save_crop_grid, teacher_fn)
+    from stepdistill.sr_benchmark import (
+        NUM_TEST_PATCHES,
+        SRBenchmark,
+        bicubic_fn,
+        patches_conditioner,
+        pipeline_fn,
+        teacher_fn,
+        write_sr_results,
+    )
 
     budget = 2.0 if args.steps == "2x" else 1.0
     runs = {}
@@ -94,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         fn = teacher_fn(den, teacher.schedule, conditioner, sampler=sampler, nfe=nfe, shape=shape)
         row, images[f"teacher {nfe} NFE"] = bench.evaluate(fn, model="teacher", sampler=sampler, nfe=nfe)
         rows.append(row)
-    for name, (record, out) in runs.items():
-        row, images[name.split(" (")[0]] = bench.evaluate(student_fn(out / "pipeline", teacher, conditioner, shape),
-                                                          model=name, nfe=1)
+    for name, (record, out) in runs.items():  # the exported pipelines, run as a user runs them
+        fn, config = pipeline_fn(out / "pipeline", conditioner)
+        row, images[name.split(" (")[0]] = bench.evaluate(fn, model=name, nfe=len(config["timesteps"]))
         rows.append({**row, **record})
     images["HR"] = bench.ground_truth
     teacher_row = rows[1]
@@ -110,15 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                          "above the LR Nyquist frequency (stepdistill.evaluation.sr); seconds per image at batch 64",
               "teacher_default": f"{TEACHER_SAMPLER}, {TEACHER_NFE} NFE", "torch_threads": torch.get_num_threads(),
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    keys = ["model", "nfe", "psnr_y", "ssim_y", "hf_spectrum_error", "hf_energy_ratio", "seconds_per_image",
-            "psnr_vs_teacher_db", "hf_error_vs_teacher", "speedup_vs_teacher"]
-    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    save_crop_grid(args.out.with_suffix(".png"), images, conditioner=conditioner)
+    write_sr_results(result, args.out, images, conditioner=conditioner)
     for r in rows:
         print(f"{r['model'][:44]:>44} {r['nfe']:>3} NFE  PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  "
               f"HF err {r['hf_spectrum_error']:.3f}  HF energy {r['hf_energy_ratio']:.2f}  "

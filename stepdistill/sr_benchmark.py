@@ -28,8 +28,10 @@ from .evaluation.sr import hf_energy_ratio, hf_spectrum_error, psnr, ssim
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
-__all__ = ["SRBenchmark", "patches_conditioner", "teacher_fn", "bicubic_fn", "save_crop_grid", "is_sr_student",
-           "evaluate_sr_student", "NUM_TEST_PATCHES"]
+__all__ = ["SRBenchmark", "patches_conditioner", "folder_conditioner", "FolderPairs", "teacher_fn", "pipeline_fn",
+           "bicubic_fn", "save_crop_grid", "write_sr_results", "evaluate_sr_models", "is_sr_student",
+           "evaluate_sr_student",
+           "NUM_TEST_PATCHES"]
 
 NUM_TEST_PATCHES = 256
 
@@ -40,6 +42,78 @@ def patches_conditioner(resolution: int, degradation: Degradation, *, num_patche
     patches = IndexLabelled(PatchDataset(resolution, scale=degradation.scale, num_patches=num_patches, split="test",
                                          seed=seed, degradation=degradation))
     return LRConditioner(patches, degradation, channels=3)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
+
+
+class FolderPairs(torch.utils.data.Dataset):
+    """Low-resolution images from a folder (sorted by name), with the high-resolution image of the same name from
+    `hr_dir` when given: items {"lr", "images"} in [-1, 1]. Without `hr_dir`, "images" is an all-zero placeholder
+    of the output's size (nothing to score against). Every image must have one size (they are batched); mismatches
+    are reported before any image is generated."""
+
+    def __init__(self, lr_dir: str | Path, scale: int, hr_dir: str | Path | None = None):
+        lr_dir = Path(lr_dir)
+        if not lr_dir.is_dir():
+            raise ValueError(f"--lr-dir {lr_dir} is not a folder")
+        self.paths = sorted(p for p in lr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise ValueError(f"{lr_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.lr = [_read_rgb(p) for p in self.paths]
+        sizes = {tuple(x.shape[-2:]) for x in self.lr}
+        if len(sizes) > 1:
+            raise ValueError(f"the LR images in {lr_dir} have several sizes {sorted(sizes)}; crop them to one")
+        h, w = sizes.pop()
+        self.scale, self.names = int(scale), [p.stem for p in self.paths]
+        if hr_dir is None:
+            self.hr = None
+            return
+        hr_dir, self.hr = Path(hr_dir), []
+        for p in self.paths:
+            match = [q for q in sorted(hr_dir.glob(p.stem + ".*")) if q.suffix.lower() in IMAGE_SUFFIXES]
+            if not match:
+                raise ValueError(f"no high-resolution image named {p.stem} in {hr_dir}")
+            hr = _read_rgb(match[0])
+            if tuple(hr.shape[-2:]) != (h * self.scale, w * self.scale):
+                raise ValueError(f"{match[0]} is {tuple(hr.shape[-2:])}; x{self.scale} of its LR image is "
+                                 f"{(h * self.scale, w * self.scale)}")
+            self.hr.append(hr)
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def __getitem__(self, i: int) -> dict:
+        lr = self.lr[i]
+        hr = self.hr[i] if self.hr is not None else lr.new_zeros(3, lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
+        return {"lr": lr, "images": hr}
+
+
+def folder_conditioner(lr_dir: str | Path, scale: int, hr_dir: str | Path | None = None) -> LRConditioner:
+    """A folder's LR images (each one's own, never re-degraded) as the condition, label i = the i-th by name."""
+    return LRConditioner(FolderPairs(lr_dir, scale, hr_dir), Degradation(scale), channels=3)
+
+
+def pipeline_fn(folder: str | Path, conditioner: LRConditioner) -> tuple[SampleFn, dict]:
+    """An exported SR pipeline folder as a user runs it (stock diffusers, `pipe(image=LR)`), and its config."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def fn(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        low = (conditioner.lr(labels) + 1) / 2
+        return pipe(image=low, generator=generator, output_type="pt").images * 2 - 1
+
+    return fn, dict(pipe.config)
 
 
 def teacher_fn(denoiser, schedule, conditioner: LRConditioner, *, sampler: str, nfe: int,
@@ -95,9 +169,12 @@ class SRBenchmark:
                 out.append(fn(chunk, generator).float().cpu())
         return torch.cat(out), (time.perf_counter() - start) / len(labels)
 
-    def evaluate(self, fn: SampleFn, **row) -> tuple[dict, torch.Tensor]:
-        """A result row (the metrics' means over patches, with `row`'s fields) and the images."""
+    def evaluate(self, fn: SampleFn, *, scored: bool = True, **row) -> tuple[dict, torch.Tensor]:
+        """A result row (the metrics' means over patches, with `row`'s fields) and the images; `scored=False`:
+        the time only (inputs without ground truth)."""
         images, seconds = self.images(fn)
+        if not scored:
+            return {**row, "seconds_per_image": round(seconds, 6)}, images
         out, gt = _uint8(images), self._ground_truth_uint8
         crop = self.scale
         metrics = {
@@ -141,6 +218,34 @@ def save_crop_grid(path: str | Path, columns: dict[str, torch.Tensor], *, condit
     return path
 
 
+CSV_KEYS = ["model", "sampler", "nfe", "psnr_y", "ssim_y", "hf_spectrum_error", "hf_energy_ratio", "seconds_per_image",
+            "psnr_vs_teacher_db", "hf_error_vs_teacher", "speedup_vs_teacher"]
+
+
+def write_sr_results(result: dict, out: str | Path, images: dict[str, torch.Tensor] | None = None, *,
+                     conditioner: LRConditioner | None = None) -> list[Path]:
+    """`out` (JSON), the rows as CSV beside it, and with `images` the crop grid (.png): the files written."""
+    import csv
+    import io
+    import json
+
+    from .io import atomic_write_text
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[k for k in CSV_KEYS if any(k in r for r in result["rows"])],
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    atomic_write_text(out.with_suffix(".csv"), buf.getvalue())
+    paths = [out, out.with_suffix(".csv")]
+    if images:
+        paths.append(save_crop_grid(out.with_suffix(".png"), images, conditioner=conditioner))
+    return paths
+
+
 def is_sr_student(student) -> bool:
     """A one-model super-resolution student (conditioned on an LR image) the patch benchmark can measure."""
     return isinstance(getattr(student, "conditioner", None), LRConditioner)
@@ -171,3 +276,86 @@ def evaluate_sr_student(student, real_denoiser, schedule, *, teacher_sampler: st
         save_crop_grid(grid, images, conditioner=conditioner)
     return {"benchmark": "sr_patches", "scale": bench.scale, "n_patches": NUM_TEST_PATCHES,
             "crop_border": bench.scale, "rows": rows}
+
+
+def _sr_model(source: str):
+    """("pipeline", folder, its sr_scale, its resolution) for an exported SR pipeline, else ("teacher", the loaded
+    SR teacher, sr_scale, resolution); anything else is a ValueError."""
+    import json
+
+    from .roles import load_teacher
+
+    folder = Path(source)
+    index_path = folder / "model_index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        if "StepDistillSuperResolutionPipeline" in (index.get("_class_name") or []):
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+            return "pipeline", folder, int(index["sr_scale"]), int(unet["sample_size"])
+    teacher = load_teacher(source)
+    if "sr_scale" not in teacher.index:
+        raise ValueError(f"{source} is not a super-resolution model: its model_index.json has no sr_scale")
+    return "teacher", teacher, int(teacher.index["sr_scale"]), int(teacher.net.config.sample_size)
+
+
+def evaluate_sr_models(models: list[str], *, sampler: str = "dpmpp_2m", nfe: list[int] = (15,),
+                       lr_dir: str | Path | None = None, hr_dir: str | Path | None = None, num_images: int = 256,
+                       batch_size: int = 64, seed: int = 0, save_images: str | Path | None = None):
+    """Bicubic, then each model (an SR teacher through `sampler` at each `nfe`, or an exported SR pipeline at its
+    own steps) on the same inputs: the embedded test patches or `lr_dir` (scored against `hr_dir` when given).
+    Every model is loaded and every input read before the first image is generated. Returns (result, the images
+    by row name with "HR" when known, the conditioner) for `write_sr_results`."""
+    loaded = [_sr_model(m) for m in models]
+    scales = {m: item[2] for m, item in zip(models, loaded)}
+    if len(set(scales.values())) > 1:
+        raise ValueError(f"the models' scales differ: {scales}")
+    scale, resolution = loaded[0][2], loaded[0][3]
+    if lr_dir is None:
+        conditioner = patches_conditioner(resolution, Degradation(scale), num_patches=num_images)
+        inputs = f"the embedded held-out patches ({num_images}, {resolution}x{resolution}, bicubic x{scale})"
+    else:
+        conditioner = folder_conditioner(lr_dir, scale, hr_dir)
+        inputs = f"{lr_dir}" + (f" against {hr_dir}" if hr_dir is not None else " (no ground truth: times only)")
+    scored = lr_dir is None or hr_dir is not None
+    bench = SRBenchmark(conditioner, batch_size=batch_size, seed=seed)
+    rows, images = [], {}
+    row, images["bicubic"] = bench.evaluate(bicubic_fn(conditioner), scored=scored, model="bicubic", nfe=0)
+    rows.append(row)
+    for source, (kind, model, _, _) in zip(models, loaded):
+        if kind == "pipeline":
+            fn, config = pipeline_fn(model, conditioner)
+            steps = len(config["timesteps"])
+            row, images[f"{Path(source).name}, {steps} NFE"] = bench.evaluate(fn, scored=scored, model=str(source),
+                                                                               nfe=steps)
+            rows.append(row)
+            continue
+        den, shape = model.denoiser(), (3, *conditioner.cond(torch.zeros(1, dtype=torch.long))["concat"].shape[-2:])
+        for n in nfe:
+            fn = teacher_fn(den, model.schedule, conditioner, sampler=sampler, nfe=n, shape=shape)
+            row, images[f"{source}, {n} NFE"] = bench.evaluate(fn, scored=scored, model=str(source), sampler=sampler,
+                                                               nfe=n)
+            rows.append(row)
+    if save_images is not None:
+        _save_pngs(Path(save_images), images, conditioner)
+    if scored:
+        images["HR"] = bench.ground_truth
+    result = {"benchmark": "sr_patches" if lr_dir is None else "sr_folder", "inputs": inputs, "scale": scale,
+              "n_images": conditioner.num_classes, "crop_border": scale, "seed": seed, "batch_size": batch_size,
+              "metrics": "PSNR / SSIM on Y (BT.601), border cropped by the scale (BasicSR, pyiqa test_y_channel); HF "
+                         "spectrum error and energy ratio above the LR Nyquist frequency (stepdistill.evaluation.sr)",
+              "torch_threads": torch.get_num_threads(), "rows": rows}
+    return result, images, conditioner
+
+
+def _save_pngs(root: Path, images: dict[str, torch.Tensor], conditioner: LRConditioner) -> None:
+    """Every row's outputs as PNG files, one folder per row, named after the inputs (or their index)."""
+    import re
+
+    from PIL import Image
+
+    names = getattr(conditioner.dataset, "names", None) or [f"{i:04d}" for i in range(conditioner.num_classes)]
+    for row, batch in images.items():
+        folder = root / re.sub(r"[^A-Za-z0-9._-]+", "_", row).strip("_")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, arr in zip(names, _uint8(batch)):
+            Image.fromarray(arr).save(folder / f"{name}.png")

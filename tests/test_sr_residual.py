@@ -5,6 +5,7 @@ and sampled by the exported pipeline as stepdistill samples it, for one step and
 import json
 
 import torch
+from without_stepdistill import SEEDED, images_without_stepdistill
 
 from stepdistill.conditioning import LRConditioner
 from stepdistill.degradations import Degradation
@@ -12,7 +13,6 @@ from stepdistill.denoiser import Denoiser
 from stepdistill.roles import load_teacher
 from stepdistill.samplers import multistep
 from stepdistill.tiny import build_tiny_super_resolution
-from without_stepdistill import SEEDED, images_without_stepdistill
 
 
 class Zero(torch.nn.Module):
