@@ -122,6 +122,10 @@ CASES = [
     Case("evaluate", ("calc", "--protocol", "digits"), "no generated digits sets"),
     Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/checkpoints/step_00000004.tmp", "--nfe", "1"),
          "incomplete checkpoint"),
+    Case("evaluate", ("sr", "--model", "{teacher}"), "not a super-resolution model"),
+    Case("evaluate", ("sr", "--model", "{sr}", "--nfe", "0"), "--nfe"),
+    Case("evaluate", ("sr", "--model", "{sr}", "--lr-dir", "{tmp}/no_such_folder"), "is not a folder"),
+    Case("evaluate", ("sr", "--model", "{sr}", "--hr-dir", "{tmp}"), "give --lr-dir too"),
 ]
 
 

@@ -122,7 +122,9 @@ def parse(argv: list[str] | None = None) -> tuple[str, Options]:
     sr.add_argument("--num-images", type=int, default=256, help="embedded test patches to use")
     sr.add_argument("--batch-size", type=int, default=64)
     sr.add_argument("--seed", type=int, default=0, help="the samplers' noise")
-    sr.add_argument("--results", type=Path, default=Options.outdir / "evaluate_sr.json")
+    sr.add_argument("--outdir", type=Path, default=Options.outdir, help="where --results goes by default")
+    sr.add_argument("--results", type=Path, help="results JSON (CSV and crop grid beside it); default "
+                                                 "<outdir>/evaluate_sr.json")
     sr.add_argument("--save-images", type=Path, help="also write every model's outputs as PNG files here")
     a = parser.parse_args(argv)
     if a.command == "sr":
@@ -389,7 +391,7 @@ def cmd_sr(a: argparse.Namespace, argv: list[str]) -> dict:
         a.models, sampler=a.sampler, nfe=a.nfe, lr_dir=a.lr_dir, hr_dir=a.hr_dir, num_images=a.num_images,
         batch_size=a.batch_size, seed=a.seed, save_images=a.save_images)
     result = {"command": "python eval/evaluate.py " + " ".join(argv), **result}
-    paths = write_sr_results(result, a.results, images, conditioner=conditioner)
+    paths = write_sr_results(result, a.results or a.outdir / "evaluate_sr.json", images, conditioner=conditioner)
     for r in result["rows"]:
         scores = (f"PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  HF err {r['hf_spectrum_error']:.3f}  "
                   f"HF energy {r['hf_energy_ratio']:.2f}  " if "psnr_y" in r else "")
