@@ -6,7 +6,8 @@ with the teacher rows, on the same patches, noise and machine.
 
     python eval/sr_patches.py                    # -> eval/results/sr_patches.{json,csv,png} (~50 min on 2 cores)
     python eval/sr_patches.py --reuse            # measure the runs already in --work
-    python eval/sr_patches.py --steps 2x         # twice each run's default budget (the budget curve)
+    python eval/sr_patches.py --steps 2x --work outputs/sr_patches_2x --out F   # twice each run's budget
+    python eval/sr_patches.py --only TAD-SR ...  # some of the students (first word of the row name)
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "sr_patches.json")
     parser.add_argument("--reuse", action="store_true", help="measure the runs already in --work")
     parser.add_argument("--steps", choices=["1x", "2x"], default="1x", help="each run's budget")
+    parser.add_argument("--only", nargs="+", choices=[k.split(" ")[0] for k in RUNS],
+                        help="train and measure these students only (first word of the row name)")
     args = parser.parse_args(argv)
     from stepdistill.degradations import Degradation
     from stepdistill.roles import load_teacher
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = 2.0 if args.steps == "2x" else 1.0
     runs = {}
     for i, (name, (recipe, overrides)) in enumerate(RUNS.items()):
+        if args.only and name.split(" ")[0] not in args.only:
+            continue
         out = args.work / f"{recipe}_{i}"
         runs[name] = ({"command": "(reused)"} if args.reuse else train(recipe, overrides, out, budget)), out
     teacher = load_teacher("sr")
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         r["psnr_vs_teacher_db"] = round(r["psnr_y"] - teacher_row["psnr_y"], 3)
         r["hf_error_vs_teacher"] = round(r["hf_spectrum_error"] / teacher_row["hf_spectrum_error"], 3)
         r["speedup_vs_teacher"] = round(teacher_row["seconds_per_image"] / r["seconds_per_image"], 1)
-    result = {"benchmark": "sr_patches", "command": "python eval/sr_patches.py" + ("" if budget == 1 else " --steps 2x"),
+    result = {"benchmark": "sr_patches", "command": " ".join(["python eval/sr_patches.py", *(argv if argv is not None else sys.argv[1:])]),
               "scale": bench.scale, "n_patches": NUM_TEST_PATCHES, "patch_size": shape[-1], "crop_border": bench.scale,
               "metrics": "PSNR / SSIM on Y (BT.601), border cropped by the scale; HF spectrum error and energy ratio "
                          "above the LR Nyquist frequency (stepdistill.evaluation.sr); seconds per image at batch 64",
