@@ -4,7 +4,7 @@ the ablation), TAD-SR and YONOS-SR at one step. The students are trained first (
 `accelerate launch` as a user runs them), then loaded from their exported pipelines' weights and measured here
 with the teacher rows, on the same patches, noise and machine.
 
-    python eval/sr_patches.py                    # -> eval/results/sr_patches.{json,csv,png} (~50 min on 2 cores)
+    python eval/sr_patches.py                    # -> eval/results/sr_patches.{json,csv,png} (~30 min on 2 cores)
     python eval/sr_patches.py --reuse            # measure the runs already in --work
     python eval/sr_patches.py --steps 2x --work outputs/sr_patches_2x --out F   # twice each run's budget
     python eval/sr_patches.py --only TAD-SR ...  # some of the students (first word of the row name)
