@@ -172,14 +172,17 @@ def test_a_run_measures_bicubic_the_teacher_and_the_student_on_held_out_patches(
     import json
 
     out = tmp_path / "run"
-    tadsr.main(_cfg(*_overrides(sr_teacher, out, "train.max_steps=1", "eval.enabled=true", "eval.teacher_nfe=4",
-                                "export.enabled=false")))
+    tadsr.main(_cfg(*_overrides(sr_teacher, out, "train.max_steps=1", "eval.enabled=true", "eval.teacher_nfe=4")))
     result = json.loads((out / "results.json").read_text())
     assert result["benchmark"] == "sr_patches" and result["n_patches"] == 256 and result["crop_border"] == 4
     assert [(r["model"], r["nfe"]) for r in result["rows"]] == [("bicubic", 0), ("teacher", 4), ("teacher", 1),
                                                                  ("tadsr", 1)]
     assert all(r["psnr_y"] > 5 and 0 < r["seconds_per_image"] for r in result["rows"][1:])
     assert "speedup" in result["student_vs_teacher"] and (out / "results.png").is_file()
+    card = (out / "pipeline" / "README.md").read_text()  # the export's card carries the student's own row
+    mine = result["rows"][-1]
+    assert f"| psnr_y | {mine['psnr_y']:.4g} |" in card and f"| hf_spectrum_error | {mine['hf_spectrum_error']:.4g} |" in card
+    assert "PSNR-Y" in card and "| bicubic |" in card
 
 
 def test_two_processes_train_the_student_one_process_does(sr_teacher, tmp_path):

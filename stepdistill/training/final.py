@@ -149,6 +149,8 @@ def _card_text(result: dict | None, *, steps_done: int, horizon: Horizon, train_
     text = f"## Training\n\n{how} in {train_minutes:.1f} minutes: `{' '.join(['accelerate launch', *sys.argv])}`\n"
     if result is None:
         return text
+    if result["benchmark"] == "sr_patches":
+        return text + _sr_card_text(result)
     rows = "\n".join(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | "
                      f"{r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |" for r in result["rows"])
     source = result.get("teacher_rows", "measured in this run")
@@ -164,10 +166,28 @@ def _card_text(result: dict | None, *, steps_done: int, horizon: Horizon, train_
 
 
 def _card_metrics(result: dict | None) -> dict:
+    """The student's own row: the first on the digits benchmark, the last on the SR patches (after bicubic and
+    the teacher's)."""
     if result is None:
         return {}
+    if result["benchmark"] == "sr_patches":
+        row = result["rows"][-1]
+        return {k: row[k] for k in ("psnr_y", "ssim_y", "hf_spectrum_error", "hf_energy_ratio", "seconds_per_image",
+                                    "nfe")}
     row = result["rows"][0]
     return {k: row[k] for k in ("fd", "fd_std", "accuracy", "seconds_per_image", "nfe")}
+
+
+def _sr_card_text(result: dict) -> str:
+    rows = "\n".join(f"| {r['model']} | {r.get('sampler', '')} | {r['nfe']} | {r['psnr_y']:.2f} | {r['ssim_y']:.3f} | "
+                     f"{r['hf_spectrum_error']:.3f} | {r['hf_energy_ratio']:.2f} | {1e3 * r['seconds_per_image']:.2f} |"
+                     for r in result["rows"])
+    return (f"\n## How the metrics were measured\n\nstepdistill's super-resolution benchmark: {result['n_patches']} "
+            f"held-out natural-image patches, x{result['scale']}; PSNR / SSIM on the BT.601 Y channel with "
+            f"{result['crop_border']} pixels cropped from each border, and the high-frequency spectrum error and "
+            f"energy ratio above the low-resolution image's Nyquist frequency; bicubic and the teacher measured in "
+            f"the same run:\n\n| model | sampler | NFE | PSNR-Y | SSIM-Y | HF spectrum error | HF energy | ms / image |\n"
+            f"|---|---|---|---|---|---|---|---|\n{rows}\n")
 
 
 def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, evaluation: EvalConfig,
