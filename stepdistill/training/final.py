@@ -149,7 +149,7 @@ def _card_text(result: dict | None, *, steps_done: int, horizon: Horizon, train_
     text = f"## Training\n\n{how} in {train_minutes:.1f} minutes: `{' '.join(['accelerate launch', *sys.argv])}`\n"
     if result is None:
         return text
-    if result["benchmark"] == "sr_patches":
+    if result.get("benchmark") == "sr_patches":
         return text + _sr_card_text(result)
     rows = "\n".join(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | "
                      f"{r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |" for r in result["rows"])
@@ -170,7 +170,7 @@ def _card_metrics(result: dict | None) -> dict:
     the teacher's)."""
     if result is None:
         return {}
-    if result["benchmark"] == "sr_patches":
+    if result.get("benchmark") == "sr_patches":
         row = result["rows"][-1]
         return {k: row[k] for k in ("psnr_y", "ssim_y", "hf_spectrum_error", "hf_energy_ratio", "seconds_per_image",
                                     "nfe")}
