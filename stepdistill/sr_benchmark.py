@@ -3,7 +3,9 @@ images no model trained on).
 
 Each model is a `SampleFn` over the test patches' indices, `(labels, generator) -> HR images in [-1, 1]`: a
 student whose conditioner is `patches_conditioner(...)` (`dataclasses.replace(student, conditioner=...)`), the teacher through a
-sampler (`teacher_fn`), or the bicubic baseline (`bicubic_fn`). Every row reports, on uint8 images:
+sampler (`teacher_fn`), an exported pipeline run as a user runs it (`pipeline_fn`), or the bicubic baseline
+(`bicubic_fn`). `folder_conditioner` puts a folder of LR images (and their HR images) in the patches' place;
+`evaluate_sr_models` is `eval/evaluate.py sr`. Every row reports, on uint8 images:
 PSNR and SSIM on the Y channel with `scale` pixels cropped from each border (BasicSR / pyiqa's
 `test_y_channel=True`), the high-frequency spectrum error and energy ratio in the band a x`scale` model must
 invent (`stepdistill.evaluation.sr`), and seconds per image at the benchmark's batch size on this machine.
