@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cmd_sr(a: argparse.Namespace, argv: list[str]) -> dict:
-    from stepdistill.sr_benchmark import evaluate_sr_models, write_sr_results
+    from stepdistill.sr_benchmark import evaluate_sr_models, format_row, write_sr_results
 
     result, images, conditioner = evaluate_sr_models(
         a.models, sampler=a.sampler, nfe=a.nfe, lr_dir=a.lr_dir, hr_dir=a.hr_dir, num_images=a.num_images,
@@ -393,9 +393,7 @@ def cmd_sr(a: argparse.Namespace, argv: list[str]) -> dict:
     result = {"command": "python eval/evaluate.py " + " ".join(argv), **result}
     paths = write_sr_results(result, a.results or a.outdir / "evaluate_sr.json", images, conditioner=conditioner)
     for r in result["rows"]:
-        scores = (f"PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  HF err {r['hf_spectrum_error']:.3f}  "
-                  f"HF energy {r['hf_energy_ratio']:.2f}  " if "psnr_y" in r else "")
-        print(f"{r['model'][:40]:>40} {r['nfe']:>3} NFE  {scores}{1e3 * r['seconds_per_image']:.2f} ms / image")
+        print(format_row(r))
     print("wrote " + ", ".join(str(p) for p in paths))
     return result
 

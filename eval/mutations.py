@@ -329,7 +329,7 @@ MUTANTS = [
            ("tests/test_sr_residual.py::test_a_residual_denoiser_is_the_plain_one_on_the_noised_residual_plus_the_condition",),
            "a residual network's prediction is taken for x0 itself"),
     Mutant("sr_residual_input_not_shifted", "stepdistill/denoiser.py",
-           "            x_t = x_t - _b(alpha, x_t) * base  # the noised residual", "            pass",
+           "return x_t - _b(self.schedule.alpha(t), x_t) * base, base", "return x_t, base",
            ("tests/test_sr_residual.py::test_a_residual_denoiser_is_the_plain_one_on_the_noised_residual_plus_the_condition",),
            "a residual network sees x_t instead of the noised residual"),
     Mutant("sr_pipeline_residual_start", "stepdistill/pipelines/super_resolution.py",

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from stepdistill.sr_benchmark import (
         NUM_TEST_PATCHES,
         SRBenchmark,
+        METRICS,
         bicubic_fn,
+        format_row,
         patches_conditioner,
         pipeline_fn,
         teacher_fn,
@@ -98,15 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_vs_teacher"] = round(teacher_row["seconds_per_image"] / r["seconds_per_image"], 1)
     result = {"benchmark": "sr_patches", "command": " ".join(["python eval/sr_patches.py", *(argv if argv is not None else sys.argv[1:])]),
               "scale": bench.scale, "n_patches": NUM_TEST_PATCHES, "patch_size": shape[-1], "crop_border": bench.scale,
-              "metrics": "PSNR / SSIM on Y (BT.601), border cropped by the scale; HF spectrum error and energy ratio "
-                         "above the LR Nyquist frequency (stepdistill.evaluation.sr); seconds per image at batch 64",
+              "metrics": METRICS + "; seconds per image at batch 64",
               "teacher_default": f"{TEACHER_SAMPLER}, {TEACHER_NFE} NFE", "torch_threads": torch.get_num_threads(),
               "rows": rows}
     write_sr_results(result, args.out, images, conditioner=conditioner)
     for r in rows:
-        print(f"{r['model'][:44]:>44} {r['nfe']:>3} NFE  PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  "
-              f"HF err {r['hf_spectrum_error']:.3f}  HF energy {r['hf_energy_ratio']:.2f}  "
-              f"{1e3 * r['seconds_per_image']:.2f} ms")
+        print(format_row(r, width=44))
     return 0
 
 

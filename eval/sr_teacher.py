@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from stepdistill.degradations import Degradation
     from stepdistill.roles import load_teacher
-    from stepdistill.sr_benchmark import NUM_TEST_PATCHES, SRBenchmark, bicubic_fn, patches_conditioner, teacher_fn
+    from stepdistill.sr_benchmark import (NUM_TEST_PATCHES, SRBenchmark, bicubic_fn, format_row, patches_conditioner,
+                                          teacher_fn)
 
     result = {"benchmark": "sr_patches", "command": "python eval/sr_teacher.py", "n_patches": NUM_TEST_PATCHES,
               "torch_threads": torch.get_num_threads(), "teachers": {}}
@@ -39,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             fn = teacher_fn(den, teacher.schedule, conditioner, sampler=sampler, nfe=nfe, shape=shape)
             rows.append(bench.evaluate(fn, model=name, sampler=sampler, nfe=nfe)[0])
             r = rows[-1]
-            print(f"{name} x{scale} {sampler} {nfe:>2} NFE  PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  "
-                  f"HF err {r['hf_spectrum_error']:.3f}  HF energy {r['hf_energy_ratio']:.2f}  "
-                  f"{1e3 * r['seconds_per_image']:.2f} ms", flush=True)
+            print(f"x{scale} {sampler:>8} " + format_row(r, width=6), flush=True)
         result["teachers"][name] = {"scale": scale, "crop_border": scale, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

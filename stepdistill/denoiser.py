@@ -219,22 +219,23 @@ class Denoiser(nn.Module):
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         return t.expand(x_t.shape[0]) if t.ndim == 0 else t
 
-    def _base(self, x_t: torch.Tensor, concat: torch.Tensor | None) -> torch.Tensor | None:
-        """What x0 is a residual over: the image condition for a residual network, else nothing."""
+    def _residual_input(self, x_t: torch.Tensor, t: torch.Tensor,
+                        concat: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(what the network sees, what its x0 is a residual over): for a residual network the noised residual
+        x_t - alpha y and the image condition y, else x_t and nothing."""
         if not self.residual:
-            return None
+            return x_t, None
         if concat is None:
             raise ValueError("a residual denoiser needs its image condition (concat=)")
-        return concat.float()
+        base = concat.float()
+        return x_t - _b(self.schedule.alpha(t), x_t) * base, base
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, *, concat: torch.Tensor | None = None,
                 **cond) -> torch.Tensor:
         x_t = x_t.float()
         t = self._times(t, x_t)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
-        base = self._base(x_t, concat)
-        if base is not None:
-            x_t = x_t - _b(alpha, x_t) * base  # the noised residual
+        x_t, base = self._residual_input(x_t, t, concat)
         out = self._run(x_t, t, concat, cond)
         out = network_output(out)
         if self.learn_sigma:
@@ -250,9 +251,7 @@ class Denoiser(nn.Module):
         network's trainable parameters."""
         x_t = x_t.float()
         t = self._times(t, x_t)
-        base = self._base(x_t, concat)
-        if base is not None:
-            x_t = x_t - _b(self.schedule.alpha(t), x_t) * base
+        x_t, _ = self._residual_input(x_t, t, concat)
         captured: list[torch.Tensor] = []
 
         def hook(_module, _inputs, output):

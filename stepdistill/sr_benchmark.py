@@ -24,18 +24,19 @@ import numpy as np
 import torch
 
 from .conditioning import LRConditioner
-from .data import IndexLabelled, PatchDataset
+from .data import FolderPairs, IndexLabelled, PatchDataset
 from .degradations import Degradation
 from .evaluation.sr import hf_energy_ratio, hf_spectrum_error, psnr, ssim
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
-__all__ = ["SRBenchmark", "patches_conditioner", "folder_conditioner", "FolderPairs", "teacher_fn", "pipeline_fn",
-           "bicubic_fn", "save_crop_grid", "write_sr_results", "evaluate_sr_models", "is_sr_student",
-           "evaluate_sr_student",
-           "NUM_TEST_PATCHES"]
+__all__ = ["SRBenchmark", "patches_conditioner", "folder_conditioner", "teacher_fn", "pipeline_fn", "bicubic_fn",
+           "save_crop_grid", "write_sr_results", "format_row", "evaluate_sr_models", "is_sr_student",
+           "evaluate_sr_student", "NUM_TEST_PATCHES", "METRICS"]
 
 NUM_TEST_PATCHES = 256
+METRICS = ("PSNR / SSIM on Y (BT.601), border cropped by the scale (BasicSR, pyiqa test_y_channel); HF spectrum error "
+           "and energy ratio above the LR Nyquist frequency (stepdistill.evaluation.sr)")
 
 
 def patches_conditioner(resolution: int, degradation: Degradation, *, num_patches: int = 256,
@@ -44,59 +45,6 @@ def patches_conditioner(resolution: int, degradation: Degradation, *, num_patche
     patches = IndexLabelled(PatchDataset(resolution, scale=degradation.scale, num_patches=num_patches, split="test",
                                          seed=seed, degradation=degradation))
     return LRConditioner(patches, degradation, channels=3)
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-def _read_rgb(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
-
-
-class FolderPairs(torch.utils.data.Dataset):
-    """Low-resolution images from a folder (sorted by name), with the high-resolution image of the same name from
-    `hr_dir` when given: items {"lr", "images"} in [-1, 1]. Without `hr_dir`, "images" is an all-zero placeholder
-    of the output's size (nothing to score against). Every image must have one size (they are batched); mismatches
-    are reported before any image is generated."""
-
-    def __init__(self, lr_dir: str | Path, scale: int, hr_dir: str | Path | None = None):
-        lr_dir = Path(lr_dir)
-        if not lr_dir.is_dir():
-            raise ValueError(f"--lr-dir {lr_dir} is not a folder")
-        self.paths = sorted(p for p in lr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.paths:
-            raise ValueError(f"{lr_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        self.lr = [_read_rgb(p) for p in self.paths]
-        sizes = {tuple(x.shape[-2:]) for x in self.lr}
-        if len(sizes) > 1:
-            raise ValueError(f"the LR images in {lr_dir} have several sizes {sorted(sizes)}; crop them to one")
-        h, w = sizes.pop()
-        self.scale, self.names = int(scale), [p.stem for p in self.paths]
-        if hr_dir is None:
-            self.hr = None
-            return
-        hr_dir, self.hr = Path(hr_dir), []
-        for p in self.paths:
-            match = [q for q in sorted(hr_dir.glob(p.stem + ".*")) if q.suffix.lower() in IMAGE_SUFFIXES]
-            if not match:
-                raise ValueError(f"no high-resolution image named {p.stem} in {hr_dir}")
-            hr = _read_rgb(match[0])
-            if tuple(hr.shape[-2:]) != (h * self.scale, w * self.scale):
-                raise ValueError(f"{match[0]} is {tuple(hr.shape[-2:])}; x{self.scale} of its LR image is "
-                                 f"{(h * self.scale, w * self.scale)}")
-            self.hr.append(hr)
-
-    def __len__(self) -> int:
-        return len(self.lr)
-
-    def __getitem__(self, i: int) -> dict:
-        lr = self.lr[i]
-        hr = self.hr[i] if self.hr is not None else lr.new_zeros(3, lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
-        return {"lr": lr, "images": hr}
 
 
 def folder_conditioner(lr_dir: str | Path, scale: int, hr_dir: str | Path | None = None) -> LRConditioner:
@@ -248,6 +196,13 @@ def write_sr_results(result: dict, out: str | Path, images: dict[str, torch.Tens
     return paths
 
 
+def format_row(r: dict, width: int = 40) -> str:
+    """One result row as a console line (the scores only where the row was scored)."""
+    scores = (f"PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  HF err {r['hf_spectrum_error']:.3f}  "
+              f"HF energy {r['hf_energy_ratio']:.2f}  " if "psnr_y" in r else "")
+    return f"{str(r['model'])[:width]:>{width}} {r.get('nfe', ''):>3} NFE  {scores}{1e3 * r['seconds_per_image']:.2f} ms"
+
+
 def is_sr_student(student) -> bool:
     """A one-model super-resolution student (conditioned on an LR image) the patch benchmark can measure."""
     return isinstance(getattr(student, "conditioner", None), LRConditioner)
@@ -331,7 +286,7 @@ def evaluate_sr_models(models: list[str], *, sampler: str = "dpmpp_2m", nfe: lis
                                                                                nfe=steps)
             rows.append(row)
             continue
-        den, shape = model.denoiser(), (3, *conditioner.cond(torch.zeros(1, dtype=torch.long))["concat"].shape[-2:])
+        den, shape = model.denoiser(), tuple(conditioner.dataset[0]["images"].shape)
         for n in nfe:
             fn = teacher_fn(den, model.schedule, conditioner, sampler=sampler, nfe=n, shape=shape)
             row, images[f"{source}, {n} NFE"] = bench.evaluate(fn, scored=scored, model=str(source), sampler=sampler,
@@ -343,9 +298,7 @@ def evaluate_sr_models(models: list[str], *, sampler: str = "dpmpp_2m", nfe: lis
         images["HR"] = bench.ground_truth
     result = {"benchmark": "sr_patches" if lr_dir is None else "sr_folder", "inputs": inputs, "scale": scale,
               "n_images": conditioner.num_classes, "crop_border": scale, "seed": seed, "batch_size": batch_size,
-              "metrics": "PSNR / SSIM on Y (BT.601), border cropped by the scale (BasicSR, pyiqa test_y_channel); HF "
-                         "spectrum error and energy ratio above the LR Nyquist frequency (stepdistill.evaluation.sr)",
-              "torch_threads": torch.get_num_threads(), "rows": rows}
+              "metrics": METRICS, "torch_threads": torch.get_num_threads(), "rows": rows}
     return result, images, conditioner
 
 

@@ -25,6 +25,23 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def read_image(path: Path, channels: Literal[3, 1] = 3) -> Image.Image:
+    """An image file, upright (EXIF rotation applied), as RGB or L; an unreadable one is a `CorruptImageError`."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # camera JPEGs store rotation in EXIF
+            return im.convert("RGB" if channels == 3 else "L")
+    except Exception as e:  # verify() does not decode pixels, so truncation shows up here
+        raise CorruptImageError(f"corrupt image {path}: {e}") from e
+
+
+def _to_tensor(im: Image.Image) -> torch.Tensor:
+    """(C, H, W) float in [-1, 1]."""
+    arr = np.asarray(im, dtype=np.float32)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
+
+
 def _find_images(folder: Path) -> list[Path]:
     # Sorted so that indices (and hence seeded sampling) are the same on every machine.
     return sorted(p for p in folder.rglob("*") if _is_image(p))
@@ -96,12 +113,7 @@ class ImageFolder(Dataset):
         return len(self.paths)
 
     def _load(self, path: Path) -> Image.Image:
-        try:
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im)  # camera JPEGs store rotation in EXIF
-                return im.convert("RGB" if self.channels == 3 else "L")
-        except Exception as e:  # verify() does not decode pixels, so truncation shows up here
-            raise CorruptImageError(f"corrupt image {path}: {e}") from e
+        return read_image(path, self.channels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         im = self._load(self.paths[index])
@@ -126,3 +138,42 @@ class ImageFolder(Dataset):
         if self.labels is not None:
             item["class_labels"] = torch.tensor(self.labels[index], dtype=torch.long)
         return item
+
+
+class FolderPairs(Dataset):
+    """Low-resolution images in a folder (its own files, sorted by name) and, with `hr_dir`, the high-resolution
+    image of the same name: items {"lr", "images"} in [-1, 1], at their own sizes (super-resolution inputs; no
+    resizing). Without `hr_dir`, "images" is an all-zero placeholder of the output's size (nothing to score
+    against). All LR images share one size (they are batched); every mismatch is raised here, before any work."""
+
+    def __init__(self, lr_dir: str | Path, scale: int, hr_dir: str | Path | None = None):
+        lr_dir = Path(lr_dir)
+        if not lr_dir.is_dir():
+            raise ValueError(f"--lr-dir {lr_dir} is not a folder")
+        paths = sorted(p for p in lr_dir.iterdir() if _is_image(p))
+        if not paths:
+            raise ValueError(f"{lr_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.scale, self.names = int(scale), [p.stem for p in paths]
+        self.lr = [_to_tensor(read_image(p)) for p in paths]
+        sizes = {tuple(x.shape[-2:]) for x in self.lr}
+        if len(sizes) > 1:
+            raise ValueError(f"the LR images in {lr_dir} have several sizes {sorted(sizes)}; crop them to one")
+        h, w = sizes.pop()
+        self.hr_size = (h * self.scale, w * self.scale)
+        self.hr = None if hr_dir is None else [self._hr(Path(hr_dir), p.stem) for p in paths]
+
+    def _hr(self, hr_dir: Path, stem: str) -> torch.Tensor:
+        match = [q for q in sorted(hr_dir.glob(stem + ".*")) if _is_image(q)]
+        if not match:
+            raise ValueError(f"no high-resolution image named {stem} in {hr_dir}")
+        hr = _to_tensor(read_image(match[0]))
+        if tuple(hr.shape[-2:]) != self.hr_size:
+            raise ValueError(f"{match[0]} is {tuple(hr.shape[-2:])}; x{self.scale} of its LR image is {self.hr_size}")
+        return hr
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        hr = self.hr[i] if self.hr is not None else torch.zeros(3, *self.hr_size)
+        return {"lr": self.lr[i], "images": hr}

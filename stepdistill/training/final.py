@@ -14,7 +14,7 @@ from ..digits_benchmark import (TEACHER_TABLE, DigitsBenchmark, default_row, is_
 from ..export import push_to_hub, teacher_license
 from ..io import atomic_write_text
 from ..samplers import steps_for_nfe
-from ..sr_benchmark import evaluate_sr_student, is_sr_student
+from ..sr_benchmark import evaluate_sr_student, format_row, is_sr_student
 from ..student import AnyStudent
 from .horizon import Horizon
 from .loop import DivergenceError, nonfinite
@@ -81,9 +81,7 @@ def evaluate_on_patches(student: AnyStudent, real_denoiser, schedule, evaluation
                                             speedup=teacher["seconds_per_image"] / mine["seconds_per_image"])
     atomic_write_text(evaluation.results, json.dumps(result, indent=2) + "\n")
     for r in rows:
-        print(f"{r['model']:>10} {r.get('nfe', ''):>3} NFE  PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  "
-              f"HF error {r['hf_spectrum_error']:.3f}  HF energy {r['hf_energy_ratio']:.2f}  "
-              f"{1000 * r['seconds_per_image']:.2f} ms/image")
+        print(format_row(r, width=10))
     print(f"wrote {evaluation.results}")
     return result
 
