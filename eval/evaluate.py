@@ -274,12 +274,13 @@ def calc_digits(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
         rows.append(_row(key, sets, per_set, seconds, aggregate_sets))
         r = rows[-1]
         print(f"{r['model']:8s} {r['sampler']:9s} NFE {r['nfe']:3d}: FD {r['fd']:.3f} ± {r['fd_std']:.3f}  "
-              f"KID {r['kid']:.4f}  P {r['precision']:.3f}  R {r['recall']:.3f}  acc {r['accuracy']:.3f}  "
+              f"FD2 {r['fd2']:.3f} ± {r['fd2_std']:.3f}  KID {r['kid']:.4f}  P {r['precision']:.3f}  R {r['recall']:.3f}  acc {r['accuracy']:.3f}  "
               f"{1e3 * r['seconds_per_image']:.2f} ms/img", flush=True)
     settings = dict(features="DigitsClassifier penultimate features / reference RMS std (stepdistill.digits_benchmark)",
+                    features_fd2=DigitsBenchmark.SECOND_FEATURES,
                     reference="digits reference split, 797 images, classes weighted equally",
                     kid_subsets=50, n_per_class=bench.n_per_class, images_stored_as="uint8")
-    floor = dict(fd=floor["fd"], kid=floor["kid"], precision=floor["precision"], recall=floor["recall"],
+    floor = dict(fd=floor["fd"], fd2=floor["fd2"], kid=floor["kid"], precision=floor["precision"], recall=floor["recall"],
                  accuracy=floor["accuracy"],
                  effective_dimension=floor["effective_dimension"], feature_dim=floor["feature_dim"])
     return rows, settings, floor, (grid_images, grid_labels)

@@ -340,6 +340,15 @@ MUTANTS = [
            "gan = step >= run.cfg.loss.gan_start_step", "gan = True",
            ("tests/test_dmd2_recipe.py::test_the_gan_terms_join_distribution_matching_at_gan_start_step",),
            "the GAN terms ignore loss.gan_start_step"),
+    # the control teacher and the digits benchmark's second feature space
+    Mutant("gan_real_images_all_digits", "stepdistill/training/setup.py",
+           'split=training_split(teacher.root) if teacher.root else "all"', 'split="all"',
+           ("tests/test_dmd2_recipe.py::test_gan_real_images_are_the_teachers_training_split_never_the_reference",),
+           "the GAN's real images include the FD reference split whatever the teacher trained on"),
+    Mutant("fd2_in_the_penultimate_space", "stepdistill/digits_benchmark.py",
+           "FeatureSpace(self.classifier.pooled_features,", "FeatureSpace(self.classifier.features,",
+           ("tests/test_digits_benchmark.py::test_fd2_is_measured_in_the_pooled_third_convolution",),
+           "FD2 measured in the same features as FD"),
 ]
 
 def scratch_copy(dest: Path) -> None:

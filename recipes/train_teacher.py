@@ -1,10 +1,11 @@
-"""Train the teachers of `assets/`: the class-conditional digits teacher (`assets/digits_teacher`) and the
-super-resolution teachers on natural-image patches (`assets/sr_teacher`, x4, and `assets/sr_x2_teacher`, x2,
+"""Train the teachers of `assets/`: the class-conditional digits teacher (`assets/digits_teacher`), the control
+teacher trained on the held-out digits only (`assets/digits_teacher_heldout`, `load_teacher("digits-heldout")`), and
+the super-resolution teachers on natural-image patches (`assets/sr_teacher`, x4, and `assets/sr_x2_teacher`, x2,
 loaded as `load_teacher("sr")` / `("sr-x2")`; about 16 CPU minutes each).
 
     accelerate launch recipes/train_teacher.py              # the shipped digits teacher (~30 CPU minutes)
     python recipes/train_teacher.py train.max_steps=200 output_dir=outputs/teacher   # a quick check
-    python recipes/train_teacher.py split=heldout output_dir=outputs/teacher_heldout  # control teacher
+    python recipes/train_teacher.py split=heldout output_dir=assets/digits_teacher_heldout  # the control teacher
     python recipes/train_teacher.py --config recipes/configs/train_teacher/sr_x4.yaml  # the x4 SR teacher
     python recipes/train_teacher.py --config recipes/configs/train_teacher/sr_x2.yaml  # the x2 one (YONOS-SR)
 
@@ -86,8 +87,9 @@ class TrainConfig:
 class TeacherConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # "all" for the shipped teacher. "heldout" trains a control teacher that never sees the FD
-    # reference images, to check that a distillation result does not rest on the teacher's memory of them.
+    # "all" for the shipped teacher. "heldout" trains the control teacher, which never sees the FD reference
+    # images: a teacher far from its data, as teachers of real data are. Recorded in train_config.yaml, where the
+    # recipes read which digits a teacher's real images (a GAN's) may come from (`data.training_split`).
     split: Split = "all"
     # "digits": the class-conditional digits teacher; "patches": a super-resolution teacher on the natural-image
     # training patches (`stepdistill.data.patches`), conditioned on their low-resolution copies

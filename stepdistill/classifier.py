@@ -38,6 +38,13 @@ class DigitsClassifier(nn.Module):
         """(B, C, R, R) in [-1, 1] -> (B, feature_dim) penultimate pre-activation features."""
         return self.embed(self.trunk(x))
 
+    def pooled_features(self, x: torch.Tensor, layer: int = 3) -> torch.Tensor:
+        """(B, C, R, R) -> (B, 2 * channels): the `layer`-th convolution's activations (1-based), mean- and
+        max-pooled over space. Mid-level stroke statistics: the max keeps a stroke detector's strongest
+        response (a sharp edge), the mean its extent, neither of which the class-separating last layer keeps."""
+        h = self.trunk[:2 * layer](x)
+        return torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

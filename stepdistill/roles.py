@@ -30,7 +30,10 @@ from .denoiser import Denoiser
 from .schedules import NoiseSchedule, from_scheduler_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"digits": ASSETS / "digits_teacher", "sr": ASSETS / "sr_teacher", "sr-x2": ASSETS / "sr_x2_teacher"}  # name -> folder; "tiny-sd", "tiny-sdxl", ... built on first use
+# name -> folder ("tiny-sd", "tiny-sdxl", ... are built on first use); "digits-heldout": the control teacher, trained
+# on the held-out digits only (far from its data, as teachers of real data are)
+SHIPPED = {"digits": ASSETS / "digits_teacher", "digits-heldout": ASSETS / "digits_teacher_heldout",
+           "sr": ASSETS / "sr_teacher", "sr-x2": ASSETS / "sr_x2_teacher"}
 
 
 def shipped_folder(teacher: str | Path) -> Path | None:
@@ -151,7 +154,8 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
     src = _shipped(str(source)) or Path(source)
     if str(source) in SHIPPED and not Path(src).exists():
         preset = {"sr": " --config recipes/configs/train_teacher/sr_x4.yaml",
-                  "sr-x2": " --config recipes/configs/train_teacher/sr_x2.yaml"}.get(str(source), "")
+                  "sr-x2": " --config recipes/configs/train_teacher/sr_x2.yaml",
+                  "digits-heldout": " split=heldout output_dir=assets/digits_teacher_heldout"}.get(str(source), "")
         raise TeacherLoadError(f"the shipped teacher {source!r} is missing from {src}; "
                                f"create it with `python recipes/train_teacher.py{preset}`")
     if Path(src).exists():

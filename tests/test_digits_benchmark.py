@@ -56,6 +56,20 @@ def test_recall_sees_a_mode_seeking_set(bench):
     assert typical["recall"] < full["recall"] - 0.15
 
 
+def test_fd2_is_measured_in_the_pooled_third_convolution(bench):
+    """FD2's features are the third convolution's activations mean- and max-pooled (128 of them), not FD's
+    penultimate ones; real held-out digits sit at its floor and blurring costs it far more, relative to the
+    floor, than it costs FD (the stroke statistics that the class-separating last layer discards)."""
+    x, y = load_digits_tensors(16, "heldout")
+    h = bench.classifier.trunk[:6](x[:50])
+    torch.testing.assert_close(bench.classifier.pooled_features(x[:50]),
+                               torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
+    assert bench.second.ref_features.shape[1] == 128
+    real, blurred = bench.score(x, y), bench.score(torch.nn.functional.avg_pool2d(x, 3, 1, 1), y)
+    assert real["fd2"] == pytest.approx(bench.floor()["fd2"]) and real["fd2"] != pytest.approx(real["fd"], rel=0.05)
+    assert blurred["fd2"] / real["fd2"] > 2 * blurred["fd"] / real["fd"]
+
+
 def test_resampled_real_sets(bench):
     """Drawing every held-out image once is the floor itself; distinct images of the teacher's
     training set (which holds the reference split) score well below the floor, and i.i.d. draws
@@ -115,8 +129,11 @@ def test_markdown_table_prints_every_row_and_marks_the_default():
                recall=0.8979, accuracy=0.996, seconds_per_image=0.0372)
     lines = markdown_table([row | {"default": True}, row | {"model": "dmd2", "nfe": 1}]).splitlines()
     assert lines[0].startswith("| model | sampler | NFE | FD (mean ± std) |") and lines[1].startswith("|---|")
-    assert lines[2] == "| teacher (default) | dpmpp_2m | 35 | 0.183 ± 0.013 | 0.0001 | 0.944 | 0.898 | 0.996 | 37.20 |"
+    assert lines[2] == ("| teacher (default) | dpmpp_2m | 35 | 0.183 ± 0.013 | — | 0.0001 | 0.944 | 0.898 | 0.996 | "
+                        "37.20 |")  # a row written before FD2
     assert lines[3].startswith("| dmd2 | dpmpp_2m | 1 |") and len(lines) == 4
+    fd2 = markdown_table([row | {"fd2": 1.3381, "fd2_std": 0.021}]).splitlines()[2]
+    assert fd2 == "| teacher | dpmpp_2m | 35 | 0.183 ± 0.013 | 1.338 ± 0.021 | 0.0001 | 0.944 | 0.898 | 0.996 | 37.20 |"
 
 
 def test_teacher_rows_come_from_the_committed_table_only_where_it_applies(tmp_path, monkeypatch):
@@ -141,6 +158,7 @@ def test_teacher_rows_come_from_the_committed_table_only_where_it_applies(tmp_pa
     table.write_text(json.dumps(dict(n_samples=1000, seeds=[0, 1, 2], rows=old)))
     assert digits_benchmark.table_rows(wanted, seeds=[0, 1, 2], n_samples=1000, path=table) is None
     assert digits_benchmark.is_shipped_teacher("digits") and not digits_benchmark.is_shipped_teacher(str(tmp_path))
+    assert not digits_benchmark.is_shipped_teacher("digits-heldout")  # the control teacher is always measured
 
     class Bench:
         n_samples = 1000

@@ -3,6 +3,7 @@ simulation. (Quality on the real digits teacher is measured by the recipe's own 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +338,25 @@ def test_results_go_under_the_run_folder_unless_a_path_is_named():
 
     for config in (dmd2.DMD2Config, sid.SiDConfig, sim.SIMConfig, swiftbrush.SwiftBrushConfig):
         assert config().eval.results is None
+
+
+def test_gan_real_images_are_the_teachers_training_split_never_the_reference(teacher_dir, tmp_path):
+    """A teacher trained on the held-out digits (the control teacher's `train_config.yaml` records it): the
+    GAN's real images are exactly that split, none of them the benchmark's FD reference split; a teacher folder
+    without the record is one trained on all the digits."""
+    from stepdistill.data import load_digits_tensors, training_split
+    from stepdistill.roles import SHIPPED
+
+    control = tmp_path / "control"
+    shutil.copytree(teacher_dir, control)
+    (control / "train_config.yaml").write_text("split: heldout\noutput_dir: somewhere\n")
+    run = dmd2.setup(_cfg(*_overrides(control, tmp_path / "out", "train.max_steps=2")))
+    real = run.setup.dataset.images.flatten(1)
+    held, _ = load_digits_tensors(16, "heldout")
+    ref, _ = load_digits_tensors(16, "reference")
+    assert torch.equal(real, held.flatten(1))
+    assert torch.cdist(real, ref.flatten(1)).min() > 0  # no reference digit among them
+    assert training_split(teacher_dir) == "all" and training_split(SHIPPED["digits-heldout"]) == "heldout"
+    (control / "train_config.yaml").write_text("split: reference_and_more\n")
+    with pytest.raises(ValueError, match="names digits split 'reference_and_more'"):
+        training_split(control)

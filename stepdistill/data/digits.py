@@ -6,14 +6,17 @@ Images are upsampled bilinearly to `resolution` (16 by default: the 8x8 source h
 A fixed, class-balanced split serves the benchmark: `heldout` has 100 images of every class
 (1,000), `reference` the remaining 797. The reference split defines the real statistics of the
 Frechet distance; the held-out split measured against it gives the real-vs-real floor at the same
-sample count as a generated set of 1,000. Teacher and classifier train on `all`, so both splits are
-equally familiar to them.
+sample count as a generated set of 1,000. The shipped teacher and classifier train on `all`, so both splits
+are equally familiar to them; the control teacher (`digits-heldout`) trains on `heldout` only, and whatever
+real images a recipe takes from it (a GAN's, ECT's) come from that split too (`training_split`), never from
+the reference.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -50,6 +53,19 @@ def split_indices(split: Split) -> np.ndarray:
     if split == "reference":
         return np.setdiff1d(np.arange(len(labels)), heldout)
     raise ValueError(f"unknown digits split {split!r}; expected 'all', 'reference' or 'heldout'")
+
+
+def training_split(teacher_folder: str | Path) -> Split:
+    """The digits split a teacher folder was trained on: `split` in the `train_config.yaml` that
+    `recipes/train_teacher.py` writes beside the network; `all` where the folder has none (older or
+    foreign teachers)."""
+    import yaml
+
+    path = Path(teacher_folder) / "train_config.yaml"
+    split = (yaml.safe_load(path.read_text()) or {}).get("split", "all") if path.is_file() else "all"
+    if split not in get_args(Split):
+        raise ValueError(f"{path} names digits split {split!r}; expected one of {get_args(Split)}")
+    return split
 
 
 def load_digits_tensors(resolution: int = 16, split: Split = "all") -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from ..io import atomic_write_text
 
 __all__ = ["write_report", "primary_metric", "sample_grid"]
 
-CSV_KEYS = ("model", "sampler", "nfe", "fd", "fd_std", "fid", "fid_std", "kid", "kid_std", "precision", "recall",
+CSV_KEYS = ("model", "sampler", "nfe", "fd", "fd_std", "fd2", "fd2_std", "fid", "fid_std", "kid", "kid_std", "precision", "recall",
             "accuracy", "clip_score", "psnr", "ssim", "seconds_per_image", "images", "processes")
 
 

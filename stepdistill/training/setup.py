@@ -20,7 +20,7 @@ from diffusers.training_utils import EMAModel
 from ..checkpointing import checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
 from ..conditioning import ClassConditioner, LRConditioner, TextConditioner, Unconditional
 from ..prompt_encoders import prompt_encoder
-from ..data import DigitsDataset, ImageFolder, IndexLabelled, PatchDataset, load_prompts
+from ..data import DigitsDataset, ImageFolder, IndexLabelled, PatchDataset, load_prompts, training_split
 from ..degradations import Degradation
 from ..distributed import make_accelerator
 from ..io import atomic_write_text
@@ -201,7 +201,9 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     if data.images is not None:
         dataset = ImageFolder(data.images, resolution, channels=data.image_channels)
     elif need_images and isinstance(space, PixelSpace) and out_channels == 1:
-        dataset = DigitsDataset(resolution, split="all")  # one-channel pixel teachers: the shipped digits
+        # one-channel pixel teachers: the digits, the split the teacher itself was trained on (the control
+        # teacher's held-out split never includes the benchmark's reference images)
+        dataset = DigitsDataset(resolution, split=training_split(teacher.root) if teacher.root else "all")
     elif need_images and degradation is not None and out_channels == 3:  # RGB SR teachers: natural patches
         dataset = PatchDataset(resolution, scale=degradation.scale, num_patches=data.patches, split="train",
                                degradation=degradation)
