@@ -41,7 +41,8 @@ PROTOCOLS = {p.name: p for p in [
     Protocol("digits", "digits", num_images=1000, conditioning="class", num_classes=10, set_seeds=(0, 1, 2),
              reference="digits", image_format="npz",
              description="the embedded digits benchmark: FD / KID / precision / recall / accuracy on the shipped "
-                         "classifier's features against the 797-image reference split, class-balanced (stepdistill.digits_benchmark)"),
+                         "classifier's features, FD2 on its pooled third convolution, against the 797-image reference "
+                         "split, class-balanced (stepdistill.digits_benchmark)"),
     Protocol("coco2014_30k", "fid", num_images=30_000, conditioning="caption", reference="folder", resolution=256,
              clip_score=True,
              description="COCO-2014 val zero-shot: 30K captions, FID (clean-fid, clean) against the val2014 images, "

@@ -90,7 +90,7 @@ def markdown(result: dict) -> str:
              f"{p['num_images']} + i, one generator per image); date {result['date']}; "
              f"{result['machine']['device']}, torch {result['machine']['torch']}, "
              f"{result['machine']['threads']} thread(s).", ""]
-    extra = [k for k in ("kid", "precision", "recall", "accuracy", "clip_score") if any(k in r for r in rows)]
+    extra = [k for k in ("fd2", "kid", "precision", "recall", "accuracy", "clip_score") if any(k in r for r in rows)]
     lines.append("| model | sampler | NFE | " + f"{key.upper()} (mean ± std) | " +
                  " | ".join(extra) + " | ms / image |")
     lines.append("|---" * (5 + len(extra)) + "|")
@@ -99,7 +99,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r[key]:.3f} ± {r.get(key + '_std', 0):.3f} | "
                      + " | ".join(cells) + f" | {1e3 * r['seconds_per_image']:.2f} |")
     if result.get("floor"):
-        lines += ["", f"Floor (real held-out vs reference): {key.upper()} {result['floor'][key]:.3f}."]
+        fd2 = f", FD2 {result['floor']['fd2']:.3f}" if "fd2" in result["floor"] else ""
+        lines += ["", f"Floor (real held-out vs reference): {key.upper()} {result['floor'][key]:.3f}{fd2}."]
     for name, c in result.get("comparisons", {}).items():
         lines += ["", f"{name}: {c['text']}"]
     lines += ["", "Metric settings:", "", "```json", json.dumps(result["metric_settings"], indent=2), "```", ""]
