@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo teacher-demo test teacher classifier baseline overhead evaluate clean
+.PHONY: venv demo teacher-demo test teacher teacher-heldout classifier baseline overhead imperfect evaluate clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,8 @@ test: venv
 # Reproduce the shipped assets and the committed baseline (see assets/README.md).
 teacher: venv
 	$(PY) recipes/train_teacher.py
+teacher-heldout: venv
+	$(PY) recipes/train_teacher.py split=heldout output_dir=assets/digits_teacher_heldout
 classifier: venv
 	$(PY) recipes/train_classifier.py
 baseline: venv
@@ -51,6 +53,9 @@ evaluate: venv
 		--compare eval/results/teacher_digits.json eval/results/dmd2_digits.json
 overhead: venv
 	$(PY) eval/dmd2_step_overhead.py
+# DMD2, SiD, SIM and SwiftBrush on the control teacher, beside the shipped teacher's committed runs (~60 min)
+imperfect: venv
+	$(PY) eval/imperfect_teacher.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
