@@ -4,6 +4,7 @@ beat an imperfect teacher?
     python eval/imperfect_teacher.py                                # the control teacher (~60 CPU minutes)
     python eval/imperfect_teacher.py --teachers digits digits-heldout   # both teachers, every run (~2 hours)
     python eval/imperfect_teacher.py --only dmd2                    # one recipe, merged into the existing file
+    python eval/imperfect_teacher.py --only dmd2 --steps 2x --out docs/tuning/results/imperfect/dmd2_2x.json
 
 The shipped teacher (`digits`) already scores what i.i.d. draws of its own training set score, so a student can
 only approach it; the control teacher (`digits-heldout`), trained on the 1,000 held-out digits only, is far from
@@ -31,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results"
 RECIPES = {"dmd2": "DMD2", "sid": "SiD", "sim": "SIM", "swiftbrush": "SwiftBrush"}  # name -> label, table order
+CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig"}
 TEACHER_WANTED = [("ddim", 1), ("dpmpp_2m", 35)]  # the last one is the teacher's default
 METRICS = ("fd", "fd_std", "fd2", "fd2_std", "precision", "recall", "accuracy", "seconds_per_image")
 
@@ -51,19 +53,31 @@ def teacher_rows(teacher: str, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def train(recipe: str, teacher: str, out: Path, seeds: list[int]) -> dict:
+def train(recipe: str, teacher: str, out: Path, seeds: list[int], *, extra: tuple[str, ...] = ()) -> dict:
     """One default run through `accelerate launch` on `teacher`, its own teacher rows skipped (measured once
-    above); its digits results."""
+    above); its digits results. `extra`: further overrides (e.g. the time limit off)."""
     results = out / "results.json"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / f"{recipe}.py"),
            f"model.teacher={teacher}", f"train.output_dir={out}", "train.overwrite=true", "eval.teacher_rows=none",
-           f"eval.seeds=[{','.join(map(str, seeds))}]", "export.enabled=false", f"eval.results={results}"]
+           f"eval.seeds=[{','.join(map(str, seeds))}]", "export.enabled=false", *extra, f"eval.results={results}"]
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     data = json.loads(results.read_text())
     data["wall_minutes"] = round((time.time() - start) / 60, 2)
     return data
+
+
+def budget(recipe: str, steps: str) -> tuple[str, ...]:
+    """The overrides of a run's training budget (`--steps`)."""
+    if steps == "limit":
+        return ()
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    config = getattr(importlib.import_module(recipe), CONFIGS[recipe])
+    max_steps = config().train.max_steps * (2 if steps == "2x" else 1)
+    return (f"train.max_steps={max_steps}", "train.time_limit_minutes=null")
 
 
 def student_row(recipe: str, data: dict, teacher_default: dict, source: str) -> dict:
@@ -140,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teachers", nargs="+", default=["digits-heldout"], help="teachers to (re-)run")
     parser.add_argument("--only", nargs="+", choices=sorted(RECIPES), help="these recipes only, merged into --out")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", choices=["limit", "default", "2x"], default="limit",
+                        help="limit: each recipe's default, its horizon fitted to the 11.5-minute limit on this "
+                             "machine; default / 2x: its default train.max_steps (or twice it) with no time limit, "
+                             "so that a run's budget does not depend on the machine's speed")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "imperfect_teacher")
     parser.add_argument("--out", type=Path, default=RESULTS / "imperfect_teacher_digits.json")
     args = parser.parse_args(argv)
@@ -152,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
     floor = DigitsBenchmark().floor()
     result = dict(benchmark="digits", command="python " + " ".join(sys.argv), seeds=args.seeds, n_samples=1000,
+                  steps=args.steps,
                   floor_fd=floor["fd"], floor_fd2=floor["fd2"], floor_recall=floor["recall"],
                   date=datetime.date.today().isoformat(), teachers=previous.get("teachers", {}))
     for teacher in args.teachers:
@@ -159,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         block = dict(teacher_rows=rows, students=result["teachers"].get(teacher, {}).get("students", {}),
                      source="measured in this run")
         for recipe in args.only or RECIPES:
-            data = train(recipe, teacher, args.work / teacher / recipe, args.seeds)
+            data = train(recipe, teacher, args.work / teacher / recipe, args.seeds, extra=budget(recipe, args.steps))
             block["students"][recipe] = student_row(recipe, data, rows[-1], "trained in this run")
         block["students"] = {k: block["students"][k] for k in RECIPES if k in block["students"]}
         block["goal"] = goal(block) if teacher != "digits" else None

@@ -70,3 +70,9 @@ def test_the_combined_table_has_each_recipe_on_each_teacher():
     assert lines[-1].startswith("| digits-heldout | DMD2 | 1 | 0.300 ± 0.010 | 0.75x | 2.500 ± 0.200 | 1.25x | 0.900 | "
                                 "0.750 | 0.980 | 1,200 (11.4) |")
     assert imperfect_teacher.committed("digits-heldout") is None
+
+
+def test_the_step_budget_is_the_recipes_default_or_twice_it_without_a_time_limit():
+    assert imperfect_teacher.budget("dmd2", "limit") == ()
+    assert imperfect_teacher.budget("dmd2", "default") == ("train.max_steps=1600", "train.time_limit_minutes=null")
+    assert imperfect_teacher.budget("sid", "2x")[0] == "train.max_steps=2300"
