@@ -34,7 +34,8 @@ RESULTS = ROOT / "eval" / "results"
 RECIPES = {"dmd2": "DMD2", "sid": "SiD", "sim": "SIM", "swiftbrush": "SwiftBrush"}  # name -> label, table order
 CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig"}
 TEACHER_WANTED = [("ddim", 1), ("dpmpp_2m", 35)]  # the last one is the teacher's default
-METRICS = ("fd", "fd_std", "fd2", "fd2_std", "precision", "recall", "accuracy", "seconds_per_image")
+METRICS = ("fd", "fd_std", "fd_per_seed", "fd2", "fd2_std", "fd2_per_seed", "precision", "recall", "accuracy",
+           "seconds_per_image")
 
 
 def teacher_rows(teacher: str, seeds: list[int]) -> list[dict]:
