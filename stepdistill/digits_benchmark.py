@@ -174,14 +174,18 @@ def default_row(rows: list[dict]) -> dict | None:
     return next((r for r in rows if r.get("default")), None)
 
 
+def spread_cell(row: dict, key: str) -> str:
+    """"mean ± std" of a distance in a result row; "—" where the row predates it (committed tables before FD2)."""
+    return f"{row[key]:.3f} ± {row[key + '_std']:.3f}" if key in row else "—"
+
+
 def markdown_table(rows: list[dict]) -> str:
     """Result rows as the Markdown table the recipes and the teacher baseline print."""
     lines = [("| model | sampler | NFE | FD (mean ± std) | FD2 (mean ± std) | KID | precision | recall | accuracy | "
               "ms / image |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        fd2 = f"{r['fd2']:.3f} ± {r['fd2_std']:.3f}" if "fd2" in r else "—"  # tables written before FD2 lack it
         lines.append(f"| {r['model']}{' (default)' if r.get('default') else ''} | {r['sampler']} | {r['nfe']} | "
-                     f"{r['fd']:.3f} ± {r['fd_std']:.3f} | {fd2} | {r['kid']:.4f} | {r['precision']:.3f} | "
+                     f"{r['fd']:.3f} ± {r['fd_std']:.3f} | {spread_cell(r, 'fd2')} | {r['kid']:.4f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |")
     return "\n".join(lines)
 

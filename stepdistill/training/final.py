@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..digits_benchmark import (TEACHER_TABLE, DigitsBenchmark, default_row, is_shipped_teacher, markdown_table,
-                                table_rows, teacher_sample_fn)
+                                spread_cell, table_rows, teacher_sample_fn)
 from ..export import push_to_hub, teacher_license
 from ..io import atomic_write_text
 from ..samplers import steps_for_nfe
@@ -152,10 +152,8 @@ def _card_text(result: dict | None, *, steps_done: int, horizon: Horizon, train_
         return text
     if result.get("benchmark") == "sr_patches":
         return text + _sr_card_text(result)
-    def fd2(r: dict) -> str:  # committed teacher tables written before FD2 lack it
-        return f"{r['fd2']:.3f} ± {r['fd2_std']:.3f}" if "fd2" in r else "—"
-
-    rows = "\n".join(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | {fd2(r)} | "
+    rows = "\n".join(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | "
+                     f"{spread_cell(r, 'fd2')} | "
                      f"{r['accuracy']:.3f} | {1e3 * r['seconds_per_image']:.2f} |" for r in result["rows"])
     floor2 = f", FD2 {result['floor_fd2']:.3f}" if "floor_fd2" in result else ""
     source = result.get("teacher_rows", "measured in this run")
