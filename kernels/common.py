@@ -11,12 +11,28 @@ import torch
 from stepdistill.losses.weights import per_sample  # noqa: F401 - the kernels' functions take weights as the losses do
 
 
-def as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Check that all tensors have the same (B, ...) shape and return each as a contiguous (B, N) view.
+def sample_dense(t: torch.Tensor) -> bool:
+    """Whether every sample of the (B, ...) tensor `t` occupies one dense block of N = numel / B elements,
+    sample b at b * N from the storage offset: contiguous, channels_last, channels_last_3d or any other
+    permutation of the non-batch dims. The losses reduce over whole samples, so the order inside a block is
+    irrelevant as long as every input shares it."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape[1:], t.stride()[1:]) if sz > 1):
+        if stride != expected:  # (sorted by stride) a gap, or two dims overlapping
+            return False
+        expected *= size
+    return t.shape[0] == 1 or t.stride(0) == expected
 
-    The kernels index sample b, element n at `b * N + n`, so they need contiguous rows; a copy is made
-    only for a non-contiguous input (Liger's `ensure_contiguous`).
-    """
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same element order in memory (strides of size-1 dims do not matter)."""
+    return a.shape == b.shape and all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
+
+
+def in_layout(tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Check that all tensors have the same (B, ...) shape and device, and return them in one shared
+    sample-dense layout: the first tensor's if it has one (a channels_last generator output stays as it is),
+    contiguous otherwise. Only a tensor not already in that layout is copied (Liger's `ensure_contiguous`)."""
     shape = tensors[0].shape
     if len(shape) < 2 or shape[0] == 0:
         raise ValueError(f"expected (B, ...) tensors with B >= 1 and a feature dim, got shape {tuple(shape)}")
@@ -25,14 +41,25 @@ def as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
             raise ValueError(f"shape mismatch: {tuple(t.shape)} vs {tuple(shape)}")
         if t.device != tensors[0].device:
             raise ValueError(f"device mismatch: {t.device} vs {tensors[0].device}")
-    return [t.contiguous().view(shape[0], -1) for t in tensors]
+    lead = tensors[0] if sample_dense(tensors[0]) else tensors[0].contiguous()
+    return [lead] + [t if sample_dense(t) and same_layout(t, lead) else torch.empty_like(lead, dtype=t.dtype).copy_(t)
+                     for t in tensors[1:]]
 
 
-def is_one(grad_output: torch.Tensor) -> bool:
-    """Liger's fast path: the backward of a scalar loss usually starts at exactly 1, so the saved
-    gradient can be returned as is instead of paying one more full read + write to scale it.
-    (`item()` is one host sync on CUDA, far cheaper than that pass.)"""
-    return grad_output.numel() == 1 and grad_output.item() == 1.0
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """The (B, N) row-major view of a sample-dense tensor's storage: what the kernels index."""
+    batch = t.shape[0]
+    return t.as_strided((batch, t.numel() // batch), (t.numel() // batch, 1))
+
+
+def as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """`in_layout` as (B, N) views."""
+    return [rows(t) for t in in_layout(tensors)]
+
+
+def fresh_like(t: torch.Tensor, needed: bool = True) -> torch.Tensor | None:
+    """A new gradient tensor in `t`'s layout (never a saved buffer: the caller may change it in place)."""
+    return torch.empty_like(t) if needed else None
 
 
 def fused_entry(reference: Callable[..., torch.Tensor], function: type[torch.autograd.Function]):

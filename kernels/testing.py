@@ -68,14 +68,25 @@ def max_errors(
     return out
 
 
+LAYOUTS = ("contiguous", "strided", "channels_last")
+
+
 def randn(
-    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, *, strided: bool = False,
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, *, layout: str = "contiguous",
     requires_grad: bool = False,
 ) -> torch.Tensor:
-    """A standard-normal (B, ...) leaf tensor; `strided=True` makes it a non-contiguous view (every other
-    element of the last dim of a twice-wider tensor), the case the fused functions must copy."""
-    if strided:
+    """A standard-normal (B, ...) leaf tensor in one of `LAYOUTS`: `strided` is a non-contiguous view (every
+    other element of the last dim of a twice-wider tensor), the case the fused functions must copy;
+    `channels_last` is channels_last (4-D) or channels_last_3d (5-D), the case they must take as it is."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "strided":
         t = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype, device=device)[..., ::2]
     else:
         t = torch.randn(shape, dtype=dtype, device=device)
+    if layout == "channels_last":
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        if len(shape) not in formats:
+            raise ValueError(f"channels_last needs a 4-D or 5-D shape, got {shape}")
+        t = t.contiguous(memory_format=formats[len(shape)])
     return t.requires_grad_(requires_grad)

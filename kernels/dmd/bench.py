@@ -14,10 +14,10 @@ from .reference import dmd_loss
 REFERENCE, FUSED = dmd_loss, dmd_loss_fused  # what eval/kernels_*.py and the memory test compare
 
 
-def make_args(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, strided: bool = False):
+def make_args(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, layout: str = "contiguous"):
     """(x, x0_real, x0_fake); only x requires grad, as in a generator step."""
-    return (randn(shape, dtype, device, strided=strided, requires_grad=True),
-            randn(shape, dtype, device, strided=strided), randn(shape, dtype, device, strided=strided))
+    return (randn(shape, dtype, device, layout=layout, requires_grad=True),
+            randn(shape, dtype, device, layout=layout), randn(shape, dtype, device, layout=layout))
 
 
 def bench(shape: tuple[int, ...], dtype: torch.dtype, device: str = "cuda") -> dict[str, Any]:

@@ -16,9 +16,9 @@ REFERENCE, FUSED = sid_loss, sid_loss_fused  # what eval/kernels_*.py and the me
 ALPHA = 1.2  # SiD's default
 
 
-def make_args(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, strided: bool = False):
+def make_args(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, layout: str = "contiguous"):
     """(x, y_real, y_fake, alpha); all three tensors require grad (SiD backpropagates through both networks)."""
-    return (*(randn(shape, dtype, device, strided=strided, requires_grad=True) for _ in range(3)), ALPHA)
+    return (*(randn(shape, dtype, device, layout=layout, requires_grad=True) for _ in range(3)), ALPHA)
 
 
 def bench(shape: tuple[int, ...], dtype: torch.dtype, device: str = "cuda") -> dict[str, Any]:

@@ -1,37 +1,42 @@
-"""Autograd wrapper of the fused VSD kernel: the gradient is formed in the forward pass (Liger's pattern)."""
+"""Autograd wrapper of the fused VSD kernels: the loss in the forward, the gradient recomputed in the backward."""
 
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..common import as_rows, fused_entry, is_one, per_sample
+from ..common import fused_entry, in_layout, per_sample, rows
 from .reference import vsd_loss
-from .triton_kernel import vsd_forward
+from .triton_kernel import vsd_backward, vsd_forward
 
 
 class FusedVSDLoss(torch.autograd.Function):
-    """0.5 * mean((x - sg(x - grad))^2), grad = nan_to_num(w_b * (x0_fake^cfg - x0_real^cfg)).
+    """0.5 * mean((x - sg(x - g))^2), g = nan_to_num(w_b * (x0_fake^cfg - x0_real^cfg)).
 
-    Forward returns the float32 loss and saves d loss/dx = grad / numel (one x-sized tensor, x's dtype);
-    backward returns it, scaled only when grad_output != 1. Predictions and weight get no gradient.
+    Forward returns the float32 loss and saves the four predictions (references to tensors the caller
+    holds: no new input-sized memory) and the float32 (B,) weight. Backward writes a fresh
+    d out / dx = g * grad_output / numel in x's dtype. Predictions and weight get no gradient.
     """
 
     @staticmethod
     def forward(ctx, x, x0_real_cond, x0_real_uncond, x0_fake_cond, x0_fake_uncond, s_real, s_fake, weight):
-        rows = as_rows(x, x0_real_cond, x0_real_uncond, x0_fake_cond, x0_fake_uncond)
-        loss, grad = vsd_forward(*rows, s_real, s_fake, per_sample(weight, x.shape[0], x))
-        ctx.shape = x.shape
-        ctx.save_for_backward(grad)
+        tensors = in_layout((x, x0_real_cond, x0_real_uncond, x0_fake_cond, x0_fake_uncond))
+        w = per_sample(weight, x.shape[0], x)
+        loss = vsd_forward(*map(rows, tensors[1:]), s_real, s_fake, w)
+        ctx.guidance, ctx.x_dtype = (s_real, s_fake), x.dtype
+        ctx.save_for_backward(x0_real_cond, x0_real_uncond, x0_fake_cond, x0_fake_uncond, w)
         return loss
 
     @staticmethod
     @once_differentiable  # no double backward: the gradient comes from a kernel autograd cannot see into
     def backward(ctx, grad_output: torch.Tensor):
-        (grad,) = ctx.saved_tensors
-        if not is_one(grad_output):
-            grad = grad * grad_output
-        return grad.view(ctx.shape), None, None, None, None, None, None, None
+        *tensors, w = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            preds = in_layout(tuple(tensors))
+            grad = torch.empty_like(preds[0], dtype=ctx.x_dtype)  # in the predictions' layout
+            vsd_backward(*map(rows, preds), *ctx.guidance, w, grad_output, rows(grad))
+        return grad, None, None, None, None, None, None, None
 
 
 vsd_loss_fused = fused_entry(vsd_loss, FusedVSDLoss)

@@ -14,15 +14,22 @@ import torch
 
 # kernel -> constexpr values; the other arguments are typed by the kernels' naming convention (`_signature`).
 CASES = {
-    "dmd.triton_kernel.dmd_norm_kernel": {"BLOCK": 1024},
-    "dmd.triton_kernel.dmd_grad_kernel": {"BLOCK": 1024, "NUM_BLOCKS_POW2": 16},
-    "vsd.triton_kernel.vsd_kernel": {"BLOCK": 1024},
+    "dmd.triton_kernel.dmd_norm_partial_kernel": {"BLOCK": 1024},
+    "dmd.triton_kernel.dmd_norm_kernel": {"ROWS": 32, "COLS": 64},
+    "dmd.triton_kernel.dmd_loss_partial_kernel": {"BLOCK": 1024},
+    "dmd.triton_kernel.dmd_backward_kernel": {"BLOCK": 1024},
+    "vsd.triton_kernel.vsd_loss_partial_kernel": {"BLOCK": 1024},
+    "vsd.triton_kernel.vsd_backward_kernel": {"BLOCK": 1024},
     "sid.triton_kernel.sid_forward_kernel": {"BLOCK": 1024},
+    "sid.triton_kernel.sid_epilogue_kernel": {"ROWS": 32, "COLS": 64},
     "sid.triton_kernel.sid_backward_kernel": {"BLOCK": 1024, "WRITE_X": True, "WRITE_REAL": True, "WRITE_FAKE": False},
     "pseudo_huber.triton_kernel.sq_norm_kernel": {"BLOCK": 1024},
-    "pseudo_huber.triton_kernel.scaled_diff_kernel": {"BLOCK": 1024},
+    "pseudo_huber.triton_kernel.pseudo_huber_epilogue_kernel": {"ROWS": 32, "COLS": 64},
+    "pseudo_huber.triton_kernel.pseudo_huber_backward_kernel": {
+        "BLOCK": 1024, "WRITE_PRED": True, "WRITE_TARGET": True, "WRITE_WEIGHT": True},
+    "launch.total_kernel": {"BLOCK": 1024},
 }
-FLOAT32_BUFFERS = ("partial", "weight", "omega", "coef", "grad_output")  # always float32, whatever the inputs
+FLOAT32_BUFFERS = ("partial", "weight", "omega", "coef", "grad_output", "norm", "per_ptr", "loss_ptr", "out_ptr")  # always float32, whatever the inputs
 
 
 def _signature(arg_names: list[str], dtype: str, constexprs: dict[str, object]) -> dict[str, str]:

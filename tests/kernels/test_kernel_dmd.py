@@ -15,7 +15,7 @@ def test_fused_matches_reference(device, shape, dtype, scale, check):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_non_contiguous_inputs(device, dtype, check):
-    args = make_args((3, 5, 7, 9), dtype, device, strided=True)
+    args = make_args((3, 5, 7, 9), dtype, device, layout="strided")
     assert not args[0].is_contiguous()
     check(dmd_loss_fused, dmd_loss, args, dtype, 3.7)
 
