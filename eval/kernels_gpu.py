@@ -1,6 +1,8 @@
 """GPU benchmark of the fused score losses: forward + backward of the eager PyTorch reference,
-`torch.compile(reference)` and the fused Triton kernel, at SD1.5 latents (32x4x64x64), SDXL latents
-(8x4x128x128) and ImageNet-64 pixels (128x3x64x64), in fp32 and bf16.
+`torch.compile(reference, dynamic=False)` (compiled afresh per case) and the fused Triton kernel, at SD1.5
+latents (32x4x64x64), SDXL latents (8x4x128x128), ImageNet-64 pixels (128x3x64x64), large latents
+(64x4x128x128) and a video latent (1x16x21x60x104), in fp32 and bf16; and the fused step captured in a
+CUDA graph.
 
     bash eval/gpu_check.sh                          # the whole grid, < 5 minutes on one GPU
     python eval/kernels_gpu.py --kernels dmd sid --shapes sd15_latent --dtypes bf16
@@ -8,7 +10,12 @@
 Per case: parity of the compiled kernel with the reference, median time (`triton.testing.do_bench`),
 effective GB/s (tensor arguments read once + gradients written once, over the time), memory one step
 allocates, and the fused kernel's speed-up over eager and over torch.compile. Each kernel's benchmark
-lives in `kernels/<kernel>/bench.py`; this script runs them and writes eval/results/kernels_gpu.json.
+lives in `kernels/<kernel>/bench.py`; this script runs them, summarises them per shape class
+(launch-bound / bandwidth-bound, `stepdistill_kernels.benchmark`), checks the goals below and writes
+eval/results/kernels_gpu.json.
+
+Goals: fused >= 2x eager at every shape; >= 1.2x torch.compile and >= 70% of peak bandwidth at the large
+and video latents; CUDA-graph capture of forward + backward for all four losses.
 """
 
 from __future__ import annotations
@@ -24,9 +31,58 @@ from pathlib import Path
 import torch
 
 from stepdistill_kernels import KERNELS
-from stepdistill_kernels.benchmark import DTYPES, SHAPES
+from stepdistill_kernels.benchmark import DTYPES, SHAPES, peak_gb_per_s
 
 OUT = Path(__file__).resolve().parent / "results" / "kernels_gpu.json"
+LARGE = ("large_latent", "video_latent")  # where the bandwidth goals apply
+
+
+def summarise(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, float | int]]:
+    """Per shape class: cases, and the geometric-mean speed-ups and median fraction of peak of the fused kernels."""
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for cases in results.values():
+        for r in cases.values():
+            groups.setdefault(r.get("shape_class") or "unknown", []).append(r)
+    summary = {}
+    for cls, rs in groups.items():
+        row: dict[str, float | int] = {"cases": len(rs)}
+        for key in ("speedup_vs_eager", "speedup_vs_compiled"):
+            vals = [r[key] for r in rs if key in r]
+            if vals:
+                row[f"{key}_geomean"] = statistics.geometric_mean(vals)
+                row[f"{key}_min"] = min(vals)
+        fractions = [r["fused"]["fraction_of_peak"] for r in rs if "fraction_of_peak" in r.get("fused", {})]
+        if fractions:
+            row["fused_fraction_of_peak_median"] = statistics.median(fractions)
+        summary[cls] = row
+    return summary
+
+
+def goals(results: dict[str, dict[str, dict]]) -> dict[str, bool | None]:
+    """The benchmark's goals, each True / False (None where no case measured it)."""
+    def every(cases, test):
+        vals = [test(r) for r in cases]
+        return all(vals) if vals else None
+
+    flat = [r for cases in results.values() for r in cases.values()]
+    large = [r for cases in results.values() for case, r in cases.items() if case.split("/")[0] in LARGE]
+    return {
+        "fused_2x_eager_every_shape": every(flat, lambda r: r.get("speedup_vs_eager", 0) >= 2.0),
+        "fused_1.2x_compile_large": every(large, lambda r: r.get("speedup_vs_compiled", 0) >= 1.2),
+        "fused_70pct_peak_large": every(large, lambda r: r.get("fused", {}).get("fraction_of_peak", 0) >= 0.7),
+        "cuda_graph_all": every(flat, lambda r: r.get("cuda_graph", {}).get("captured", False)),
+    }
+
+
+def save(out: Path, meta: dict, results: dict[str, dict[str, dict]]) -> None:
+    """Write the results with their summary and goals, atomically (a killed run leaves a whole file)."""
+    payload = {"meta": meta, "summary_by_shape_class": summarise(results), "goals": goals(results), "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(out)
 
 
 def main() -> int:
@@ -41,7 +97,11 @@ def main() -> int:
               "(CPU coverage: `python eval/kernels_cpu.py` and `pytest tests/kernels`).", file=sys.stderr)
         return 2
 
-    results: dict[str, dict[str, object]] = {}
+    device = torch.cuda.get_device_name()
+    meta = {"device": device, "peak_gb_per_s": peak_gb_per_s(device), "torch": torch.__version__,
+            "triton": importlib.import_module("triton").__version__, "python": platform.python_version(),
+            "shapes": {k: SHAPES[k] for k in args.shapes}, "dtypes": args.dtypes}
+    results: dict[str, dict[str, dict]] = {}
     start = time.perf_counter()
     for name in args.kernels:
         bench = importlib.import_module(f"stepdistill_kernels.{name}.bench")
@@ -54,14 +114,15 @@ def main() -> int:
                 times = " ".join(f"{k} {r[k]['ms'] * 1e3:7.1f}us" for k in ("eager", "compiled", "fused") if k in r)
                 speed = " ".join(f"x{r[k]:.2f} {k[11:]}" for k in ("speedup_vs_eager", "speedup_vs_compiled") if k in r)
                 gbs = r.get("fused", {}).get("gb_per_s", float("nan"))
-                print(f"{name:13s} {case:24s} {times}  fused {gbs:6.0f} GB/s  {speed}", flush=True)
-        torch._dynamo.reset()  # one compiled graph cache per kernel keeps recompilation limits out of the way
+                graph = "graph ok" if r.get("cuda_graph", {}).get("captured") else "graph FAILED"
+                print(f"{name:13s} {case:24s} {times}  fused {gbs:6.0f} GB/s  {speed}  {graph}", flush=True)
+                meta["wall_s"] = round(time.perf_counter() - start, 1)
+                save(args.out, meta, results)  # after every case: a run cut short keeps what it measured
 
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": importlib.import_module("triton").__version__, "python": platform.python_version(),
-            "shapes": {k: SHAPES[k] for k in args.shapes}, "wall_s": round(time.perf_counter() - start, 1)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    summary, met = summarise(results), goals(results)
+    for cls, row in summary.items():
+        print(f"{cls}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    print("goals: " + ", ".join(f"{k} {v}" for k, v in met.items()))
     print(f"wrote {args.out} in {meta['wall_s']} s", file=sys.stderr)
     return 0
 

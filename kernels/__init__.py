@@ -6,8 +6,11 @@ One folder per loss, each a four-part unit (DESIGN.md section 4):
   function.py       the torch.autograd.Function and its `*_fused` entry point
   bench.py          the GPU benchmark (eager reference vs torch.compile vs fused), run by eval/kernels_gpu.py
 
-Shared: common.py (shape checks, the grad_output == 1 test; torch only), launch.py (grid, device check),
-testing.py (saved-bytes measurement, parity helpers), benchmark.py (the GPU timing harness).
+Shared: common.py (shape checks, the sample-dense layout; torch only), launch.py (the flat grid, partial-sum
+reductions, device check), testing.py (saved-bytes measurement, parity helpers), benchmark.py (the GPU timing
+harness). Every loss follows one pattern: the forward computes the float32 loss and keeps only references to
+its inputs plus (B,)-sized vectors; the backward reads grad_output on the device and recomputes the gradients
+in float32 into fresh tensors (no host sync, one rounding to the input dtype, nothing the caller can alias).
 
 References are imported here; the fused functions load Triton on first access (`stepdistill_kernels.dmd_loss_fused`),
 so the references stay usable where Triton is not installed. Recipes call `stepdistill.ops`, not this package.

@@ -52,16 +52,6 @@ def rows(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((batch, t.numel() // batch), (t.numel() // batch, 1))
 
 
-def as_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """`in_layout` as (B, N) views."""
-    return [rows(t) for t in in_layout(tensors)]
-
-
-def fresh_like(t: torch.Tensor, needed: bool = True) -> torch.Tensor | None:
-    """A new gradient tensor in `t`'s layout (never a saved buffer: the caller may change it in place)."""
-    return torch.empty_like(t) if needed else None
-
-
 def fused_entry(reference: Callable[..., torch.Tensor], function: type[torch.autograd.Function]):
     """The fused loss's entry point: `function.apply` behind the reference's own signature and docstring
     (written once, in `stepdistill.losses`), arguments bound by name and defaults filled in, since

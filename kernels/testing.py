@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -90,3 +92,36 @@ def randn(
             raise ValueError(f"channels_last needs a 4-D or 5-D shape, got {shape}")
         t = t.contiguous(memory_format=formats[len(shape)])
     return t.requires_grad_(requires_grad)
+
+
+class GridRecorder:
+    """Stands in for a @triton.jit kernel: records each launch's grid instead of running it."""
+
+    def __init__(self, grids: list[tuple[int, ...]]):
+        self.grids = grids
+
+    def __getitem__(self, grid: tuple[int, ...]):
+        self.grids.append(tuple(grid))
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def recorded_launches(name: str) -> Iterator[list[tuple[int, ...]]]:
+    """Within the block, loss `name`'s kernels (and the shared total) record their grids instead of running:
+    the launches of a forward + backward, and whether CUDA would accept each grid, at any size, on CPU."""
+    from . import launch
+
+    module = importlib.import_module(f"{__package__}.{name}.triton_kernel")
+    grids: list[tuple[int, ...]] = []
+    saved = {}
+    targets = [(module, attr) for attr in dir(module) if attr.endswith("_kernel")] + [(launch, "total_kernel")]
+    try:
+        for owner, attr in targets:
+            saved[(owner, attr)] = getattr(owner, attr)
+            setattr(owner, attr, GridRecorder(grids))
+        saved[(module, "check_launchable")] = module.check_launchable
+        module.check_launchable = lambda *args: None
+        yield grids
+    finally:
+        for (owner, attr), value in saved.items():
+            setattr(owner, attr, value)

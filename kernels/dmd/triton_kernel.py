@@ -47,7 +47,7 @@ def dmd_norm_partial_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    b, idx, mask = sample_block(pid, N, NUM_BLOCKS, BLOCK)
+    _, idx, mask = sample_block(pid, N, NUM_BLOCKS, BLOCK)
     diff = load_f32(x_ptr, idx, mask) - load_f32(x0_real_ptr, idx, mask)
     tl.store(partial_ptr + pid, tl.sum(tl.abs(diff), axis=0))
 

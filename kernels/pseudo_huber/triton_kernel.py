@@ -32,7 +32,7 @@ def sq_norm_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    b, idx, mask = sample_block(pid, N, NUM_BLOCKS, BLOCK)
+    _, idx, mask = sample_block(pid, N, NUM_BLOCKS, BLOCK)
     diff = load_f32(pred_ptr, idx, mask) - load_f32(target_ptr, idx, mask)
     tl.store(partial_ptr + pid, tl.sum(diff * diff, axis=0))
 

@@ -39,7 +39,7 @@ def sid_forward_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    b, idx, mask = sample_block(pid, N, NUM_BLOCKS, BLOCK)
+    _, idx, mask = sample_block(pid, N, NUM_BLOCKS, BLOCK)
     x = load_f32(x_ptr, idx, mask)
     r = load_f32(y_real_ptr, idx, mask)
     f = load_f32(y_fake_ptr, idx, mask)

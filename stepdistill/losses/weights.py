@@ -7,7 +7,9 @@ import torch
 
 def per_sample(value: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
     """A float or a (B,) tensor as a contiguous float32 (B,) vector on `like`'s device."""
-    v = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    if not torch.is_tensor(value):  # a fill on the device: no host-to-device copy (CUDA-graph capture allows it)
+        return torch.full((batch,), float(value), dtype=torch.float32, device=like.device)
+    v = value.to(device=like.device, dtype=torch.float32)
     if v.ndim == 0:
         v = v.expand(batch)
     if v.shape != (batch,):

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stepdistill import ops
-from stepdistill.config import apply_overrides
-from stepdistill.training import Draw, implicit
+pytest.importorskip("diffusers", reason="the recipes need diffusers (absent on a bare GPU machine: eval/gpu_check.sh)")
+
+from stepdistill import ops  # noqa: E402
+from stepdistill.config import apply_overrides  # noqa: E402
+from stepdistill.training import Draw, implicit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
 import dmd2  # noqa: E402
