@@ -26,9 +26,12 @@ def test_scalar_weight_and_no_guidance(device, check):
     check(vsd_loss_fused, vsd_loss, (x, rc, ru, fc, fu, 1.0, 1.0, 0.25), torch.float32)
 
 
-def test_gradient_is_weighted_guided_difference(device):
-    """d loss / dx = w_b (x0_fake^cfg - x0_real^cfg) / numel, with CFG = uncond + s (cond - uncond)."""
-    x, rc, ru, fc, fu, s_real, s_fake, w = make_args((3, 5, 7, 9), torch.float32, device)
+@pytest.mark.parametrize("s_real, s_fake", [(4.5, 4.5), (4.5, 1.0), (1.0, 7.5)])
+def test_gradient_is_weighted_guided_difference(device, s_real, s_fake):
+    """d loss / dx = w_b (x0_fake^cfg - x0_real^cfg) / numel, with CFG = uncond + s (cond - uncond); the
+    two scales differ in SwiftBrush-style runs (a guided teacher, an unguided fake score), so each must go
+    to its own prediction."""
+    x, rc, ru, fc, fu, _, _, w = make_args((3, 5, 7, 9), torch.float32, device)
     vsd_loss_fused(x, rc, ru, fc, fu, s_real, s_fake, w).backward()
     real, fake = ru + s_real * (rc - ru), fu + s_fake * (fc - fu)
     expected = w.view(-1, 1, 1, 1) * (fake - real) / x.numel()
