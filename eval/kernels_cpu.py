@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from stepdistill_kernels import KERNELS  # noqa: E402
-from stepdistill_kernels.testing import loss_and_grads, max_errors, recorded_launches, saved_bytes  # noqa: E402
+from stepdistill_kernels.testing import loss_scale_errors, max_errors, recorded_launches, saved_bytes  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "kernels_cpu.json"
 SHAPES = [(3, 5, 7, 9), (2, 37), (2, 4, 64, 64)]  # odd (B, C, H, W), odd (B, D), an SD1.5 latent pair
@@ -54,18 +54,7 @@ def fp16_loss_scale(name: str, shape: tuple[int, ...] = (8, 4, 64, 64), scale: f
     """Per gradient: relative L2 error and zero-flushed entries of eager and fused fp16 (see the docstring)."""
     bench = importlib.import_module(f"stepdistill_kernels.{name}.bench")
     torch.manual_seed(0)
-    args = bench.make_args(shape, torch.float16, "cpu")
-
-    def leaves(dtype):
-        return tuple(a.detach().to(dtype).requires_grad_(a.requires_grad) if torch.is_tensor(a) and a.ndim > 1 else a
-                     for a in args)
-
-    _, truth = loss_and_grads(bench.REFERENCE, leaves(torch.float32), scale)
-    _, eager = loss_and_grads(bench.REFERENCE, leaves(torch.float16), scale)
-    _, fused = loss_and_grads(bench.FUSED, leaves(torch.float16), scale)
-    return [{f"{impl}_{k}": v for impl, g in (("eager", e), ("fused", f)) for k, v in (
-                ("rel_l2", float((g.float() - t).norm() / t.norm())), ("flushed", int(((g == 0) & (t != 0)).sum())))}
-            for t, e, f in zip(truth, eager, fused)]
+    return loss_scale_errors(bench.REFERENCE, bench.FUSED, bench.make_args(shape, torch.float16, "cpu"), scale)
 
 
 def launches(name: str) -> int:

@@ -125,3 +125,21 @@ def recorded_launches(name: str) -> Iterator[list[tuple[int, ...]]]:
     finally:
         for (owner, attr), value in saved.items():
             setattr(owner, attr, value)
+
+
+def in_dtype(args: tuple[object, ...], dtype: torch.dtype) -> tuple[object, ...]:
+    """The same arguments with every input-sized tensor as a fresh `dtype` leaf (same requires_grad)."""
+    return tuple(a.detach().to(dtype).requires_grad_(a.requires_grad) if torch.is_tensor(a) and a.ndim > 1 else a
+                 for a in args)
+
+
+def loss_scale_errors(reference: Callable[..., torch.Tensor], fused: Callable[..., torch.Tensor],
+                      args16: tuple[object, ...], scale: float = 65536.0) -> list[dict[str, float]]:
+    """fp16 under a loss scale, per gradient: relative L2 error against a float32 computation from the same
+    fp16 values, and entries flushed to zero where that computation is not, for eager and fused."""
+    _, truth = loss_and_grads(reference, in_dtype(args16, torch.float32), scale)
+    _, eager = loss_and_grads(reference, in_dtype(args16, torch.float16), scale)
+    _, fused_grads = loss_and_grads(fused, in_dtype(args16, torch.float16), scale)
+    return [{f"{impl}_{key}": value for impl, g in (("eager", e), ("fused", f)) for key, value in (
+                ("rel_l2", float((g.float() - t).norm() / t.norm())), ("flushed", int(((g == 0) & (t != 0)).sum())))}
+            for t, e, f in zip(truth, eager, fused_grads, strict=True)]

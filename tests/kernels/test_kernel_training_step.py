@@ -11,7 +11,7 @@ import torch
 from stepdistill_kernels import KERNELS
 from stepdistill_kernels.common import in_layout
 from stepdistill_kernels.launch import MAX_GRID, sample_grid
-from stepdistill_kernels.testing import loss_and_grads, recorded_launches
+from stepdistill_kernels.testing import loss_and_grads, loss_scale_errors, recorded_launches
 
 LOSS_SCALE = 65536.0  # GradScaler's initial scale
 LAUNCHES = {"dmd": 5, "vsd": 3, "sid": 3, "pseudo_huber": 3}  # kernel launches per forward + backward
@@ -21,12 +21,6 @@ def bench(name: str):
     return importlib.import_module(f"stepdistill_kernels.{name}.bench")
 
 
-def as_leaves(args: tuple, dtype: torch.dtype) -> tuple:
-    """The same values in `dtype`, as fresh leaves with the same requires_grad."""
-    return tuple(a.detach().to(dtype).requires_grad_(a.requires_grad) if torch.is_tensor(a) and a.is_floating_point()
-                 and a.ndim > 1 else a for a in args)
-
-
 @pytest.mark.parametrize("name", KERNELS)
 def test_fp16_gradients_under_a_loss_scale_are_as_accurate_as_eager(device, name):
     """Latents in fp16 with GradScaler's 65536: every gradient within 2x of eager's error against a float32
@@ -34,15 +28,10 @@ def test_fp16_gradients_under_a_loss_scale_are_as_accurate_as_eager(device, name
     stored as g / numel in fp16 is subnormal here: numel = 2^17.)"""
     torch.manual_seed(0)
     args16 = bench(name).make_args((8, 4, 64, 64), torch.float16, device)
-    _, truth = loss_and_grads(bench(name).REFERENCE, as_leaves(args16, torch.float32), LOSS_SCALE)
-    _, eager = loss_and_grads(bench(name).REFERENCE, as_leaves(args16, torch.float16), LOSS_SCALE)
-    _, fused = loss_and_grads(bench(name).FUSED, as_leaves(args16, torch.float16), LOSS_SCALE)
-    for t, e, f in zip(truth, eager, fused, strict=True):
-        assert f.dtype == e.dtype == torch.float16
-        err_eager, err_fused = (float((g.float() - t).norm() / t.norm()) for g in (e, f))
-        assert err_fused <= 2 * err_eager, (err_fused, err_eager)
-        flushed_eager, flushed_fused = (int(((g == 0) & (t != 0)).sum()) for g in (e, f))
-        assert flushed_fused <= flushed_eager, (flushed_fused, flushed_eager)
+    for g in loss_scale_errors(bench(name).REFERENCE, bench(name).FUSED, args16, LOSS_SCALE):
+        assert g["fused_rel_l2"] <= 2 * g["eager_rel_l2"], g
+        assert g["fused_flushed"] <= g["eager_flushed"], g
+    assert all(g.dtype == torch.float16 for g in loss_and_grads(bench(name).FUSED, args16)[1])
 
 
 @pytest.mark.parametrize("name", KERNELS)
