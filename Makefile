@@ -1,21 +1,50 @@
-# stepdistill: `make demo` runs the main job on the embedded digits benchmark; `make test` the tests.
-# Both create the virtual environment on first use (torch and torchvision come from PyPI or a local
-# wheel cache; torchvision is needed by clean-fid and open_clip).
+# stepdistill: `make demo` runs the main job on the embedded digits benchmark; `make test` the quick tests,
+# `make test-all` every test. All create the virtual environment on first use: torch and torchvision from
+# TORCH_PINS (PyPI or a local wheel cache; torchvision is needed by clean-fid and open_clip), everything
+# else at the versions of requirements/lock.txt, the set the suite last passed with.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+LOCK ?= requirements/lock.txt
+# The torch stack comes from TORCH_PINS (a CPU, CUDA or ROCm build, by platform), never from the lock
+UNLOCKED := ^(torch|torchvision|triton|nvidia-.*|cuda-.*|stepdistill)==
+SCRATCH ?= $(or $(TMPDIR),/tmp)/stepdistill-latest
 
-.PHONY: venv demo teacher-demo test teacher teacher-heldout classifier baseline overhead imperfect evaluate clean
+.PHONY: venv lock test-latest demo teacher-demo test test-all teacher teacher-heldout classifier baseline overhead \
+	imperfect evaluate clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test]" -c $(LOCK)
 	touch $@
+
+# Refresh the lock: the newest releases that pyproject.toml admits, installed into a throwaway venv and
+# frozen. Run `make test-latest` first: a lock is only worth the suite that passed on it.
+lock:
+	rm -rf $(SCRATCH)
+	$(PYTHON) -m venv $(SCRATCH)
+	$(SCRATCH)/bin/python -m pip install --quiet $(TORCH_PINS)
+	$(SCRATCH)/bin/python -m pip install --quiet -e ".[test]"
+	mkdir -p $(dir $(LOCK))
+	{ echo "# The tested dependency set (make lock; Python $$($(SCRATCH)/bin/python -c 'import platform; print(platform.python_version())')). torch and torchvision: TORCH_PINS in the Makefile."; \
+	  $(SCRATCH)/bin/python -m pip freeze --exclude-editable | grep -Ev '$(UNLOCKED)' | LC_ALL=C sort -f; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(SCRATCH)
+
+# Upstream drift, before users meet it: the quick tier in a throwaway venv of the newest releases.
+test-latest:
+	rm -rf $(SCRATCH)
+	$(PYTHON) -m venv $(SCRATCH)
+	$(SCRATCH)/bin/python -m pip install --quiet $(TORCH_PINS)
+	$(SCRATCH)/bin/python -m pip install --quiet --upgrade -e ".[test]"
+	$(SCRATCH)/bin/python -m pip list --format=freeze | grep -Ei '^(diffusers|transformers|accelerate|peft|huggingface.hub|kernels)=='
+	$(SCRATCH)/bin/python -m pytest -q -m "not slow"
+	rm -rf $(SCRATCH)
 
 # The main job on the embedded default: DMD2 distils the shipped digits teacher into a one-step
 # generator, then prints teacher-vs-student FD / accuracy / speed-up, writes sample grids under
@@ -29,7 +58,10 @@ demo: venv
 teacher-demo: venv
 	$(PY) eval/teacher_baseline.py --demo --seeds 0 1 --out outputs/demo/teacher_digits.json
 
+# The quick tier: every test not marked slow (~N min on 2 CPU cores); test-all: everything (CI runs it).
 test: venv
+	$(PY) -m pytest -q -m "not slow"
+test-all: venv
 	$(PY) -m pytest -q
 
 # Reproduce the shipped assets and the committed baseline (see assets/README.md).

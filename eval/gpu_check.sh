@@ -3,9 +3,9 @@
 #   1. the kernel tests, compiled on CUDA (tests/kernels picks CUDA when it is present);
 #   2. the benchmark (4 losses x 5 shapes, bf16 by default; eager vs torch.compile vs fused, fwd + bwd,
 #      CUDA-graph capture) -> eval/results/kernels_gpu.json.
-# Runs on a bare machine with only torch + triton and this folder: no install, no diffusers. The kernels
-# are put on the path as `stepdistill_kernels` (a link in a temporary folder) ahead of any installed copy,
-# the project's source tree beside them; tests that need diffusers skip themselves with the reason.
+# Runs on a bare machine with only torch + triton and this folder: no install, no diffusers. `kernels/`
+# (which holds the `stepdistill_kernels` package) goes on the path ahead of any installed copy, the
+# project's source tree beside it; tests that need diffusers skip themselves with the reason.
 # Usage: bash eval/gpu_check.sh [extra kernels_gpu.py arguments, e.g. --dtypes fp32 bf16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +13,7 @@ ROOT="$(pwd)"
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 
-SHIM="$(mktemp -d)"
-trap 'rm -rf "$SHIM"' EXIT
-ln -s "$ROOT/kernels" "$SHIM/stepdistill_kernels"
-export PYTHONPATH="$SHIM:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT/kernels:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 "$PY" -c "import os, stepdistill_kernels as k, torch, triton; print('stepdistill_kernels from', os.path.realpath(k.__path__[0]), '| torch', torch.__version__, '| triton', triton.__version__)"
 if ! COLLECTED="$("$PY" -m pytest tests/kernels --collect-only -q -p no:cacheprovider 2>&1)"; then

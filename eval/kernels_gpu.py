@@ -10,7 +10,7 @@ CUDA graph.
 Per case: parity of the compiled kernel with the reference, median time (`triton.testing.do_bench`),
 effective GB/s (tensor arguments read once + gradients written once, over the time), memory one step
 allocates, and the fused kernel's speed-up over eager and over torch.compile. Each kernel's benchmark
-lives in `kernels/<kernel>/bench.py`; this script runs them, summarises them per shape class
+lives in `kernels/stepdistill_kernels/<kernel>/bench.py`; this script runs them, summarises them per shape class
 (launch-bound / bandwidth-bound, `stepdistill_kernels.benchmark`), checks the goals below and writes
 eval/results/kernels_gpu.json.
 

@@ -350,23 +350,23 @@ MUTANTS = [
            ("tests/test_digits_benchmark.py::test_fd2_is_measured_in_the_pooled_third_convolution",),
            "FD2 measured in the same features as FD"),
     # Fused kernels (kernels/): what each backward is scaled by and where its per-sample factors come from
-    Mutant("kernel_dmd_backward_ignores_grad_output", "kernels/dmd/triton_kernel.py",
+    Mutant("kernel_dmd_backward_ignores_grad_output", "kernels/stepdistill_kernels/dmd/triton_kernel.py",
            "scale = tl.load(grad_output_ptr) * inv_numel  # float32: the loss scale never meets a 16-bit value",
            "scale = inv_numel", ("tests/kernels/test_kernel_dmd.py",),
            "the fused DMD backward drops grad_output (a loss weight or GradScaler's scale)"),
-    Mutant("kernel_vsd_guidance_swapped", "kernels/vsd/triton_kernel.py",
+    Mutant("kernel_vsd_guidance_swapped", "kernels/stepdistill_kernels/vsd/triton_kernel.py",
            "g = tl.load(weight_ptr + b) * ((fu + s_fake * (fc - fu)) - (ru + s_real * (rc - ru)))",
            "g = tl.load(weight_ptr + b) * ((fu + s_real * (fc - fu)) - (ru + s_fake * (rc - ru)))",
            ("tests/kernels/test_kernel_vsd.py",), "the teacher's and the fake score's guidance scales swapped"),
-    Mutant("kernel_sid_omega_unclipped", "kernels/sid/triton_kernel.py",
+    Mutant("kernel_sid_omega_unclipped", "kernels/stepdistill_kernels/sid/triton_kernel.py",
            "omega = tl.maximum(row_sums(abs_partial_ptr, r, m, NUM_BLOCKS, ROWS, COLS) * inv_n, omega_min)",
            "omega = row_sums(abs_partial_ptr, r, m, NUM_BLOCKS, ROWS, COLS) * inv_n",
            ("tests/kernels/test_kernel_sid.py",), "SiD's normaliser loses the official 1e-5 clip"),
-    Mutant("kernel_pseudo_huber_weight_grad_unscaled", "kernels/pseudo_huber/triton_kernel.py",
+    Mutant("kernel_pseudo_huber_weight_grad_unscaled", "kernels/stepdistill_kernels/pseudo_huber/triton_kernel.py",
            "tl.store(grad_weight_ptr + b, tl.load(per_ptr + b) * go / B)",
            "tl.store(grad_weight_ptr + b, tl.load(per_ptr + b) / B)",
            ("tests/kernels/test_kernel_pseudo_huber.py",), "the weight's gradient ignores grad_output"),
-    Mutant("kernel_row_partials_skip_a_chunk", "kernels/launch.py", "for c in range(0, NUM_BLOCKS, COLS):",
+    Mutant("kernel_row_partials_skip_a_chunk", "kernels/stepdistill_kernels/launch.py", "for c in range(0, NUM_BLOCKS, COLS):",
            "for c in range(COLS, NUM_BLOCKS, COLS):", ("tests/kernels/test_kernel_training_step.py",
                                                        "tests/kernels/test_kernel_dmd.py"),
            "the per-sample sums skip the first partials (rows of up to COLS blocks lose everything)"),
@@ -381,14 +381,11 @@ def scratch_copy(dest: Path) -> None:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    # the scratch copy's kernels/ as `stepdistill_kernels`, ahead of the installed checkout on the path
-    (dest / ".mutant_path").mkdir()
-    (dest / ".mutant_path" / "stepdistill_kernels").symlink_to(dest / "kernels")
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str, float]:
     """(passed, first failing test or '', seconds)."""
-    env = {**os.environ, "PYTHONPATH": f"{copy / '.mutant_path'}{os.pathsep}{copy}", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{copy / 'kernels'}{os.pathsep}{copy}", "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.time()
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],

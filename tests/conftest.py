@@ -73,3 +73,12 @@ def sr_teacher(tmp_path_factory):
     from stepdistill.tiny import build_tiny_super_resolution
 
     return build_tiny_super_resolution(tmp_path_factory.mktemp("teacher") / "tiny-sr", residual=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(digits_like_teacher, sr_teacher, tmp_path_factory):
+    """The tiny random teachers recipes run on in tests, by `registry.RecipeInfo.tiny_teacher`."""
+    from stepdistill.tiny import build_tiny_super_resolution
+
+    x2 = build_tiny_super_resolution(tmp_path_factory.mktemp("teacher") / "tiny-sr-x2", scale=2, residual=True)
+    return {"digits": digits_like_teacher, "sr": sr_teacher, "sr-x2": x2}

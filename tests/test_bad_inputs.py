@@ -1,12 +1,9 @@
 """Every bad input of `eval/bad_inputs.py` (recipes' command lines and the evaluation harness) gets one line
 naming what is wrong, and exit status 2, before any training step or generated image."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 import bad_inputs  # noqa: E402
 
 

@@ -5,7 +5,6 @@ network's update, the replayed dropout, the teacher trajectories, the text-to-im
 (Convergence is tested on the exact 2-D teacher; digits quality is measured by the recipes' own runs.)"""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 import consistency_distill as cd  # noqa: E402
 import ect  # noqa: E402
 from stepdistill import losses  # noqa: E402
@@ -21,8 +20,7 @@ from stepdistill.config import apply_overrides, load_config  # noqa: E402
 from stepdistill.training import Draw  # noqa: E402
 from launching import launch  # noqa: E402
 
-COMMON = ["train.batch_size=4", "train.log_every=1", "train.sample_every=1000", "optim.warmup_steps=0",
-          "train.time_limit_minutes=null", "eval.enabled=false"]
+COMMON = list(quick.OVERRIDES)
 
 
 def _cd(teacher, out, *extra):

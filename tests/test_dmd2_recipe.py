@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 from launching import launch  # noqa: E402
 from without_stepdistill import SEEDED, images_without_stepdistill  # noqa: E402
 import dmd2  # noqa: E402
@@ -26,10 +26,7 @@ def teacher_dir(digits_like_teacher):
 
 
 def _overrides(teacher_dir, out, *extra):
-    return [f"model.teacher={teacher_dir}", f"train.output_dir={out}", "train.batch_size=8",
-            "train.log_every=1", "train.sample_every=1000", "optim.update_ratio=2", "optim.warmup_steps=0",
-            "train.time_limit_minutes=null",
-            "eval.enabled=false", *extra]
+    return quick.overrides(teacher_dir, out, "train.batch_size=8", "optim.update_ratio=2", *extra)
 
 
 def _cfg(*overrides):

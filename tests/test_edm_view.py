@@ -1,8 +1,6 @@
 """`EDMView`: a VP teacher in EDM's parameterisation answers EDM's questions exactly as the VP teacher does,
 and the recipes run on it (`model.teacher=digits-edm`)."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +9,6 @@ from stepdistill.edm_view import load_edm_view
 from stepdistill.roles import load_teacher
 from stepdistill.schedules import EDM, TeacherLevels
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 
 
 def test_the_edm_view_predicts_what_the_vp_teacher_predicts(digits_like_teacher):

@@ -3,8 +3,6 @@ rows scored by the benchmark's metrics, written as JSON, CSV and a crop grid; ou
 what the exported pipeline gives; bad inputs refused in one line before any image is generated."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +14,6 @@ from stepdistill.evaluation.sr import psnr
 from stepdistill.export import export_super_resolution
 from stepdistill.roles import load_teacher
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 import evaluate  # noqa: E402
 
 

@@ -99,7 +99,6 @@ def test_an_earlier_runs_images_are_never_scored_with_a_new_set(teacher_dir, tmp
 
 def test_bad_evaluation_inputs_are_refused_before_any_work(tmp_path):
     """`--nfe 0` and a half-written checkpoint (`*.tmp`, or no step.json) get one clear message."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
     import evaluate
 
     with pytest.raises(SystemExit) as exit_info:

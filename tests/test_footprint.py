@@ -1,17 +1,16 @@
 """The setup report of each run's memory: roles' parameter counts, and the per-process parameter, optimiser
 and EMA memory, counted from the networks themselves (a LoRA fake score on the teacher's network counted once)."""
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 import consistency_distill as cd  # noqa: E402
 import swiftbrush  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
 from stepdistill.training.footprint import footprint, format_footprint  # noqa: E402
 
-COMMON = ["train.batch_size=4", "optim.warmup_steps=0", "train.time_limit_minutes=null", "eval.enabled=false"]
+COMMON = list(quick.OVERRIDES)
 MIB = 2 ** 20
 
 

@@ -3,12 +3,10 @@ with the shipped teacher's committed rows beside the runs."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 import imperfect_teacher  # noqa: E402
 
 TEACHER = dict(model="teacher", sampler="dpmpp_2m", nfe=35, fd=0.4, fd_std=0.03, fd2=2.0, fd2_std=0.1, precision=0.94,

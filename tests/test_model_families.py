@@ -3,14 +3,12 @@ conditioning reaches the network, the flow denoiser's x0, DMD2 trains and its ex
 as the student does."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
 import dmd2  # noqa: E402
 from stepdistill.conditioning import TextConditioner  # noqa: E402
 from stepdistill.prompt_encoders import prompt_encoder  # noqa: E402

@@ -2,7 +2,6 @@
 confined to its part, a shared fake score, resume, one vs two processes, export."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 from launching import launch  # noqa: E402
 from without_stepdistill import SEEDED, images_without_stepdistill  # noqa: E402
 import msd  # noqa: E402
@@ -20,9 +19,7 @@ from stepdistill.training import Draw  # noqa: E402
 
 
 def _overrides(teacher, out, *extra):
-    return [f"model.teacher={teacher}", f"train.output_dir={out}", "train.batch_size=8", "train.log_every=1",
-            "train.sample_every=1000", "optim.update_ratio=2", "optim.warmup_steps=0",
-            "train.time_limit_minutes=null", "eval.enabled=false", "model.students=2", *extra]
+    return quick.overrides(teacher, out, "train.batch_size=8", "optim.update_ratio=2", "model.students=2", *extra)
 
 
 def _cfg(*overrides):

@@ -3,14 +3,12 @@ against a table written from those scripts (cited per row), so a preset cannot d
 inherit a digits-tuned default (DMD2's GAN range, its EMA) unnoticed."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
 import consistency_distill  # noqa: E402
 import dmd2  # noqa: E402
 import ect  # noqa: E402

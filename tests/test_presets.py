@@ -1,13 +1,11 @@
 """Every recipe's YAML presets: each parses into its recipe's config, and each `digits.yaml` (the embedded
 default, written out) is exactly the recipe's defaults, so running with and without it is the same run."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
 import consistency_distill  # noqa: E402
 import dmd2  # noqa: E402
 import ect  # noqa: E402

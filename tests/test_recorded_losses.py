@@ -10,18 +10,15 @@ change: `python tests/test_recorded_losses.py` prints the new table.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 
 STEPS = 4
-COMMON = ["train.batch_size=4", "train.log_every=1", "train.sample_every=1000", "train.checkpoint_every=1000",
-          "train.time_limit_minutes=null", f"train.max_steps={STEPS}", "optim.warmup_steps=0",
-          "eval.enabled=false", "export.enabled=false"]
+COMMON = [*quick.OVERRIDES, "train.checkpoint_every=1000", f"train.max_steps={STEPS}", "export.enabled=false"]
 # recipe -> (extra overrides, the logged keys compared)
 RUNS = {
     "dmd2": (["optim.update_ratio=2"], ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),

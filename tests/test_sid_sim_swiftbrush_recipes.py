@@ -4,7 +4,6 @@ export, what each generator step may touch, SwiftBrush's two-network memory, res
 recipes' own runs.)"""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 import sid  # noqa: E402
 import sim  # noqa: E402
 import swiftbrush  # noqa: E402
@@ -24,10 +23,7 @@ RECIPES = {"sid": (sid, sid.SiDConfig), "sim": (sim, sim.SIMConfig), "swiftbrush
 
 
 def _cfg(name, teacher, out, *extra):
-    _, config = RECIPES[name]
-    return apply_overrides(config(), [f"model.teacher={teacher}", f"train.output_dir={out}", "train.batch_size=4",
-                                      "train.log_every=1", "train.sample_every=1000", "optim.warmup_steps=0",
-                                      "eval.enabled=false", *extra])
+    return quick.config(name, teacher, out, *extra)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -2,14 +2,13 @@
 loss against the official formula and its direction on a Gaussian teacher, the wiring of each term (targets from
 the same noise, shared HSD noise, the discriminator told its level), resume, bad input."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 import tadsr  # noqa: E402
 from stepdistill import losses  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
@@ -19,9 +18,7 @@ from without_stepdistill import SEEDED, images_without_stepdistill  # noqa: E402
 
 
 def _overrides(teacher, out, *extra):
-    return [f"model.teacher={teacher}", f"train.output_dir={out}", "train.batch_size=4", "train.log_every=1",
-            "train.sample_every=1000", "train.time_limit_minutes=null", "eval.enabled=false", "data.patches=32",
-            "loss.regression_pairs=8", "loss.regression_nfe=4", *extra]
+    return quick.overrides(teacher, out, "data.patches=32", "loss.regression_pairs=8", "loss.regression_nfe=4", *extra)
 
 
 def _cfg(*overrides):

@@ -1,7 +1,6 @@
 """The digits teacher recipe: a few steps on the split asked for, saved as a loadable diffusers folder."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,6 @@ import torch
 from diffusers import UNet2DModel
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
 import train_teacher  # noqa: E402
 from stepdistill.config import ConfigError, apply_overrides  # noqa: E402
 from stepdistill.data import DigitsDataset  # noqa: E402

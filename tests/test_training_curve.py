@@ -1,15 +1,12 @@
 """eval/training_curve.py scores a run's checkpoints with the recipe's own protocol."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
-sys.path.insert(0, str(ROOT / "eval"))
 import precision_recall  # noqa: E402
 import sid  # noqa: E402
 import training_curve  # noqa: E402

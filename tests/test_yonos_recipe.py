@@ -2,17 +2,15 @@
 the same noised image, each given its own scale's LR image; starts as the teacher; exports a x4 pipeline."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
+import quick  # noqa: E402
 import yonos  # noqa: E402
 from stepdistill import losses  # noqa: E402
-from stepdistill.config import apply_overrides  # noqa: E402
 from stepdistill.denoiser import native_loss_weight  # noqa: E402
 from stepdistill.schedules import fake_score_times  # noqa: E402
 from stepdistill.training import Draw  # noqa: E402
@@ -26,10 +24,7 @@ def x2_teacher(tmp_path_factory):
 
 
 def _cfg(teacher, out, *extra):
-    return apply_overrides(yonos.YONOSConfig(), [
-        f"model.teacher={teacher}", f"train.output_dir={out}", "train.batch_size=4", "train.log_every=1",
-        "train.sample_every=1000", "train.time_limit_minutes=null", "eval.enabled=false", "data.patches=32",
-        "optim.warmup_steps=0", *extra])
+    return quick.config("yonos", teacher, out, "data.patches=32", *extra)
 
 
 def test_the_x4_student_regresses_the_x2_teachers_prediction_at_the_same_noisy_image(x2_teacher, tmp_path):

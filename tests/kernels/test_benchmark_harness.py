@@ -1,8 +1,6 @@
 """The GPU benchmark's bookkeeping, checked on CPU with the timers stubbed: a fresh fixed-shape compile per
 case, the shape classes, the peak-bandwidth table and the goals eval/kernels_gpu.py reports."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +9,6 @@ from stepdistill_kernels import benchmark
 from stepdistill_kernels.dmd.bench import make_args
 from stepdistill_kernels.dmd.reference import dmd_loss
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "eval"))
 import kernels_gpu  # noqa: E402
 
 

@@ -1,8 +1,6 @@
 """The recipes' generator updates through `stepdistill.ops`: the fused Triton kernels (interpreted on
 CPU) and the PyTorch references give the same loss and the same updated generator."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ from stepdistill import ops  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
 from stepdistill.training import Draw, implicit  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
 import dmd2  # noqa: E402
 import sid  # noqa: E402
 import swiftbrush  # noqa: E402

@@ -1,0 +1,276 @@
+"""The contract every registered recipe keeps (`recipes/registry.py`): bad input stops before any step with one
+line; resume is bit-identical; one process trains what two do; the export loads in stock diffusers without
+stepdistill and gives the student's images, and so does the model card's own code, run as written; every preset
+parses and trains a step on its tiny teacher. A recipe added to the registry is held to all of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import quick
+from launching import launch
+from registry import RECIPES
+from stepdistill.config import load_config
+from stepdistill.training import cli
+from without_stepdistill import CHILD, SEEDED, images_without_stepdistill
+
+NAMES = sorted(RECIPES)
+pytestmark = pytest.mark.parametrize("name", NAMES)
+
+
+def _checkpoint(out: Path) -> Path:
+    return sorted((out / "checkpoints").glob("step_*"))[-1]
+
+
+def _student(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(_checkpoint(out) / "student.safetensors"))
+
+
+def _run(name, teacher, out, *extra):
+    info = RECIPES[name]
+    return info.module().main(quick.config(name, teacher, out, *extra))
+
+
+# -- bad input --------------------------------------------------------------------------------------------------
+
+BAD = {
+    "unknown key": ("loss.no_such_key=1", r"loss\.no_such_key"),
+    "wrong type": ("train.max_steps=many", r"train\.max_steps"),
+    "missing teacher": ("model.teacher={tmp}/no_teacher", r"no_teacher"),
+    "missing resume": ("resume={tmp}/no_checkpoint", r"no_checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_stops_before_any_step_with_one_line(name, case, tiny_teachers, tmp_path, capsys):
+    info = RECIPES[name]
+    override, match = BAD[case]
+    out = tmp_path / "run"
+    argv = quick.overrides(tiny_teachers[info.tiny_teacher], out, *quick.SMALL.get(name, ()),
+                           override.format(tmp=tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        cli(info.module(), info.config_class(), argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(match, err), err
+    assert not (out / "checkpoints").exists() and not (out / "log_rank0.jsonl").exists()
+
+
+# -- resume -----------------------------------------------------------------------------------------------------
+
+def test_resume_is_bit_identical(name, tiny_teachers, tmp_path):
+    """Stopped after its first step (a zero time limit), then resumed with the same settings: the student (EMA
+    applied) and every optimiser end exactly as in the uninterrupted run."""
+    teacher = tiny_teachers[RECIPES[name].tiny_teacher]
+    run = ("train.max_steps=3", "train.checkpoint_every=3", "export.enabled=false")
+    _run(name, teacher, tmp_path / "straight", *run)
+    with pytest.warns(UserWarning, match="limit stopped training at step 1 of 3"):
+        _run(name, teacher, tmp_path / "resumed", *run, "train.time_limit_minutes=0")
+    _run(name, teacher, tmp_path / "resumed", *run, "resume=latest")
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log_rank0.jsonl").read_text().splitlines()]
+    assert [r["from_step"] for r in log if "resume" in r] == [1]
+    a, b = _checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "resumed")
+    assert a.name == b.name == "step_00000003"
+    for file in sorted(p.name for p in a.iterdir() if p.suffix in (".safetensors", ".bin") and "random" not in p.name):
+        if file.endswith(".safetensors"):
+            x, y = load_file(str(a / file)), load_file(str(b / file))
+        else:
+            x, y = (torch.load(c / file, weights_only=True) for c in (a, b))
+            x, y = _tensors(x), _tensors(y)
+        assert x.keys() == y.keys(), file
+        for k in x:
+            assert torch.equal(x[k], y[k]), f"{file}: {k}"
+
+
+def _tensors(obj, prefix="") -> dict[str, torch.Tensor]:
+    """The tensors of a nested optimiser or scheduler state, by path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else []
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
+
+
+# -- one process against two ------------------------------------------------------------------------------------
+
+# Dropout masks are each process's own draws: a network with dropout agrees with one process only in distribution.
+TWO_PROCESS = {"ect": ("model.dropout=0",)}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_train_what_one_does(name, tiny_teachers, tmp_path):
+    """The same global batch over one or two gloo processes: the same student after three steps, up to float
+    reduction order (which Adam's first steps turn into +-lr on a few near-zero-gradient weights)."""
+    teacher = tiny_teachers[RECIPES[name].tiny_teacher]
+    extra = ("train.max_steps=3", "train.checkpoint_every=3", "export.enabled=false", *quick.SMALL.get(name, ()),
+             *TWO_PROCESS.get(name, ()))
+    for processes in (1, 2):
+        launch(name, processes, quick.overrides(teacher, tmp_path / str(processes), *extra))
+    one, two = _student(tmp_path / "1"), _student(tmp_path / "2")
+    assert one.keys() == two.keys()
+    base = {}
+    for file in Path(teacher).glob("*/diffusion_pytorch_model.safetensors"):
+        base.update(load_file(str(file)))
+    pairs = [(k, base[k.split("denoiser.net.")[-1]]) for k in one if k.split("denoiser.net.")[-1] in base]
+    assert pairs, "the student's weights name the teacher's"
+    moved = torch.cat([(one[k] - v).abs().flatten() for k, v in pairs])
+    diff = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
+    assert float(moved.mean()) > 1e-6, "three steps trained the student"
+    assert float(diff.mean()) < 1e-3 * float(moved.mean()), (float(diff.mean()), float(moved.mean()))
+    assert float((diff > 1e-5).float().mean()) < 2e-3
+
+
+# -- the export, without stepdistill ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tiny_teachers, tmp_path_factory):
+    """name -> (run folder, student with the checkpoint's weights, setup): two steps, then the export. Built once
+    per recipe for the export and model-card tests."""
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            info = RECIPES[name]
+            teacher = tiny_teachers[info.tiny_teacher]
+            out = tmp_path_factory.mktemp(name) / "run"
+            _run(name, teacher, out, "train.max_steps=2", "train.checkpoint_every=2", "export.enabled=true")
+            run = info.module().setup(quick.config(name, teacher, out.parent / "fresh"))
+            student = info.module().students(run)[0]
+            student.load_state_dict(_student(out))
+            runs[name] = (out, student, run.setup)
+        return runs[name]
+
+    return get
+
+
+def _low_resolution(setup) -> torch.Tensor:
+    """Two LR images in [-1, 1] at the student's input size (8-bit values, so a PNG holds them exactly)."""
+    size = setup.shape[-1] // setup.conditioner.scale
+    pixels = torch.randint(0, 256, (2, 3, size, size), generator=torch.Generator().manual_seed(5))
+    return pixels.float() / 255 * 2 - 1
+
+
+def _student_images(student, setup, seed: int = 0, *, labels=(0, 1, 2), low=None) -> torch.Tensor:
+    """The student's images in [0, 1] as stepdistill samples them: class labels, or LR images for SR."""
+    g = torch.Generator().manual_seed(seed)
+    if low is None:
+        return student.images(torch.tensor(labels), g) * 0.5 + 0.5
+    from stepdistill.samplers import multistep
+
+    z = torch.randn(len(low), *student.shape, generator=g)
+    den = partial(student.generator.denoiser, **setup.conditioner.condition(low))
+    with torch.no_grad():
+        x = multistep(den, student.schedule, z * student.generator.input_scale, student.default_timesteps, generator=g)
+    return (student.space.decode(x).clamp(-1, 1) * 0.5 + 0.5)
+
+
+def _is_sr(name) -> bool:
+    return RECIPES[name].family == "super_resolution"
+
+
+def test_the_export_samples_the_students_images_without_stepdistill(name, exported, tmp_path):
+    out, student, setup = exported(name)
+    if _is_sr(name):
+        low = _low_resolution(setup)
+        lr_arg = f"image=torch.tensor({low.tolist()})"
+        images = images_without_stepdistill(out / "pipeline", tmp_path, f"{lr_arg}, {SEEDED}")
+        expected = _student_images(student, setup, low=low)
+    else:
+        images = images_without_stepdistill(out / "pipeline", tmp_path, f"class_labels=[7, 3, 0], {SEEDED}")
+        expected = _student_images(student, setup, labels=(7, 3, 0))
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
+
+
+def test_the_model_cards_code_runs_as_written_and_gives_the_students_images(name, exported, tmp_path):
+    """The card's Usage block, unchanged, in the folder beside the pipeline (SR: with its `input.png`), in a process
+    without stepdistill; its images are the student's, to 8-bit rounding."""
+    out, student, setup = exported(name)
+    card = (out / "pipeline" / "README.md").read_text()
+    code = re.search(r"## Usage\n\n```python\n(.*?)```", card, flags=re.S).group(1)
+    assert "./pipeline" in code
+    result = "image" if _is_sr(name) else "images"
+    low = None
+    if _is_sr(name):
+        from PIL import Image
+
+        low = _low_resolution(setup)[:1]
+        pixels = ((low[0] * 0.5 + 0.5) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(out.parent / "input.png")
+    save = (f"\nimport numpy as np\nfrom safetensors.numpy import save_file as _save\n"
+            f"_out = {result} if isinstance({result}, list) else [{result}]\n"
+            f"_save({{'images': np.stack([np.asarray(i) for i in _out])}}, {str(tmp_path / 'card.safetensors')!r})\n")
+    script = CHILD.split("import torch\nfrom diffusers import DiffusionPipeline")[0] + code + save
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}
+    child = subprocess.run([sys.executable, "-I", "-c", script], cwd=out.parent, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    got = torch.from_numpy(load_file_np(tmp_path / "card.safetensors")).float() / 255
+    got = got.permute(0, 3, 1, 2) if got.ndim == 4 else got.unsqueeze(1)
+    expected = _student_images(student, setup, low=low)
+    expected = (expected * 255).round() / 255
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    assert float((got - expected).abs().max()) <= 1 / 255 + 1e-6
+
+
+def load_file_np(path: Path) -> np.ndarray:
+    from safetensors.numpy import load_file as load_np
+
+    return load_np(str(path))["images"]
+
+
+# -- presets ----------------------------------------------------------------------------------------------------
+
+def test_the_default_preset_is_the_recipes_defaults(name):
+    from stepdistill.config import to_dict
+
+    info = RECIPES[name]
+    config = info.config_class()
+    assert info.preset(info.default_preset).is_file(), f"recipes/configs/{name}/{info.default_preset}.yaml"
+    cfg = load_config(config, ["--config", str(info.preset(info.default_preset))])
+    assert to_dict(cfg) == to_dict(config()) and cfg.model.teacher == info.teacher
+
+
+def tiny_for(preset: Path, tiny_teachers) -> tuple[str, list[str]]:
+    """The tiny teacher a preset trains a step on, of its model family, and the overrides a CPU needs."""
+    stem = preset.stem
+    for key, tiny in (("sdxl", "tiny-sdxl"), ("sd3", "tiny-sd3"), ("flux", "tiny-flux")):
+        if key in stem:
+            return tiny, ["data.resolution=64"]
+    if stem.startswith(("sd15", "sd21", "tiny")):
+        return "tiny-sd", ["data.resolution=64"]
+    if "imagenet" in stem or "edm" in stem:
+        return str(tiny_teachers["digits"]), []
+    return str(tiny_teachers[RECIPES[preset.parent.name].tiny_teacher]), []
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _text_data(preset: Path, teacher: str) -> list[str]:
+    return [f"data.prompts={ROOT / 'assets' / 'prompts' / 'smoke.txt'}"] if teacher.startswith("tiny-") else []
+
+
+@pytest.mark.slow
+def test_every_preset_parses_and_trains_a_step_on_its_tiny_teacher(name, tiny_teachers, tmp_path, monkeypatch):
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "cache"))
+    info = RECIPES[name]
+    for preset in info.presets():
+        teacher, extra = tiny_for(preset, tiny_teachers)
+        cfg = load_config(info.config_class(), [
+            "--config", str(preset), f"model.teacher={teacher}", f"train.output_dir={tmp_path / preset.stem}",
+            "train.max_steps=1", "train.batch_size=2", "train.time_limit_minutes=null", "train.checkpoint_every=1",
+            "train.sample_every=1000", "train.mixed_precision=no", "optim.warmup_steps=0", "eval.enabled=false",
+            "export.enabled=false", *quick.SMALL.get(name, ()), *_text_data(preset, teacher), *extra])
+        info.module().main(cfg)
+        assert (tmp_path / preset.stem / "checkpoints" / "step_00000001" / "student.safetensors").is_file(), preset
