@@ -95,8 +95,9 @@ def export_class_conditional(folder: str | Path, unet: nn.Module | list[nn.Modul
     folder = Path(folder).expanduser()
     options = dict(scheduler_options or {})
     gamma = options.pop("gamma", None)
-    scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, clip_sample_range=1.0, tcd=gamma is not None,
-                               **options)
+    # No clipping of x0 between steps: the pipeline samples exactly as the Student that was trained and measured
+    # (`samplers.multistep`); the images are clipped to [0, 1] at the end, as in any diffusers pipeline.
+    scheduler = _lcm_scheduler(scheduler_config, clip_sample=False, tcd=gamma is not None, **options)
     timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
     nets = [_plain_network(u, adapter) for u in (unet if isinstance(unet, (list, tuple)) else [unet])]
     if len(nets) > 1 or owner is not None:
@@ -136,7 +137,7 @@ def export_super_resolution(folder: str | Path, unet: nn.Module, scheduler_confi
     pipeline's `sr_residual`, whose sampler then runs on residuals, unclamped.
     """
     folder = Path(folder).expanduser()
-    scheduler = _lcm_scheduler(scheduler_config, clip_sample=not residual, clip_sample_range=1.0)
+    scheduler = _lcm_scheduler(scheduler_config, clip_sample=False)  # as the Student samples (export_class_conditional)
     timesteps = _check_timesteps(timesteps, scheduler.config.num_train_timesteps)
     if int(sr_scale) < 1:
         raise ValueError(f"sr_scale={sr_scale} must be >= 1")

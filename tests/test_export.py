@@ -39,7 +39,7 @@ def scheduler_config(prediction_type="v_prediction"):
 @torch.no_grad()
 def reference(unet, config, timesteps, labels, seed):
     """The student sampler written out: z ~ N(0, I) from a CPU generator, x = sigma(t0) z, then per step
-    x0 = clamp(x0(unet(x, t)), -1, 1) and, between steps, x = alpha_s x0 + sigma_s eps with fresh eps."""
+    x0 = x0(unet(x, t)), unclipped, and, between steps, x = alpha_s x0 + sigma_s eps with fresh eps."""
     abar = DDPMScheduler.from_config(config).alphas_cumprod
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((len(labels), 1, 8, 8), generator=g)
@@ -48,7 +48,6 @@ def reference(unet, config, timesteps, labels, seed):
         alpha, sigma = abar[t].sqrt(), (1 - abar[t]).sqrt()
         out = unet(x, t, class_labels=torch.tensor(labels)).sample
         x0 = alpha * x - sigma * out if config.prediction_type == "v_prediction" else (x - sigma * out) / alpha
-        x0 = x0.clamp(-1, 1)
         if i + 1 < len(timesteps):
             s = timesteps[i + 1]
             x = abar[s].sqrt() * x0 + (1 - abar[s]).sqrt() * torch.randn(x0.shape, generator=g)
@@ -110,8 +109,7 @@ def test_class_conditional_export_samples_like_the_trained_student(tmp_path, tin
     folder = export_class_conditional(tmp_path / "student", tiny_unet, config, timesteps=timesteps, null_label=3)
     _, images = sample(folder)
     x = student.sample_fn()(torch.tensor(LABELS), torch.Generator().manual_seed(SEED))
-    # The pipeline clips each step's x0 to [-1, 1] (LCMScheduler), the student its last one (decode): the
-    # same images while intermediate x0 stay within range, as this network's do.
+    # Neither clips x0 between steps; both clip the image at the end (the pipeline's postprocess, decode).
     torch.testing.assert_close(images, PixelSpace().decode(x) / 2 + 0.5, atol=1e-5, rtol=0)
 
 

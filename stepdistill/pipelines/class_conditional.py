@@ -8,7 +8,7 @@ times of the distillation grid with `num_inference_steps=K`:
     z = randn_tensor((B, C, H, W), generator=generator)   # float32; a CPU generator draws on the CPU
     x = sqrt(1 - alphas_cumprod[t_0]) * z
     for t in timesteps:                                    # LCMScheduler.step:
-        x0 = clamp(x0 from unet(x, t, class_labels=y) for the scheduler's prediction_type, -1, 1)
+        x0 = x0 from unet(x, t, class_labels=y) for the scheduler's prediction_type  # unclipped, as trained
         x = x0 on the last step, else sqrt(abar_next) x0 + sqrt(1 - abar_next) eps, eps drawn from `generator`
 The saved LCMScheduler's timestep_scaling makes LCM's boundary condition (c_skip, c_out) = (0, 1) for t >= 1,
 or is LCM's own 10 for a consistency student (denoised = c_skip x + c_out x0, as it was trained). A student

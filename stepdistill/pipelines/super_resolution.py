@@ -9,10 +9,10 @@ times larger. Sampling, one network evaluation per timestep of `pipe.config.time
     z = randn_tensor((B, 3, H, W), generator=generator)    # float32; a CPU generator draws on the CPU
     x = sqrt(1 - alphas_cumprod[t_0]) * z
     for t in timesteps:                                    # LCMScheduler.step:
-        x0 = clamp(x0 from unet(cat([x, y]), t) for the scheduler's prediction_type, -1, 1)
+        x0 = x0 from unet(cat([x, y]), t) for the scheduler's prediction_type   # unclipped, as trained
         x = x0 on the last step, else sqrt(abar_next) x0 + sqrt(1 - abar_next) eps, eps drawn from `generator`
 With `pipe.config.sr_residual` the unet models the residual over y (SRDiff): the same loop runs on r = x - sqrt(abar_t) y,
-the noised residual (unet(cat([r, y]), t), no clamp), and the image is y + the last step's r.
+the noised residual (unet(cat([r, y]), t)), and the image is y + the last step's r.
 Images: output_type "pil" (default), "np" (B, H, W, C) or "pt" (B, C, H, W), in [0, 1] as usual in diffusers.
 """
 import json
