@@ -144,7 +144,7 @@ def setup(cfg: MSDConfig) -> Run:
             generator = make_generator(s.teacher, float(ts[0]), network=small,
                                        gradient_checkpointing=m.gradient_checkpointing)
         runs.append(dmd.build(cfg, view, ts, generator=generator, share_fake_with=shared,
-                              real_guided=runs[0].real_guided if runs else None))
+                              real_guided=runs[0].real_guided if runs else None, fake_adapter=f"fake_score_{student}"))
     tsm = []
     if m.tsm_steps > 0:
         for sub in runs:

@@ -32,9 +32,9 @@ from stepdistill.denoiser import CFGDenoiser, native_loss_weight
 from stepdistill.roles import make_fake_score, make_generator, make_real_score
 from stepdistill.schedules import DiscreteRange, FakeTimes, fake_score_times
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
-                                  make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
-                                  trainable_params)
+from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim,
+                                  check_step_range, cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step,
+                                  run_recipe, trainable_params)
 
 NAME = "swiftbrush"
 
@@ -109,6 +109,7 @@ def setup(cfg: SwiftBrushConfig) -> Run:
     teacher = s.teacher
     ts = one_step_timesteps(cfg.model.generator_timesteps, teacher.schedule)
     check_optim(cfg.optim, cfg.train.max_steps)
+    check_step_range(cfg.loss)
     if cfg.model.lora_rank < 1:
         raise ValueError(f"model.lora_rank={cfg.model.lora_rank}: SwiftBrush's fake score is a LoRA (rank >= 1)")
     guided = cfg.loss.real_guidance != 1 or cfg.loss.fake_guidance != 1

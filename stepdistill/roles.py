@@ -321,16 +321,18 @@ def make_real_score(teacher: Teacher, *, gradient_checkpointing: bool = False) -
 
 
 def make_fake_score(teacher: Teacher, *, lora_rank: int | None = None, lora_alpha: float | None = None,
-                    target_modules: list[str] | None = None, gradient_checkpointing: bool = False) -> Denoiser:
-    """A trainable copy of the teacher, or (lora_rank set) a LoRA adapter named "fake_score" on it."""
+                    target_modules: list[str] | None = None, gradient_checkpointing: bool = False,
+                    adapter: str = "fake_score") -> Denoiser:
+    """A trainable copy of the teacher, or (lora_rank set) a LoRA adapter named `adapter` on it (several fake
+    scores on one teacher, as multi-student distillation's per-student ones, each take a name of their own)."""
     if lora_rank is None:
         net = copy.deepcopy(teacher.net).train().requires_grad_(True)
         set_gradient_checkpointing(net, gradient_checkpointing)
         return teacher.denoiser(net=net)
-    add_lora(teacher.net, "fake_score", rank=lora_rank, alpha=lora_alpha, target_modules=target_modules)
+    add_lora(teacher.net, adapter, rank=lora_rank, alpha=lora_alpha, target_modules=target_modules)
     set_gradient_checkpointing(teacher.net, gradient_checkpointing)
     # peft marks only the adapter's weights trainable; the teacher's own weights stay frozen.
-    return teacher.denoiser(adapter="fake_score")
+    return teacher.denoiser(adapter=adapter)
 
 
 class Generator(nn.Module):

@@ -24,9 +24,8 @@ def overrides(teacher: str | Path, out: str | Path, *extra: str) -> list[str]:
 
 
 def config(recipe: str, teacher: str | Path, out: str | Path, *extra: str) -> Any:
-    """The recipe's config (`registry.RECIPES[recipe]`) under the quick overrides and `extra`."""
+    """The recipe's config (`registry.RECIPES[recipe]`) under the quick overrides, its SMALL ones and `extra`."""
     from registry import RECIPES
-
     from stepdistill.config import apply_overrides
 
-    return apply_overrides(RECIPES[recipe].config_class()(), overrides(teacher, out, *extra))
+    return apply_overrides(RECIPES[recipe].config_class()(), overrides(teacher, out, *SMALL.get(recipe, ()), *extra))

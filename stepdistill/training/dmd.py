@@ -34,7 +34,7 @@ from ..samplers import SamplerName, backward_simulation
 from ..schedules import DiscreteRange, FakeTimes, UniformTime, fake_score_times
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import Setup, check_optim, make_ema, make_optimizer, optimizer_step, trainable_params
+from .setup import Setup, check_optim, check_step_range, make_ema, make_optimizer, optimizer_step, trainable_params
 
 @dataclass
 class ModelConfig:
@@ -152,6 +152,7 @@ def check(cfg, s: Setup) -> torch.Tensor:
         raise ValueError(f"loss.gan_start_step={loss_cfg.gan_start_step} must lie in [0, train.max_steps="
                          f"{cfg.train.max_steps}): the step at which the GAN terms join distribution matching")
     check_optim(cfg.optim, cfg.train.max_steps, steps_per_update=cfg.optim.update_ratio)
+    check_step_range(loss_cfg)
     return ts
 
 
@@ -163,19 +164,21 @@ def setup(cfg) -> Run:
 
 
 def build(cfg, s: Setup, ts: torch.Tensor, *, generator: torch.nn.Module | None = None,
-          real_guided: CFGDenoiser | None = None, share_fake_with: "Run | None" = None) -> Run:
+          real_guided: CFGDenoiser | None = None, share_fake_with: "Run | None" = None,
+          fake_adapter: str = "fake_score") -> Run:
     """One student's trio on `s` (a `Setup`, or a view of one restricted to part of the conditions): the
     fake score, the generator (given, e.g. a smaller student, or a copy of the teacher) and the GAN head,
     their optimisers, prepared by the accelerator and registered for checkpointing. `real_guided` may be
     shared between students (one teacher); `share_fake_with`: another student's run whose fake score, GAN
-    head and their optimiser this student trains too (multi-student distillation's shared fake score)."""
+    head and their optimiser this student trains too (multi-student distillation's shared fake score);
+    `fake_adapter`: the name of a LoRA fake score's adapter on the teacher (one per student)."""
     accelerator, teacher, schedule = s.accelerator, s.teacher, s.schedule
     loss_cfg = cfg.loss
     if real_guided is None:
         real_guided = CFGDenoiser(make_real_score(teacher), cfg.loss.real_guidance)
     if share_fake_with is None:
         fake_score = make_fake_score(teacher, lora_rank=cfg.model.fake_score_lora_rank,
-                                     gradient_checkpointing=cfg.model.gradient_checkpointing)
+                                     gradient_checkpointing=cfg.model.gradient_checkpointing, adapter=fake_adapter)
     else:
         fake_score = share_fake_with.fake_score
     if generator is None:

@@ -27,7 +27,7 @@ from ..student import Student
 from ..roles import make_fake_score, make_generator, make_real_score, trainable
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import Setup, check_optim, one_step_timesteps, make_ema, make_optimizer, optimizer_step, trainable_params
+from .setup import Setup, check_optim, check_step_range, one_step_timesteps, make_ema, make_optimizer, optimizer_step, trainable_params
 
 
 @dataclass
@@ -108,6 +108,7 @@ def setup(cfg) -> Run:
     teacher = s.teacher
     ts = one_step_timesteps(cfg.model.generator_timesteps, teacher.schedule)
     check_optim(cfg.optim, cfg.train.max_steps)
+    check_step_range(cfg.loss)
     if cfg.loss.guidance != 1.0 and s.conditioner.uncond(torch.zeros(1, dtype=torch.long)) is None:
         raise ValueError("loss.guidance != 1 needs a conditional teacher with an unconditional branch")
     fake_score = make_fake_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing)

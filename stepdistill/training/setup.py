@@ -130,6 +130,15 @@ def check_optim(optim, max_steps: int, *, steps_per_update: int = 1) -> None:
                          "or set optim.lr_schedule=constant")
 
 
+def check_step_range(loss) -> None:
+    """`loss.min_step` and `loss.max_step`, fractions of the teacher's level table (`schedules.DiscreteRange`):
+    0 <= min_step < max_step <= 1, checked before anything is built."""
+    lo, hi = loss.min_step, loss.max_step
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"loss.min_step={lo} and loss.max_step={hi} must satisfy 0 <= min_step < max_step <= 1 "
+                         "(fractions of the teacher's noise-level table)")
+
+
 def sample_shape(teacher: Teacher, conditioner, space) -> tuple[int, ...]:
     """One sample's shape in the denoised space: the network's input channels less those the conditioner
     concatenates (a low-resolution image for super-resolution), at the network's sample size."""
