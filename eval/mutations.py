@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "mutations.json"
 
 RECORDED = "tests/test_recorded_losses.py"
+WIRING = "tests/recipes/test_config_wiring.py::test_changing_the_key_changes_what_the_run_does"
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,124 @@ MUTANTS = [
            "for c in range(COLS, NUM_BLOCKS, COLS):", ("tests/kernels/test_kernel_training_step.py",
                                                        "tests/kernels/test_kernel_dmd.py"),
            "the per-sample sums skip the first partials (rows of up to COLS blocks lose everything)"),
+    # Consistency distillation (recipes/consistency_distill.py), beyond its wiring above: the target network,
+    # the boundary condition's settings, LoRA and the student's sampler spec
+    Mutant("cd_online_target_keeps_graph", "recipes/consistency_distill.py",
+           "    with torch.no_grad():\n        target = target_net(x_prev, end.float(), **cond)",
+           "    if True:\n        target = target_net(x_prev, end.float(), **cond)",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[consistency_distill:online]",),
+           "the online target keeps its graph: the student is pulled by its own target's gradient"),
+    Mutant("cd_online_target_ignored", "recipes/consistency_distill.py", 'cfg.loss.target == "online" or',
+           'False or', (f"{WIRING}[consistency_distill:loss.target]",),
+           "loss.target=online still trains against an EMA target"),
+    Mutant("cd_timestep_scaling_dropped", "recipes/consistency_distill.py",
+           "sigma_min=m.sigma_min, timestep_scaling=m.timestep_scaling)", "sigma_min=m.sigma_min)",
+           (f"{WIRING}[consistency_distill:model.timestep_scaling]",),
+           "LCM's timestep scaling reaches the export but not the trained boundary condition"),
+    Mutant("cd_sigma_min_dropped", "recipes/consistency_distill.py",
+           "sigma_min=m.sigma_min, timestep_scaling=m.timestep_scaling)", "timestep_scaling=m.timestep_scaling)",
+           (f"{WIRING}[consistency_distill:model.sigma_min]",), "the 'cm' boundary's sigma_min never reaches the student"),
+    Mutant("cd_lora_alpha_dropped", "recipes/consistency_distill.py",
+           'add_lora(teacher.net, "student", rank=m.lora_rank, alpha=m.lora_alpha,',
+           'add_lora(teacher.net, "student", rank=m.lora_rank,', (f"{WIRING}[consistency_distill:model.lora_alpha]",),
+           "the LCM-LoRA's alpha dropped on its way to peft"),
+    Mutant("cd_inference_steps_ignored", "recipes/consistency_distill.py",
+           "steps=run.cfg.model.inference_steps, gamma=", "steps=None, gamma=",
+           (f"{WIRING}[consistency_distill:model.inference_steps]",),
+           "the student samples its whole grid instead of model.inference_steps of it"),
+    Mutant("cd_boundary_pair_shifted", "recipes/consistency_distill.py", "at_edge = level == 0", "at_edge = level == 1",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[consistency_distill]",),
+           "the boundary's target (x itself) applied one level too high"),
+    # Curricula (stepdistill/curricula.py): the skip grids and iCT's discretisation
+    Mutant("vp_skip_grid_off_by_one", "stepdistill/curricula.py",
+           "torch.arange(1, levels + 1, dtype=torch.float64) * k - 1])", "torch.arange(1, levels + 1, dtype=torch.float64) * k])",
+           ("tests/test_curricula.py",), "LCM's skip grid {19, 39, ..., 999} shifted to {20, ..., 1000}"),
+    Mutant("edm_skip_grid_reversed", "stepdistill/curricula.py",
+           "return schedule.t_from_ratio(karras_sigmas(levels + 1, r_min, r_max).flip(0)).to(torch.float64)",
+           "return schedule.t_from_ratio(karras_sigmas(levels + 1, r_min, r_max)).to(torch.float64)",
+           ("tests/test_curricula.py",), "the EDM skip grid descends instead of ascending from the boundary"),
+    Mutant("ict_levels_missing_one", "stepdistill/curricula.py", "2 ** math.floor(step / max(k_prime, 1)), s1) + 1",
+           "2 ** math.floor(step / max(k_prime, 1)), s1)", ("tests/test_curricula.py",),
+           "iCT's N(k) without its + 1 (one level fewer at every stage)"),
+    Mutant("segment_edges_ceil", "stepdistill/curricula.py", "picked = desc[(torch.arange(segments) * levels) // segments]",
+           "picked = desc[-((-torch.arange(segments) * levels) // segments)]", ("tests/test_curricula.py",),
+           "segment edges rounded up: the positions LCMScheduler samples are missed"),
+    # ECT / iCT (recipes/ect.py)
+    Mutant("ect_default_huber_c", "recipes/ect.py", "c = 0.00054 * x[0].numel() ** 0.5", "c = 0.0054 * x[0].numel() ** 0.5",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[ect:ict]",), "iCT's default c = 0.00054 sqrt(d) off by 10x"),
+    Mutant("ect_clean_target_is_network", "recipes/ect.py",
+           "    target = torch.where(clean.view(-1, *([1] * len(s.shape))), x, target)\n", "",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[ect]",
+            f"{RECORDED}::test_short_run_logs_the_recorded_losses[ect:ict]"),
+           "at r = 0 the target is the network's output instead of the clean image"),
+    # Multi-student distillation (recipes/msd.py)
+    Mutant("msd_tsm_weight_dropped", "recipes/msd.py",
+           "loss = losses.denoising_loss(sub.generator(x_t, t, **cond), target, weight)",
+           "loss = losses.denoising_loss(sub.generator(x_t, t, **cond), target, torch.ones_like(weight))",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[msd:tsm]",),
+           "teacher score matching without the parameterisation's weighting"),
+    Mutant("msd_tsm_times_uniform", "recipes/msd.py", 't = draw.times(fake_score_times("teacher"), s.schedule)',
+           't = draw.times(fake_score_times("uniform"), s.schedule)',
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[msd:tsm]",),
+           "teacher score matching off the teacher's training levels"),
+    Mutant("msd_fake_adapters_collide", "recipes/msd.py", 'fake_adapter=f"fake_score_{student}"', 'fake_adapter="fake_score"',
+           (f"{WIRING}[msd:model.fake_score_lora_rank]",), "per-student LoRA fake scores share one adapter name"),
+    # DMD2's shared steps (stepdistill/training/dmd.py)
+    Mutant("dmd_backsim_skips_renoise", "stepdistill/training/dmd.py", "run.ts, k,\n                              renoise=renoise)",
+           "run.ts, k,\n                              renoise=[torch.zeros_like(r) for r in renoise])",
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2:multistep]",),
+           "backward simulation re-noises without noise"),
+    Mutant("dmd_generator_warmup_not_divided", "stepdistill/training/dmd.py",
+           "warmup_steps=math.ceil(o.warmup_steps / o.update_ratio)", "warmup_steps=o.warmup_steps",
+           ("tests/test_training_setup.py",), "the generator's warm-up counted in training steps, not its own updates"),
+    Mutant("dmd_unlabelled_reals_keep_labels", "stepdistill/training/dmd.py",
+           "fake_labels = labels if real_labels is not None else torch.full_like(labels, -1)", "fake_labels = labels",
+           ("tests/test_dmd2_recipe.py::test_the_gan_sees_unlabelled_reals_and_fakes_under_the_null_condition",),
+           "with unlabelled real images the discriminator tells fakes by their labels"),
+    # Super-resolution (degradations, the SR benchmark, TAD-SR, YONOS-SR)
+    Mutant("degradation_noise_half", "stepdistill/degradations.py", "noise * (2 * self.noise_sigma / 255)",
+           "noise * (self.noise_sigma / 255)", ("tests/test_degradations.py",),
+           "LR noise sigma read in [0, 1] levels instead of 8-bit levels on a [-1, 1] image"),
+    Mutant("degradation_blur_skipped", "stepdistill/degradations.py", "if self.blur_sigma > 0:", "if self.blur_sigma > 1e9:",
+           ("tests/test_degradations.py",), "the Gaussian blur before the downsample never runs"),
+    Mutant("degradation_aliased", "stepdistill/degradations.py", 'mode="bicubic", antialias=True,',
+           'mode="bicubic", antialias=False,', ("tests/test_degradations.py",), "bicubic downsampling without anti-aliasing"),
+    Mutant("sr_ssim_border_kept", "stepdistill/sr_benchmark.py", '"ssim_y": np.mean([ssim(a, b, crop_border=crop,',
+           '"ssim_y": np.mean([ssim(a, b, crop_border=0,', ("tests/test_sr_benchmark.py",),
+           "SSIM measured over the border the protocol crops"),
+    Mutant("tadsr_hsd_max_t_ignored", "recipes/tadsr.py", "UniformTime(0.0, loss.hsd_max_t)", "UniformTime(0.0, 1.0)", (f"{WIRING}[tadsr:loss.hsd_max_t]",),
+           "HSD levels drawn over the whole range: loss.hsd_max_t never read"),
+    Mutant("yonos_times_ignored", "recipes/yonos.py", "fake_score_times(run.cfg.loss.times)", 'fake_score_times("teacher")',
+           (f"{WIRING}[yonos:loss.times]",), "YONOS's training levels ignore loss.times"),
+    # The export (stepdistill/export.py, stepdistill/student.py)
+    Mutant("export_one_step_scheduler_for_multistep", "stepdistill/export.py",
+           "pipe.scheduler = lcm if len(timesteps) > 1 else _one_step_scheduler(lcm.config)",
+           "pipe.scheduler = _one_step_scheduler(lcm.config)",
+           ("tests/test_consistency_recipes.py::test_tiny_text_to_image_preset_trains_two_steps_and_stock_diffusers_runs_it_at_four",),
+           "a multistep text student exported with the one-step scheduler"),
+    Mutant("export_lora_metadata_dropped", "stepdistill/export.py", 'f"{prefix}_lora_adapter_metadata": metadata})',
+           'f"{prefix}_lora_adapter_metadata": None})',
+           ("tests/test_model_families.py::test_a_lora_generator_exports_as_a_lora_that_the_stock_base_pipeline_loads",),
+           "the exported LoRA without its rank / alpha metadata"),
+    Mutant("export_x0_clipped_between_steps", "stepdistill/export.py",
+           "scheduler = _lcm_scheduler(scheduler_config, clip_sample=False, tcd=gamma is not None, **options)",
+           "scheduler = _lcm_scheduler(scheduler_config, clip_sample=True, tcd=gamma is not None, **options)",
+           ("tests/recipes/test_contract.py::test_the_export_samples_the_students_images_without_stepdistill[consistency_distill]",),
+           "the exported pipeline clips x0 between steps where the measured student does not"),
+    # The training loop and its guards (stepdistill/training/loop.py, horizon.py)
+    Mutant("loop_nonfinite_count_not_reset", "stepdistill/training/loop.py",
+           "bad_steps = bad_steps + 1 if any_bad > 0 else 0", "bad_steps = bad_steps + 1 if any_bad > 0 else bad_steps",
+           ("tests/test_training_setup.py",), "the divergence guard counts non-finite steps that are not consecutive"),
+    Mutant("loop_sigint_ignored", "stepdistill/training/loop.py", "for sig in (signal.SIGTERM, signal.SIGINT):",
+           "for sig in (signal.SIGTERM,):", ("tests/test_training_setup.py",),
+           "Ctrl-C kills the run mid-step instead of checkpointing it"),
+    Mutant("horizon_refit_lengthens", "stepdistill/training/horizon.py",
+           "self.steps = min(steps, self.total) if shorten_only else steps", "self.steps = steps",
+           ("tests/test_horizon.py",), "a refit moves the horizon later: decaying rates rise again"),
+    Mutant("horizon_resume_forgets_fit", "stepdistill/training/horizon.py",
+           '            self.steps = min(int(state["steps"]), self.max_steps)\n', "",
+           ("tests/test_horizon.py",), "a resumed run drops its checkpoint's fitted horizon"),
+
 ]
 
 def scratch_copy(dest: Path) -> None:
@@ -399,13 +518,17 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool,
     return proc.returncode == 0, failed[0] if failed else "", seconds
 
 
-def check(mutant: Mutant, timeout: float) -> dict:
+def check(mutant: Mutant, timeout: float, baselines: dict | None = None) -> dict:
+    """`baselines`: test selections already seen passing on the unmutated checkout (run once per selection)."""
+    baselines = {} if baselines is None else baselines
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         copy = Path(tmp)
         scratch_copy(copy)
-        passed, failed, base_seconds = run_tests(copy, mutant.tests, timeout)
-        if not passed:
-            raise RuntimeError(f"{mutant.name}: the unmutated tests fail ({failed}); fix them first")
+        if mutant.tests not in baselines:
+            passed, failed, baselines[mutant.tests] = run_tests(copy, mutant.tests, timeout)
+            if not passed:
+                raise RuntimeError(f"{mutant.name}: the unmutated tests fail ({failed}); fix them first")
+        base_seconds = baselines[mutant.tests]
         target = copy / mutant.path
         text = target.read_text()
         if text.count(mutant.old) != 1:
@@ -429,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown mutants {unknown}; known: {', '.join(sorted(names))}")
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     rows = []
+    baselines: dict = {}
     for m in chosen:
-        row = check(m, args.timeout)
+        row = check(m, args.timeout, baselines)
         rows.append(row)
         status = f"killed by {row['killed_by']}" if row["killed"] else "SURVIVED"
         print(f"{m.name:36s} {row['seconds']:6.1f}s  {status}", flush=True)

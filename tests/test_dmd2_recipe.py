@@ -357,3 +357,33 @@ def test_gan_real_images_are_the_teachers_training_split_never_the_reference(tea
     (control / "train_config.yaml").write_text("split: reference_and_more\n")
     with pytest.raises(ValueError, match="names digits split 'reference_and_more'"):
         training_split(control)
+
+
+def test_the_gan_sees_unlabelled_reals_and_fakes_under_the_null_condition(teacher_dir, tmp_path, monkeypatch):
+    """Real images from a folder without classes: both halves of the discriminator's batch are judged under the
+    null condition, so it cannot tell fakes from reals by their labels (fakes are drawn with labels)."""
+    from PIL import Image
+
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.training import Draw, dmd
+
+    folder = tmp_path / "reals"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(((torch.rand(16, 16) * 255).byte()).numpy(), mode="L").save(folder / f"{i}.png")
+    run = dmd2.setup(_cfg(*_overrides(teacher_dir, tmp_path / "run", f"data.images={folder}", "data.image_channels=1")))
+    seen = []
+    features = Denoiser.features
+
+    def spy(self, x_t, t, **cond):
+        seen.append(cond["class_labels"].clone())
+        return features(self, x_t, t, **cond)
+
+    monkeypatch.setattr(Denoiser, "features", spy)
+    draw = Draw(run.setup.accelerator, 8, 0, 0)
+    labels = torch.arange(8) % 10
+    x = dmd.generate(run, draw, labels)
+    dmd.fake_score_step(run, draw, x, labels)
+    null = run.setup.conditioner.cond(torch.tensor([-1]))["class_labels"]
+    assert len(seen) == 1 and seen[0].shape == (16,)
+    assert bool((seen[0] == null).all()), seen[0]

@@ -4,7 +4,7 @@ digits-shaped teacher must log the losses recorded here, step by step.
 Every step's draws are seeded, so the logged losses are a fingerprint of the recipe's wiring: which
 prediction feeds which loss, signs, weights, detaches, noise scales and the optimiser updates between
 steps. A change that alters behaviour moves them; a refactor must not. To re-record after an intended
-change: `python tests/test_recorded_losses.py` prints the new table.
+change: `PYTHONPATH=recipes python tests/test_recorded_losses.py` prints the new table.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 import quick  # noqa: E402
+from registry import RECIPES  # noqa: E402
 
 STEPS = 4
 COMMON = [*quick.OVERRIDES, "train.checkpoint_every=1000", f"train.max_steps={STEPS}", "export.enabled=false"]
@@ -38,6 +39,14 @@ RUNS = {
     # MLCM: 4 then 2 segments on teacher trajectories; a batch of 16 meets segment edges every step
     "consistency_distill:mlcm": (["loss.segments=[4,2]", "loss.states=teacher", "loss.trajectories=16",
                                   "train.batch_size=16"], ("loss", "segments")),
+    # the online target: the student itself under no_grad (LCM's target_decay 0)
+    "consistency_distill:online": (["loss.target=online"], ("loss",)),
+    # a two-step generator trained every step from backward-simulated inputs
+    "dmd2:multistep": (["optim.update_ratio=1", "model.generator_timesteps=[999,499]"],
+                       ("loss_fake", "loss_d", "loss_dm", "loss_g_gan", "backsim_step")),
+    # half-width students: two steps of teacher score matching, then DMD2's
+    "msd:tsm": (["model.students=2", "optim.update_ratio=2", "model.student_width=0.5", "model.tsm_steps=2"],
+                ("loss_tsm", "loss_fake", "loss_dm")),
     "ect": ([], ("loss",)),
     # two students of 2 samples each, DMD2's steps on their halves of the classes; then one shared fake score
     "msd": (["model.students=2", "optim.update_ratio=2"], ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),
@@ -54,10 +63,7 @@ RUNS = {
     "yonos": (["data.patches=32", "optim.lr=1e-3"], ("loss",)),
 }
 # the teacher each recipe runs on (build_teachers): the tiny digits-shaped one unless named here
-TEACHERS = {"tadsr": "sr", "yonos": "sr-x2"}
-CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
-           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig",
-           "tadsr": "TADSRConfig", "yonos": "YONOSConfig"}
+TEACHERS = {name: info.tiny_teacher for name, info in RECIPES.items()}
 # Recorded on CPU (float32). The tolerance absorbs BLAS summation order across machines, not wiring.
 RECORDED: dict[str, list[dict[str, float]]] = {
     "tadsr": [
@@ -89,6 +95,24 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"loss": 6.57965e-05, "segments": 4.0},
         {"loss": 0.000261211, "segments": 2.0},
         {"loss": 0.000160839, "segments": 2.0},
+    ],
+    "consistency_distill:online": [
+        {"loss": 0.00117459},
+        {"loss": 0.00106391},
+        {"loss": 0.00106762},
+        {"loss": 0.00114069},
+    ],
+    "dmd2:multistep": [
+        {"loss_fake": 0.600911, "loss_d": 1.39714, "loss_dm": 0.00112963, "loss_g_gan": 0.483075, "backsim_step": 0.0},
+        {"loss_fake": 0.575914, "loss_d": 1.40861, "loss_dm": 0.00330151, "loss_g_gan": 0.609421, "backsim_step": 1.0},
+        {"loss_fake": 0.442807, "loss_d": 1.39699, "loss_dm": 0.0025575, "loss_g_gan": 0.584997, "backsim_step": 0.0},
+        {"loss_fake": 0.447878, "loss_d": 1.33652, "loss_dm": 0.00408226, "loss_g_gan": 0.570353, "backsim_step": 1.0},
+    ],
+    "msd:tsm": [
+        {"loss_tsm": 0.175635},
+        {"loss_tsm": 0.185034},
+        {"loss_fake": 0.711398, "loss_dm": 0.000919659},
+        {"loss_fake": 0.445443},
     ],
     "dmd2": [
         {"loss_fake": 0.639713, "loss_d": 1.36991, "loss_dm": 0.000717542, "loss_g_gan": 0.497136},
@@ -168,19 +192,21 @@ def teachers(tmp_path_factory):
 
 
 def run_recipe(name: str, teachers: dict[str, Path], out: Path) -> list[dict[str, float]]:
-    import importlib
-
     from stepdistill.config import apply_overrides
 
     recipe = name.split(":")[0]  # "recipe:variant"
-    teacher = teachers[TEACHERS.get(recipe, "digits")]
-    module = importlib.import_module(recipe)
-    config = getattr(module, CONFIGS[recipe])
+    teacher = teachers[TEACHERS[recipe]]
+    module = RECIPES[recipe].module()
+    config = RECIPES[recipe].config_class()
     extra, keys = RUNS[name]
     cfg = apply_overrides(config(), [f"model.teacher={teacher}", f"train.output_dir={out}", *COMMON, *extra])
     module.main(cfg)
     logs = [json.loads(line) for line in (out / "log_rank0.jsonl").read_text().splitlines()]
     return [{k: row[k] for k in keys if k in row} for row in logs]
+
+
+def test_every_registered_recipe_has_a_recorded_run():
+    assert {name.split(":")[0] for name in RUNS} == set(RECIPES) == {name.split(":")[0] for name in RECORDED}
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

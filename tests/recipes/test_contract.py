@@ -295,9 +295,10 @@ def test_every_preset_parses_and_trains_a_step_on_its_tiny_teacher(name, tiny_te
     info = RECIPES[name]
     for preset in info.presets():
         teacher, extra = tiny_for(preset, tiny_teachers)
+        students = getattr(load_config(info.config_class(), ["--config", str(preset)]).model, "students", 1)
         cfg = load_config(info.config_class(), [
             "--config", str(preset), f"model.teacher={teacher}", f"train.output_dir={tmp_path / preset.stem}",
-            "train.batch_size=2", "train.time_limit_minutes=0", "train.sample_every=100000", "train.mixed_precision=no",
+            f"train.batch_size={2 * students}", "train.time_limit_minutes=0", "train.sample_every=100000", "train.mixed_precision=no",
             "eval.enabled=false", "export.enabled=false", *PRECOMPUTED.get(name, ()), *_text_data(teacher, image_folder),
             *extra])
         with warnings.catch_warnings():
