@@ -374,6 +374,8 @@ def _weights(out):
     return load_file(str(ckpt / "model.safetensors"))
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("script,extra", [
     ("consistency_distill.py", ("loss.segments=[4,2]", "loss.states=teacher", "loss.trajectories=6")),
     ("ect.py", ("loss.schedule=ict", "model.boundary=lcm", "model.init=scratch")),

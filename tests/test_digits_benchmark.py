@@ -70,6 +70,7 @@ def test_fd2_is_measured_in_the_pooled_third_convolution(bench):
     assert blurred["fd2"] / real["fd2"] > 2 * blurred["fd"] / real["fd"]
 
 
+@pytest.mark.slow
 def test_resampled_real_sets(bench):
     """Drawing every held-out image once is the floor itself; distinct images of the teacher's
     training set (which holds the reference split) score well below the floor, and i.i.d. draws

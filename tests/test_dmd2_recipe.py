@@ -63,6 +63,7 @@ def test_resume_continues_at_the_saved_step_with_identical_state(teacher_dir, tm
         torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_exported_student_reproduces_the_trained_generator_without_stepdistill(teacher_dir, tmp_path):
     out = tmp_path / "run"
     dmd2.main(_cfg(*_overrides(teacher_dir, out, "train.max_steps=2", "train.checkpoint_every=2")))
@@ -132,6 +133,8 @@ def _launch(teacher_dir, out, processes, *extra):
     launch("dmd2", processes, _overrides(teacher_dir, out, *extra))
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_match_one_with_the_same_global_batch(teacher_dir, tmp_path):
     """Multistep generator (backward simulation): the step index is the same on both ranks, and
     two processes x 4 samples train the same weights as one process x 8 samples. The learning rates
@@ -246,6 +249,7 @@ def test_a_reused_output_folder_is_refused_unless_resumed_or_overwritten(teacher
     assert [r["step"] for r in log] == [0]  # the earlier run's lines are gone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,match", [
     ("train.batch_size=0", "train.batch_size=0 must be positive"),
     ("train.checkpoint_every=0", "train.checkpoint_every=0 must be >= 1"),

@@ -60,6 +60,8 @@ def test_exported_student_images_do_not_depend_on_batch_size(teacher_dir, tmp_pa
     assert model.pipe.config.timesteps == [999, 499]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_one_and_two_processes_write_the_same_images(teacher_dir, tmp_path):
     labels, seeds = [i % 10 for i in range(14)], list(range(14))
     generate_images(TeacherModel(str(teacher_dir), "ddim"), labels, seeds, 2, tmp_path / "one", batch_size=3,

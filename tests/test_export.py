@@ -113,6 +113,7 @@ def test_class_conditional_export_samples_like_the_trained_student(tmp_path, tin
     torch.testing.assert_close(images, PixelSpace().decode(x) / 2 + 0.5, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_loads_in_a_process_without_stepdistill(tmp_path, tiny_unet):
     folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999, 499],
                                       null_label=3)

@@ -1,3 +1,4 @@
+import pytest
 """Sharded training (FSDP2) on 2 CPU processes over gloo matches one process (tests/fsdp_worker.py says why the
 roles are sharded by torch directly: accelerate enables FSDP for GPU processes only)."""
 
@@ -12,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "fsdp_worker.py"
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_trio_sharded_over_two_processes_trains_as_one_process(digits_like_teacher, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"

@@ -77,6 +77,7 @@ def test_a_shared_fake_score_is_one_network_and_one_optimiser_trained_by_every_s
     assert any(not torch.equal(p, q) for p, q in zip(before, a.fake_score.parameters()))
 
 
+@pytest.mark.slow
 def test_the_export_is_one_pipeline_that_routes_each_label_to_its_student_without_stepdistill(
         digits_like_teacher, tmp_path):
     out = tmp_path / "run"
@@ -100,6 +101,7 @@ def test_the_export_is_one_pipeline_that_routes_each_label_to_its_student_withou
     assert max(float((weights[f"students.1.denoiser.net.{k}"] - v).abs().max()) for k, v in teacher.items()) > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher", ["tiny-sd", "tiny-flux"])
 def test_text_students_export_as_one_pipeline_that_routes_prompts_without_stepdistill(teacher, tmp_path, monkeypatch):
     """k-means on the prompts' embeddings, two students; the folder loads in a process without stepdistill and
@@ -175,12 +177,16 @@ def _close(one, two, teacher) -> None:
     assert float(diff.mean()) < 1e-3 * float(moved.mean()) and float((diff > 1e-5).float().mean()) < 2e-3
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_train_the_same_students_as_one(digits_like_teacher, tmp_path):
     """Data-parallel: each student's share split again across the two processes."""
     _close(_launch(digits_like_teacher, tmp_path / "one", 1), _launch(digits_like_teacher, tmp_path / "two", 2),
            digits_like_teacher)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_process_owned_students_train_as_one_process_training_them_in_turn(digits_like_teacher, tmp_path):
     """model.parallel=students: each of two processes trains one student alone (no all-reduce between them); the
     checkpoint, written by the main process after the owners' states are gathered, holds both students as the

@@ -4,6 +4,7 @@ and sampled by the exported pipeline as stepdistill samples it, for one step and
 
 import json
 
+import pytest
 import torch
 from without_stepdistill import SEEDED, images_without_stepdistill
 
@@ -61,6 +62,7 @@ def test_a_residual_denoiser_without_its_image_condition_is_an_error(tmp_path):
         den(torch.zeros(1, 3, 16, 16), 500.0)
 
 
+@pytest.mark.slow
 def test_the_exported_residual_pipeline_samples_two_steps_as_stepdistill_does(tmp_path):
     """Two steps with re-noising in between, from t = 749 (where alpha y is far from negligible): the pipeline, in a process without stepdistill, runs its loop on the
     noised residual and gives stepdistill's multistep images from the same seed; the folder records sr_residual and

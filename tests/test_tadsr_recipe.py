@@ -135,6 +135,7 @@ def test_a_teacher_that_is_not_super_resolution_is_refused(digits_like_teacher, 
         tadsr.main(_cfg(*_overrides(digits_like_teacher, tmp_path / "x")))
 
 
+@pytest.mark.slow
 def test_the_exported_sr_pipeline_reproduces_the_student_without_stepdistill(sr_teacher, tmp_path):
     """Two steps, then the export: stock diffusers in a process without stepdistill turns a low-resolution image
     into the student's image for the same seed (its EMA weights, as checkpointed)."""
@@ -182,6 +183,8 @@ def test_a_run_measures_bicubic_the_teacher_and_the_student_on_held_out_patches(
     assert "PSNR-Y" in card and "| bicubic |" in card
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_train_the_student_one_process_does(sr_teacher, tmp_path):
     """The global batch split over two gloo processes (the teacher outputs solved half on each and gathered, the
     discriminator data-parallel): the same student weights as one process after three steps."""

@@ -1,6 +1,7 @@
 """SiD, SIM and VSD generator losses on the exact 2-D teacher: each drives a one-step generator to the
 8-mode mixture (the DMD test's thresholds: sliced Wasserstein < 0.1, every mode >= 6%)."""
 
+import pytest
 import torch
 from toy2d_training import SCHEDULE, edm_weight, score_divergence, train_toy_generator
 
@@ -50,6 +51,7 @@ def test_sim_loss_gradients():
     assert sim_loss(x2.double(), r2, r2).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_sid_drives_a_generator_to_the_target_mixture():
     result = train_toy_generator(_through_both_networks(lambda x, r, f: sid_loss(x, r, f, alpha=1.2)), **SID_LOOP)
     assert result.start > 0.4 and result.end < 0.1, (result.start, result.end)
@@ -68,6 +70,7 @@ def test_sim_drives_a_generator_to_the_target_mixture():
     assert after < before / 5, (before, after)
 
 
+@pytest.mark.slow
 def test_sim_with_the_opposite_sign_does_not_converge():
     """The paper's leading minus with y = s_real - s_fake, i.e. -sim_loss, in the same loop and budget:
     the samples stay as far from the mixture as they started (or run off); this pins the sign."""
@@ -75,6 +78,7 @@ def test_sim_with_the_opposite_sign_does_not_converge():
     assert not result.end < 0.3, (result.start, result.end)
 
 
+@pytest.mark.slow
 def test_vsd_drives_a_generator_to_the_target_mixture():
     """SwiftBrush's VSD, unguided (s_real = s_fake = 1), with w = alpha_t sigma_t (its sigma_t^2
     weighting in epsilon space) and no backpropagation through either network; DMD2's loop with the

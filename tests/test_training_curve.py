@@ -21,6 +21,7 @@ def _sid_run(teacher, run: Path, results: Path) -> None:
         "export.enabled=false"]))
 
 
+@pytest.mark.slow
 def test_curve_scores_every_checkpoint_and_matches_the_runs_final_row(digits_like_teacher, tmp_path):
     run, results = tmp_path / "run", tmp_path / "final.json"
     _sid_run(digits_like_teacher, run, results)
@@ -34,6 +35,7 @@ def test_curve_scores_every_checkpoint_and_matches_the_runs_final_row(digits_lik
         training_curve.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
 
 
+@pytest.mark.slow
 def test_precision_recall_rows_match_the_runs_final_row(digits_like_teacher, tmp_path):
     run, results = tmp_path / "run", tmp_path / "final.json"
     _sid_run(digits_like_teacher, run, results)

@@ -182,6 +182,7 @@ def _is_sr(name) -> bool:
     return RECIPES[name].family == "super_resolution"
 
 
+@pytest.mark.slow
 def test_the_export_samples_the_students_images_without_stepdistill(name, exported, tmp_path):
     out, student = exported(name)
     if _is_sr(name):
@@ -195,6 +196,7 @@ def test_the_export_samples_the_students_images_without_stepdistill(name, export
     torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_the_model_cards_code_runs_as_written_and_gives_the_students_images(name, exported, tmp_path):
     """The card's Usage block, unchanged, in the folder beside the pipeline (SR: with its `input.png`), in a process
     without stepdistill; its images are the student's, to 8-bit rounding."""
