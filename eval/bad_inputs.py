@@ -20,9 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "bad_inputs.md"
-CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig",
-           "consistency_distill": "ConsistencyDistillConfig", "ect": "ECTConfig", "msd": "MSDConfig",
-           "tadsr": "TADSRConfig", "yonos": "YONOSConfig"}
+sys.path.insert(0, str(ROOT / "recipes"))  # the recipes are scripts: recipes/registry.py lists them
+from registry import RECIPES  # noqa: E402
 # what a case that wrongly passes would run: one step, nothing measured or exported
 SAFE = ["train.max_steps=1", "optim.warmup_steps=0", "eval.enabled=false", "export.enabled=false",
         "train.time_limit_minutes=null"]
@@ -162,11 +161,9 @@ def run_case(case: Case, paths: dict[str, str], out: Path) -> tuple[int, str]:
                 evaluate = importlib.import_module("evaluate")
                 evaluate.main([*argv, "--outdir", str(out)])
             else:
-                sys.path.insert(0, str(ROOT / "recipes"))
-                module = importlib.import_module(case.target)
+                module, config = RECIPES[case.target].module(), RECIPES[case.target].config_class()
                 from stepdistill.training import cli
 
-                config = getattr(module, CONFIGS[case.target])
                 cli(module, config, [f"model.teacher={paths['teacher']}", f"train.output_dir={out}", *SAFE, *argv])
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1

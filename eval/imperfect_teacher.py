@@ -30,9 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))  # the recipes are scripts: recipes/registry.py lists them
+from registry import RECIPES as REGISTRY  # noqa: E402
 RESULTS = ROOT / "eval" / "results"
-RECIPES = {"dmd2": "DMD2", "sid": "SiD", "sim": "SIM", "swiftbrush": "SwiftBrush"}  # name -> label, table order
-CONFIGS = {"dmd2": "DMD2Config", "sid": "SiDConfig", "sim": "SIMConfig", "swiftbrush": "SwiftBrushConfig"}
+# The fake-score recipes of the registry (recipes/registry.py): name -> label, in table order
+RECIPES = {name: info.title for name, info in REGISTRY.items() if info.family == "distribution"}
 TEACHER_WANTED = [("ddim", 1), ("dpmpp_2m", 35)]  # the last one is the teacher's default
 METRICS = ("fd", "fd_std", "fd_per_seed", "fd2", "fd2_std", "fd2_per_seed", "precision", "recall", "accuracy",
            "seconds_per_image")
@@ -73,10 +75,7 @@ def budget(recipe: str, steps: str) -> tuple[str, ...]:
     """The overrides of a run's training budget (`--steps`)."""
     if steps == "limit":
         return ()
-    import importlib
-
-    sys.path.insert(0, str(ROOT / "recipes"))
-    config = getattr(importlib.import_module(recipe), CONFIGS[recipe])
+    config = REGISTRY[recipe].config_class()
     max_steps = config().train.max_steps * (2 if steps == "2x" else 1)
     return (f"train.max_steps={max_steps}", "train.time_limit_minutes=null")
 

@@ -76,3 +76,50 @@ def test_ect_r_shrinks_geometrically_by_stage():
         torch.testing.assert_close(b[big], a[big] / 2)
     want = t.double() * (1 - 2.0 ** -1 * (1 + 8 * torch.sigmoid(-t.double())))  # locuslab/ect ECMLoss, stage 0
     torch.testing.assert_close(ect_r(t, 0), want.clamp_min(0).float())
+
+
+def test_vp_skip_grid_is_lcm_s_ddim_solver_grid():
+    """diffusers' LCM scripts (DDIMSolver): step_ratio = 1000 // 50, timesteps (arange(1, 51) * step_ratio).round() - 1,
+    i.e. 19, 39, ..., 999, with the boundary 0 first."""
+    from diffusers import DDPMScheduler
+
+    from stepdistill.curricula import skip_grid
+    from stepdistill.schedules import from_scheduler_config
+
+    schedule, _ = from_scheduler_config(DDPMScheduler(num_train_timesteps=1000).config)
+    for levels in (50, 8, 1):
+        ratio = 1000 // levels
+        official = [0.0] + [float(round(i * ratio) - 1) for i in range(1, levels + 1)]
+        assert skip_grid(schedule, levels).tolist() == official
+
+
+def test_edm_skip_grid_ascends_through_the_karras_levels_from_the_boundary():
+    """The official CD code's grid on EDM: N Karras sigmas (rho 7) from sigma_min = 0.002 to sigma_max = 80,
+    ascending (the boundary first)."""
+    from stepdistill.curricula import skip_grid
+    from stepdistill.schedules import EDM
+
+    grid = skip_grid(EDM(), 40)
+    rho, lo, hi = 7.0, 0.002, 80.0
+    i = torch.arange(41, dtype=torch.float64)
+    official = (lo ** (1 / rho) + i / 40 * (hi ** (1 / rho) - lo ** (1 / rho))) ** rho  # ascending
+    torch.testing.assert_close(grid, official, rtol=1e-9, atol=1e-12)
+    assert grid[0] == pytest.approx(0.002) and bool((grid.diff() > 0).all())
+
+
+def test_segment_edges_are_the_times_lcm_scheduler_samples():
+    """S segments of LCM's 50-level grid end where LCMScheduler's S-step sampling lands (999, 879, ..., 139 for
+    8), then the boundary; counts that divide each other nest."""
+    from diffusers import DDPMScheduler, LCMScheduler
+
+    from stepdistill.curricula import segment_edges, skip_grid
+    from stepdistill.schedules import from_scheduler_config
+
+    schedule, _ = from_scheduler_config(DDPMScheduler(num_train_timesteps=1000).config)
+    grid = skip_grid(schedule, 50)
+    for segments in (1, 2, 4, 8):
+        lcm = LCMScheduler(num_train_timesteps=1000, original_inference_steps=50)
+        lcm.set_timesteps(segments)
+        edges = segment_edges(grid, segments)
+        assert edges[:-1].tolist() == [float(t) for t in lcm.timesteps] and edges[-1] == 0
+    assert set(segment_edges(grid, 4).tolist()) <= set(segment_edges(grid, 8).tolist())
