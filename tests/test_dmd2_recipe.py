@@ -249,8 +249,7 @@ def test_a_reused_output_folder_is_refused_unless_resumed_or_overwritten(teacher
     assert [r["step"] for r in log] == [0]  # the earlier run's lines are gone
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("override,match", [
+CLI_ERRORS = [
     ("train.batch_size=0", "train.batch_size=0 must be positive"),
     ("train.checkpoint_every=0", "train.checkpoint_every=0 must be >= 1"),
     ("optim.update_ratio=0", "optim.update_ratio=0 must be >= 1"),
@@ -262,16 +261,33 @@ def test_a_reused_output_folder_is_refused_unless_resumed_or_overwritten(teacher
     ("train.max_steps=0", "train.max_steps=0 must be >= 1"),
     ("optim.betas=[0.9,1.5]", "optim.betas=[0.9, 1.5] must be two values in [0, 1)"),
     ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps=0 must be >= 1"),
-])
-def test_command_line_errors_are_one_line_and_exit_2(teacher_dir, tmp_path, override, match):
-    """`python recipes/dmd2.py ...` prints `error: ...` (no traceback) and exits 2 before any step."""
+    ("loss.max_step=1.5", "loss.max_step=1.5 must satisfy 0 <= min_step < max_step <= 1"),
+]
+
+
+@pytest.mark.parametrize("override,match", CLI_ERRORS)
+def test_command_line_errors_are_one_line_and_exit_2(teacher_dir, tmp_path, override, match, capsys):
+    """The recipe's command line (`stepdistill.training.cli`, what `python recipes/dmd2.py ...` runs) prints one
+    line, `error: ...`, and exits 2 before any step."""
+    from stepdistill.training import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli(dmd2, dmd2.DMD2Config, [f"model.teacher={teacher_dir}", f"train.output_dir={tmp_path / 'out'}", override])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and match in err, err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_the_script_itself_prints_one_line_and_exits_2(teacher_dir, tmp_path):
+    """`python recipes/dmd2.py ...` as a user runs it: the same one line (no traceback), exit status 2."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "dmd2.py"), f"model.teacher={teacher_dir}",
-                          f"train.output_dir={tmp_path / 'out'}", override], capture_output=True, text=True, env=env,
-                         timeout=300)
+                          f"train.output_dir={tmp_path / 'out'}", "train.max_stepz=3"], capture_output=True, text=True,
+                         env=env, timeout=300)
     assert run.returncode == 2, run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and match in last and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in run.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
