@@ -18,7 +18,6 @@ import ect  # noqa: E402
 from stepdistill import losses  # noqa: E402
 from stepdistill.config import apply_overrides, load_config  # noqa: E402
 from stepdistill.training import Draw  # noqa: E402
-from launching import launch  # noqa: E402
 
 COMMON = list(quick.OVERRIDES)
 
@@ -361,37 +360,10 @@ def test_lcm_lora_loads_into_the_stock_base_pipeline_and_reproduces_the_student(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# processes, resume, bad input
+# resume, bad input
 
 
-def _launch(script, teacher, out, processes, *extra):
-    launch(script.removesuffix(".py"), processes, [f"model.teacher={teacher}", f"train.output_dir={out}", *COMMON,
-                                                   "export.enabled=false", *extra])
-
-
-def _weights(out):
-    ckpt = sorted((Path(out) / "checkpoints").glob("step_*"))[-1]
-    return load_file(str(ckpt / "model.safetensors"))
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
-@pytest.mark.parametrize("script,extra", [
-    ("consistency_distill.py", ("loss.segments=[4,2]", "loss.states=teacher", "loss.trajectories=6")),
-    ("ect.py", ("loss.schedule=ict", "model.boundary=lcm", "model.init=scratch")),
-])
-def test_two_processes_match_one_with_the_same_global_batch(script, extra, digits_like_teacher, tmp_path):
-    """Teacher trajectories solved in shares and gathered, iCT's pairs drawn for the global batch: two
-    processes x 2 samples train the weights of one x 4. (Dropout masks are each process's own draws, so a
-    network with dropout agrees only in distribution.)"""
-    extra = ("train.max_steps=3", "train.checkpoint_every=3", *extra)
-    _launch(script, digits_like_teacher, tmp_path / "one", 1, *extra)
-    _launch(script, digits_like_teacher, tmp_path / "two", 2, *extra)
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    # Attention key biases have an exactly zero gradient (softmax ignores a shift shared by all keys): Adam
-    # normalises their float noise into full-size steps, so they are left out.
-    worst = max(float((one[k] - two[k]).abs().max()) for k in one if not k.endswith("to_k.bias"))
-    assert worst < 1e-5, worst  # float reduction order only
+# One process against two: tests/recipes/test_contract.py (MLCM's trajectories and iCT's pairs in shares).
 
 
 @pytest.mark.parametrize("recipe,make", [(cd, _cd), (ect, _ect)])

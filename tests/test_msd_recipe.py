@@ -179,14 +179,6 @@ def _close(one, two, teacher) -> None:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_train_the_same_students_as_one(digits_like_teacher, tmp_path):
-    """Data-parallel: each student's share split again across the two processes."""
-    _close(_launch(digits_like_teacher, tmp_path / "one", 1), _launch(digits_like_teacher, tmp_path / "two", 2),
-           digits_like_teacher)
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
 def test_process_owned_students_train_as_one_process_training_them_in_turn(digits_like_teacher, tmp_path):
     """model.parallel=students: each of two processes trains one student alone (no all-reduce between them); the
     checkpoint, written by the main process after the owners' states are gathered, holds both students as the

@@ -106,8 +106,11 @@ def _tensors(obj, prefix="") -> dict[str, torch.Tensor]:
 
 # -- one process against two ------------------------------------------------------------------------------------
 
-# Dropout masks are each process's own draws: a network with dropout agrees with one process only in distribution.
-TWO_PROCESS = {"ect": ("model.dropout=0",)}
+# Each recipe on the paths whose data are solved in shares and gathered: MLCM's teacher trajectories, iCT's
+# global pairs from fresh weights. Dropout masks are each process's own draws: a network with dropout agrees with
+# one process only in distribution, so none here.
+TWO_PROCESS = {"consistency_distill": ("loss.segments=[4,2]", "loss.states=teacher", "loss.trajectories=6"),
+               "ect": ("loss.schedule=ict", "model.boundary=lcm", "model.init=scratch", "model.dropout=0")}
 
 
 @pytest.mark.slow
