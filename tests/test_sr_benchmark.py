@@ -1,6 +1,7 @@
 """The SR benchmark: the high-frequency measures separate detail from blur, rows on held-out patches."""
 
 import numpy as np
+import pytest
 import torch
 
 from stepdistill.degradations import Degradation
@@ -53,3 +54,24 @@ def test_the_shipped_x4_teacher_restores_detail_that_bicubic_cannot():
     row, _ = bench.evaluate(fn, model="teacher", nfe=4)
     assert row["hf_spectrum_error"] < 0.8 * bicubic["hf_spectrum_error"]
     assert row["psnr_y"] > bicubic["psnr_y"] - 2.0
+
+
+def test_every_metric_ignores_a_border_of_scale_pixels_and_nothing_inside_it():
+    """The protocol crops `scale` pixels from each border (BasicSR's crop_border): an output wrong only there
+    scores as the ground truth on every metric; one wrong a pixel further in does not."""
+    conditioner = patches_conditioner(32, Degradation(4), num_patches=4)
+    bench = SRBenchmark(conditioner, batch_size=4)
+    gt = bench.ground_truth
+
+    def framed(width):
+        def fn(labels, g):
+            out = gt[labels].clone()
+            inner = torch.zeros_like(out, dtype=torch.bool)
+            inner[..., width:-width, width:-width] = True
+            return torch.where(inner, out, -out)  # a frame `width` pixels wide, inverted
+        return fn
+
+    row, _ = bench.evaluate(framed(4))
+    assert row["psnr_y"] == float("inf") and row["ssim_y"] == pytest.approx(1.0) and row["hf_spectrum_error"] == 0
+    wider, _ = bench.evaluate(framed(5))
+    assert wider["psnr_y"] < 60 and wider["ssim_y"] < 0.999 and wider["hf_spectrum_error"] > 0
