@@ -334,7 +334,8 @@ def test_tiny_text_to_image_preset_trains_two_steps_and_stock_diffusers_runs_it_
 
 def test_lcm_lora_loads_into_the_stock_base_pipeline_and_reproduces_the_student(tmp_path, monkeypatch):
     """The LoRA export: `load_lora_weights` on the stock base pipeline with the LCMScheduler settings of its card
-    gives the merged student's image for a fixed seed."""
+    gives the merged student's image for a fixed seed; an alpha other than the rank (scale 4) travels in the
+    adapter's metadata."""
     from diffusers import DiffusionPipeline, LCMScheduler
 
     from stepdistill.tiny import ensure_tiny_text_to_image
@@ -343,7 +344,7 @@ def test_lcm_lora_loads_into_the_stock_base_pipeline_and_reproduces_the_student(
     monkeypatch.chdir(ROOT)
     preset = "recipes/configs/consistency_distill/tiny_t2i_lora.yaml"
     cd.main(load_config(cd.ConsistencyDistillConfig, ["--config", preset, f"train.output_dir={tmp_path / 'run'}",
-                                                      "optim.lr=0.05"]))
+                                                      "optim.lr=0.05", "model.lora_alpha=16"]))
     folder = tmp_path / "run" / "pipeline"
     assert (folder / "lora" / "pytorch_lora_weights.safetensors").is_file()
     merged = DiffusionPipeline.from_pretrained(folder)

@@ -1,0 +1,50 @@
+"""The step loop's guards under the conditions they guard, on a step function that only reports losses: the
+divergence guard counts consecutive non-finite steps (and forgives a recovered one), and SIGINT (Ctrl-C) as
+SIGTERM finishes the step in progress, checkpoints it and exits with 128 + the signal."""
+
+import os
+import signal
+
+import pytest
+
+from stepdistill.training import loop
+from stepdistill.training.sections import TrainConfig
+
+
+def _run(tmp_path, losses, *, max_nonfinite_steps=2, on_step=None):
+    from accelerate import Accelerator
+
+    def step_fn(draw, step):
+        if on_step is not None:
+            on_step(step)
+        return {"loss": losses[step]}
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    train = TrainConfig(max_steps=len(losses), time_limit_minutes=None, output_dir=str(tmp_path), checkpoint_every=1000,
+                        sample_every=1000, batch_size=1, max_nonfinite_steps=max_nonfinite_steps)
+    return loop.train_loop(Accelerator(cpu=True), train, name="t", start_step=0, start_time=0.0, step_fn=step_fn,
+                           save_samples=lambda path: None)
+
+
+def test_the_divergence_guard_counts_only_consecutive_non_finite_steps(tmp_path, fresh_accelerate_state):
+    nan = float("nan")
+    assert _run(tmp_path / "recovers", [1.0, nan, 1.0, nan, 1.0, float("inf"), 1.0]) == 7
+    with pytest.raises(loop.DivergenceError, match="training diverged at step 4: non-finite loss for 2 consecutive"):
+        _run(tmp_path / "diverges", [1.0, nan, 1.0, nan, nan, 1.0])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_checkpoints_it_and_exits_128_plus_the_signal(sig, tmp_path, fresh_accelerate_state):
+    finished = []
+
+    def on_step(step):
+        if step == 1:
+            os.kill(os.getpid(), sig)  # arrives mid-step, as a scheduler's or a user's would
+        finished.append(step)
+
+    previous = signal.getsignal(sig)
+    with pytest.raises(loop.Preempted) as stop:
+        _run(tmp_path, [1.0] * 5, on_step=on_step)
+    assert stop.value.code == 128 + sig and finished == [0, 1]
+    assert (tmp_path / "checkpoints" / "step_00000002").is_dir()
+    assert signal.getsignal(sig) == previous  # the loop's handlers are gone once it stops
