@@ -96,9 +96,15 @@ class Student:
     def sample(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
         """Samples in the model's space: z ~ N(0, I) drawn on the CPU from `generator`, then one step from
         sigma(t_0) z, or several with fresh noise from the same generator between them."""
+        return self.sample_with(self.conditioner.cond(labels), len(labels), generator, steps)
+
+    @torch.no_grad()
+    def sample_with(self, cond: dict, n: int, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        """`sample` for the network's condition keyword arguments themselves (e.g. `LRConditioner.condition` of
+        low-resolution images from outside the training set, as an exported SR pipeline takes them)."""
         gen = self.generator
-        z = torch.randn(len(labels), *self.shape, generator=generator).to(labels.device)
-        den = partial(gen.denoiser, **self.conditioner.cond(labels))
+        z = torch.randn(n, *self.shape, generator=generator).to(self.device)
+        den = partial(gen.denoiser, **cond)
         ts = student_timesteps(self.timesteps, self.steps if steps is None else steps)
         x = z * gen.input_scale
         if self.gamma is not None:

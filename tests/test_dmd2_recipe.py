@@ -415,8 +415,7 @@ def test_the_generator_warms_up_over_the_same_training_steps_as_the_fake_score(t
     reaches its full rate after warmup_steps / update_ratio of its own updates, when the fake score reaches its."""
     run = dmd2.setup(_cfg(*_overrides(teacher_dir, tmp_path, "optim.warmup_steps=10", f"optim.update_ratio={ratio}",
                                       "train.max_steps=100", "optim.lr_schedule=constant")))
-    factor_g = run.sched_g.scheduler.lr_lambdas[0] if hasattr(run.sched_g, "scheduler") else run.sched_g.lr_lambdas[0]
-    factor_f = run.sched_f.scheduler.lr_lambdas[0] if hasattr(run.sched_f, "scheduler") else run.sched_f.lr_lambdas[0]
+    factor_g, factor_f = (getattr(sched, "scheduler", sched).lr_lambdas[0] for sched in (run.sched_g, run.sched_f))
     updates = 10 // ratio  # the generator's updates in the first 10 training steps
     assert factor_f(10) == pytest.approx(1.0) and factor_f(9) < 1
     assert factor_g(updates) == pytest.approx(1.0) and factor_g(updates - 1) < 1

@@ -11,12 +11,11 @@ import re
 import subprocess
 import sys
 import warnings
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 import quick
@@ -26,6 +25,7 @@ from stepdistill.config import load_config
 from stepdistill.training import cli
 from without_stepdistill import CHILD, SEEDED, images_without_stepdistill
 
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = sorted(RECIPES)
 pytestmark = pytest.mark.parametrize("name", NAMES)
 
@@ -172,13 +172,8 @@ def _student_images(student, seed: int = 0, *, labels=(0, 1, 2), low=None) -> to
     g = torch.Generator().manual_seed(seed)
     if low is None:
         return student.images(torch.tensor(labels), g) * 0.5 + 0.5
-    from stepdistill.samplers import multistep
-
-    z = torch.randn(len(low), *student.shape, generator=g)
-    den = partial(student.generator.denoiser, **student.conditioner.condition(low))
-    with torch.no_grad():
-        x = multistep(den, student.schedule, z * student.generator.input_scale, student.default_timesteps, generator=g)
-    return (student.space.decode(x).clamp(-1, 1) * 0.5 + 0.5)
+    x = student.sample_with(student.conditioner.condition(low), len(low), g)
+    return student.space.decode(x).clamp(-1, 1) * 0.5 + 0.5
 
 
 def _is_sr(name) -> bool:
@@ -223,18 +218,12 @@ def test_the_model_cards_code_runs_as_written_and_gives_the_students_images(name
     child = subprocess.run([sys.executable, "-I", "-c", script], cwd=out, env=env, capture_output=True,
                            text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]
-    got = torch.from_numpy(load_file_np(tmp_path / "card.safetensors")).float() / 255
+    got = torch.from_numpy(load_numpy(str(tmp_path / "card.safetensors"))["images"]).float() / 255
     got = got.permute(0, 3, 1, 2) if got.ndim == 4 else got.unsqueeze(1)
     expected = _student_images(student, low=low)
     expected = (expected * 255).round() / 255
     assert got.shape == expected.shape, (got.shape, expected.shape)
     assert float((got - expected).abs().max()) <= 1 / 255 + 1e-6
-
-
-def load_file_np(path: Path) -> np.ndarray:
-    from safetensors.numpy import load_file as load_np
-
-    return load_np(str(path))["images"]
 
 
 # -- presets ----------------------------------------------------------------------------------------------------
@@ -261,8 +250,6 @@ def tiny_for(preset: Path, tiny_teachers) -> tuple[str, list[str]]:
         return str(tiny_teachers["digits"]), []
     return str(tiny_teachers[RECIPES[preset.parent.name].tiny_teacher]), []
 
-
-ROOT = Path(__file__).resolve().parents[2]
 # What a preset solves before its first step (teacher trajectories, regression pairs), cut to a few: the step itself
 # runs as the preset says.
 PRECOMPUTED = {"consistency_distill": ("loss.trajectories=8",),
