@@ -29,7 +29,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Literal, Optional
 
 import torch
@@ -234,7 +233,7 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
         guided = CFGDenoiser(teacher, 1.0 + cfg.loss.w_min)
         trajectories = make_trajectories(guided, solver(cfg), s.schedule, s.conditioner, s.shape, grid,
                                          n=cfg.loss.trajectories, seed=cfg.train.seed, accelerator=s.accelerator,
-                                         cache=Path(cfg.train.output_dir) / "trajectories.safetensors")
+                                         cache=s.cache("trajectories"), identity=s.identity)
     return Run(cfg=cfg, setup=s, grid=grid, teacher=teacher, generator=generator, target=target, opt=opt,
                sched=sched, ema=ema, trajectories=trajectories)
 

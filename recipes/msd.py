@@ -136,7 +136,8 @@ def setup(cfg: MSDConfig) -> Run:
     for student in range(k):
         part = split.part(student)
         view = replace(s, accelerator=local, conditioner=PartConditioner(s.conditioner, part),
-                       dataset=part_dataset(s.dataset, part))
+                       dataset=part_dataset(s.dataset, part), cache_suffix=f"_student{student}",
+                       identity={**s.identity, "part": ",".join(map(str, part))})
         shared = runs[0] if runs and cfg.model.fake_score == "shared" else None
         generator = None
         if m.student_width < 1:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Optional
 
 import torch
@@ -142,7 +141,8 @@ def setup(cfg: TADSRConfig) -> Run:
     ema = make_ema(gen_params, cfg.train.ema_decay, s.accelerator)
     pairs = make_ode_pairs(CFGDenoiser(teacher, 1.0), s.schedule, s.conditioner, s.shape, n=loss.regression_pairs,
                            sampler=loss.regression_sampler, nfe=loss.regression_nfe, seed=cfg.train.seed,
-                           accelerator=s.accelerator, cache=Path(cfg.train.output_dir) / "teacher_outputs.safetensors")
+                           accelerator=s.accelerator, cache=s.cache("teacher_outputs"),
+                           identity=s.identity)
     return Run(cfg=cfg, setup=s, ts=ts, teacher=teacher, generator=generator, head=head, opt_g=opt_g, opt_d=opt_d,
                sched_g=sched_g, sched_d=sched_d, ema=ema, pairs=pairs)
 

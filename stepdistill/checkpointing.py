@@ -30,13 +30,15 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 
 
 STUDENT_FILE = "student.safetensors"
+CACHE_DIR = "cache"  # teacher outputs a run solved once (`Setup.cache`)
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, *, keep: int = 2,
-                    student: dict | None = None, info: dict | None = None) -> Path:
+                    student: dict | None = None, info: dict | None = None, config: dict | None = None) -> Path:
     """Save the accelerator state for `step` (the number of completed steps) and the `student` weights
     (a state dict), keeping the newest `keep` checkpoints (0: all of them); `info` (JSON) goes into
-    `step.json` beside the step. Call on every process."""
+    `step.json` beside the step, `config` (the run's config as a dict) into `config.yaml`, which a resume is
+    checked against. Call on every process."""
     final = Path(output_dir) / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -50,6 +52,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
             from safetensors.torch import save_file
 
             save_file({k: v.detach().cpu().contiguous() for k, v in student.items()}, str(tmp / STUDENT_FILE))
+        if config is not None:
+            import yaml
+
+            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         (tmp / "step.json").write_text(json.dumps({"step": step, **(info or {})}) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -61,9 +67,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
 
 
 def claim_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool, is_main: bool) -> None:
-    """Make `output_dir` this run's: leftover `*.tmp` checkpoint folders (a run killed while saving) are
-    removed; a folder holding another run's checkpoints is refused unless the run resumes it or
-    `overwrite` is set, in which case its checkpoints and logs are deleted. Call before any work."""
+    """Make `output_dir` this run's (under its run lock): leftovers of a run killed while saving (`*.tmp`
+    checkpoint folders, `.NAME.tmp-*` export folders) are removed; a folder holding another run's checkpoints
+    is refused unless the run resumes it or `overwrite` is set, in which case its checkpoints, logs and
+    cached teacher outputs are deleted. Call before any work."""
     root = Path(output_dir)
     found = checkpoint_dirs(root)
     if found and not resuming and not overwrite:
@@ -72,9 +79,12 @@ def claim_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool,
                               f"another train.output_dir")
     if not is_main:
         return
-    for tmp in (root / "checkpoints").glob("*.tmp") if (root / "checkpoints").is_dir() else []:
+    litter = [*(root / "checkpoints").glob("*.tmp")] if (root / "checkpoints").is_dir() else []
+    litter += [p for p in root.glob(".*.tmp-*") if p.is_dir()] if root.is_dir() else []  # io.atomic_dir
+    for tmp in litter:
         shutil.rmtree(tmp, ignore_errors=True)
     if overwrite and not resuming:
+        shutil.rmtree(root / CACHE_DIR, ignore_errors=True)
         for old in found:
             shutil.rmtree(old, ignore_errors=True)
         for log in root.glob("log_rank*.jsonl"):

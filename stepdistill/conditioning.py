@@ -65,6 +65,9 @@ class TextConditioner:
         self.prompts, self.encoder, self.device = prompts, encoder, torch.device(device)
         self.num_classes = len(prompts)
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        check = getattr(encoder, "warn_if_cut", None)
+        if check is not None:  # the whole prompt list at once: one warning, and prompts cut into one found
+            check(prompts)
         self.null = {k: v[0] for k, v in encoder.null().items()}
 
     def rows(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import pathlib
 import sys
 import tempfile
@@ -23,8 +25,25 @@ __all__ = ["ConfigError", "load_config", "from_dict", "apply_overrides", "to_dic
 
 T = TypeVar("T")
 _NONE_WORDS = {"null", "none", "~"}
-_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 _MISSING = dataclasses.MISSING
+RECORD_KEY = "resumes"  # a run's config.yaml: its resume history, a record rather than a setting
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which turned
+    `mixed_precision: no` into False; a bool field still accepts those words (`_BOOL_WORDS`)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text_or_stream) -> Any:
+    return yaml.load(text_or_stream, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -107,6 +126,10 @@ def _coerce(tp: Any, v: Any, key: str) -> Any:
             raise bad from None
     if tp is int and type(v) is float and v.is_integer():
         v = int(v)  # `max_steps: 1e5` is a fine way to write 100000
+    if tp is float and type(v) in (int, float) and not math.isfinite(v):
+        raise ConfigError(f"config key '{key}' must be a finite number; got {v!r}")
+    if tp in (str, pathlib.Path) and isinstance(v, str) and (v == "~" or v.startswith("~/")):
+        v = os.path.expanduser(v)  # a shell leaves `key=~/runs` unexpanded
     if tp is pathlib.Path and isinstance(v, (str, os.PathLike)):
         return pathlib.Path(v)
     if type(v) is tp or (tp is float and type(v) is int):  # no bool for int, no str(7) for `name: 007`
@@ -200,7 +223,7 @@ def _override(cls: type, data: dict, text: str) -> None:
         value = None if _members(tp) is not None and raw.strip().lower() in _NONE_WORDS else raw
     else:
         try:
-            value = yaml.safe_load(raw)
+            value = _yaml(raw)
         except yaml.YAMLError:
             raise ConfigError(f"config key '{dotted}': cannot parse {raw!r} as YAML") from None
     old = node.get(parts[-1])
@@ -236,7 +259,7 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 def _load_yaml(path: str) -> dict:
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = _yaml(f)
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
     except (OSError, yaml.YAMLError) as e:
@@ -245,7 +268,9 @@ def _load_yaml(path: str) -> dict:
     if not isinstance(data, (dict, type(None))):
         kind = type(data).__name__
         raise ConfigError(f"config file '{path}' must hold a mapping at top level, got {kind}")
-    return data or {}
+    data = data or {}
+    data.pop(RECORD_KEY, None)  # a run's config.yaml is a preset too: its resume history is not a setting
+    return data
 
 
 def _help(cls: type, values: dict, where: str = "") -> list[str]:

@@ -15,16 +15,85 @@ long T5's sequence is); only what the pipeline adds per call (SDXL's size ids, F
 The empty prompt (classifier-free guidance's unconditional branch) is built as each pipeline builds its
 negative: zeros for SDXL when `force_zeros_for_empty_prompt` is set (SDXL base's config), the encoded ""
 otherwise.
+
+Prompts longer than a tokenizer's limit (77 tokens for CLIP) are cut to it, as the pipelines do; each encoding
+pass that cuts prompts not reported before warns once (`PromptTruncationWarning`): how many, the limit, an example,
+and whether cutting made distinct prompts identical (one condition).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import torch
 
 __all__ = ["PromptEncoder", "ClipPromptEncoder", "SDXLPromptEncoder", "SD3PromptEncoder", "FluxPromptEncoder",
-           "prompt_encoder", "FAMILY_OF_PIPELINE"]
+           "prompt_encoder", "FAMILY_OF_PIPELINE", "PromptTruncationWarning", "truncation_message"]
+
+
+class PromptTruncationWarning(UserWarning):
+    """Prompts longer than the text encoder's token limit were cut to it."""
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` quoted; a long one by its start and its end (where prompts cut into one differ)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit // 2]!r}...{text[-limit // 3:]!r}"
+
+
+def truncation_message(texts: list[str], tokenizers: list[tuple[str, object, int]]) -> tuple[str | None, set[str]]:
+    """(the warning, or None, and the cut prompts) for `texts` encoded through `tokenizers`, (name, tokenizer,
+    max_length) each, all of which cut at their max_length. Two distinct prompts are one condition when every
+    tokenizer keeps the same tokens of both."""
+    if not texts or not tokenizers:
+        return None, set()
+    cut_by: dict[str, list[tuple[int, str]]] = {}  # prompt -> the tokenizers that cut it (limit, name)
+    kept = [[] for _ in texts]  # per prompt: each tokenizer's kept token ids
+    for name, tokenizer, limit in tokenizers:
+        # one token past the limit tells "longer" without tokenising (and logging) whole long prompts
+        longer = tokenizer(texts, truncation=True, max_length=limit + 1).input_ids
+        ids = tokenizer(texts, truncation=True, max_length=limit).input_ids
+        for i, (text, row) in enumerate(zip(texts, longer)):
+            kept[i].append(tuple(ids[i]))
+            if len(row) > limit:
+                cut_by.setdefault(text, []).append((limit, name))
+    if not cut_by:
+        return None, set()
+    cut = [t for t in texts if t in cut_by]
+    by_limit: dict[int, set[str]] = {}
+    for limit, name in (where for names in cut_by.values() for where in names):
+        by_limit.setdefault(limit, set()).add(name)
+    limits = "; ".join(f"{limit} tokens: {', '.join(sorted(names))}" for limit, names in sorted(by_limit.items()))
+    message = (f"{len(cut)} of {len(texts)} prompts are longer than the text encoder's token limit ({limits}) and "
+               f"are cut to it, e.g. {_shown(cut[0])}")
+    groups: dict[tuple, list[str]] = {}
+    for text, key in zip(texts, kept):
+        group = groups.setdefault(tuple(key), [])
+        if text not in group:
+            group.append(text)
+    merged = [g for g in groups.values() if len(g) > 1 and any(t in cut_by for t in g)]
+    if merged:
+        message += (f"; after cutting, {sum(len(g) for g in merged)} distinct prompts are identical "
+                    f"({len(merged)} group(s) that each become one condition), e.g. {_shown(merged[0][0])} and "
+                    f"{_shown(merged[0][1])}")
+    return message + "; shorten them to keep their ends", set(cut)
+
+
+class _CutWarnings:
+    """Warns once per encoding pass that cuts prompts not already reported (so a conditioner that checked its
+    whole prompt list up front, then encodes a batch at a time, warns once)."""
+
+    _reported: set[str]
+
+    def _tokenizers(self) -> list[tuple[str, object, int]]:
+        raise NotImplementedError
+
+    def warn_if_cut(self, texts: list[str]) -> None:
+        reported = self.__dict__.setdefault("_reported", set())
+        message, cut = truncation_message(list(texts), self._tokenizers())
+        if message is not None and not cut <= reported:
+            reported |= cut
+            warnings.warn(message, PromptTruncationWarning, stacklevel=3)
 
 # The pipeline classes whose teachers the text-to-image recipes distil, by family.
 FAMILY_OF_PIPELINE = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
@@ -42,15 +111,19 @@ class PromptEncoder(Protocol):
     def call_options(self) -> dict: ...  # what the exported pipeline's call needs to condition the same way
 
 
-class ClipPromptEncoder:
+class ClipPromptEncoder(_CutWarnings):
     """SD 1.x / 2.x: CLIP's last hidden state, padded to the tokenizer's 77 tokens."""
 
     def __init__(self, tokenizer, text_encoder, *, device="cpu"):
         self.tokenizer, self.device = tokenizer, torch.device(device)
         self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
 
+    def _tokenizers(self) -> list[tuple[str, object, int]]:
+        return [("tokenizer", self.tokenizer, self.tokenizer.model_max_length)]
+
     @torch.no_grad()
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        self.warn_if_cut(texts)
         tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
         return {"hidden": self.text_encoder(tokens)[0].float()}
@@ -65,12 +138,13 @@ class ClipPromptEncoder:
         return {}
 
 
-class _PipelineEncoder:
+class _PipelineEncoder(_CutWarnings):
     """Rows from `pipe.encode_prompt` of a pipeline loaded without its denoiser and VAE; `resolution` is
     the training images' (height, width), which the exported pipeline's call repeats."""
 
     max_sequence_length: int | None = None
     default_sequence_length: int | None = None
+    t5_tokenizer: str | None = None  # the component cut at max_sequence_length; the CLIPs cut at their own limit
 
     def __init__(self, pipe, resolution: tuple[int, int], *, device="cpu"):
         self.pipe, self.device, self.resolution = pipe, torch.device(device), tuple(resolution)
@@ -81,8 +155,17 @@ class _PipelineEncoder:
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _tokenizers(self) -> list[tuple[str, object, int]]:
+        out = []
+        for name, tokenizer in sorted(self.pipe.components.items()):
+            if name.startswith("tokenizer") and tokenizer is not None:
+                limit = self.max_sequence_length if name == self.t5_tokenizer else tokenizer.model_max_length
+                out.append((name, tokenizer, int(limit)))
+        return out
+
     @torch.no_grad()
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        self.warn_if_cut(texts)
         hidden, pooled = self._encode(texts)
         return {"hidden": hidden.float(), "pooled": pooled.float()}
 
@@ -126,6 +209,7 @@ class SD3PromptEncoder(_PipelineEncoder):
     the sequence; the two pooled projections joined."""
 
     default_sequence_length = 256  # StableDiffusion3Pipeline's max_sequence_length
+    t5_tokenizer = "tokenizer_3"
 
     def __init__(self, pipe, resolution: tuple[int, int], *, max_sequence_length: int = 256, device="cpu"):
         super().__init__(pipe, resolution, device=device)
@@ -146,6 +230,7 @@ class FluxPromptEncoder(_PipelineEncoder):
     transformer (Flux-dev), passed to every call (`network_call`)."""
 
     default_sequence_length = 512  # FluxPipeline's max_sequence_length
+    t5_tokenizer = "tokenizer_2"
 
     def __init__(self, pipe, resolution: tuple[int, int], *, guidance: float = FLUX_GUIDANCE,
                  max_sequence_length: int = 512, device="cpu"):

@@ -2,16 +2,22 @@
 
 Layouts: either all images somewhere under `root` (unconditional), or one sub-folder per class
 (`root/<class>/**/*.png`, classes sorted by name -> 0..K-1). Problems (missing root, no images,
-mixed layout, corrupt files) are raised at construction, before any training step runs.
+mixed layout, corrupt files) are raised at construction, before any training step runs: every image is
+decoded once, completely, so a truncated JPEG fails at setup with its name, not mid-run.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -35,6 +41,56 @@ def read_image(path: Path, channels: Literal[3, 1] = 3) -> Image.Image:
         raise CorruptImageError(f"corrupt image {path}: {e}") from e
 
 
+@contextlib.contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """PIL's `LOAD_TRUNCATED_IMAGES` off for the block (another library may have set it): truncation is an error."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _decode_error(path: Path, channels: Literal[3, 1]) -> str | None:
+    """Why `path` cannot be trained on (PIL's reason), or None: headers and checksums (`verify`, PNG's CRCs),
+    then every pixel decoded and converted as `read_image` does (a truncated JPEG fails only here)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        read_image(path, channels)
+    except Exception as e:  # PIL raises several unrelated types for bad files
+        cause = e.__cause__ if isinstance(e, CorruptImageError) and e.__cause__ is not None else e
+        return str(cause) or type(cause).__name__
+    return None
+
+
+# Folders at least this large show a progress bar while they are decoded.
+PROGRESS_FROM = 1000
+
+
+def find_corrupt(paths: list[Path], channels: Literal[3, 1] = 3, *, desc: str = "checking images"
+                 ) -> list[tuple[Path, str]]:
+    """(path, reason) of each file in `paths` that does not decode completely, in `paths`' order. Decodes in a
+    thread pool (PIL's decoders release the GIL), with a progress bar from `PROGRESS_FROM` files."""
+    from tqdm.auto import tqdm
+
+    workers = min(8, os.cpu_count() or 1) if len(paths) > 16 else 1
+    with _strict_decoding(), tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < PROGRESS_FROM,
+                                  leave=False) as bar:
+        def check(path: Path) -> str | None:
+            reason = _decode_error(path, channels)
+            bar.update(1)
+            return reason
+
+        if workers == 1:
+            reasons = [check(p) for p in paths]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                reasons = list(pool.map(check, paths))
+    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
 def _to_tensor(im: Image.Image) -> torch.Tensor:
     """(C, H, W) float in [-1, 1]."""
     arr = np.asarray(im, dtype=np.float32)
@@ -48,7 +104,10 @@ def _find_images(folder: Path) -> list[Path]:
 
 
 class ImageFolder(Dataset):
-    """Images under `root`, resized (shorter side, Lanczos) and cropped to `resolution` squared."""
+    """Images under `root`, resized (shorter side, Lanczos) and cropped to `resolution` squared.
+
+    `verify`: decode every image at construction; a file that does not decode is a `CorruptImageError` naming it,
+    or, with `skip_corrupt`, is left out (one warning gives the count and the first names)."""
 
     def __init__(
         self,
@@ -59,6 +118,7 @@ class ImageFolder(Dataset):
         center_crop: bool = True,
         random_flip: bool = False,
         verify: bool = True,
+        skip_corrupt: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -98,12 +158,28 @@ class ImageFolder(Dataset):
                 f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {self.root}"
             )
         if verify:
-            for path in self.paths:
-                try:
-                    with Image.open(path) as im:
-                        im.verify()  # reads headers and checksums only: cheap, no decode
-                except Exception as e:  # PIL raises several unrelated types for bad files
-                    raise CorruptImageError(f"corrupt image {path}: {e}") from e
+            self._drop_corrupt(skip_corrupt)
+
+    def _drop_corrupt(self, skip: bool) -> None:
+        bad = find_corrupt(self.paths, self.channels, desc=f"checking {self.root.name or self.root}")
+        if not bad:
+            return
+        if not skip:
+            path, reason = bad[0]
+            more = f" ({len(bad) - 1} more corrupt image(s) under {self.root})" if len(bad) > 1 else ""
+            raise CorruptImageError(f"corrupt image {path}: {reason}{more}; remove it or set data.skip_corrupt=true "
+                                    "to skip corrupt images")
+        dropped = {p for p, _ in bad}
+        keep = [i for i, p in enumerate(self.paths) if p not in dropped]
+        if not keep:
+            raise CorruptImageError(f"all {len(self.paths)} images under {self.root} are corrupt, e.g. "
+                                    f"{bad[0][0]}: {bad[0][1]}")
+        self.paths = [self.paths[i] for i in keep]
+        if self.labels is not None:
+            self.labels = [self.labels[i] for i in keep]
+        names = ", ".join(f"{p.relative_to(self.root)} ({reason})" for p, reason in bad[:5])
+        warnings.warn(f"skipped {len(bad)} corrupt image(s) of {len(bad) + len(keep)} under {self.root} "
+                      f"(data.skip_corrupt=true): {names}{' ...' if len(bad) > 5 else ''}", stacklevel=3)
 
     @property
     def num_classes(self) -> int:

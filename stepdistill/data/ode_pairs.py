@@ -1,10 +1,10 @@
 """Noise-image pairs from the teacher's ODE solver: the data of DMD's regression loss (Yin et al.
 2024a, Sec. 3.3; DMD2 keeps it as the warm start of its one-step SDXL model).
 
-The pairs are a function of (seed, count, sampler, NFE, guidance) only: the noise and labels are
-drawn for the whole set from one generator, each process solves its share and the shares are
-gathered, so one and N processes hold the same pairs. They are written once to the run's folder
-(atomically) and read back when the run resumes.
+The pairs are a function of the teacher, the data and (seed, count, sampler, NFE, guidance) only: the
+noise and labels are drawn for the whole set from one generator, each process solves its share and the
+shares are gathered, so one and N processes hold the same pairs. They are written once to the run's
+cache (atomically), with all of that as metadata, and read back when it matches (a resume).
 """
 
 from __future__ import annotations
@@ -35,14 +35,16 @@ class ODEPairs:
 
 @torch.no_grad()
 def make_ode_pairs(denoise, schedule, conditioner, shape: tuple[int, ...], *, n: int, sampler: str, nfe: int,
-                   seed: int, accelerator, cache: Path | None = None, batch_size: int = 250) -> ODEPairs:
+                   seed: int, accelerator, cache: Path | None = None, identity: dict[str, str] | None = None,
+                   batch_size: int = 250) -> ODEPairs:
     """`n` pairs solved with `sampler` at `nfe` evaluations of `denoise` (a `CFGDenoiser`: the
-    guidance of the real score). `cache`: a .safetensors file reused when its settings match."""
+    guidance of the real score). `cache`: a .safetensors file reused when its settings and `identity`
+    (the teacher's and the data's, `fingerprints.run_identity`) match."""
     if n < 1:
         raise ValueError(f"the number of ODE pairs must be >= 1, got {n}")
     meta = dict(n=str(n), sampler=sampler, nfe=str(nfe), seed=str(seed), guidance=str(float(denoise.scale)),
-                shape=",".join(map(str, shape)))
-    cached = load_cached(cache, meta)
+                shape=",".join(map(str, shape)), **(identity or {}))
+    cached = load_cached(cache, meta, say=accelerator.print)
     if cached is not None:
         return ODEPairs(**{k: v.to(accelerator.device) for k, v in cached.items()})
     g = torch.Generator().manual_seed(seed)
@@ -75,17 +77,26 @@ def solve_in_shares(solve, z: torch.Tensor, labels: torch.Tensor, accelerator, *
     return accelerator.gather(torch.cat(solved))[:n]
 
 
-def load_cached(cache: Path | None, meta: dict[str, str]) -> dict[str, torch.Tensor] | None:
-    """The tensors of a .safetensors `cache` written with the same settings `meta`, else None."""
-    from safetensors import safe_open
+def load_cached(cache: Path | None, meta: dict[str, str], say=print) -> dict[str, torch.Tensor] | None:
+    """The tensors of a .safetensors `cache` written with the same settings `meta`, else None; `say` tells
+    why a cache on disk is not used (what differs, or that it is unreadable)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     if cache is None or not cache.is_file():
         return None
-    with safe_open(str(cache), "pt") as f:
-        if f.metadata() != meta:
-            return None
-    return load_file(str(cache))
+    try:
+        with safe_open(str(cache), "pt") as f:
+            stored = f.metadata() or {}
+        if stored == meta:
+            return load_file(str(cache))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        say(f"{cache} is unreadable ({str(e).splitlines()[0][:120]}): solving again")
+        return None
+    differ = sorted(k for k in stored.keys() | meta.keys() if stored.get(k) != meta.get(k))
+    shown = ", ".join(f"{k}: {stored.get(k)} -> {meta.get(k)}" for k in differ[:4])
+    say(f"{cache} was solved with other settings ({shown}{', ...' if len(differ) > 4 else ''}): solving again")
+    return None
 
 
 def save_cached(cache: Path | None, meta: dict[str, str], tensors: dict[str, torch.Tensor], accelerator) -> None:

@@ -45,15 +45,15 @@ class Trajectories:
 @torch.no_grad()
 def make_trajectories(denoise, step: SolverStep, schedule, conditioner, shape: tuple[int, ...], grid: torch.Tensor,
                       *, n: int, seed: int, accelerator, cache: Path | None = None,
-                      batch_size: int = 250) -> Trajectories:
+                      identity: dict[str, str] | None = None, batch_size: int = 250) -> Trajectories:
     """`n` trajectories of `denoise` (a `CFGDenoiser`: the guidance they are solved at) down the ascending
     skip `grid`, each from sigma(grid[-1]) z, with the solver `step`. `cache`: a .safetensors file reused when
-    its settings match."""
+    its settings and `identity` (the teacher's and the data's) match."""
     if n < 1:
         raise ValueError(f"the number of teacher trajectories must be >= 1, got {n}")
     meta = dict(n=str(n), seed=str(seed), guidance=str(float(denoise.scale)), solver=step.__name__,
-                grid=",".join(f"{float(t):.6g}" for t in grid), shape=",".join(map(str, shape)))
-    cached = load_cached(cache, meta)
+                grid=",".join(f"{float(t):.6g}" for t in grid), shape=",".join(map(str, shape)), **(identity or {}))
+    cached = load_cached(cache, meta, say=accelerator.print)
     if cached is not None:
         return Trajectories(**{k: v.to(accelerator.device) for k, v in cached.items()})
     g = torch.Generator().manual_seed(seed)

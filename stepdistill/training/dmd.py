@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
@@ -215,7 +214,7 @@ def build(cfg, s: Setup, ts: torch.Tensor, *, generator: torch.nn.Module | None 
         pairs = make_ode_pairs(real_guided, schedule, s.conditioner, s.shape, n=loss_cfg.regression_pairs,
                                sampler=loss_cfg.regression_sampler, nfe=loss_cfg.regression_nfe,
                                seed=cfg.train.seed, accelerator=accelerator,
-                               cache=Path(cfg.train.output_dir) / "ode_pairs.safetensors")
+                               cache=s.cache("ode_pairs"), identity=s.identity)
     return Run(cfg=cfg, setup=s, ts=ts, real_guided=real_guided, fake_score=fake_score, generator=generator,
                head=head, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g, sched_f=sched_f, ema=ema,
                gan_weight=gan_weight, pairs=pairs)

@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import run_lock
+from ..checkpointing import resolve_resume
 from ..config import load_config, to_dict
 from ..student import AnyStudent
 from ..roles import make_real_score
@@ -30,6 +32,7 @@ from .draw import Draw
 from .final import finish, save_samples
 from .footprint import footprint, format_footprint
 from .loop import DivergenceError, train_loop
+from .resume import check_resume
 from .setup import restore
 
 
@@ -89,19 +92,28 @@ def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
     writable(Path(cfg.train.output_dir) / "config.yaml", "train.output_dir")
     evaluation = replace(cfg.eval, results=str(writable(cfg.eval.results or Path(cfg.train.output_dir) / "results.json",
                                                         "eval.results")))
+    # Refused before any work: a resume that changes what defines the run (`resume.check_resume`).
+    changed = check_resume(resolve_resume(cfg.resume, cfg.train.output_dir), cfg)
+    try:
+        return _train_and_finish(recipe, cfg, changed, evaluation, start_time)
+    finally:
+        run_lock.release(cfg.train.output_dir)
+
+
+def _train_and_finish(recipe: Recipe, cfg: Any, changed: dict, evaluation, start_time: float) -> dict | None:
     run = recipe.setup(cfg)
     setup = run.setup
     sync = getattr(recipe, "sync", lambda run: None)
     setup.accelerator.print(format_footprint(footprint(run)))  # size a job before its first step
     check_student_steps(recipe.students(run), evaluation.student_steps)
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg,
-                         horizon=setup.horizon)
+                         horizon=setup.horizon, changed=changed)
     steps_done = train_loop(
         setup.accelerator, cfg.train, name=recipe.NAME, start_step=start_step, start_time=start_time,
         step_fn=lambda draw, step: recipe.step(run, draw, step),
         save_samples=lambda path: save_samples(recipe.students(run)[0], path),
         student_weights=lambda: (sync(run), student_weights(recipe.students(run)))[1],
-        tracker_config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)), horizon=setup.horizon)
+        config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)), horizon=setup.horizon)
     sync(run)
     students = [s.use_ema() for s in recipe.students(run)]
     return finish(students, setup.accelerator, output_dir=cfg.train.output_dir, evaluation=evaluation,

@@ -47,6 +47,9 @@ class DataConfig:
     embedded_guidance: Optional[float] = None
     images: Optional[str] = None  # real images (an image folder); the digits teacher uses digits
     image_channels: int = 3
+    # data.images are all decoded at setup; a file that does not decode stops the run there, naming it.
+    # true: such files are skipped instead (one warning gives the count and the first names).
+    skip_corrupt: bool = False
     # Image-conditioned teachers (super-resolution): the real images degraded (`stepdistill.degradations`:
     # bicubic downsampling by this factor, then the options below) are the condition, concatenated to the
     # network input; 0: the teacher is class-, text- or unconditional. Real images: data.images, else the

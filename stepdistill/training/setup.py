@@ -17,18 +17,21 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
 
-from ..checkpointing import checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
+from .. import run_lock
+from ..checkpointing import CACHE_DIR, checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
 from ..conditioning import ClassConditioner, LRConditioner, TextConditioner, Unconditional
 from ..prompt_encoders import prompt_encoder
 from ..data import DigitsDataset, ImageFolder, IndexLabelled, PatchDataset, load_prompts, training_split
 from ..degradations import Degradation
 from ..distributed import make_accelerator
+from ..fingerprints import run_identity
 from ..io import atomic_write_text
 from ..latents import LatentSpace, PixelSpace
 from ..network_call import is_flux
 from ..roles import Teacher, load_teacher
 from ..schedules import RectifiedFlow, flow_shift
 from .horizon import Horizon, lr_factor
+from .resume import CONFIG_FILE, HORIZON_KEYS, apply_settings, record_resume, remember_settings
 from .sections import DataConfig, LRSchedule, TrainConfig
 
 
@@ -43,8 +46,11 @@ class Setup:
     shape: tuple[int, ...]  # one sample in the space the networks denoise
     dataset: Optional[Any]  # real images (and labels), or None
     resume_from: Optional[Path]
+    output_dir: Path
+    identity: dict[str, str]  # what produced the teacher's outputs: teacher and data (`fingerprints.run_identity`)
     horizon: Horizon  # the step at which training ends and decaying rates reach zero (fitted to the time limit)
     labelled_real: bool = False  # real images carry class labels (read once: an item may decode an image)
+    cache_suffix: str = ""  # a view of the setup restricted to part of the conditions caches its own outputs
 
     @property
     def schedule(self):
@@ -53,6 +59,11 @@ class Setup:
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    def cache(self, name: str) -> Path:
+        """Where this run caches a teacher output `name` (ODE pairs, trajectories): OUTPUT/cache/NAME.safetensors,
+        written with `identity` and the solver settings, reused only when they match, removed by an overwrite."""
+        return self.output_dir / CACHE_DIR / f"{name}{self.cache_suffix}.safetensors"
 
     def unwrap(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
         """A prepared module without its DDP wrapper: for passes whose weights take no gradient (DDP must
@@ -67,6 +78,7 @@ class Setup:
                                        log_with=None if train.report_to == "none" else train.report_to)
         check_train(train, accelerator.num_processes)
         resume_from = resolve_resume(resume, train.output_dir)
+        take_run_lock(accelerator, train.output_dir)  # before this run writes anything there
         claim_output_dir(train.output_dir, resuming=resume is not None, overwrite=train.overwrite,
                          is_main=accelerator.is_main_process)
         accelerator.wait_for_everyone()
@@ -75,8 +87,25 @@ class Setup:
         conditioner, space, dataset = setup_data(data, loaded, accelerator.device, need_images=need_images)
         return cls(accelerator=accelerator, teacher=loaded, conditioner=conditioner, space=space,
                    shape=sample_shape(loaded, conditioner, space), dataset=dataset, resume_from=resume_from,
+                   output_dir=Path(train.output_dir), identity=run_identity(loaded, data),
                    horizon=Horizon(train.max_steps),
                    labelled_real=dataset is not None and "class_labels" in dataset[0])
+
+
+def take_run_lock(accelerator: Accelerator, output_dir: str | Path) -> None:
+    """The main process takes the folder's run lock (`run_lock`); every process raises its refusal."""
+    from accelerate.utils import broadcast_object_list
+
+    refusal = [None]
+    if accelerator.is_main_process:
+        try:
+            run_lock.acquire(output_dir)
+        except run_lock.FolderInUse as e:
+            refusal = [str(e)]
+    if accelerator.num_processes > 1:
+        refusal = broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise run_lock.FolderInUse(refusal[0])
 
 
 def check_train(train: TrainConfig, processes: int) -> None:
@@ -208,7 +237,7 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     out_channels = net_cfg.get("out_channels") or net_cfg.in_channels
     dataset = None
     if data.images is not None:
-        dataset = ImageFolder(data.images, resolution, channels=data.image_channels)
+        dataset = ImageFolder(data.images, resolution, channels=data.image_channels, skip_corrupt=data.skip_corrupt)
     elif need_images and isinstance(space, PixelSpace) and out_channels == 1:
         # one-channel pixel teachers: the digits, the split the teacher itself was trained on (the control
         # teacher's held-out split never includes the benchmark's reference images)
@@ -261,23 +290,31 @@ def at_resolution(teacher: Teacher, shape: tuple[int, ...]):
 
 
 def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: str | Path, config,
-            horizon: Horizon | None = None) -> int:
-    """Restore a checkpoint (returns its step, else 0) and its fitted `horizon`, and write the run's config
-    next to its outputs."""
+            horizon: Horizon | None = None, changed: dict | None = None) -> int:
+    """Restore a checkpoint (returns its step, else 0), then this run's optimiser settings over the
+    checkpoint's, and its fitted `horizon` unless max steps or the time limit `changed` (`resume.check_resume`).
+    A fresh run writes its config.yaml; a resumed one appends the resume to it."""
     from ..config import save_config
 
+    changed = changed or {}
     start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
-    if resume_from is not None and horizon is not None:
-        horizon.restore(checkpoint_info(resume_from).get("horizon"))
+    if resume_from is not None:
+        apply_settings(accelerator)
+        if horizon is not None and not any(k in changed for k in HORIZON_KEYS):
+            horizon.restore(checkpoint_info(resume_from).get("horizon"))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
-        save_config(config, out / "config.yaml")
+        if resume_from is None:
+            save_config(config, out / CONFIG_FILE)
+        else:
+            record_resume(out / CONFIG_FILE, config, step=start_step, checkpoint=resume_from, changed=changed)
     if resume_from is not None:  # the dead run's steps after the checkpoint go; the resume is marked
         log = out / f"log_rank{accelerator.process_index}.jsonl"
         rows = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
         kept = [r for r in rows if json.loads(r).get("step", -1) < start_step and "resume" not in json.loads(r)]
-        kept.append(json.dumps({"resume": str(resume_from), "from_step": start_step}))
+        kept.append(json.dumps({"resume": str(resume_from), "from_step": start_step,
+                                "changed": sorted(k for k in changed if k != "resume")}))
         atomic_write_text(log, "\n".join(kept) + "\n")
     return start_step
 
@@ -302,8 +339,9 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tu
     if schedule != "constant" and (own() is None or own() <= warmup_steps):
         raise ValueError(f"a {schedule} decay needs total_steps > warmup_steps={warmup_steps}; got {own()}")
     opt = torch.optim.AdamW(list(params), lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
-    return opt, torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_factor(schedule, warmup_steps=warmup_steps, total_steps=own))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, warmup_steps=warmup_steps, total_steps=own))
+    remember_settings(opt, sched, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)  # for a resume
+    return opt, sched
 
 
 def make_ema(params: list[torch.nn.Parameter], decay: float | None, accelerator: Accelerator) -> EMAModel | None:

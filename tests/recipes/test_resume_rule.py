@@ -1,0 +1,98 @@
+"""The resume rule (`stepdistill.training.resume`), held for every registered recipe: settings that may change
+on resume (the learning rates) reach the optimisers, read back from the next checkpoint; settings that define
+the run are refused before any work with both values; the run's config.yaml keeps the first config and records
+the resume; every checkpoint keeps the config it was written under."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import quick
+from registry import RECIPES
+from stepdistill.training import cli
+
+NAMES = sorted(RECIPES)
+# the quick tier holds one recipe of each optimiser layout (two optimisers, one); the others run in the full suite
+QUICK = ("dmd2", "consistency_distill")
+EVERY = [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
+
+
+def _lr_keys(cfg) -> list[str]:
+    return [k for k in vars(cfg.optim) if k == "lr" or (k.startswith("lr_") and k != "lr_schedule")]
+
+
+def _constant(cfg) -> tuple[str, ...]:
+    return ("optim.lr_schedule=constant",) if hasattr(cfg.optim, "lr_schedule") else ()
+
+
+def _optimizer_lrs(checkpoint: Path) -> set[float]:
+    files = sorted(checkpoint.glob("optimizer*.bin"))
+    assert files, f"no optimiser state in {checkpoint}"
+    return {round(g["lr"], 12) for f in files for g in torch.load(f, weights_only=True)["param_groups"]}
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_resume_applies_new_learning_rates_and_records_them(name, tiny_teachers, tmp_path):
+    info, out = RECIPES[name], tmp_path / "run"
+    teacher = tiny_teachers[info.tiny_teacher]
+    base = quick.config(name, teacher, out)
+    fixed = (*_constant(base), "export.enabled=false")
+    keys = _lr_keys(base)
+    old = {k: getattr(base.optim, k) for k in keys}
+    new = {k: 1e-6 * (i + 2) for i, k in enumerate(keys)}  # distinct from each other and from the old rates
+    module = info.module()
+    module.main(quick.config(name, teacher, out, "train.max_steps=1", *fixed))
+    first = _optimizer_lrs(out / "checkpoints" / "step_00000001")
+    assert first <= {round(v, 12) for v in old.values()}
+    used = [k for k in keys if round(old[k], 12) in first]  # MSD's lr_tsm has no optimiser without TSM steps
+    module.main(quick.config(name, teacher, out, "train.max_steps=2", "resume=latest", *fixed,
+                             *(f"optim.{k}={v}" for k, v in new.items())))
+    second = out / "checkpoints" / "step_00000002"
+    assert _optimizer_lrs(second) == {round(new[k], 12) for k in used}
+    kept = yaml.safe_load((second / "config.yaml").read_text())
+    assert {k: kept["optim"][k] for k in keys} == new
+    record = yaml.safe_load((out / "config.yaml").read_text())
+    assert {k: record["optim"][k] for k in keys} == old  # the run's first config is kept ...
+    (resume,) = record["resumes"]  # ... and the resume appended
+    assert resume["step"] == 1 and resume["checkpoint"].endswith("step_00000001")
+    for k in keys:
+        assert resume["changed"][f"optim.{k}"] == {"old": old[k], "new": new[k]}
+    assert resume["changed"]["train.max_steps"] == {"old": 1, "new": 2}
+
+
+def test_a_change_that_defines_the_run_is_refused_with_both_values(tiny_teachers, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = quick.overrides(tiny_teachers["digits"], out, "export.enabled=false")
+    module = RECIPES["dmd2"].module()
+    module.main(quick.config("dmd2", tiny_teachers["digits"], out, "train.max_steps=1", "export.enabled=false"))
+
+    def no_setup(cfg):
+        raise AssertionError("setup ran before the resume was checked")
+
+    monkeypatch.setattr(module, "setup", no_setup)
+    for change, old in (("loss.real_guidance=3.5", "1.0"), ("train.batch_size=8", "4"), ("train.seed=3", "0"),
+                        ("optim.update_ratio=2", "5")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            cli(module, RECIPES["dmd2"].config_class(), [*argv, "train.max_steps=2", "resume=latest", change])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip()
+        key, value = change.split("=")
+        assert err.count("\n") == 0 and f"{key}: checkpoint {old}, now {value}" in err, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001"]
+    assert "resumes" not in yaml.safe_load((out / "config.yaml").read_text())
+
+
+def test_the_rule_splits_keys_as_documented():
+    from stepdistill.training.resume import may_change
+
+    for key in ("optim.lr_generator", "optim.betas", "optim.lr_schedule", "train.max_steps", "train.time_limit_minutes",
+                "eval.seeds", "export.hub_repo", "train.log_every"):
+        assert may_change(key), key
+    for key in ("optim.update_ratio", "loss.real_guidance", "model.teacher", "data.prompts", "train.seed",
+                "train.batch_size", "train.mixed_precision", "train.ema_decay", "model.generator_timesteps"):
+        assert not may_change(key), key
