@@ -116,6 +116,24 @@ CASES = [
     Case("tadsr", ("model.teacher={sr}", "data.degradation_jpeg=0"), "jpeg_quality must lie in [1, 100]"),
     Case("tadsr", ("model.teacher={sr}", "data.condition_scale=3"), "data.condition_scale=3 must divide"),
     Case("yonos", ("model.teacher={sr}",), "model.student_scale=4 must be larger than the teacher's scale 4"),
+    # non-finite values, folders where files go, damaged and foreign checkpoints, folders in use, corrupt images
+    Case("consistency_distill", ("loss.w_max=.inf",), "config key 'loss.w_max' must be a finite number; got inf"),
+    Case("consistency_distill", ("loss.w_min=nan",), "config key 'loss.w_min' must be a finite number"),
+    Case("dmd2", ("optim.lr_generator=inf",), "config key 'optim.lr_generator' must be a finite number"),
+    Case("dmd2", ("train.time_limit_minutes=.nan",), "config key 'train.time_limit_minutes' must be a finite number"),
+    Case("tadsr", ("model.teacher={sr}", "data.degradation_noise=-.inf"), "'data.degradation_noise' must be a finite"),
+    Case("dmd2", ("eval.results={tmp}",), "is a folder; name a file"),
+    Case("dmd2", ("train.output_dir={file}",), "train.output_dir: cannot create"),
+    Case("dmd2", ("resume={tmp}/foreign/checkpoints/step_00000001",),
+         "settings that define the run changed (optim.update_ratio: checkpoint 3, now 5; train.seed: checkpoint 7, now 0)"),
+    Case("dmd2", ("resume={tmp}/damaged/checkpoints/step_00000001",),
+         "student.safetensors: truncated or not a safetensors file"),
+    Case("dmd2", ("train.output_dir={tmp}/damaged", "resume=latest"), "every checkpoint in"),
+    Case("dmd2", ("train.output_dir={tmp}/busy",), "busy is in use by another run (pid 1,"),
+    Case("dmd2", ("train.output_dir={tmp}/elsewhere",), "is in use by another run (pid 4242 on host gpu-node-7"),
+    Case("dmd2", ("data.images={tmp}/bad_jpeg", "loss.gan=true"), "bad_jpeg/cut.jpg: image file is truncated"),
+    Case("dmd2", ("data.images={tmp}/bad_png", "loss.gan=true"), "bad_png/cut.png: "),
+    Case("dmd2", ("data.images={tmp}/bad_webp", "data.skip_corrupt=true", "loss.gan=true"), "all 1 images under"),
     Case("evaluate", ("gen", "--protocol", "digits", "--model", "digits", "--nfe", "0"), "--nfe"),
     Case("evaluate", ("gen", "--protocol", "no_such_protocol", "--model", "digits"), "no_such_protocol"),
     Case("evaluate", ("calc", "--protocol", "digits"), "no generated digits sets"),
@@ -145,8 +163,55 @@ def prepare(tmp: Path) -> dict[str, str]:
     half = tmp / "checkpoints" / "step_00000004.tmp"
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"")
+    run_folders(tmp, teacher)
+    corrupt_images(tmp)
     return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file"), "root": str(ROOT),
             "sr": str(tmp / "sr")}
+
+
+def run_folders(tmp: Path, teacher: Path) -> None:
+    """A checkpoint of another run (seed 7, update ratio 3), a damaged one, a folder held by a live run (pid 1,
+    always running) and one held by a run on another host."""
+    import json
+    import socket
+
+    import yaml
+
+    from stepdistill.config import apply_overrides, to_dict
+    from stepdistill.run_lock import LOCK_FILE
+
+    dmd2 = RECIPES["dmd2"].config_class()
+    foreign = tmp / "foreign" / "checkpoints" / "step_00000001"
+    foreign.mkdir(parents=True)
+    (foreign / "step.json").write_text('{"step": 1}')
+    config = apply_overrides(dmd2(), [f"model.teacher={teacher}", *SAFE, "train.seed=7", "optim.update_ratio=3"])
+    (foreign / "config.yaml").write_text(yaml.safe_dump(to_dict(config)))
+    damaged = tmp / "damaged" / "checkpoints" / "step_00000001"
+    damaged.mkdir(parents=True)
+    (damaged / "step.json").write_text('{"step": 1}')
+    (damaged / "student.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    for name, pid, host in (("busy", 1, socket.gethostname()), ("elsewhere", 4242, "gpu-node-7")):
+        (tmp / name).mkdir()
+        (tmp / name / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host}))
+
+
+def corrupt_images(tmp: Path) -> None:
+    """Image folders with a cut JPEG, a cut PNG, and nothing but a file that is no WebP."""
+    import numpy as np
+    from PIL import Image
+
+    def noise(seed):
+        return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+
+    for name, fmt, ext in (("bad_jpeg", "JPEG", "jpg"), ("bad_png", "PNG", "png")):
+        (tmp / name).mkdir()
+        noise(0).save(tmp / name / "good.png")
+        buf = io.BytesIO()
+        noise(1).save(buf, fmt)
+        data = buf.getvalue()
+        (tmp / name / f"cut.{ext}").write_bytes(data[: len(data) // 2])
+    (tmp / "bad_webp").mkdir()
+    (tmp / "bad_webp" / "noise.webp").write_bytes(b"not a webp file " * 16)
 
 
 def run_case(case: Case, paths: dict[str, str], out: Path) -> tuple[int, str]:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -91,18 +92,65 @@ def claim_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool,
             log.unlink()
 
 
+def damage(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from, naming the first damaged file, or None. Reads headers and
+    archive directories only (a truncated file fails there), not the tensors."""
+    import zipfile
+
+    import yaml
+    from safetensors import SafetensorError, safe_open
+
+    step = Path(path) / "step.json"
+    try:
+        int(json.loads(step.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{step}: unreadable ({type(e).__name__}: {str(e)[:120]})"
+    for file in sorted(Path(path).iterdir()):
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), "pt"):
+                    pass
+            except (SafetensorError, OSError) as e:
+                return f"{file}: truncated or not a safetensors file ({str(e).splitlines()[0][:120]})"
+        elif file.suffix in (".bin", ".pt", ".pth", ".pkl") and not zipfile.is_zipfile(file):
+            return f"{file}: truncated or not a torch archive"
+        elif file.name == "config.yaml":
+            try:
+                yaml.safe_load(file.read_text())
+            except (OSError, yaml.YAMLError) as e:
+                return f"{file}: unreadable ({str(e).splitlines()[0][:120]})"
+    return None
+
+
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """`None` -> start fresh; "latest" -> newest complete checkpoint in `output_dir` (or fresh if
-    there is none); a path -> that checkpoint, which must be complete. Call before any work starts."""
+    """`None` -> start fresh; "latest" -> the newest undamaged checkpoint in `output_dir` (or fresh if there is
+    none), saying which damaged ones it passed over; a path -> that checkpoint, which must be complete and
+    undamaged. Call before any work starts."""
     if resume is None:
         return None
     if resume == "latest":
         found = checkpoint_dirs(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
+        passed = []
+        for path in reversed(found):
+            problem = damage(path)
+            if problem is None:
+                if passed:
+                    warnings.warn(f"resume=latest: passed over damaged {'; '.join(passed)}; resuming from {path}",
+                                  stacklevel=2)
+                return path
+            passed.append(problem)
+        if passed:
+            raise ValueError(f"resume=latest: every checkpoint in {Path(output_dir) / 'checkpoints'} is damaged "
+                             f"({'; '.join(passed)}); start over with train.overwrite=true")
+        return None
+    path = Path(resume).expanduser()
     if not (path / "step.json").is_file():
         raise FileNotFoundError(f"resume checkpoint {path} does not exist or is incomplete (no step.json); "
                                 f"complete ones: {[p.name for p in checkpoint_dirs(output_dir)] or 'none'}")
+    problem = damage(path)
+    if problem is not None:
+        good = [p.name for p in checkpoint_dirs(output_dir) if p != path and damage(p) is None]
+        raise ValueError(f"resume checkpoint {problem}; undamaged ones in {output_dir}: {good or 'none'}")
     return path
 
 

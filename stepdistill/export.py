@@ -44,6 +44,7 @@ from pathlib import Path
 from torch import nn
 
 from .io import atomic_dir, atomic_write_text
+from .local_paths import files_with_local_paths
 
 __all__ = ["export_class_conditional", "export_super_resolution", "export_text_to_image", "export_routed_text_to_image", "export_lora", "write_model_card", "push_to_hub",
            "PIPELINE_FILE", "PIPELINE_MODULE", "PIPELINE_CLASS"]
@@ -489,7 +490,8 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
 
     Refuses, before any network call, a folder that is not a complete export (model_index.json, every component
     folder it names, safetensors weights), one that holds a pickle (*.bin, *.pt, *.pkl, ...), and one in
-    which any file contains the token (given, or the one huggingface_hub would use).
+    which any file contains the token (given, or the one huggingface_hub would use) or a path of this machine
+    (`local_paths`).
     """
     from huggingface_hub import HfApi, get_token
 
@@ -500,6 +502,11 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
         leaks = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file() and _contains(p, secret)]
         if leaks:
             raise ValueError(f"refusing to upload {folder}: the hub token appears in {', '.join(leaks)}")
+    local = files_with_local_paths(folder)
+    if local:
+        shown = "; ".join(f"{f}: {', '.join(paths[:2])}" for f, paths in list(local.items())[:3])
+        raise ValueError(f"refusing to upload {folder}: paths of this machine appear in it ({shown}); remove them "
+                         f"or replace them with names")
     api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model")

@@ -387,3 +387,26 @@ def test_a_lora_export_s_card_names_its_base_model_and_scheduler(tmp_path, base_
     card = (tcd / "README.md").read_text()
     assert "TCDScheduler.from_config" in card and "eta=0.0" in card and "gamma" not in card.split("from_config")[1]
     assert "from_pretrained(BASE_MODEL)" in card  # a local teacher: the user names it
+
+
+def test_push_to_hub_refuses_a_folder_naming_a_path_of_this_machine(tmp_path, tiny_unet, hub_calls):
+    folder = export_class_conditional(tmp_path / "student", tiny_unet, scheduler_config(), timesteps=[999],
+                                      null_label=3)
+    push_to_hub(folder, "me/x", token=TOKEN)  # a clean export uploads
+    (folder / "README.md").write_text(f"trained with model.teacher={tmp_path}/teacher; see https://a.b/c/d\n")
+    with pytest.raises(ValueError, match=f"paths of this machine appear in it \\(README.md: {tmp_path}/teacher"):
+        push_to_hub(folder, "me/x", token=TOKEN)
+    (folder / "README.md").write_text("see https://huggingface.co/a/b, /usr and /no/such/place\n")
+    push_to_hub(folder, "me/x", token=TOKEN)
+    assert [c[0] for c in hub_calls] == ["create_repo", "upload_folder"] * 2
+
+
+def test_the_published_command_names_no_local_path():
+    from stepdistill.local_paths import ROOT, local_paths, public_command
+
+    argv = [str(ROOT / "recipes" / "dmd2.py"), "model.teacher=/home/me/teachers/sd15", "train.output_dir=~/runs/a",
+            "train.output_dir=outputs/x", "--config", str(ROOT / "recipes" / "configs" / "dmd2" / "digits.yaml")]
+    assert public_command(argv) == ("accelerate launch recipes/dmd2.py model.teacher=<local>/sd15 "
+                                    "train.output_dir=<local>/a train.output_dir=outputs/x "
+                                    "--config recipes/configs/dmd2/digits.yaml")
+    assert local_paths(public_command(argv)) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from ..digits_benchmark import (TEACHER_TABLE, DigitsBenchmark, default_row, is_
                                 spread_cell, table_rows, teacher_sample_fn)
 from ..export import push_to_hub, teacher_license
 from ..io import atomic_write_text
+from ..local_paths import public_command
 from ..samplers import steps_for_nfe
 from ..sr_benchmark import evaluate_sr_student, format_row, is_sr_student
 from ..student import AnyStudent
@@ -68,7 +68,7 @@ def evaluate_on_patches(student: AnyStudent, real_denoiser, schedule, evaluation
     result = evaluate_sr_student(student, real_denoiser, schedule, teacher_sampler=evaluation.teacher_sampler,
                                  teacher_nfe=evaluation.teacher_nfe, teacher_rows=evaluation.teacher_rows != "none",
                                  grid=Path(evaluation.results).with_suffix(".png"))
-    result = dict(result, recipe=student.name, command="accelerate launch " + " ".join(sys.argv),
+    result = dict(result, recipe=student.name, command=public_command(),
                   train_steps=steps_done, max_steps=horizon.max_steps, horizon=horizon.state(),
                   decay_complete=steps_done >= horizon.total, stopped_by_time_limit=steps_done < horizon.total,
                   train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(), config=config)
@@ -105,7 +105,7 @@ def evaluate_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation:
     teacher_default = default_row(rows)
     first = rows[0]
     result = dict(
-        benchmark="digits", recipe=student.name, command="accelerate launch " + " ".join(sys.argv),
+        benchmark="digits", recipe=student.name, command=public_command(),
         n_samples=bench.n_samples, seeds=seeds, floor_fd=floor["fd"], floor_fd2=floor["fd2"],
         floor_accuracy=floor["accuracy"],
         floor_precision=floor["precision"], floor_recall=floor["recall"], teacher_rows=source,
@@ -147,7 +147,7 @@ def _card_text(result: dict | None, *, steps_done: int, horizon: Horizon, train_
                f"{horizon.seconds_per_step:.2f} s a step)")
     else:
         how = f"{steps_done} of {horizon.max_steps} steps"
-    text = f"## Training\n\n{how} in {train_minutes:.1f} minutes: `{' '.join(['accelerate launch', *sys.argv])}`\n"
+    text = f"## Training\n\n{how} in {train_minutes:.1f} minutes: `{public_command()}`\n"
     if result is None:
         return text
     if result.get("benchmark") == "sr_patches":

@@ -61,6 +61,8 @@ def writable(path: str | Path, key: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"{key}: cannot create {path.parent} ({e.strerror})") from None
+    if path.is_dir():
+        raise ValueError(f"{key}: {path} is a folder; name a file")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"{key}: {path} is not writable")
     return path

@@ -148,3 +148,45 @@ def test_a_killed_exports_temporary_folder_is_removed_with_the_run_folder_claime
     keep.mkdir()
     claim_output_dir(tmp_path, resuming=True, overwrite=False, is_main=True)
     assert not litter.exists() and keep.is_dir()
+
+
+# -- no local paths ----------------------------------------------------------------------------------------------
+
+def test_the_export_names_no_path_of_this_machine(tiny_teachers, tmp_path, monkeypatch):
+    """The model card's training command used to quote `model.teacher=/abs/...` and `train.output_dir=/abs/...`
+    verbatim; `export.hub_repo` would have uploaded them."""
+    from stepdistill.local_paths import files_with_local_paths
+
+    out = tmp_path / "run"
+    argv = quick.overrides(tiny_teachers["digits"], out, "train.max_steps=1")
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "recipes" / "dmd2.py"), *argv])
+    RECIPES["dmd2"].module().main(quick.config("dmd2", tiny_teachers["digits"], out, "train.max_steps=1"))
+    card = (out / "pipeline" / "README.md").read_text()
+    assert "accelerate launch recipes/dmd2.py model.teacher=<local>/tiny train.output_dir=<local>/run" in card
+    assert files_with_local_paths(out / "pipeline") == {}
+
+
+# -- damaged checkpoints -----------------------------------------------------------------------------------------
+
+def test_resume_latest_passes_over_a_damaged_checkpoint_and_names_the_file(tiny_teachers, tmp_path):
+    from stepdistill.checkpointing import resolve_resume
+
+    out = tmp_path / "run"
+    module = RECIPES["dmd2"].module()
+    base = ("train.checkpoint_every=1", "train.keep_checkpoints=0", "export.enabled=false")
+    module.main(quick.config("dmd2", tiny_teachers["digits"], out, "train.max_steps=2", *base))
+    cut = out / "checkpoints" / "step_00000002" / "student.safetensors"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"{cut}: truncated or not a safetensors file.*undamaged ones in .*"
+                                         "step_00000001"):
+        resolve_resume(str(cut.parent), out)
+    with pytest.warns(UserWarning, match=f"passed over damaged {cut}.*resuming from .*step_00000001"):
+        module.main(quick.config("dmd2", tiny_teachers["digits"], out, "train.max_steps=3", "resume=latest", *base))
+    log = [json.loads(x) for x in (out / "log_rank0.jsonl").read_text().splitlines()]
+    assert [r["from_step"] for r in log if "resume" in r] == [1]
+    assert [r["step"] for r in log if "step" in r] == [0, 1, 2]
+    (out / "checkpoints" / "step_00000001" / "optimizer.bin").write_bytes(b"cut")
+    (out / "checkpoints" / "step_00000003" / "step.json").write_text("{")
+    (out / "checkpoints" / "step_00000002" / "step.json").unlink()  # incomplete: not a checkpoint at all
+    with pytest.raises(ValueError, match="every checkpoint .* is damaged .*step.json: unreadable.*optimizer.bin"):
+        resolve_resume("latest", out)
