@@ -17,7 +17,6 @@ from safetensors import safe_open
 
 import quick
 from registry import RECIPES
-from stepdistill import run_lock
 from stepdistill.checkpointing import claim_output_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_second_run_in_a_live_runs_folder_is_refused(tiny_teachers, tmp_path, capsys):
     """A run holds its folder: another run started there exits 2 with one line naming the holder, and writes
     nothing."""
+    from stepdistill import run_lock
+
     from stepdistill.training import cli
 
     out = tmp_path / "run"
@@ -49,6 +50,8 @@ def test_a_second_run_in_a_live_runs_folder_is_refused(tiny_teachers, tmp_path, 
 
 
 def test_a_dead_runs_lock_is_taken_over_and_a_finished_run_leaves_none(tiny_teachers, tmp_path):
+    from stepdistill import run_lock
+
     out = tmp_path / "run"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     out.mkdir()
@@ -61,6 +64,8 @@ def test_a_dead_runs_lock_is_taken_over_and_a_finished_run_leaves_none(tiny_teac
 
 
 def test_a_lock_from_another_host_is_refused(tmp_path):
+    from stepdistill import run_lock
+
     (tmp_path / run_lock.LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": "elsewhere"}))
     with pytest.raises(run_lock.FolderInUse, match="on host elsewhere"):
         run_lock.acquire(tmp_path)
