@@ -31,6 +31,8 @@ RESULTS = ROOT / "eval" / "results" / "mutations.json"
 
 RECORDED = "tests/test_recorded_losses.py"
 WIRING = "tests/recipes/test_config_wiring.py::test_changing_the_key_changes_what_the_run_does"
+RESUME = "tests/recipes/test_resume_rule.py"
+FOLDER = "tests/recipes/test_run_folder.py"
 
 
 @dataclass(frozen=True)
@@ -489,6 +491,50 @@ MUTANTS = [
     Mutant("horizon_resume_forgets_fit", "stepdistill/training/horizon.py",
            '            self.steps = min(int(state["steps"]), self.max_steps)\n', "",
            ("tests/test_horizon.py",), "a resumed run drops its checkpoint's fitted horizon"),
+
+    # Runs that do what their records say (stepdistill/training/resume.py, run_lock.py, checkpointing.py, caches)
+    Mutant("resume_settings_not_applied", "stepdistill/training/setup.py", "        apply_settings(accelerator)\n", "",
+           (f"{RESUME}::test_resume_applies_new_learning_rates_and_records_them[dmd2]",),
+           "a resume keeps the checkpoint's learning rates while the records state the new ones"),
+    Mutant("resume_rate_ignores_schedule", "stepdistill/training/resume.py",
+           'lr=settings["lr"] * factor(sched.last_epoch)', 'lr=settings["lr"]',
+           (f"{RESUME}::test_a_resumed_rate_follows_its_schedule_at_the_restored_step",),
+           "a resumed decaying rate jumps back to its base for one step"),
+    Mutant("resume_update_ratio_may_change", "stepdistill/training/resume.py", 'DEFINES_RUN = ("optim.update_ratio",)',
+           "DEFINES_RUN = ()", (f"{RESUME}::test_a_change_that_defines_the_run_is_refused_with_both_values",),
+           "a resume silently changes which optimiser steps when"),
+    Mutant("resume_overwrites_config", "stepdistill/training/setup.py",
+           "            record_resume(out / CONFIG_FILE, config, step=start_step, checkpoint=resume_from, changed=changed)",
+           "            save_config(config, out / CONFIG_FILE)",
+           (f"{RESUME}::test_resume_applies_new_learning_rates_and_records_them[dmd2]",),
+           "a resume overwrites the run's first config instead of appending its record"),
+    Mutant("resume_keeps_fit_after_max_steps_change", "stepdistill/training/setup.py",
+           "not any(k in changed for k in HORIZON_KEYS)", "True",
+           (f"{RESUME}::test_a_fitted_horizon_is_kept_unless_max_steps_or_the_time_limit_change",),
+           "raising max_steps on resume keeps the old fitted horizon: the run stops at once"),
+    Mutant("run_lock_not_taken", "stepdistill/training/setup.py",
+           "        take_run_lock(accelerator, train.output_dir)", "        pass",
+           (f"{FOLDER}::test_a_second_run_in_a_live_runs_folder_is_refused",),
+           "two runs write into one folder"),
+    Mutant("run_lock_never_stale", "stepdistill/run_lock.py", 'or _alive(holder["pid"]))', "or True)",
+           (f"{FOLDER}::test_a_dead_runs_lock_is_taken_over_and_a_finished_run_leaves_none",),
+           "a dead run's lock blocks its folder for good"),
+    Mutant("cache_identity_dropped", "stepdistill/data/trajectories.py",
+           'shape=",".join(map(str, shape)), **(identity or {}))', 'shape=",".join(map(str, shape)))',
+           (f"{FOLDER}::test_trajectories_are_solved_again_for_another_teacher",),
+           "cached trajectories of another teacher are trained on"),
+    Mutant("overwrite_keeps_caches", "stepdistill/checkpointing.py",
+           "        shutil.rmtree(root / CACHE_DIR, ignore_errors=True)\n", "",
+           (f"{FOLDER}::test_a_matching_cache_is_reused_and_overwrite_removes_caches",),
+           "train.overwrite leaves the old run's teacher outputs behind"),
+    Mutant("damaged_checkpoint_not_passed_over", "stepdistill/checkpointing.py",
+           "            problem = damage(path)\n            if problem is None:", "            problem = None\n            if problem is None:",
+           (f"{FOLDER}::test_resume_latest_passes_over_a_damaged_checkpoint_and_names_the_file",),
+           "resume=latest keeps picking a truncated newest checkpoint"),
+    Mutant("published_command_keeps_local_paths", "stepdistill/local_paths.py",
+           'return f"{key}={_public(value)}" if eq and not key.startswith("/") else _public(token)', "return token",
+           (f"{FOLDER}::test_the_export_names_no_path_of_this_machine",),
+           "the model card quotes the teacher's and the output folder's absolute paths"),
 
 ]
 

@@ -96,3 +96,54 @@ def test_the_rule_splits_keys_as_documented():
     for key in ("optim.update_ratio", "loss.real_guidance", "model.teacher", "data.prompts", "train.seed",
                 "train.batch_size", "train.mixed_precision", "train.ema_decay", "model.generator_timesteps"):
         assert not may_change(key), key
+
+
+def test_a_resumed_rate_follows_its_schedule_at_the_restored_step():
+    """The new base rate times the schedule's factor at the checkpoint's step, and the scheduler's base too
+    (accelerate's load_state brings back the old ones)."""
+    from types import SimpleNamespace
+
+    from stepdistill.training.horizon import lr_factor
+    from stepdistill.training.resume import apply_settings
+    from stepdistill.training.setup import make_optimizer
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt, sched = make_optimizer([w], lr=1e-3, betas=(0.0, 0.99), schedule="cosine", total_steps=10, warmup_steps=2)
+    for _ in range(5):
+        w.grad = torch.ones(3)
+        opt.step()
+        sched.step()
+    state = opt.state_dict(), sched.state_dict()
+    opt2, sched2 = make_optimizer([w], lr=4e-4, betas=(0.9, 0.999), weight_decay=0.1, schedule="cosine",
+                                  total_steps=10, warmup_steps=2)
+    opt2.load_state_dict(state[0])
+    sched2.load_state_dict(state[1])
+    assert opt2.param_groups[0]["betas"] == (0.0, 0.99)  # what load_state leaves
+    apply_settings(SimpleNamespace(_optimizers=[SimpleNamespace(optimizer=opt2)]))
+    factor = lr_factor("cosine", warmup_steps=2, total_steps=lambda: 10)(5)
+    group = opt2.param_groups[0]
+    assert group["lr"] == pytest.approx(4e-4 * factor) and sched2.base_lrs == [4e-4]
+    assert group["betas"] == (0.9, 0.999) and group["weight_decay"] == 0.1
+    w.grad = torch.ones(3)
+    opt2.step()
+    sched2.step()
+    assert group["lr"] == pytest.approx(4e-4 * lr_factor("cosine", warmup_steps=2, total_steps=lambda: 10)(6))
+
+
+def test_a_fitted_horizon_is_kept_unless_max_steps_or_the_time_limit_change(tmp_path):
+    from accelerate import Accelerator
+
+    from stepdistill.checkpointing import save_checkpoint
+    from stepdistill.training.horizon import Horizon
+    from stepdistill.training.sections import TrainConfig
+    from stepdistill.training.setup import restore
+
+    accelerator = Accelerator(cpu=True)
+    fitted = Horizon(100, steps=40, seconds_per_step=1.0, fitted_at_step=5)
+    path = save_checkpoint(accelerator, tmp_path, 5, info={"horizon": fitted.state()})
+    for changed, expected in (({}, 40), ({"train.max_steps": (100, 200)}, 200),
+                              ({"train.time_limit_minutes": (10.0, None)}, 200), ({"optim.lr": (1.0, 2.0)}, 40)):
+        horizon = Horizon(200)
+        assert restore(accelerator, path, output_dir=tmp_path, config=TrainConfig(), horizon=horizon,
+                       changed=changed) == 5
+        assert horizon.total == expected, changed
