@@ -283,3 +283,34 @@ def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit):
         load_config(NeedsValue, ["-h"])
     assert "<required>" in capsys.readouterr().out
+
+
+@dataclass
+class Words:
+    precision: Literal["no", "fp16", "bf16"] = "fp16"
+    switch: bool = True
+    output_dir: str = "outputs/run"
+    weight: float = 1.0
+
+
+def test_yaml_no_and_off_reach_text_keys_as_text_and_bool_keys_as_false(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("precision: no\nswitch: off\noutput_dir: ~/runs/a\n")
+    cfg = load_config(Words, ["--config", str(path)])
+    assert cfg.precision == "no" and cfg.switch is False
+    assert cfg.output_dir == str(Path.home() / "runs" / "a")  # `~` expanded, as a shell would in front of a path
+    assert load_config(Words, ["switch=on", "output_dir=~"]).switch is True
+    assert load_config(Words, ["output_dir=~"]).output_dir == str(Path.home())
+    assert load_config(Words, ["output_dir=a~b"]).output_dir == "a~b"
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", "nan", "inf", "1e999"])
+def test_a_non_finite_value_is_refused_with_its_key(value):
+    with pytest.raises(ConfigError, match="config key 'weight' must be a finite number"):
+        load_config(Words, [f"weight={value}"])
+
+
+def test_a_runs_config_with_its_resume_record_loads_as_a_preset(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("precision: bf16\nresumes:\n- step: 3\n  changed: {}\n")
+    assert load_config(Words, ["--config", str(path)]).precision == "bf16"
