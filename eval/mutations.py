@@ -533,7 +533,7 @@ MUTANTS = [
            "resume=latest keeps picking a truncated newest checkpoint"),
     Mutant("published_command_keeps_local_paths", "stepdistill/local_paths.py",
            'return f"{key}={_public(value)}" if eq and not key.startswith("/") else _public(token)', "return token",
-           (f"{FOLDER}::test_the_export_names_no_path_of_this_machine",),
+           ("tests/test_dmd2_recipe.py::test_tiny_text_to_image_preset_trains_and_exports",),
            "the model card quotes the teacher's and the output folder's absolute paths"),
 
 ]

@@ -164,11 +164,17 @@ def test_tiny_text_to_image_preset_trains_and_exports(tmp_path, monkeypatch):
     from diffusers import DiffusionPipeline, EulerDiscreteScheduler
     from stepdistill.config import load_config
 
+    from stepdistill.local_paths import files_with_local_paths
+
     monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(ROOT)
-    cfg = load_config(dmd2.DMD2Config, ["--config", "recipes/configs/dmd2/tiny_t2i.yaml",
-                                        f"train.output_dir={tmp_path / 'run'}"])
-    dmd2.main(cfg)
+    argv = ["--config", "recipes/configs/dmd2/tiny_t2i.yaml", f"train.output_dir={tmp_path / 'run'}"]
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "recipes" / "dmd2.py"), *argv])
+    dmd2.main(load_config(dmd2.DMD2Config, argv))
+    # the card quotes the command without this machine's paths (an upload would publish them)
+    assert "recipes/dmd2.py --config recipes/configs/dmd2/tiny_t2i.yaml train.output_dir=<local>/run" in \
+        (tmp_path / "run" / "pipeline" / "README.md").read_text()
+    assert files_with_local_paths(tmp_path / "run" / "pipeline") == {}
     log = [json.loads(line) for line in (tmp_path / "run" / "log_rank0.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1] and "loss_dm" in log[0]
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "run" / "pipeline")

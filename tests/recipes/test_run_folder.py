@@ -157,6 +157,7 @@ def test_a_killed_exports_temporary_folder_is_removed_with_the_run_folder_claime
 
 # -- no local paths ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the quick tier checks the text-to-image export's card (tests/test_dmd2_recipe.py)
 def test_the_export_names_no_path_of_this_machine(tiny_teachers, tmp_path, monkeypatch):
     """The model card's training command used to quote `model.teacher=/abs/...` and `train.output_dir=/abs/...`
     verbatim; `export.hub_repo` would have uploaded them."""
