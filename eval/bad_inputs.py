@@ -34,6 +34,8 @@ class Case:
     expect: str  # a fragment the message must contain
 
 
+CKPT = "checkpoints/step_00000001"
+
 CASES = [
     Case("dmd2", ("train.batch_size=0",), "train.batch_size=0 must be positive"),
     Case("dmd2", ("train.batch_size=-4",), "train.batch_size=-4 must be positive"),
@@ -143,6 +145,22 @@ CASES = [
     Case("evaluate", ("sr", "--model", "{sr}", "--nfe", "0"), "--nfe"),
     Case("evaluate", ("sr", "--model", "{sr}", "--lr-dir", "{tmp}/no_such_folder"), "is not a folder"),
     Case("evaluate", ("sr", "--model", "{sr}", "--hr-dir", "{tmp}"), "give --lr-dir too"),
+    # every input kind recognised or refused with what it is; damaged files named; outputs checked before work
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/lora", "--nfe", "1"), "is a LoRA export"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/cut_student/" + CKPT),
+         "student.safetensors: truncated or not a safetensors file"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/cut_index"),
+         "model_index.json: truncated or not a JSON file"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/cut_config/" + CKPT),
+         "config.yaml: truncated or not a YAML file"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/short_config/" + CKPT),
+         "config.yaml: truncated or incomplete"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/no_weights/" + CKPT),
+         "is not a complete training checkpoint: it has no student.safetensors"),
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/no_weights"), "training run's output folder"),
+    Case("evaluate", ("sr", "--model", "{sr}", "--nfe", "1", "--results", "{tmp}"), "is a folder; give the file to write"),
+    Case("evaluate", ("sr", "--model", "{sr}", "--nfe", "1", "--save-images", "{file}/images"), "is a file"),
+    Case("evaluate", ("calc", "--protocol", "digits", "--results", "{tmp}"), "is a folder; give the file to write"),
 ]
 
 
@@ -165,6 +183,7 @@ def prepare(tmp: Path) -> dict[str, str]:
     (half / "model.safetensors").write_bytes(b"")
     run_folders(tmp, teacher)
     corrupt_images(tmp)
+    evaluation_inputs(tmp, teacher)
     return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file"), "root": str(ROOT),
             "sr": str(tmp / "sr")}
 
@@ -193,6 +212,34 @@ def run_folders(tmp: Path, teacher: Path) -> None:
     for name, pid, host in (("busy", 1, socket.gethostname()), ("elsewhere", 4242, "gpu-node-7")):
         (tmp / name).mkdir()
         (tmp / name / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host}))
+
+
+def evaluation_inputs(tmp: Path, teacher: Path) -> None:
+    """Inputs evaluate.py refuses: a LoRA export, a cut model_index.json, checkpoints with a cut student, a cut
+    config.yaml (unparsable, or parsable but short), no weights."""
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    from stepdistill.config import apply_overrides, to_dict
+
+    (tmp / "lora").mkdir()
+    save_file({"unet.conv.lora_A.weight": torch.zeros(4, 4)}, str(tmp / "lora" / "pytorch_lora_weights.safetensors"))
+    (tmp / "cut_index").mkdir()
+    (tmp / "cut_index" / "model_index.json").write_text('{"_class_name": ["stepdistill_pipeline", "StepDist')
+    dmd2 = apply_overrides(RECIPES["dmd2"].config_class()(), [f"model.teacher={teacher}", *SAFE])
+    config = yaml.safe_dump(to_dict(dmd2), sort_keys=False)
+    lines = config.splitlines(keepends=True)
+    for name, text in (("cut_student", config), ("cut_config", "model:\n  teacher: [unclosed\n"),
+                       ("short_config", "".join(lines[: len(lines) // 2])), ("no_weights", config)):
+        checkpoint = tmp / name / CKPT
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "step.json").write_text('{"step": 1}')
+        (tmp / name / "config.yaml").write_text(text)
+        if name != "no_weights":
+            save_file({"w": torch.zeros(64)}, str(checkpoint / "student.safetensors"))
+    cut = tmp / "cut_student" / CKPT / "student.safetensors"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
 
 
 def corrupt_images(tmp: Path) -> None:

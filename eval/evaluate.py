@@ -10,7 +10,10 @@ grid of NFEs, `calc` computes the metrics and writes the report, `all` does the 
         --ref val2017/ --inception-weights inception-2015-12-05.pt --clip-pretrained open_clip_model.safetensors
 
 `--model`: `digits` or a teacher folder (sampled with `--sampler`), an exported pipeline folder, or a
-training checkpoint folder. Protocols: `stepdistill.evaluation.protocols`. Generated sets live in
+training checkpoint folder of any recipe (`OUTPUT/checkpoints/step_XXXXXXXX`: the student its recipe builds, with
+the checkpoint's weights); anything else (a LoRA export, a run's folder, a truncated file) is refused with one
+line saying what it is (`stepdistill.evaluation.inputs`). Every output path and every --model is checked before
+any work. Protocols: `stepdistill.evaluation.protocols`. Generated sets live in
 `<outdir>/<model>-<sampler>/nfe<K>/set<s>/` with a meta.json; `calc` scores every set it finds there.
 
 Super-resolution, `sr`: bicubic and each model on the same inputs, one JSON row each (+ CSV and a crop grid beside it)
@@ -34,6 +37,7 @@ import datetime
 import json
 import platform
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -186,6 +190,8 @@ def cmd_gen(opts: Options) -> None:
         grid = opts.nfe if model.native_nfe is None else (opts.student_nfe or opts.nfe or [model.native_nfe])
         if not grid:
             raise ValueError(f"--nfe is required for {spec} (a teacher sampled with {opts.sampler})")
+        for nfe in grid:  # a step count the model cannot sample is refused before its first image
+            getattr(model, "timesteps_for", lambda n: None)(nfe)
         for nfe in grid:
             for s in proto.set_seeds:
                 folder = opts.outdir / f"{model.name}-{model.sampler}" / f"nfe{nfe:03d}" / f"set{s}"
@@ -218,9 +224,11 @@ def _read_set(folder: Path, meta: dict):
 def _check_owner(folder: Path, described: dict) -> None:
     """A set folder belongs to one model (its meta.json is the set's manifest): another model of the same
     name (two students of one recipe, say) would overwrite it, so it is refused."""
+    from stepdistill.evaluation.inputs import read_json
+
     meta_path = folder / "meta.json"
     if meta_path.is_file():
-        source = json.loads(meta_path.read_text()).get("source")
+        source = read_json(meta_path).get("source")
         if source is not None and source != described.get("source"):
             raise ValueError(f"{folder} holds sets of {source}, another model named {described['model']!r}: "
                              "write this one to another --outdir")
@@ -230,9 +238,11 @@ def _check_owner(folder: Path, described: dict) -> None:
 # calc
 
 def _sets(opts: Options) -> dict[tuple, list[tuple[Path, dict]]]:
+    from stepdistill.evaluation.inputs import read_json
+
     groups: dict[tuple, list] = {}
     for meta_path in sorted(opts.outdir.glob("*/nfe*/set*/meta.json")):
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         if meta["protocol"] != opts.protocol or meta["num_images"] != opts.proto.num_images:
             continue
         groups.setdefault((meta["model"], meta["sampler"], meta["nfe"]), []).append((meta_path.parent, meta))
@@ -327,12 +337,21 @@ def calc_fid(opts: Options) -> tuple[list[dict], dict, dict, tuple]:
     return rows, msettings, {}, (grid_images, grid_labels)
 
 
+def _results_rows(path: Path) -> list[dict]:
+    from stepdistill.evaluation.inputs import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(f"--compare {path}: not a results file of evaluate.py (no rows)")
+    return data["rows"]
+
+
 def compare(rows: list[dict], paths: list[Path]) -> dict:
     """Each of our rows against the same (model, sampler, NFE) row of another results file: the difference in
     units of the combined seed spread sqrt(std_a^2 + std_b^2)."""
     out = {}
     for path in paths:
-        theirs = json.loads(path.read_text())["rows"]
+        theirs = _results_rows(path)
         for r in rows:
             t = next((t for t in theirs if (t["model"], t["sampler"], t["nfe"]) == (r["model"], r["sampler"], r["nfe"])),
                      None)
@@ -385,6 +404,87 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+# ----------------------------------------------------------------------------
+# Checks before any work: every output path, every --model
+
+def _first_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable_dir(path: Path, option: str, given: Optional[Path] = None) -> None:
+    """`path` is a folder that exists or can be created, and a file can be written in it (probed: a temporary
+    file in it or, where it does not exist yet, in its nearest existing parent folder). `given`: the path as
+    the option named it (a file in `path`)."""
+    given = given or path
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {given}: {path} is a file, not a folder")
+    where = _first_existing(path)
+    if not where.is_dir():
+        raise ValueError(f"{option} {given}: cannot create {path}, {where} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise ValueError(f"{option} {given}: cannot write in {where} ({e.strerror or e})") from None
+
+
+def _writable_file(path: Path, option: str) -> None:
+    """`path` can be written as a file (with the files written beside it): not a folder, its folder writable."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give the file to write, e.g. {path / 'results.json'}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{option} {path} is not a regular file")
+    _writable_dir(path.parent, option, path)
+
+
+def check_outputs(command: str, opts) -> None:
+    """Every path this command writes, checked before any model loads or any image is generated or scored."""
+    if command == "sr":
+        _writable_file(opts.results or opts.outdir / "evaluate_sr.json", "--results")
+        if opts.save_images is not None:
+            _writable_dir(opts.save_images, "--save-images")
+        return
+    if command in ("gen", "all"):
+        _writable_dir(opts.outdir, "--outdir")
+    if command in ("ref", "all") and opts.proto.kind != "digits" and not opts.stats_path().is_file():
+        _writable_file(opts.stats_path(), "--ref-stats" if opts.ref_stats else "--outdir")
+    if command in ("calc", "all"):
+        _writable_file(opts.results or opts.outdir / f"evaluate_{opts.proto.name}.json", "--results")
+
+
+def check_inputs(command: str, opts) -> None:
+    """Every --model recognised (or refused with what it is) and the files it would read complete, and every
+    --compare a results file, before any work."""
+    from stepdistill.evaluation.checkpoint import read_checkpoint
+    from stepdistill.evaluation.generate import check_model
+    from stepdistill.evaluation.inputs import check_folder_files, identify
+
+    for spec in getattr(opts, "models", None) or []:
+        if command != "sr":
+            check_model(spec)
+            continue
+        found = identify(spec)  # sr: exported SR pipelines and SR teachers (`sr_benchmark` checks the scale)
+        if found.kind == "checkpoint":
+            run = read_checkpoint(found.path)
+            if not run.super_resolution:
+                raise ValueError(f"{found.path} is not a super-resolution model (a {run.recipe} training checkpoint): "
+                                 f"measure it with `python eval/evaluate.py gen --model {found.path}`")
+            export = run.export if run.export.is_dir() else f"{run.run_dir}/pipeline"
+            raise ValueError(f"{found.path} is a training checkpoint of a {run.recipe} run; `sr` measures exported "
+                             f"super-resolution pipelines and SR teachers: pass its export ({export})")
+        if found.kind == "pipeline":
+            raise ValueError(f"{found.path} is not a super-resolution model (an exported image-generation pipeline): "
+                             f"measure it with `python eval/evaluate.py gen --model {found.path}`")
+        if found.path is not None:
+            check_folder_files(found.path)
+    if command in ("calc", "all"):
+        for path in opts.compare:
+            _results_rows(path)
+
+
 def cmd_sr(a: argparse.Namespace, argv: list[str]) -> dict:
     from stepdistill.sr_benchmark import evaluate_sr_models, format_row, write_sr_results
 
@@ -401,6 +501,8 @@ def cmd_sr(a: argparse.Namespace, argv: list[str]) -> dict:
 
 def run(argv: list[str]) -> None:
     command, opts = parse(argv)
+    check_outputs(command, opts)
+    check_inputs(command, opts)
     if command == "sr":
         cmd_sr(opts, argv)
         return

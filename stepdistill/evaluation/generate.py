@@ -6,9 +6,10 @@ Models (`load_model`):
 - an exported student pipeline folder (`stepdistill.export`): class-conditional (its own
   `LCMScheduler` multistep sampler; an NFE other than its own runs DMD2's evenly spaced timesteps
   999 - floor(i * 1000 / K)) or text-to-image (`num_inference_steps=K`, guidance 0);
-- a training checkpoint folder `<output_dir>/checkpoints/step_*` of a distillation recipe: the teacher and
-  the generator's timesteps are read from `<output_dir>/config.yaml`, the generator's weights from
-  `model.safetensors` (EMA weights when the checkpoint holds them).
+- a training checkpoint folder `<output_dir>/checkpoints/step_*` of any distillation recipe: the student its
+  recipe builds from the run's config (`stepdistill.evaluation.checkpoint`) with the checkpoint's
+  `student.safetensors` (EMA weights where the run kept them), sampled as the student samples.
+What each `--model` is, and the message for what cannot be measured here: `stepdistill.evaluation.inputs`.
 
 Reproducibility (EDM2's `StackedRandomGenerator`): every draw is made per image from a
 `torch.Generator` seeded with the image's seed, so an image does not depend on the batch size or on how
@@ -18,7 +19,6 @@ Images are written as PNG files `<seed>.png` or as one npz per process (`images`
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from functools import partial
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["StackedRandomGenerator", "load_model", "generate_images", "read_images", "to_uint8",
+__all__ = ["StackedRandomGenerator", "load_model", "check_model", "generate_images", "read_images", "to_uint8",
            "TeacherModel", "PipelineModel", "CheckpointModel"]
 
 
@@ -64,6 +64,9 @@ class TeacherModel:
         from ..roles import load_teacher, make_real_score
 
         self.teacher = load_teacher(source)
+        if "sr_scale" in self.teacher.index:
+            raise ValueError(f"{source} is a super-resolution teacher: measure it with "
+                             f"`python eval/evaluate.py sr --model {source}`")
         if self.teacher.extra:
             raise ValueError(f"teacher {source} is a text-to-image pipeline; evaluate an exported pipeline folder")
         self.denoiser = make_real_score(self.teacher)
@@ -94,8 +97,10 @@ class PipelineModel:
     def __init__(self, folder: str | Path, name: str | None = None):
         from diffusers import DiffusionPipeline
 
+        from .inputs import read_json
+
         folder = Path(folder)
-        index = json.loads((folder / "model_index.json").read_text())
+        index = read_json(folder / "model_index.json")
         self.pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
         self.pipe.set_progress_bar_config(disable=True)
         self.text = "text_encoder" in index
@@ -115,8 +120,19 @@ class PipelineModel:
             ts = self.own_timesteps if nfe == self.native_nfe else _lcm_timesteps(nfe)
             self.pipe.register_to_config(timesteps=ts)
             labels = None if conditions[0] is None else list(conditions)
-            out = self.pipe(class_labels=labels, num_images=len(conditions), generator=rng.generators,
-                            output_type="pt").images
+            owner = self.pipe.config.get("owner") if labels is not None else None
+            # a routed pipeline hands each student the first generators of the list: one call per student, with
+            # its images' own generators, keeps every image on its seed
+            groups: dict[int, list[int]] = {}
+            for i, c in enumerate(conditions):
+                groups.setdefault(0 if owner is None else owner[max(int(c), 0)], []).append(i)
+            out = None
+            for idx in groups.values():
+                images = self.pipe(class_labels=None if labels is None else [labels[i] for i in idx],
+                                   num_images=len(idx), generator=[rng.generators[i] for i in idx],
+                                   output_type="pt").images
+                out = images.new_zeros((len(conditions), *images.shape[1:])) if out is None else out
+                out[idx] = images
             self.pipe.register_to_config(timesteps=self.own_timesteps)
         return out.float() * 2 - 1
 
@@ -135,77 +151,99 @@ def _recipe_tag(folder: Path) -> str | None:
 
 
 class CheckpointModel:
-    """A recipe's training checkpoint: the student's weights (`student.safetensors`, EMA applied, as the run
-    evaluates and exports them; a checkpoint without it falls back to the trained weights in
-    `model.safetensors`), multistep sampling with re-noising (one step for one timestep)."""
+    """A recipe's training checkpoint: the student its recipe builds from the run's config, with the checkpoint's
+    weights (`student.safetensors`, EMA applied, as the run evaluates and exports them; a checkpoint without it
+    falls back to the trained weights in `model.safetensors`): `stepdistill.evaluation.checkpoint`. It samples
+    as the student does, at K of its own times for NFE K (`student.student_timesteps`; beyond them, DMD2's evenly
+    spaced timesteps), each image from its own generator."""
 
     def __init__(self, checkpoint: str | Path, name: str | None = None):
-        import yaml
-        from safetensors.torch import load_file
-
-        from ..checkpointing import STUDENT_FILE
-        from ..conditioning import ClassConditioner
-        from ..latents import PixelSpace
+        from ..conditioning import ClassConditioner, Unconditional
         from ..student import Student
-        from ..roles import load_teacher, make_generator
+        from .checkpoint import build_student, read_checkpoint, refuse_unsupported
 
         checkpoint = Path(checkpoint)
-        config_path = checkpoint.parent.parent / "config.yaml"
-        weights = checkpoint / STUDENT_FILE
-        ema = weights.is_file()
-        weights = weights if ema else checkpoint / "model.safetensors"
-        if not weights.is_file() or not config_path.is_file():
-            raise FileNotFoundError(f"{checkpoint} is not a training checkpoint: expected {STUDENT_FILE} or "
-                                    f"model.safetensors in it and the run's config.yaml at {config_path}")
-        cfg = yaml.safe_load(config_path.read_text())
-        self.teacher = load_teacher(cfg["model"]["teacher"])
-        self.ts = torch.tensor(cfg["model"]["generator_timesteps"], dtype=torch.float64)
-        self.generator = make_generator(self.teacher, float(self.ts[0]))
-        state = load_file(weights)
-        if any(k.startswith("students.") for k in state):
-            raise ValueError(f"{checkpoint} holds several routed students; load them with RoutedStudent")
-        self.generator.load_state_dict(state)
-        self.generator.eval().requires_grad_(False)
-        cfg_net = self.teacher.net.config
-        self.shape = (cfg_net.in_channels, cfg_net.sample_size, cfg_net.sample_size)
-        self.native_nfe = len(self.ts)
-        self.name = name or checkpoint.parent.parent.name
+        run = read_checkpoint(checkpoint)
+        refuse_unsupported(run)
+        self.student = build_student(run)
+        first = self.student if isinstance(self.student, Student) else self.student.students[0]
+        if not isinstance(first.conditioner, (ClassConditioner, Unconditional)):
+            raise ValueError(f"{checkpoint}: a {run.recipe} student conditioned by {type(first.conditioner).__name__} "
+                             f"is measured through its exported pipeline ({run.export})")
+        self.generator = first.generator
+        self.teacher = first.teacher
+        self.ts = first.default_timesteps
+        self.shape = tuple(first.shape)
+        self.native_nfe = self.student.nfe
+        self.name = name or run.run_dir.name
         self.sampler = "one_step" if self.native_nfe == 1 else "multistep"
-        self.info = dict(kind="checkpoint", source=str(checkpoint), teacher=str(cfg["model"]["teacher"]),
-                         timesteps=[float(t) for t in self.ts], ema=ema)
-        n = cfg_net.get("num_class_embeds")
-        self.student = None if not n else Student(
-            generator=self.generator, conditioner=ClassConditioner.for_embeddings(n), schedule=self.teacher.schedule,
-            timesteps=self.ts, space=PixelSpace(), shape=self.shape, teacher=self.teacher, name=self.name)
+        self.info = dict(kind="checkpoint", source=str(checkpoint), recipe=run.recipe, step=run.step,
+                         teacher=str(run.cfg.model.teacher), timesteps=[float(t) for t in self.ts], ema=run.ema)
+        # a plain student's chain runs batched from per-image noise; TCD's sampler and routed students draw from
+        # one generator, so they sample each image on its own (the same images at any batch size)
+        self.batched = isinstance(self.student, Student) and self.student.gamma is None
+
+    def timesteps_for(self, nfe: int):
+        """The student's own K times for NFE K (`student_timesteps`), else DMD2's evenly spaced ones."""
+        from ..student import Student, student_timesteps
+
+        first = self.student if isinstance(self.student, Student) else self.student.students[0]
+        if 1 <= nfe <= len(first.timesteps):
+            return student_timesteps(first.timesteps, nfe)
+        if not self.batched:
+            raise ValueError(f"NFE {nfe}: this {self.info['recipe']} student samples in 1..{len(first.timesteps)} "
+                             "of its own times")
+        return torch.tensor(_lcm_timesteps(nfe), dtype=torch.float64)
 
     @torch.no_grad()
     def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
         from ..samplers import multistep
 
-        ts = self.ts if nfe == self.native_nfe else torch.tensor(_lcm_timesteps(nfe), dtype=torch.float64)
-        cond = {} if conditions[0] is None else {"class_labels": torch.as_tensor(list(conditions))}
-        x = rng.randn(self.shape) * self.generator.input_scale
-        return multistep(partial(self.generator.denoiser, **cond), self.teacher.schedule, x, ts,
-                         renoise=lambda shape: rng.randn(shape[1:]))
+        st = self.student
+        labels = torch.zeros(len(conditions), dtype=torch.long) if conditions[0] is None else \
+            torch.as_tensor(list(conditions), dtype=torch.long)
+        ts = self.timesteps_for(nfe)
+        if not self.batched:
+            steps = None if nfe == self.native_nfe else nfe
+            return torch.cat([st.images(labels[i:i + 1], torch.Generator().manual_seed(g.initial_seed()), steps)
+                              for i, g in enumerate(rng.generators)])
+        device = st.device
+        cond = st.conditioner.cond(labels.to(device))
+        x = rng.randn(self.shape).to(device) * st.generator.input_scale
+        out = multistep(partial(st.generator.denoiser, **cond), st.schedule, x, ts,
+                        renoise=lambda shape: rng.randn(shape[1:]).to(device))
+        return st.space.decode(out)
 
     def nfe_of(self, nfe: int) -> int:
         return nfe
 
 
+def check_model(spec: str):
+    """What `load_model(spec)` would load (`inputs.identify`), or a one-line refusal, without loading any network:
+    a kind `gen` cannot sample (a super-resolution pipeline, a text-to-image or SR training checkpoint) and a
+    truncated or corrupt file among those it would read are refused here."""
+    from .checkpoint import read_checkpoint, refuse_unsupported
+    from .inputs import check_folder_files, identify
+
+    found = identify(spec)
+    if found.kind == "checkpoint":
+        refuse_unsupported(read_checkpoint(found.path))
+    elif found.kind == "sr_pipeline":
+        raise ValueError(f"{found.path} is a super-resolution pipeline: measure it with "
+                         f"`python eval/evaluate.py sr --model {found.path}`")
+    elif found.path is not None:
+        check_folder_files(found.path)
+    return found
+
+
 def load_model(spec: str, *, sampler: str = "dpmpp_2m", name: str | None = None):
-    """`digits` or a teacher folder (with model_index.json but no `stepdistill_pipeline.py` and no
-    LCMScheduler) -> TeacherModel; an exported pipeline folder -> PipelineModel; a checkpoint folder
-    (model.safetensors) -> CheckpointModel."""
-    p = Path(spec)
-    if p.name.endswith(".tmp") or (p / "model.safetensors").is_file() and not (p / "step.json").is_file():
-        raise ValueError(f"{p} is an incomplete checkpoint (written while a run was stopped): it has no step.json; "
-                         "score a complete one (outputs/<run>/checkpoints/step_*)")
-    if (p / "model.safetensors").is_file():
-        return CheckpointModel(p, name)
-    if (p / "model_index.json").is_file():
-        index = json.loads((p / "model_index.json").read_text())
-        if index.get("scheduler", [None, None])[1] == "LCMScheduler":
-            return PipelineModel(p, name)
+    """`digits` or a teacher folder -> TeacherModel; an exported pipeline folder -> PipelineModel; a training
+    checkpoint folder of any recipe -> CheckpointModel; anything else is refused with one line (`check_model`)."""
+    found = check_model(spec)
+    if found.kind == "checkpoint":
+        return CheckpointModel(found.path, name)
+    if found.kind == "pipeline":
+        return PipelineModel(found.path, name)
     return TeacherModel(spec, sampler)
 
 

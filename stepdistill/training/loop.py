@@ -134,7 +134,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                     raise _diverged(out, step, f"non-finite student weights ({broken[0]}, ...)")
                 save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints,
                                 student=weights if accelerator.is_main_process else None,
-                                info={"horizon": horizon.state()}, config=config)
+                                info={"horizon": horizon.state(), "recipe": name}, config=config)
             if stop_signal:
                 log_file.flush()
                 name = signal.Signals(stop_signal).name
