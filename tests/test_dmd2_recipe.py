@@ -152,7 +152,7 @@ def test_two_processes_match_one_with_the_same_global_batch(teacher_dir, tmp_pat
     one, two = _generator_weights(tmp_path / "one"), _generator_weights(tmp_path / "two")
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
     assert worst < 1e-5, worst  # float reduction order only
-    pairs = [load_file(str(tmp_path / run / "ode_pairs.safetensors")) for run in ("one", "two")]
+    pairs = [load_file(str(tmp_path / run / "cache" / "ode_pairs.safetensors")) for run in ("one", "two")]
     assert len(pairs[0]["labels"]) == 7 and all("loss_reg" in r for r in logs[0] if "loss_dm" in r)
     for k in pairs[0]:
         torch.testing.assert_close(pairs[0][k], pairs[1][k], rtol=0, atol=1e-6)
