@@ -31,7 +31,8 @@ from stepdistill.classifier import DigitsClassifier
 from stepdistill.data.digits import load_digits_tensors
 from stepdistill.digits_benchmark import DigitsBenchmark, FeatureSpace, teacher_sample_fn
 from stepdistill.io import atomic_write_text
-from stepdistill.roles import load_teacher, make_real_score
+from stepdistill.roles import make_real_score
+from stepdistill.teachers import load_teacher
 from stepdistill.samplers import steps_for_nfe
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -43,7 +43,8 @@ METRICS = ("fd", "fd_std", "fd_per_seed", "fd2", "fd2_std", "fd2_per_seed", "pre
 def teacher_rows(teacher: str, seeds: list[int]) -> list[dict]:
     """The teacher's one-step and default rows, measured in this process on the benchmark's protocol."""
     from stepdistill.digits_benchmark import DigitsBenchmark, teacher_sample_fn
-    from stepdistill.roles import load_teacher, make_real_score
+    from stepdistill.roles import make_real_score
+    from stepdistill.teachers import load_teacher
     from stepdistill.samplers import steps_for_nfe
 
     t = load_teacher(teacher)
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from stepdistill.digits_benchmark import DigitsBenchmark
     from stepdistill.io import atomic_write_text
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
 
     for teacher in args.teachers:  # a missing teacher is one clear error before any run
         load_teacher(teacher)

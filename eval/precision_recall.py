@@ -27,10 +27,11 @@ sys.path.insert(0, str(ROOT / "eval"))
 from stepdistill.digits_benchmark import DigitsBenchmark, aggregate, teacher_sample_fn  # noqa: E402
 from stepdistill.checkpointing import checkpoint_dirs, checkpoint_step  # noqa: E402
 from stepdistill.conditioning import ClassConditioner  # noqa: E402
-from stepdistill.denoiser import CFGDenoiser  # noqa: E402
+from stepdistill.guidance import CFGDenoiser  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402
 from stepdistill.samplers import steps_for_nfe  # noqa: E402
-from stepdistill.roles import load_teacher, make_real_score  # noqa: E402
+from stepdistill.roles import make_real_score  # noqa: E402
+from stepdistill.teachers import load_teacher  # noqa: E402
 from teacher_baseline import DEFAULT_NFE  # noqa: E402
 from training_curve import student_of  # noqa: E402
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="train and measure these students only (first word of the row name)")
     args = parser.parse_args(argv)
     from stepdistill.degradations import Degradation
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
     from stepdistill.sr_benchmark import (
         NUM_TEST_PATCHES,
         SRBenchmark,

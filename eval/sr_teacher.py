@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "sr_teacher.json")
     args = parser.parse_args(argv)
     from stepdistill.degradations import Degradation
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
     from stepdistill.sr_benchmark import (NUM_TEST_PATCHES, SRBenchmark, bicubic_fn, format_row, patches_conditioner,
                                           teacher_fn)
 

@@ -23,7 +23,8 @@ import torch
 from stepdistill.digits_benchmark import DigitsBenchmark, markdown_table, teacher_sample_fn
 from stepdistill.io import atomic_write_text
 from stepdistill.samplers import nfe_of, steps_for_nfe
-from stepdistill.roles import load_teacher, make_real_score
+from stepdistill.roles import make_real_score
+from stepdistill.teachers import load_teacher
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_NFE = 35  # EDM's 18-step Heun budget; every sampler is run at it and the best is the default

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Literal, Optional
 
 import torch
@@ -37,10 +36,11 @@ from stepdistill import losses
 from stepdistill.adapters import add_lora
 from stepdistill.curricula import segment_edges, skip_grid
 from stepdistill.data.trajectories import Trajectories, make_trajectories
-from stepdistill.denoiser import (CFGDenoiser, ConsistencyDenoiser, Denoiser, GuidanceConditioned,
-                                  SegmentConsistencyDenoiser)
-from stepdistill.roles import (Generator, ema_update, make_generator, make_real_score, make_target,
-                              set_gradient_checkpointing)
+from stepdistill.denoiser import Denoiser
+from stepdistill.guidance import CFGDenoiser, guided, lcm_guidance_to_cfg
+from stepdistill.consistency import ConsistencyDenoiser, GuidanceConditioned, SegmentConsistencyDenoiser
+from stepdistill.networks import ema_update, make_target, set_gradient_checkpointing
+from stepdistill.roles import Generator, make_generator, make_real_score
 from stepdistill.samplers import ddim_step, heun_step
 from stepdistill.schedules import VPDiscrete
 from stepdistill.student import Student
@@ -230,8 +230,8 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
     ema = make_ema(params, cfg.train.ema_decay, s.accelerator)
     trajectories = None
     if cfg.loss.states == "teacher":
-        guided = CFGDenoiser(teacher, 1.0 + cfg.loss.w_min)
-        trajectories = make_trajectories(guided, solver(cfg), s.schedule, s.conditioner, s.shape, grid,
+        solved_at = CFGDenoiser(teacher, lcm_guidance_to_cfg(cfg.loss.w_min))
+        trajectories = make_trajectories(solved_at, solver(cfg), s.schedule, s.conditioner, s.shape, grid,
                                          n=cfg.loss.trajectories, seed=cfg.train.seed, accelerator=s.accelerator,
                                          cache=s.cache("trajectories"), identity=s.identity)
     return Run(cfg=cfg, setup=s, grid=grid, teacher=teacher, generator=generator, target=target, opt=opt,
@@ -250,17 +250,7 @@ def segments_at(cfg: ConsistencyDistillConfig, step: int, total: int) -> int:
 
 def guided_teacher(run: Run, w: torch.Tensor, labels: torch.Tensor):
     """x0 of the teacher with LCM's guidance x0_c + w (x0_c - x0_u), w per sample (0: the conditional)."""
-    cond = run.setup.conditioner.cond(labels)
-    if float(w.max()) == 0:
-        return partial(run.teacher, **cond)
-    uncond = run.setup.conditioner.uncond(labels)
-    branches = CFGDenoiser(run.teacher, 1.0).branches
-    wb = w.view(-1, *([1] * len(run.setup.shape)))
-
-    def guided(x, t):
-        x0_c, x0_u = branches(x, t, uncond=uncond, **cond)
-        return x0_c + wb * (x0_c - x0_u)
-    return guided
+    return guided(run.teacher, lcm_guidance_to_cfg(w), run.setup.conditioner, labels)
 
 
 def states(run: Run, draw: Draw, level: torch.Tensor, w: torch.Tensor):

@@ -8,7 +8,7 @@ weights; iCT, improved consistency training (Song & Dhariwal 2023, arXiv:2310.14
 No teacher solver: the consistency pair is one real image x noised twice with the *same* noise eps, at a
 level t and a smaller level r (VE units, sigma = sigma_t / alpha_t, so any schedule works), and the network at
 (x + t eps, t) regresses its own stop-gradient output at (x + r eps, r), or x itself where r reaches the
-boundary. The target pass replays the online pass's dropout masks (`roles.replayed_rng`); there is no EMA
+boundary. The target pass replays the online pass's dropout masks (`networks.replayed_rng`); there is no EMA
 target (theta^- = sg(theta)).
   - ECT (official `locuslab/ect` `training/loss.py::ECMLoss`): the student starts as the teacher (diffusion
     pre-training is consistency training at dt -> 0); t ~ LogNormal(-1.1, 2.0), r = `curricula.ect_r(t, stage)`,
@@ -30,8 +30,9 @@ import torch
 
 from stepdistill import losses
 from stepdistill.curricula import ICTPairs, ect_r, ict_levels
-from stepdistill.denoiser import ConsistencyDenoiser
-from stepdistill.roles import Generator, make_generator, replayed_rng, rng_state, set_dropout
+from stepdistill.consistency import ConsistencyDenoiser
+from stepdistill.networks import replayed_rng, rng_state, set_dropout
+from stepdistill.roles import Generator, make_generator
 from stepdistill.schedules import VPDiscrete, time_grid
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig,

@@ -40,8 +40,9 @@ from stepdistill.conditioning import ClassConditioner, TextConditioner
 from stepdistill.denoiser import native_loss_weight
 from stepdistill.distributed import LocalAccelerator
 from stepdistill.partition import Partition, PartConditioner, class_blocks, kmeans, part_dataset
-from stepdistill.roles import make_generator, smaller_network
-from stepdistill.schedules import fake_score_times
+from stepdistill.networks import smaller_network
+from stepdistill.roles import make_generator
+from stepdistill.time_sampling import fake_score_times
 from stepdistill.student import RoutedStudent, Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, cli, dmd,
                                   make_optimizer, optimizer_step, run_recipe, trainable_params)

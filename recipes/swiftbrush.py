@@ -28,9 +28,10 @@ from typing import Optional
 import torch
 
 from stepdistill import losses
-from stepdistill.denoiser import CFGDenoiser, native_loss_weight
+from stepdistill.denoiser import native_loss_weight
+from stepdistill.guidance import CFGDenoiser
 from stepdistill.roles import make_fake_score, make_generator, make_real_score
-from stepdistill.schedules import DiscreteRange, FakeTimes, fake_score_times
+from stepdistill.time_sampling import DiscreteRange, FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim,
                                   check_step_range, cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step,

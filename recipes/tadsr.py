@@ -30,11 +30,13 @@ import torch
 from stepdistill import losses
 from stepdistill.conditioning import LRConditioner
 from stepdistill.data.ode_pairs import ODEPairs, make_ode_pairs
-from stepdistill.denoiser import CFGDenoiser, to_eps
+from stepdistill.denoiser import to_eps
+from stepdistill.guidance import CFGDenoiser
 from stepdistill.discriminator import TimeAwareGANHead
-from stepdistill.roles import make_generator, make_real_score, trainable
+from stepdistill.networks import trainable
+from stepdistill.roles import make_generator, make_real_score
 from stepdistill.samplers import SamplerName
-from stepdistill.schedules import UniformTime
+from stepdistill.time_sampling import UniformTime
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
                                   make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,

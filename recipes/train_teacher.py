@@ -47,7 +47,8 @@ from stepdistill.data import DigitsDataset, IndexLabelled, PatchDataset, Split
 from stepdistill.degradations import Degradation
 from stepdistill.denoiser import Denoiser, native_loss_weight
 from stepdistill.io import atomic_dir, atomic_write_text
-from stepdistill.schedules import UniformTime, from_scheduler_config
+from stepdistill.schedules import from_scheduler_config
+from stepdistill.time_sampling import UniformTime
 
 
 @dataclass

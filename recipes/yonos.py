@@ -30,7 +30,7 @@ from stepdistill import losses
 from stepdistill.conditioning import LRConditioner
 from stepdistill.denoiser import native_loss_weight
 from stepdistill.roles import make_generator, make_real_score
-from stepdistill.schedules import FakeTimes, fake_score_times
+from stepdistill.time_sampling import FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
                                   make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,

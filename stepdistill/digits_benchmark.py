@@ -148,7 +148,7 @@ class DigitsBenchmark:
 
 def is_shipped_teacher(teacher: str) -> bool:
     """Whether `teacher` (a recipe's `model.teacher`) names the shipped digits teacher itself (not a view of it)."""
-    from .roles import SHIPPED, shipped_folder
+    from .teachers import SHIPPED, shipped_folder
 
     return not teacher.endswith("-edm") and shipped_folder(teacher) == SHIPPED["digits"]
 

@@ -7,13 +7,15 @@ the module the toolkit wraps, and hands the `Denoiser` EDM's F = (x0 - c_skip x)
 recipe sees a teacher with the EDM schedule (Karras tables, sigma inputs, EDM's loss weighting) whose
 predictions are the VP teacher's to float precision.
 
-`load_edm_view("digits")` is the shipped digits teacher as an EDM teacher (`model.teacher=digits-edm`):
+`as_edm(load_teacher("digits"))` is the shipped digits teacher as an EDM teacher (`model.teacher=digits-edm`):
 what lets the digits benchmark measure choices that only differ on EDM teachers (DMD2's fake-score noise
 levels, say) without training another teacher. Its sigma range is the VP schedule's that falls inside
 EDM's [0.002, 80]: [0.0064, 80] for the digits teacher's cosine schedule.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -55,20 +57,19 @@ class EDMView(nn.Module):
         return from_x0("edm", x, x0, torch.ones_like(s), s, self.sigma_data)
 
 
-def load_edm_view(source: str = "digits", *, device: str | torch.device = "cpu"):
-    """A VP teacher (`roles.load_teacher(source)`) as a `Teacher` with the EDM schedule (see the module)."""
-    from .roles import Teacher, load_teacher
-
-    vp_teacher = load_teacher(source, device=device)
-    vp = vp_teacher.schedule
+def as_edm(teacher):
+    """A VP teacher (`teachers.Teacher`) as the same `Teacher` with the EDM schedule (see the module): every
+    other field (its folder, components, model index) is kept."""
+    vp = teacher.schedule
     if not isinstance(vp, VPDiscrete):
-        raise ValueError(f"teacher {source!r} has a {type(vp).__name__} schedule; an EDM view needs a VP-discrete one")
+        raise ValueError(f"teacher {teacher.source!r} has a {type(vp).__name__} schedule; an EDM view needs a "
+                         "VP-discrete one")
     lo = float(vp.ratio(torch.tensor(vp.t_min, dtype=torch.float64)))
     hi = float(vp.ratio(torch.tensor(vp.t_max, dtype=torch.float64)))
     schedule = EDM(sigma_min=max(0.002, lo * (1 + 1e-6)), sigma_max=min(80.0, hi))
     config = {"_class_name": "EDMEulerScheduler", "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max,
               "sigma_data": schedule.sigma_data, "rho": schedule.rho, "prediction_type": "edm",
-              "view_of": vp_teacher.source}
-    net = EDMView(vp_teacher.net, vp, vp_teacher.prediction_type, schedule.sigma_data).to(device)
-    return Teacher(net, schedule, "edm", config, f"{source}-edm", vp_teacher.component, vp_teacher.extra,
-                   vp_teacher.root)
+              "view_of": teacher.source}
+    net = EDMView(teacher.net, vp, teacher.prediction_type, schedule.sigma_data)
+    return dataclasses.replace(teacher, net=net, schedule=schedule, prediction_type="edm", scheduler_config=config,
+                               source=f"{teacher.source}-edm")

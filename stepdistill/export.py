@@ -605,7 +605,7 @@ def _plain_network(net: nn.Module, adapter: str | None) -> nn.Module:
 def teacher_license(teacher: str) -> str | None:
     """The license a student inherits: the project's for its shipped teachers, else the `license` in the
     teacher folder's (or cached hub repo's) model card front matter; None when unknown."""
-    from .roles import shipped_folder
+    from .teachers import shipped_folder
 
     if shipped_folder(teacher) is not None:
         return PROJECT_LICENSE

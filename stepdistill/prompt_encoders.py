@@ -257,7 +257,7 @@ def _max_length(pipe, tokenizer: str, default: int) -> int:
 
 
 def prompt_encoder(teacher, resolution: tuple[int, int], *, device="cpu", guidance: float | None = None):
-    """The prompt encoder of `teacher`'s pipeline family (`roles.Teacher.pipeline_class`). `resolution`:
+    """The prompt encoder of `teacher`'s pipeline family (`teachers.Teacher.pipeline_class`). `resolution`:
     the training images' (height, width) in pixels (SDXL's size ids); `guidance`: Flux's embedded scale."""
     from diffusers import DiffusionPipeline
 

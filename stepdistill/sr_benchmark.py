@@ -240,7 +240,7 @@ def _sr_model(source: str):
     SR teacher, sr_scale, resolution); anything else is a ValueError."""
     import json
 
-    from .roles import load_teacher
+    from .teachers import load_teacher
 
     folder = Path(source)
     index_path = folder / "model_index.json"

@@ -50,7 +50,7 @@ class Student:
     timesteps: torch.Tensor  # float64, descending; the first is the generator's t_0
     space: object
     shape: tuple[int, ...]  # one sample in the model's space
-    teacher: object  # roles.Teacher: the export's base (its folder, scheduler config, source)
+    teacher: object  # teachers.Teacher: the export's base (its folder, scheduler config, source)
     ema: Optional[object] = None  # diffusers EMAModel over the generator's trainable parameters
     name: str = "student"
     # Steps by default, when the student may sample in any number of its times (a consistency student holds
@@ -199,10 +199,10 @@ class Student:
 
     def scheduler_options(self) -> dict:
         """What the exported scheduler needs beyond the teacher's schedule to sample as `sample` does: LCM's
-        boundary scaling for a consistency function with it (`denoiser.ConsistencyDenoiser`, "lcm"), and, for a
+        boundary scaling for a consistency function with it (`consistency.ConsistencyDenoiser`, "lcm"), and, for a
         student holding a skip grid {k-1, 2k-1, ..., N-1}, `original_inference_steps` = its length, so that
         `num_inference_steps=K` picks the K times `sample(steps=K)` does; TCD's gamma (a TCDScheduler) if set."""
-        from .denoiser import ConsistencyDenoiser, GuidanceConditioned
+        from .consistency import ConsistencyDenoiser, GuidanceConditioned
 
         options = {}
         den = self.generator.denoiser

@@ -19,7 +19,9 @@ from safetensors.torch import save_file
 
 from stepdistill import losses
 from stepdistill.discriminator import GANHead
-from stepdistill.roles import load_teacher, make_fake_score, make_generator, make_real_score, trainable
+from stepdistill.networks import trainable
+from stepdistill.roles import make_fake_score, make_generator, make_real_score
+from stepdistill.teachers import load_teacher
 
 STEPS, BATCH = 3, 8
 

@@ -7,7 +7,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from stepdistill.conditioning import LRConditioner, Unconditional
 from stepdistill.training import DataConfig, setup_data
 from stepdistill.training.setup import sample_shape
-from stepdistill.roles import load_teacher
+from stepdistill.teachers import load_teacher
 
 
 def _teacher(tmp_path, **unet):
@@ -58,7 +58,7 @@ def test_image_conditioned_teacher_concatenates_the_low_resolution_image(tmp_pat
     torch.testing.assert_close(seen[0], torch.cat([x_t * c_in, concat], dim=1))  # unscaled condition
     assert x0.shape == (2, 1, 16, 16)
     # classifier-free guidance batches the zero image as the unconditional branch
-    from stepdistill.denoiser import CFGDenoiser
+    from stepdistill.guidance import CFGDenoiser
 
     guided = CFGDenoiser(den, 2.0)(x_t, t, uncond=conditioner.uncond(labels), **conditioner.cond(labels))
     assert guided.shape == x0.shape and torch.isfinite(guided).all()

@@ -45,8 +45,8 @@ def test_distillation_step_is_lcm_s_loss_and_moves_the_ema_target(metric, digits
     first) at (x, grid[i + 1]) with LCM's scalings, against the target at the teacher's DDIM step
     (x_prev, grid[i]), x_prev itself at the boundary; then the target is 0.95 target + 0.05 student."""
     from stepdistill.curricula import skip_grid
-    from stepdistill.denoiser import ConsistencyDenoiser
-    from stepdistill.roles import load_teacher
+    from stepdistill.consistency import ConsistencyDenoiser
+    from stepdistill.teachers import load_teacher
     from stepdistill.samplers import ddim_step
 
     run = cd.setup(_cd(digits_like_teacher, tmp_path, f"loss.metric={metric}", "train.batch_size=16"))
@@ -87,7 +87,7 @@ def test_ect_step_is_the_official_loss_with_shared_noise(digits_like_teacher, tm
     the network at (x + t eps, t) against itself at (x + r eps, r) (x where r reaches the boundary), the L2 norm
     per sample weighted 1 / (t - r); its gradient flows through the online pass only (theta^- = sg(theta))."""
     from stepdistill.curricula import ect_r
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
 
     run = ect.setup(_ect(digits_like_teacher, tmp_path, "train.batch_size=16"))
     s = run.setup
@@ -131,7 +131,8 @@ def test_ect_step_is_the_official_loss_with_shared_noise(digits_like_teacher, tm
 def test_the_target_pass_replays_the_online_pass_dropout(digits_like_teacher):
     """iCT / ECT: at equal inputs the online and target passes of a network with dropout agree exactly when
     the target replays the online pass's random stream, and differ without it."""
-    from stepdistill.roles import load_teacher, replayed_rng, rng_state, set_dropout
+    from stepdistill.networks import replayed_rng, rng_state, set_dropout
+    from stepdistill.teachers import load_teacher
 
     net = load_teacher(digits_like_teacher).net.train()
     set_dropout(net, 0.5)
@@ -153,7 +154,7 @@ def test_the_target_pass_replays_the_online_pass_dropout(digits_like_teacher):
 def test_ict_curriculum_weights_and_boundary(digits_like_teacher, tmp_path):
     """iCT from scratch: fresh weights (not the teacher's), N(k) levels from the curriculum, pairs of
     neighbouring levels, lambda = 1 / (sigma_{i+1} - sigma_i), the LCM boundary exact at t = 0."""
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
 
     run = ect.setup(_ect(digits_like_teacher, tmp_path, "model.init=scratch", "loss.schedule=ict",
                          "model.boundary=lcm", "loss.huber_c=null", "train.max_steps=100",
@@ -177,8 +178,8 @@ def test_trajectories_are_the_teachers_ddim_steps_and_are_reused(digits_like_tea
     from stepdistill.conditioning import ClassConditioner
     from stepdistill.curricula import skip_grid
     from stepdistill.data.trajectories import make_trajectories
-    from stepdistill.denoiser import CFGDenoiser
-    from stepdistill.roles import load_teacher
+    from stepdistill.guidance import CFGDenoiser
+    from stepdistill.teachers import load_teacher
     from stepdistill.samplers import ddim_step
 
     teacher = load_teacher(digits_like_teacher)
@@ -241,7 +242,7 @@ def test_exported_consistency_student_samples_as_the_student_in_any_steps(digits
     (LCM's boundary scaling 10; x0 unclipped between steps, as the Student samples)."""
     from diffusers import DiffusionPipeline
 
-    from stepdistill.denoiser import lcm_scalings
+    from stepdistill.consistency import lcm_scalings
 
     out = tmp_path / "run"
     cd.main(_cd(digits_like_teacher, out, "train.max_steps=2", "train.checkpoint_every=2"))
@@ -253,7 +254,7 @@ def test_exported_consistency_student_samples_as_the_student_in_any_steps(digits
                 output_type="pt").images
     torch.testing.assert_close(default, four, rtol=0, atol=0)  # the default is the student's 4 steps
 
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
 
     teacher = load_teacher(digits_like_teacher)
     weights = load_file(str(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -279,8 +280,8 @@ def test_a_gamma_student_exports_a_tcd_scheduler_that_samples_as_the_student(dig
     estimate), where the Student returns x0."""
     from diffusers import DiffusionPipeline, TCDScheduler
 
-    from stepdistill.denoiser import ConsistencyDenoiser
-    from stepdistill.roles import load_teacher
+    from stepdistill.consistency import ConsistencyDenoiser
+    from stepdistill.teachers import load_teacher
     from stepdistill.samplers import tcd
     from stepdistill.student import student_timesteps
 

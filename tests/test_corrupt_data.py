@@ -105,7 +105,7 @@ def test_skip_corrupt_is_a_data_option():
 @pytest.fixture(scope="module")
 def clip_encoder(tmp_path_factory):
     from stepdistill.prompt_encoders import prompt_encoder
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
     from stepdistill.tiny import build_tiny_text_to_image
 
     teacher = load_teacher(build_tiny_text_to_image(tmp_path_factory.mktemp("t2i") / "tiny-sd"))
@@ -151,7 +151,7 @@ def test_each_encoding_pass_warns_once_and_short_prompts_never(clip_encoder):
 def test_long_prompts_warn_for_the_pipeline_families(tmp_path):
     """SD3: its tokenizers are checked too (two CLIPs at 77, T5 at its own max_sequence_length)."""
     from stepdistill.prompt_encoders import prompt_encoder
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
     from stepdistill.tiny import build_tiny_text_to_image
 
     teacher = load_teacher(build_tiny_text_to_image(tmp_path / "tiny-sd3", family="sd3"))

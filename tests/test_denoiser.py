@@ -3,8 +3,8 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from stepdistill.denoiser import (PREDICTION_TYPES, CFGDenoiser, Denoiser, from_x0, lcm_guidance_to_cfg,
-                                  native_loss_weight, to_eps, to_flow, to_score, to_v, to_x0)
+from stepdistill.denoiser import PREDICTION_TYPES, Denoiser, from_x0, native_loss_weight, to_eps, to_flow, to_score, to_v, to_x0
+from stepdistill.guidance import CFGDenoiser, lcm_guidance_to_cfg
 from stepdistill.schedules import EDM, from_scheduler_config
 
 # (alpha, sigma) pairs from each family, plus a pair that is none of them.
@@ -167,7 +167,7 @@ def test_denoiser_dit_with_learned_variance():
 def test_consistency_denoiser_meets_its_boundary_condition(boundary, tiny_unet):
     """f(x, t_min) = x exactly (c_skip = 1, c_out = 0) and f -> D away from it: the official CM scalings
     (sigma_min shift) on the VE level sigma / alpha, LCM's at the network timestep with scaling 10."""
-    from stepdistill.denoiser import ConsistencyDenoiser, consistency_scalings, lcm_scalings
+    from stepdistill.consistency import ConsistencyDenoiser, consistency_scalings, lcm_scalings
 
     c_skip, c_out = consistency_scalings(torch.tensor([0.002, 1.0, 80.0]))
     assert float(c_skip[0]) == 1.0 and float(c_out[0]) == 0.0
@@ -203,7 +203,8 @@ def test_segment_consistency_jumps_to_the_lower_edge_and_is_the_identity_there()
     from diffusers import DDPMScheduler
     from torch import nn
 
-    from stepdistill.denoiser import Denoiser, SegmentConsistencyDenoiser
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.consistency import SegmentConsistencyDenoiser
     from stepdistill.schedules import VPDiscrete, time_grid
 
     class Half(nn.Module):  # a "sample"-prediction network: x0 = x_t / 2

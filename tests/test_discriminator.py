@@ -6,7 +6,8 @@ from diffusers import DDPMScheduler
 
 from stepdistill.discriminator import GANHead
 from stepdistill.losses import generator_gan_loss
-from stepdistill.roles import load_teacher, make_fake_score, make_generator
+from stepdistill.roles import make_fake_score, make_generator
+from stepdistill.teachers import load_teacher
 
 
 @pytest.fixture

@@ -68,7 +68,8 @@ def test_exported_student_reproduces_the_trained_generator_without_stepdistill(t
     out = tmp_path / "run"
     dmd2.main(_cfg(*_overrides(teacher_dir, out, "train.max_steps=2", "train.checkpoint_every=2")))
     images = images_without_stepdistill(out / "pipeline", tmp_path, "class_labels=[3, 7], " + SEEDED)
-    from stepdistill.roles import load_teacher, make_generator
+    from stepdistill.roles import make_generator
+    from stepdistill.teachers import load_teacher
 
     gen = make_generator(load_teacher(teacher_dir))
     gen.net.load_state_dict({k.removeprefix("denoiser.net."): v for k, v in _generator_weights(out).items()})
@@ -84,9 +85,9 @@ def test_regression_pairs_are_the_teachers_ode_solutions_and_are_reused(teacher_
     from accelerate import Accelerator
     from stepdistill.conditioning import ClassConditioner
     from stepdistill.data.ode_pairs import make_ode_pairs
-    from stepdistill.denoiser import CFGDenoiser
+    from stepdistill.guidance import CFGDenoiser
     from stepdistill.samplers import sample
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
 
     teacher = load_teacher(teacher_dir)
     den, cond = CFGDenoiser(teacher.denoiser(), 1.0), ClassConditioner.for_embeddings(11)
@@ -368,7 +369,7 @@ def test_gan_real_images_are_the_teachers_training_split_never_the_reference(tea
     GAN's real images are exactly that split, none of them the benchmark's FD reference split; a teacher folder
     without the record is one trained on all the digits."""
     from stepdistill.data import load_digits_tensors, training_split
-    from stepdistill.roles import SHIPPED
+    from stepdistill.teachers import SHIPPED
 
     control = tmp_path / "control"
     shutil.copytree(teacher_dir, control)

@@ -5,7 +5,7 @@ import torch
 from toy2d_training import SCHEDULE, train_toy_generator
 
 from stepdistill.losses import discriminator_loss, dmd_grad, dmd_loss, generator_gan_loss
-from stepdistill.schedules import DiscreteRange
+from stepdistill.time_sampling import DiscreteRange
 
 
 def test_dmd_gradient_is_the_normalised_score_difference():

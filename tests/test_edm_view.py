@@ -5,14 +5,15 @@ and the recipes run on it (`model.teacher=digits-edm`)."""
 import pytest
 import torch
 
-from stepdistill.edm_view import load_edm_view
-from stepdistill.roles import load_teacher
-from stepdistill.schedules import EDM, TeacherLevels
+from stepdistill.edm_view import as_edm
+from stepdistill.teachers import load_teacher
+from stepdistill.schedules import EDM
+from stepdistill.time_sampling import TeacherLevels
 
 
 
 def test_the_edm_view_predicts_what_the_vp_teacher_predicts(digits_like_teacher):
-    vp_teacher, edm_teacher = load_teacher(digits_like_teacher), load_edm_view(str(digits_like_teacher))
+    vp_teacher, edm_teacher = load_teacher(digits_like_teacher), as_edm(load_teacher(digits_like_teacher))
     vp, edm = vp_teacher.schedule, edm_teacher.schedule
     assert isinstance(edm, EDM) and edm_teacher.prediction_type == "edm"
     g = torch.Generator().manual_seed(0)

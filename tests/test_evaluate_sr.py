@@ -12,7 +12,7 @@ from PIL import Image
 from stepdistill.degradations import Degradation
 from stepdistill.evaluation.sr import psnr
 from stepdistill.export import export_super_resolution
-from stepdistill.roles import load_teacher
+from stepdistill.teachers import load_teacher
 
 import evaluate  # noqa: E402
 

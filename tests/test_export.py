@@ -127,7 +127,8 @@ def test_loads_in_a_process_without_stepdistill(tmp_path, tiny_unet):
 def test_text_to_image_reproduces_the_trained_one_step_generator(tmp_path, base_sd, t0):
     """The stock pipeline's one-step image is the trained generator's G(z) = D(sigma(t0) z, t0), at the
     pipeline's own noise z, also where sigma(t0) != 1 (0.9977 at 999 on SD's schedule, 0.93 at 625)."""
-    from stepdistill.roles import Generator, load_teacher
+    from stepdistill.roles import Generator
+    from stepdistill.teachers import load_teacher
 
     student = UNet2DConditionModel.from_pretrained(base_sd, subfolder="unet")
     student.conv_in.weight[0, 0, 0, 0] += 0.01

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 import dmd2  # noqa: E402
 from stepdistill.conditioning import TextConditioner  # noqa: E402
 from stepdistill.prompt_encoders import prompt_encoder  # noqa: E402
-from stepdistill.roles import load_teacher  # noqa: E402
+from stepdistill.teachers import load_teacher  # noqa: E402
 from stepdistill.tiny import build_tiny_text_to_image  # noqa: E402
 
 FAMILIES = ("sdxl", "sd3", "flux")

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepdistill import losses
-from stepdistill.denoiser import CFGDenoiser, Denoiser, native_loss_weight
+from stepdistill.denoiser import Denoiser, native_loss_weight
+from stepdistill.guidance import CFGDenoiser
 from stepdistill.schedules import EDM, VPDiscrete
 
 CLASSES, NULL = 4, 4  # label 4 is the unconditional (null) class

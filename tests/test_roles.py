@@ -2,8 +2,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from stepdistill.roles import (Generator, TeacherLoadError, load_teacher, make_fake_score, make_generator,
-                              make_real_score, trainable)
+from stepdistill.networks import trainable
+from stepdistill.roles import Generator, make_fake_score, make_generator, make_real_score
+from stepdistill.teachers import TeacherLoadError, load_teacher
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_trainable_toggles_only_trainable_parameters(teacher_folder):
 
 def test_target_network_is_a_frozen_copy_moved_only_by_ema_update(teacher_folder):
     """make_target: a frozen copy; ema_update(target, online, mu): theta^- <- mu theta^- + (1 - mu) theta."""
-    from stepdistill.roles import ema_update, make_target
+    from stepdistill.networks import ema_update, make_target
 
     online = make_fake_score(load_teacher(teacher_folder))
     target = make_target(online)
@@ -145,7 +146,7 @@ def test_checkpointing_recomputes_with_the_adapters_of_the_forward_pass(tiny_con
     import copy
 
     from stepdistill.adapters import activate, add_lora
-    from stepdistill.roles import set_gradient_checkpointing
+    from stepdistill.networks import set_gradient_checkpointing
 
     net = copy.deepcopy(tiny_cond_unet)
     add_lora(net, "fake", rank=4)
@@ -171,7 +172,8 @@ def test_checkpointing_recomputes_with_the_adapters_of_the_forward_pass(tiny_con
 
 def test_every_role_can_be_checkpointed(tmp_path):
     """Real score (SiD and SIM backpropagate through it), fake score and generator."""
-    from stepdistill.roles import load_teacher, make_fake_score, make_generator, make_real_score
+    from stepdistill.roles import make_fake_score, make_generator, make_real_score
+    from stepdistill.teachers import load_teacher
     from stepdistill.tiny import build_tiny_text_to_image
 
     teacher = load_teacher(build_tiny_text_to_image(tmp_path / "sd"))

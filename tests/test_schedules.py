@@ -3,8 +3,8 @@ import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerDiscreteScheduler,
                        FlowMatchEulerDiscreteScheduler)
 
-from stepdistill.schedules import (EDM, DiscreteRange, KarrasRamp, LogNormalSigma, RectifiedFlow, UniformTime, VPDiscrete,
-                                   from_scheduler_config, karras_sigmas, time_grid)
+from stepdistill.schedules import EDM, RectifiedFlow, VPDiscrete, from_scheduler_config, karras_sigmas, time_grid
+from stepdistill.time_sampling import DiscreteRange, KarrasRamp, LogNormalSigma, UniformTime
 
 VP_CONFIGS = [
     dict(beta_schedule="linear", prediction_type="epsilon"),
@@ -150,7 +150,7 @@ def test_teacher_levels_are_each_familys_training_table():
     """`TeacherLevels` (the default fake-score times): integer training indices over all of [0, T) on VP
     teachers; the 1,000-level Karras table on EDM (DMD2's edm_guidance: 40% of draws below sigma 1, median
     2.5, where uniform-in-sigma puts 1.3% and 40); the scheduler's shifted grid on flow teachers."""
-    from stepdistill.schedules import TeacherLevels, fake_score_times
+    from stepdistill.time_sampling import TeacherLevels, fake_score_times
 
     g = torch.Generator().manual_seed(0)
     vp = VPDiscrete(DDPMScheduler().alphas_cumprod)

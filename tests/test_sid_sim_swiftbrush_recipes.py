@@ -71,7 +71,7 @@ def test_swiftbrush_holds_exactly_two_denoising_networks(digits_like_teacher, tm
             if p.requires_grad:
                 p.add_(0.1)
         real, fake = run.real_score(x, t, **cond), run.setup.unwrap(run.fake_score)(x, t, **cond)
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
 
     plain = load_teacher(digits_like_teacher).denoiser()
     torch.testing.assert_close(real, plain(x, t, **cond))

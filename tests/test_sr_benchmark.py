@@ -41,7 +41,7 @@ def test_rows_on_held_out_patches_rank_the_ground_truth_above_bicubic(tmp_path):
 def test_the_shipped_x4_teacher_restores_detail_that_bicubic_cannot():
     """`assets/sr_teacher` on 16 held-out patches at 4 NFE: a residual model whose high-frequency spectrum error is
     well below bicubic's (0.79 against 1.29 on all 256), at a PSNR close to bicubic's."""
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
     from stepdistill.sr_benchmark import teacher_fn
 
     teacher = load_teacher("sr")

@@ -11,7 +11,7 @@ from without_stepdistill import SEEDED, images_without_stepdistill
 from stepdistill.conditioning import LRConditioner
 from stepdistill.degradations import Degradation
 from stepdistill.denoiser import Denoiser
-from stepdistill.roles import load_teacher
+from stepdistill.teachers import load_teacher
 from stepdistill.samplers import multistep
 from stepdistill.tiny import build_tiny_super_resolution
 

@@ -9,7 +9,7 @@ from toy2d_training import MIXTURE, SCHEDULE, ToyFakeScore, mode_fractions
 
 from stepdistill import losses
 from stepdistill.data.toy2d import GaussianMixtureDenoiser
-from stepdistill.denoiser import lcm_scalings
+from stepdistill.consistency import lcm_scalings
 from stepdistill.metrics import sliced_wasserstein
 from stepdistill.samplers import ddim_step, multistep
 

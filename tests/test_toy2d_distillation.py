@@ -6,7 +6,7 @@ import torch
 from toy2d_training import SCHEDULE, edm_weight, score_divergence, train_toy_generator
 
 from stepdistill.losses import sid_loss, sim_loss, vsd_loss
-from stepdistill.schedules import DiscreteRange, LogNormalSigma
+from stepdistill.time_sampling import DiscreteRange, LogNormalSigma
 
 GEN_TIMES = DiscreteRange(0.02, 0.98)
 # SiD's loop (training/sid_training_loop.py): strict 1:1 alternation, Adam beta1 = 0, fake score on

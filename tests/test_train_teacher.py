@@ -43,7 +43,7 @@ def test_the_sr_teacher_trains_on_patches_and_loads_as_an_lr_conditioned_teacher
     """data=patches: a 6-in / 3-out network on natural-image patches; its folder records the scale, from which
     the recipes rebuild the low-resolution condition (natural-image patches as its real images)."""
     from stepdistill.conditioning import LRConditioner
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
     from stepdistill.training import DataConfig, setup_data
 
     out = tmp_path / "sr"

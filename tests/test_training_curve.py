@@ -55,7 +55,8 @@ def test_precision_recall_rows_match_the_runs_final_row(digits_like_teacher, tmp
 def test_precision_recall_guides_the_teacher_with_cfg(digits_like_teacher):
     """The teacher rows at guidance s sample uncond + s (cond - uncond); at 1 the conditional prediction."""
     from stepdistill.conditioning import ClassConditioner
-    from stepdistill.roles import load_teacher, make_real_score
+    from stepdistill.roles import make_real_score
+    from stepdistill.teachers import load_teacher
 
     teacher = load_teacher(digits_like_teacher)
     denoiser = make_real_score(teacher)

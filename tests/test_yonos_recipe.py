@@ -12,7 +12,7 @@ import quick  # noqa: E402
 import yonos  # noqa: E402
 from stepdistill import losses  # noqa: E402
 from stepdistill.denoiser import native_loss_weight  # noqa: E402
-from stepdistill.schedules import fake_score_times  # noqa: E402
+from stepdistill.time_sampling import fake_score_times  # noqa: E402
 from stepdistill.training import Draw  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def test_a_run_exports_a_one_step_x4_pipeline(x2_teacher, tmp_path):
     yonos.main(_cfg(x2_teacher, out, "train.max_steps=2", "train.checkpoint_every=2"))
     index = json.loads((out / "pipeline" / "model_index.json").read_text())
     assert index["sr_scale"] == 4 and index["timesteps"] == [999]
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
 
     assert load_teacher(out / "pipeline").index["sr_scale"] == 4  # the next iteration's teacher
 

@@ -19,7 +19,8 @@ from torch import nn
 from stepdistill.data.toy2d import GaussianMixture, GaussianMixtureDenoiser
 from stepdistill.losses import denoising_loss
 from stepdistill.metrics import sliced_wasserstein
-from stepdistill.schedules import UniformTime, from_scheduler_config
+from stepdistill.schedules import from_scheduler_config
+from stepdistill.time_sampling import UniformTime
 
 SCHEDULE, _ = from_scheduler_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
 MIXTURE = GaussianMixture()
@@ -124,7 +125,7 @@ def score_divergence(gen: nn.Module, *, steps: int = 500, batch: int = 256, seed
     """E over generated x_t of ||x0_real(x_t) - x0_fake(x_t)||^2, with a fake score re-fitted from scratch
     to the generator's samples: the Fisher divergence between the noised generator and target
     distributions in x0 units (times sigma_t^4 / alpha_t^2), up to the re-fit's own error."""
-    from stepdistill.schedules import DiscreteRange
+    from stepdistill.time_sampling import DiscreteRange
 
     g = torch.Generator().manual_seed(seed)
     real, fake = GaussianMixtureDenoiser(MIXTURE, SCHEDULE), ToyFakeScore()

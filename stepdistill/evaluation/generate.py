@@ -61,7 +61,8 @@ class TeacherModel:
     """A teacher with an ODE sampler; class labels go to the network as `class_labels`."""
 
     def __init__(self, source: str, sampler: str = "dpmpp_2m", spacing: str = "karras"):
-        from ..roles import load_teacher, make_real_score
+        from ..roles import make_real_score
+        from ..teachers import load_teacher
 
         self.teacher = load_teacher(source)
         if "sr_scale" in self.teacher.index:

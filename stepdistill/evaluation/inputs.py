@@ -107,7 +107,7 @@ def _files(folder: Path, depth: int):
 # Kinds.
 
 def _shipped_names() -> set[str]:
-    from ..roles import SHIPPED
+    from ..teachers import SHIPPED
 
     return set(SHIPPED) | {f"{n}-edm" for n in SHIPPED}
 
@@ -148,12 +148,12 @@ def identify(spec: str | Path) -> ModelInput:
                          "score a complete one (outputs/<run>/checkpoints/step_*)")
     if not p.exists():
         if spec in _shipped_names():  # its folder's files are checked like any teacher folder's
-            from ..roles import shipped_folder
+            from ..teachers import shipped_folder
 
             folder = shipped_folder(spec)
             return ModelInput("teacher", spec, folder if folder is not None and folder.is_dir() else None)
         if not _looks_local(spec):
-            return ModelInput("teacher", spec)  # a hub id: `roles.load_teacher` says whether it loads
+            return ModelInput("teacher", spec)  # a hub id: `teachers.load_teacher` says whether it loads
         raise ValueError(f"--model {spec}: no such file or folder; expected {EXPECTED}")
     if p.is_file():
         what = "a weights file" if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt") else "a file"
@@ -189,6 +189,6 @@ def identify(spec: str | Path) -> ModelInput:
     if any(c.is_dir() and c.name.startswith("step_") for c in p.iterdir()):
         raise ValueError(f"{p} holds training checkpoints: pass one of them ({p}/step_XXXXXXXX)")
     if any((p / c / "config.json").is_file() for c in ("unet", "transformer")):
-        return ModelInput("teacher", spec, p)  # a diffusers folder without model_index.json: roles.load_teacher
+        return ModelInput("teacher", spec, p)  # a diffusers folder without model_index.json: teachers.load_teacher
     raise ValueError(f"{p} is not a model evaluate.py knows (no model_index.json, step.json or unet/); expected "
                      f"{EXPECTED}")

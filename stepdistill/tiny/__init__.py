@@ -39,7 +39,7 @@ __all__ = ["build_tiny_class_conditional", "build_tiny_text_to_image", "ensure_t
 FAMILIES = tuple(BUILDERS)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 CACHE_NAME = "tiny-sd"
-# Teacher names `roles.load_teacher` builds on first use: "tiny-sd" (SD1.5), "tiny-sdxl", "tiny-sd3", "tiny-flux".
+# Teacher names `teachers.load_teacher` builds on first use: "tiny-sd" (SD1.5), "tiny-sdxl", "tiny-sd3", "tiny-flux".
 SHIPPED_NAMES = {"tiny-sd": "sd15", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
 
 

@@ -26,11 +26,13 @@ from diffusers.training_utils import EMAModel
 
 from .. import losses
 from ..data.ode_pairs import ODEPairs, make_ode_pairs
-from ..denoiser import CFGDenoiser, native_loss_weight
+from ..denoiser import native_loss_weight
+from ..guidance import CFGDenoiser
 from ..discriminator import GANHead
-from ..roles import make_fake_score, make_generator, make_real_score, trainable
+from ..networks import trainable
+from ..roles import make_fake_score, make_generator, make_real_score
 from ..samplers import SamplerName, backward_simulation
-from ..schedules import DiscreteRange, FakeTimes, UniformTime, fake_score_times
+from ..time_sampling import DiscreteRange, FakeTimes, UniformTime, fake_score_times
 from .draw import Draw
 from .sections import LRSchedule
 from .setup import Setup, check_optim, check_step_range, make_ema, make_optimizer, optimizer_step, trainable_params

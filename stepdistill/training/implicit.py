@@ -21,10 +21,12 @@ from typing import Callable, Literal, Optional
 import torch
 
 from .. import losses
-from ..denoiser import CFGDenoiser, native_loss_weight
-from ..schedules import DiscreteRange, KarrasRamp, LogNormalSigma, fake_score_times
+from ..denoiser import native_loss_weight
+from ..guidance import CFGDenoiser, guided
+from ..time_sampling import DiscreteRange, KarrasRamp, LogNormalSigma, fake_score_times
 from ..student import Student
-from ..roles import make_fake_score, make_generator, make_real_score, trainable
+from ..networks import trainable
+from ..roles import make_fake_score, make_generator, make_real_score
 from .draw import Draw
 from .sections import LRSchedule
 from .setup import Setup, check_optim, check_step_range, one_step_timesteps, make_ema, make_optimizer, optimizer_step, trainable_params
@@ -129,12 +131,6 @@ def setup(cfg) -> Run:
                sched_f=sched_f, ema=ema)
 
 
-def guided(denoiser, scale: float, x_t, t, conditioner, labels):
-    """`uncond + scale (cond - uncond)`: one batched call; the conditional prediction alone at scale 1."""
-    cond = conditioner.cond(labels)
-    return CFGDenoiser(denoiser, scale)(x_t, t, uncond=conditioner.uncond(labels) if scale != 1 else None, **cond)
-
-
 def update(run: Run, loss: torch.Tensor, module: torch.nn.Module, opt, sched) -> None:
     """One optimiser step on `module`'s trainable weights, NaN/inf gradients zeroed as SiD does."""
     optimizer_step(run.setup.accelerator, loss, trainable_params(module), opt, sched,
@@ -165,7 +161,7 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor)
         kind = "epsilon" if cfg.loss.fake_weighting == "eps" else run.setup.teacher.prediction_type
         weight = native_loss_weight(kind, schedule.alpha(t), schedule.sigma(t))
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)
-    loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, x_t, t, conditioner, labels), x, weight)
+    loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, conditioner, labels)(x_t, t), x, weight)
     update(run, loss, run.fake_score, run.opt_f, run.sched_f)
     return {"loss_fake": loss.item()}
 
@@ -180,8 +176,8 @@ def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)  # not detached: SiD differentiates through x_t
     fake = run.setup.unwrap(run.fake_score)  # its weights take no gradient here: DDP must not wait for them
     with trainable(fake, False):
-        x0_real = guided(run.real.denoiser, cfg.loss.guidance, x_t, t, conditioner, labels)
-        x0_fake = guided(fake, cfg.loss.guidance, x_t, t, conditioner, labels)
+        x0_real = guided(run.real.denoiser, cfg.loss.guidance, conditioner, labels)(x_t, t)
+        x0_fake = guided(fake, cfg.loss.guidance, conditioner, labels)(x_t, t)
         loss = generator_loss(x, x0_real, x0_fake, t)
         update(run, loss, run.generator, run.opt_g, run.sched_g)
     if run.ema is not None:

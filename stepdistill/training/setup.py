@@ -28,7 +28,7 @@ from ..fingerprints import run_identity
 from ..io import atomic_write_text
 from ..latents import LatentSpace, PixelSpace
 from ..network_call import is_flux
-from ..roles import Teacher, load_teacher
+from ..teachers import Teacher, load_teacher
 from ..schedules import RectifiedFlow, flow_shift
 from .horizon import Horizon, lr_factor
 from .resume import CONFIG_FILE, HORIZON_KEYS, apply_settings, record_resume, remember_settings
@@ -160,7 +160,7 @@ def check_optim(optim, max_steps: int, *, steps_per_update: int = 1) -> None:
 
 
 def check_step_range(loss) -> None:
-    """`loss.min_step` and `loss.max_step`, fractions of the teacher's level table (`schedules.DiscreteRange`):
+    """`loss.min_step` and `loss.max_step`, fractions of the teacher's level table (`time_sampling.DiscreteRange`):
     0 <= min_step < max_step <= 1, checked before anything is built."""
     lo, hi = loss.min_step, loss.max_step
     if not 0.0 <= lo < hi <= 1.0:

@@ -98,7 +98,7 @@ def test_trajectories_are_solved_again_for_another_teacher(tiny_teachers, tmp_pa
     """consistency_distill with teacher trajectories, then `overwrite` with another teacher in the same folder:
     the trajectories are the new teacher's (they used to be the first teacher's)."""
     from stepdistill.fingerprints import weights_digest
-    from stepdistill.roles import load_teacher
+    from stepdistill.teachers import load_teacher
     from stepdistill.tiny import build_tiny_class_conditional
 
     other = build_tiny_class_conditional(tmp_path / "other_teacher", seed=1)
