@@ -98,7 +98,8 @@ def damage(path: Path) -> str | None:
     import zipfile
 
     import yaml
-    from safetensors import SafetensorError, safe_open
+
+    from .io import check_safetensors, first_line
 
     step = Path(path) / "step.json"
     try:
@@ -108,17 +109,16 @@ def damage(path: Path) -> str | None:
     for file in sorted(Path(path).iterdir()):
         if file.suffix == ".safetensors":
             try:
-                with safe_open(str(file), "pt"):
-                    pass
-            except (SafetensorError, OSError) as e:
-                return f"{file}: truncated or not a safetensors file ({str(e).splitlines()[0][:120]})"
+                check_safetensors(file)
+            except ValueError as e:
+                return str(e)
         elif file.suffix in (".bin", ".pt", ".pth", ".pkl") and not zipfile.is_zipfile(file) and _cut_pickle(file):
             return f"{file}: truncated or not a torch archive"
         elif file.name == "config.yaml":
             try:
                 yaml.safe_load(file.read_text())
             except (OSError, yaml.YAMLError) as e:
-                return f"{file}: unreadable ({str(e).splitlines()[0][:120]})"
+                return f"{file}: unreadable ({first_line(e, 120)})"
     return None
 
 

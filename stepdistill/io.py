@@ -43,3 +43,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line (its type when it has no text), for one-line messages."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
+
+
+def check_safetensors(path: str | Path) -> Path:
+    """`path`, after checking that it is a complete safetensors file (its header and the data it describes;
+    nothing is loaded); a missing, cut or foreign file is one ValueError naming it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except Exception as e:  # safetensors' SafetensorError (not an OSError), OSError
+        raise ValueError(f"{path}: truncated or not a safetensors file ({first_line(e)})") from None
+    return path

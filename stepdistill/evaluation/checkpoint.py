@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .inputs import check_safetensors, read_json, read_yaml
+from ..io import check_safetensors, first_line
+from .inputs import read_json, read_yaml
 
 __all__ = ["CheckpointRun", "read_checkpoint", "refuse_unsupported", "build_student", "RECORD_KEYS"]
 
@@ -90,7 +91,7 @@ def _which_recipe(data: dict, config_path: Path) -> tuple[str, Any]:
                 raise ValueError(f"unknown keys {sorted(given - own)[:3]}")
             cfg = from_dict(cls, data)
         except (ValueError, TypeError) as e:
-            misfits.append((len(given - own), name, _reason(e)))
+            misfits.append((len(given - own), name, first_line(e)))
             continue
         fits.append((len(own - given), name, cfg, [k for k in defaults if k not in data]))
     fits.sort(key=lambda f: f[0])
@@ -119,12 +120,7 @@ def _named_recipe(name: str, data: dict, config_path: Path) -> tuple[str, Any]:
     try:
         return name, from_dict(_registry()[name].config_class(), data)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{config_path}: not a {name} config ({_reason(e)})") from None
-
-
-def _reason(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
+        raise ValueError(f"{config_path}: not a {name} config ({first_line(e)})") from None
 
 
 def read_checkpoint(checkpoint: str | Path) -> CheckpointRun:
@@ -183,7 +179,7 @@ def _link_caches(run_dir: Path, scratch: Path) -> None:
     rebuild that writes one anew replaces the link in `scratch`, never the run's file."""
     from .. import checkpointing
 
-    for sub in ("", getattr(checkpointing, "CACHE_DIR", "cache")):
+    for sub in ("", checkpointing.CACHE_DIR):  # "": caches of runs older than OUTPUT/cache
         folder = run_dir / sub
         if not folder.is_dir():
             continue

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["ModelInput", "identify", "read_json", "read_yaml", "check_safetensors", "check_folder_files",
+from ..io import check_safetensors, first_line
+
+__all__ = ["ModelInput", "identify", "read_json", "read_yaml", "check_folder_files",
            "LORA_WEIGHTS"]
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name (`export.export_lora`)
@@ -43,47 +45,25 @@ class ModelInput:
 # ----------------------------------------------------------------------------
 # Files, each named when it cannot be read.
 
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
-def check_safetensors(path: str | Path) -> Path:
-    """`path`, after checking that it is a complete safetensors file (its header and the data it describes;
-    nothing is loaded)."""
-    from safetensors import safe_open
-
+def _read_text_as(path: str | Path, kind: str, parse, errors: tuple) -> Any:
+    """`parse(text)` of the file at `path`; a missing, unreadable or cut file is one error naming it."""
     path = Path(path)
     try:
-        with safe_open(str(path), "pt") as f:
-            f.keys()
+        return parse(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
-    except Exception as e:  # safetensors' SafetensorError (not an OSError), OSError
-        raise ValueError(f"{path}: truncated or not a safetensors file ({_reason(e)})") from None
-    return path
+    except (OSError, UnicodeDecodeError, *errors) as e:
+        raise ValueError(f"{path}: truncated or not a {kind} file ({first_line(e)})") from None
 
 
 def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: truncated or not a JSON file ({_reason(e)})") from None
+    return _read_text_as(path, "JSON", json.loads, (json.JSONDecodeError,))
 
 
 def read_yaml(path: str | Path) -> Any:
     import yaml
 
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: truncated or not a YAML file ({_reason(e)})") from None
+    return _read_text_as(path, "YAML", yaml.safe_load, (yaml.YAMLError,))
 
 
 def check_folder_files(folder: Path, depth: int = 2) -> None:

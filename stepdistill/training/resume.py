@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RECORD_KEY, save_config, to_dict
+from ..config import RECORD_KEY, to_dict
 from ..io import atomic_write_text
 
 # Dotted keys (or section prefixes ending in ".") that may change on resume; everything else defines the run.
@@ -101,10 +101,9 @@ def record_resume(run_config: Path, config: Any, *, step: int, checkpoint: Path,
         try:
             data = yaml.safe_load(run_config.read_text())
         except yaml.YAMLError:
-            data = None
+            pass
     if not isinstance(data, dict):
-        save_config(config, run_config)
-        data = yaml.safe_load(run_config.read_text())
+        data = to_dict(config)
     data.setdefault(RECORD_KEY, []).append(record)
     atomic_write_text(run_config, yaml.safe_dump(data, sort_keys=False))
 
