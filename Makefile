@@ -56,7 +56,7 @@ demo: venv
 
 # The shipped teacher's sampler baseline: FD / accuracy / speed at 1, 8 and 35 NFE (~3 min).
 teacher-demo: venv
-	$(PY) eval/teacher_baseline.py --demo --seeds 0 1 --out outputs/demo/teacher_digits.json
+	$(PY) experiments/digits_benchmark/teacher_baseline.py --demo --seeds 0 1 --out outputs/demo/teacher_digits.json
 
 # The quick tier: every test not marked slow (3.7 min on 2 CPU cores); test-all: everything (15.3 min; CI runs it).
 test: venv
@@ -72,7 +72,7 @@ teacher-heldout: venv
 classifier: venv
 	$(PY) recipes/train_classifier.py
 baseline: venv
-	$(PY) eval/teacher_baseline.py --seeds 0 1 2
+	$(PY) experiments/digits_benchmark/teacher_baseline.py --seeds 0 1 2
 
 # The evaluation harness on the digits protocol: the shipped teacher at 1, 8 and 35 NFE and the DMD2
 # student exported by `make demo`, checked against the committed figures (~10 min on one thread).
@@ -84,10 +84,10 @@ evaluate: venv
 	$(PY) eval/evaluate.py calc --protocol digits --outdir $(EVAL_OUT) --results eval/results/evaluate_digits.json \
 		--compare eval/results/teacher_digits.json eval/results/dmd2_digits.json
 overhead: venv
-	$(PY) eval/dmd2_step_overhead.py
+	$(PY) experiments/dmd2_step_overhead/dmd2_step_overhead.py
 # DMD2, SiD, SIM and SwiftBrush on the control teacher, beside the shipped teacher's committed runs (~60 min)
 imperfect: venv
-	$(PY) eval/imperfect_teacher.py
+	$(PY) experiments/digits_benchmark/imperfect_teacher.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -11,8 +11,8 @@ Per case: parity of the compiled kernel with the reference, median time (`triton
 effective GB/s (tensor arguments read once + gradients written once, over the time), memory one step
 allocates, and the fused kernel's speed-up over eager and over torch.compile. Each kernel's benchmark
 lives in `kernels/stepdistill_kernels/<kernel>/bench.py`; this script runs them, summarises them per shape class
-(launch-bound / bandwidth-bound, `stepdistill_kernels.benchmark`), checks the goals below and writes
-eval/results/kernels_gpu.json.
+(launch-bound / bandwidth-bound) and checks the goals below (`stepdistill_kernels.benchmark`: `summarise`,
+`goals`), and writes eval/results/kernels_gpu.json.
 
 Goals: fused >= 2x eager at every shape; >= 1.2x torch.compile and >= 70% of peak bandwidth at the large
 and video latents; CUDA-graph capture of forward + backward for all four losses.
@@ -31,49 +31,9 @@ from pathlib import Path
 import torch
 
 from stepdistill_kernels import KERNELS
-from stepdistill_kernels.benchmark import DTYPES, SHAPES, peak_gb_per_s
+from stepdistill_kernels.benchmark import DTYPES, SHAPES, goals, peak_gb_per_s, summarise
 
 OUT = Path(__file__).resolve().parent / "results" / "kernels_gpu.json"
-LARGE = ("large_latent", "video_latent")  # where the bandwidth goals apply
-
-
-def summarise(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, float | int]]:
-    """Per shape class: cases, and the geometric-mean speed-ups and median fraction of peak of the fused kernels."""
-    import statistics
-
-    groups: dict[str, list[dict]] = {}
-    for cases in results.values():
-        for r in cases.values():
-            groups.setdefault(r.get("shape_class") or "unknown", []).append(r)
-    summary = {}
-    for cls, rs in groups.items():
-        row: dict[str, float | int] = {"cases": len(rs)}
-        for key in ("speedup_vs_eager", "speedup_vs_compiled"):
-            vals = [r[key] for r in rs if key in r]
-            if vals:
-                row[f"{key}_geomean"] = statistics.geometric_mean(vals)
-                row[f"{key}_min"] = min(vals)
-        fractions = [r["fused"]["fraction_of_peak"] for r in rs if "fraction_of_peak" in r.get("fused", {})]
-        if fractions:
-            row["fused_fraction_of_peak_median"] = statistics.median(fractions)
-        summary[cls] = row
-    return summary
-
-
-def goals(results: dict[str, dict[str, dict]]) -> dict[str, bool | None]:
-    """The benchmark's goals, each True / False (None where no case measured it)."""
-    def every(cases, test):
-        vals = [test(r) for r in cases]
-        return all(vals) if vals else None
-
-    flat = [r for cases in results.values() for r in cases.values()]
-    large = [r for cases in results.values() for case, r in cases.items() if case.split("/")[0] in LARGE]
-    return {
-        "fused_2x_eager_every_shape": every(flat, lambda r: r.get("speedup_vs_eager", 0) >= 2.0),
-        "fused_1.2x_compile_large": every(large, lambda r: r.get("speedup_vs_compiled", 0) >= 1.2),
-        "fused_70pct_peak_large": every(large, lambda r: r.get("fused", {}).get("fraction_of_peak", 0) >= 0.7),
-        "cuda_graph_all": every(flat, lambda r: r.get("cuda_graph", {}).get("captured", False)),
-    }
 
 
 def save(out: Path, meta: dict, results: dict[str, dict[str, dict]]) -> None:

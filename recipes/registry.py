@@ -1,8 +1,8 @@
 """Every distillation recipe, once: its module, config class, presets and default teacher.
 
-Tests (`tests/recipes/test_contract.py`), `eval/` tools and the docs iterate `RECIPES`; a recipe added here gets
-the contract suite (bad input, resume, one process against two, the export without stepdistill, the model card's
-code, every preset) without writing a test. The asset trainers (`train_teacher.py`, `train_classifier.py`) make
+Tests (`tests/recipes/test_contract.py`), the tools, the experiments and the docs iterate `RECIPES`; a recipe added
+here gets the contract suite (bad input, resume, one process against two, the export without stepdistill, the model
+card's code, every preset) without writing a test. The asset trainers (`train_teacher.py`, `train_classifier.py`) make
 teachers and feature networks, not students, and are not listed.
 
     from registry import RECIPES            # with recipes/ on sys.path (pytest's pythonpath does this)

@@ -20,8 +20,8 @@ class: the patch degraded by `model.sr_scale` (`stepdistill.degradations`, bicub
 and concatenated to the scaled x_t (SR3's conditioning, `stepdistill.conditioning.LRConditioner`). By default the
 network models the residual x0 - y (SRDiff's residual; `Denoiser(residual=True)`): it sees x_t - alpha y and
 predicts the missing detail, so it starts at bicubic quality instead of having to learn to carry the LR content
-through (a small network that had to, at 3,000 steps, stayed 5 dB below bicubic; docs/tuning/README.md). Both keep
-the teacher an ordinary diffusion model of x0 under the usual forward process, so every sampler, recipe and export
+through (a small network that had to, at 3,000 steps, stayed 5 dB below bicubic; experiments/tuning/README.md). Both
+keep the teacher an ordinary diffusion model of x0 under the usual forward process, so every sampler, recipe and export
 applies unchanged; ResShift's residual shifting would need a forward process of its own. `model_index.json` records
 `sr_scale` and `sr_residual`, which the recipes and the export read.
 """

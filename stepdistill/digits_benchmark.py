@@ -7,9 +7,9 @@ Protocol (every recipe reports against it, so methods stay comparable):
 - FD2, a second feature space: the same classifier's third convolution, mean- and max-pooled over space
   (128 features, scaled the same way). The penultimate features compress gaps near the teacher (a few
   class-separating directions carry most of their variance); chosen among four candidates for resolving
-  power (`python eval/feature_spaces.py`): the teacher's DPM-Solver++ at 8 NFE sits 9.6 pooled seed standard
-  deviations above its default in FD2, 2.1 in FD, 3.7 and 5.6 in a separately trained classifier's
-  penultimate and pooled features. Its values are larger (floor 1.59): compare FD2 with FD2;
+  power (`python experiments/digits_benchmark/feature_spaces.py`): the teacher's DPM-Solver++ at 8 NFE sits 9.6
+  pooled seed standard deviations above its default in FD2, 2.1 in FD, 3.7 and 5.6 in a separately trained
+  classifier's penultimate and pooled features. Its values are larger (floor 1.59): compare FD2 with FD2;
 - reference: the 797-image `reference` split, each class weighted equally (its class counts range
   74..83, and unbalanced sets alone moved FD by a factor of three in an early prototype);
 - a generated set is `n_per_class` images of every class (1,000 by default) drawn with one seed;
@@ -33,7 +33,8 @@ from .data.digits import NUM_CLASSES, load_digits_tensors
 from .metrics import effective_dimension, frechet_distance, gaussian_stats, kernel_inception_distance, precision_recall
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-# The shipped teacher's rows on this protocol, written by `make baseline` (eval/teacher_baseline.py).
+# The shipped teacher's rows on this protocol, written by `make baseline`
+# (experiments/digits_benchmark/teacher_baseline.py).
 TEACHER_TABLE = ASSETS.parent / "eval" / "results" / "teacher_digits.json"
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
 

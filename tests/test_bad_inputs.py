@@ -1,4 +1,4 @@
-"""Every bad input of `eval/bad_inputs.py` (recipes' command lines and the evaluation harness) gets one line
+"""Every bad input of `tools/bad_inputs.py` (recipes' command lines and the evaluation harness) gets one line
 naming what is wrong, and exit status 2, before any training step or generated image."""
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import evaluate
 import quick
 from registry import RECIPES
+from stepdistill.evaluation import cli
 from stepdistill.evaluation.generate import CheckpointModel, PipelineModel, StackedRandomGenerator, load_model
 
 
@@ -37,7 +37,7 @@ def _checkpoint(run: Path) -> Path:
 
 def _refused(argv, capsys) -> str:
     with pytest.raises(SystemExit) as stop:
-        evaluate.main(argv)
+        cli.main(argv)
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err
@@ -86,8 +86,8 @@ def test_consistency_checkpoints_evaluate_as_their_export(name, steps, runs, tmp
         torch.testing.assert_close(mine, export(labels, StackedRandomGenerator(seeds), nfe), atol=1e-5, rtol=0)
         one = torch.cat([model(labels[i:i + 1], StackedRandomGenerator(seeds[i:i + 1]), nfe) for i in range(5)])
         torch.testing.assert_close(mine, one, atol=1e-5, rtol=0)
-    evaluate.main(["gen", "--protocol", "digits", "--model", str(ckpt), "--num-images", "4", "--sets", "0",
-                   "--outdir", str(tmp_path / "eval")])
+    cli.main(["gen", "--protocol", "digits", "--model", str(ckpt), "--num-images", "4", "--sets", "0",
+              "--outdir", str(tmp_path / "eval")])
     assert (tmp_path / "eval" / f"{name}-multistep" / f"nfe{steps:03d}" / "set0" / "meta.json").is_file()
 
 

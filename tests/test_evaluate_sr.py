@@ -10,11 +10,10 @@ import torch
 from PIL import Image
 
 from stepdistill.degradations import Degradation
+from stepdistill.evaluation import cli
 from stepdistill.evaluation.sr import psnr
 from stepdistill.export import export_super_resolution
 from stepdistill.teachers import load_teacher
-
-import evaluate  # noqa: E402
 
 
 def _uint8(x):
@@ -37,7 +36,7 @@ def _folders(tmp_path, n=3, size=16, scale=4):
 
 def test_sr_on_the_embedded_patches_writes_json_csv_and_a_crop_grid(sr_teacher, tmp_path):
     out = tmp_path / "sr.json"
-    evaluate.main(["sr", "--model", str(sr_teacher), "--nfe", "1", "2", "--num-images", "4", "--results", str(out)])
+    cli.main(["sr", "--model", str(sr_teacher), "--nfe", "1", "2", "--num-images", "4", "--results", str(out)])
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert [(r["model"], r["nfe"]) for r in rows] == [("bicubic", 0), (str(sr_teacher), 1), (str(sr_teacher), 2)]
@@ -57,8 +56,8 @@ def test_sr_on_a_folder_scores_the_exported_pipeline_and_saves_its_own_images(sr
     pipe_dir = export_super_resolution(tmp_path / "pipe", teacher.net, teacher.scheduler_config, timesteps=[999],
                                        sr_scale=4, residual=True)
     out, saved = tmp_path / "folder.json", tmp_path / "images"
-    evaluate.main(["sr", "--model", str(pipe_dir), "--lr-dir", str(lr_dir), "--hr-dir", str(hr_dir),
-                   "--results", str(out), "--save-images", str(saved)])
+    cli.main(["sr", "--model", str(pipe_dir), "--lr-dir", str(lr_dir), "--hr-dir", str(hr_dir),
+              "--results", str(out), "--save-images", str(saved)])
     rows = json.loads(out.read_text())["rows"]
     assert [r["nfe"] for r in rows] == [0, 1]
     # bicubic, recomputed from the files
@@ -103,7 +102,7 @@ def test_bad_sr_inputs_get_one_line_before_any_image(case, match, sr_teacher, di
     else:
         args += ["--hr-dir", str(hr_dir)]
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(args)
+        cli.main(args)
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()

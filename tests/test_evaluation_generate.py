@@ -101,10 +101,10 @@ def test_an_earlier_runs_images_are_never_scored_with_a_new_set(teacher_dir, tmp
 
 def test_bad_evaluation_inputs_are_refused_before_any_work(tmp_path):
     """`--nfe 0` and a half-written checkpoint (`*.tmp`, or no step.json) get one clear message."""
-    import evaluate
+    from stepdistill.evaluation import cli
 
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["gen", "--protocol", "digits", "--model", "digits", "--nfe", "0", "--outdir", str(tmp_path)])
+        cli.main(["gen", "--protocol", "digits", "--model", "digits", "--nfe", "0", "--outdir", str(tmp_path)])
     assert exit_info.value.code == 2
     half = tmp_path / "checkpoints" / "step_00000004.tmp"
     half.mkdir(parents=True)

@@ -1,5 +1,6 @@
-"""`eval/imperfect_teacher.py`: each recipe's default run on a teacher, scored against that teacher's own default,
-with the shipped teacher's committed rows beside the runs."""
+"""`stepdistill.evaluation.recipe_runs` (`experiments/digits_benchmark/imperfect_teacher.py`): each recipe's default
+run on a teacher, scored against that teacher's own default, with the shipped teacher's committed rows beside the
+runs."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import imperfect_teacher  # noqa: E402
+from stepdistill.evaluation import recipe_runs
 
 TEACHER = dict(model="teacher", sampler="dpmpp_2m", nfe=35, fd=0.4, fd_std=0.03, fd2=2.0, fd2_std=0.1, precision=0.94,
                recall=0.72, accuracy=0.99, seconds_per_image=0.04, default=True)
@@ -31,7 +32,7 @@ def test_a_run_is_the_recipe_default_on_the_teacher_scored_without_its_own_teach
         results.write_text(json.dumps(_student()))
 
     monkeypatch.setattr(subprocess, "run", run)
-    data = imperfect_teacher.train("dmd2", "digits-heldout", tmp_path / "dmd2", [0, 1, 2])
+    data = recipe_runs.train("dmd2", "digits-heldout", tmp_path / "dmd2", [0, 1, 2])
     cmd = seen[0]
     assert cmd[cmd.index("--num_processes") + 1] == "1" and cmd[cmd.index("--mixed_precision") + 1] == "no"
     assert cmd[-8].endswith("recipes/dmd2.py")
@@ -42,35 +43,35 @@ def test_a_run_is_the_recipe_default_on_the_teacher_scored_without_its_own_teach
 
 
 def test_student_rows_are_ratios_to_their_own_teachers_default_and_the_goal_reads_them():
-    row = imperfect_teacher.student_row("dmd2", _student(), TEACHER, "trained in this run")
+    row = recipe_runs.student_row("dmd2", _student(), TEACHER, "trained in this run")
     assert row["fd_ratio"] == pytest.approx(0.75) and row["fd2_ratio"] == pytest.approx(1.25)
     assert row["recall_difference"] == pytest.approx(0.03) and row["train_steps"] == 1200
     block = dict(teacher_rows=[dict(TEACHER, sampler="ddim", nfe=1, default=False), TEACHER], students={"dmd2": row})
-    assert imperfect_teacher.goal(block) == dict(fd_below_teacher=True, recall_at_or_above_teacher=True,
-                                                 fd2_below_teacher=False)
-    worse = imperfect_teacher.student_row("dmd2", _student(fd=0.5, recall=0.7), TEACHER, "")
-    assert imperfect_teacher.goal(dict(block, students={"dmd2": worse})) == dict(
+    assert recipe_runs.goal(block) == dict(fd_below_teacher=True, recall_at_or_above_teacher=True,
+                                           fd2_below_teacher=False)
+    worse = recipe_runs.student_row("dmd2", _student(fd=0.5, recall=0.7), TEACHER, "")
+    assert recipe_runs.goal(dict(block, students={"dmd2": worse})) == dict(
         fd_below_teacher=False, recall_at_or_above_teacher=False, fd2_below_teacher=False)
-    assert imperfect_teacher.goal(dict(block, students={})) is None
+    assert recipe_runs.goal(dict(block, students={})) is None
 
 
 def test_the_combined_table_has_each_recipe_on_each_teacher():
     """The shipped teacher's block comes from the committed results (its table and each recipe's committed run,
     rows written before FD2 shown as missing); each row's ratio is to its own teacher."""
-    shipped = imperfect_teacher.committed("digits")
+    shipped = recipe_runs.committed("digits")
     assert shipped["teacher_rows"][-1]["default"] and shipped["teacher_rows"][-1]["fd"] == pytest.approx(0.183, abs=1e-3)
-    assert set(shipped["students"]) == set(imperfect_teacher.RECIPES)
+    assert set(shipped["students"]) == set(recipe_runs.distribution_recipes())
     dmd2 = shipped["students"]["dmd2"]
     assert dmd2["fd_ratio"] == pytest.approx(dmd2["fd"] / shipped["teacher_rows"][-1]["fd"])
-    control = dict(teacher_rows=[TEACHER], students={"dmd2": imperfect_teacher.student_row("dmd2", _student(), TEACHER, "")})
-    lines = imperfect_teacher.markdown(dict(teachers={"digits": shipped, "digits-heldout": control})).splitlines()
+    control = dict(teacher_rows=[TEACHER], students={"dmd2": recipe_runs.student_row("dmd2", _student(), TEACHER, "")})
+    lines = recipe_runs.markdown(dict(teachers={"digits": shipped, "digits-heldout": control})).splitlines()
     assert len(lines) == 2 + 2 + 4 + 1 + 1
     assert lines[-1].startswith("| digits-heldout | DMD2 | 1 | 0.300 ± 0.010 | 0.75x | 2.500 ± 0.200 | 1.25x | 0.900 | "
                                 "0.750 | 0.980 | 1,200 (11.4) |")
-    assert imperfect_teacher.committed("digits-heldout") is None
+    assert recipe_runs.committed("digits-heldout") is None
 
 
 def test_the_step_budget_is_the_recipes_default_or_twice_it_without_a_time_limit():
-    assert imperfect_teacher.budget("dmd2", "limit") == ()
-    assert imperfect_teacher.budget("dmd2", "default") == ("train.max_steps=1600", "train.time_limit_minutes=null")
-    assert imperfect_teacher.budget("sid", "2x")[0] == "train.max_steps=2300"
+    assert recipe_runs.budget("dmd2", "limit") == ()
+    assert recipe_runs.budget("dmd2", "default") == ("train.max_steps=1600", "train.time_limit_minutes=null")
+    assert recipe_runs.budget("sid", "2x")[0] == "train.max_steps=2300"

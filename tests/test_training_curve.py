@@ -1,4 +1,5 @@
-"""eval/training_curve.py scores a run's checkpoints with the recipe's own protocol."""
+"""`stepdistill.evaluation.run_scores` (experiments/digits_benchmark/training_curve.py and precision_recall.py)
+scores a run's checkpoints with the recipe's own protocol."""
 
 import json
 from pathlib import Path
@@ -6,11 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-import precision_recall  # noqa: E402
-import sid  # noqa: E402
-import training_curve  # noqa: E402
-from stepdistill.config import apply_overrides  # noqa: E402
+import sid
+from stepdistill.config import apply_overrides
+from stepdistill.evaluation import run_scores
 
 
 def _sid_run(teacher, run: Path, results: Path) -> None:
@@ -25,24 +24,24 @@ def _sid_run(teacher, run: Path, results: Path) -> None:
 def test_curve_scores_every_checkpoint_and_matches_the_runs_final_row(digits_like_teacher, tmp_path):
     run, results = tmp_path / "run", tmp_path / "final.json"
     _sid_run(digits_like_teacher, run, results)
-    curve = training_curve.main([str(run), "--out", str(tmp_path / "curve"), "--seeds", "0"])
+    curve = run_scores.training_curve(run, tmp_path / "curve", seeds=[0])
     assert [r["step"] for r in curve["rows"]] == [1, 2]
     final = json.loads(results.read_text())["rows"][0]
     assert curve["rows"][-1]["fd"] == pytest.approx(final["fd"], rel=1e-6)  # EMA weights, same seeds
     assert curve["rows"][0]["fd"] != curve["rows"][1]["fd"]
     assert (tmp_path / "curve.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="no complete checkpoint"):
-        training_curve.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        run_scores.training_curve(tmp_path / "empty", tmp_path / "x")
 
 
 @pytest.mark.slow
 def test_precision_recall_rows_match_the_runs_final_row(digits_like_teacher, tmp_path):
     run, results = tmp_path / "run", tmp_path / "final.json"
     _sid_run(digits_like_teacher, run, results)
-    with pytest.raises(SystemExit, match="no complete checkpoint"):  # before the teacher's sampling
-        precision_recall.main([str(run), str(tmp_path / "empty"), "--out", str(tmp_path / "pr")])
-    out = precision_recall.main([str(run), "--out", str(tmp_path / "pr"), "--seeds", "0",
-                                 "--teacher", str(digits_like_teacher), "--nfe", "2", "--guidance", "1", "2"])
+    with pytest.raises(ValueError, match="no complete checkpoint"):  # before the teacher's sampling
+        run_scores.precision_recall([run, tmp_path / "empty"], tmp_path / "pr", nfe=2)
+    out = run_scores.precision_recall([run], tmp_path / "pr", seeds=[0], teacher=str(digits_like_teacher), nfe=2,
+                                      guidance=[1.0, 2.0])
     floor, iid, teacher, guided, student = out["rows"]
     final = json.loads(results.read_text())["rows"][0]
     assert student["fd"] == pytest.approx(final["fd"], rel=1e-6) and student["set"] == "step 2"
@@ -66,6 +65,6 @@ def test_precision_recall_guides_the_teacher_with_cfg(digits_like_teacher):
     with torch.no_grad():
         cond = denoiser(x, t, class_labels=labels)
         uncond = denoiser(x, t, class_labels=torch.full_like(labels, 10))
-        torch.testing.assert_close(precision_recall.guided(denoiser, 1.0, conditioner)(x, t, labels), cond)
-        torch.testing.assert_close(precision_recall.guided(denoiser, 1.5, conditioner)(x, t, labels),
+        torch.testing.assert_close(run_scores.guided(denoiser, 1.0, conditioner)(x, t, labels), cond)
+        torch.testing.assert_close(run_scores.guided(denoiser, 1.5, conditioner)(x, t, labels),
                                    uncond + 1.5 * (cond - uncond), rtol=1e-5, atol=1e-5)

@@ -15,6 +15,11 @@ is left once launch overhead is gone).
 Shape classes: a case is `bandwidth-bound` when moving its minimum traffic at the GPU's peak bandwidth
 takes at least `BANDWIDTH_BOUND_US` (a few launches' worth of fixed cost), `launch-bound` otherwise; there
 the times measure launches, not bytes.
+
+The grid's results (kernel -> "shape/dtype" -> case, as `eval/kernels_gpu.py` writes them) are summarised per
+shape class (`summarise`) and checked against the goals (`goals`): fused >= 2x eager at every shape; >= 1.2x
+torch.compile and >= 70% of peak bandwidth at the large and video latents (`LARGE`); CUDA-graph capture of
+forward + backward everywhere.
 """
 
 from __future__ import annotations
@@ -151,3 +156,45 @@ def bench_loss(
     except Exception as exc:  # noqa: BLE001 - a failed capture is the finding
         result["cuda_graph"] = {"captured": False, "error": repr(exc)[:500]}
     return result
+
+
+LARGE = ("large_latent", "video_latent")  # where the bandwidth goals apply
+
+
+def summarise(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, float | int]]:
+    """Per shape class: cases, and the geometric-mean speed-ups and median fraction of peak of the fused kernels."""
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for cases in results.values():
+        for r in cases.values():
+            groups.setdefault(r.get("shape_class") or "unknown", []).append(r)
+    summary = {}
+    for cls, rs in groups.items():
+        row: dict[str, float | int] = {"cases": len(rs)}
+        for key in ("speedup_vs_eager", "speedup_vs_compiled"):
+            vals = [r[key] for r in rs if key in r]
+            if vals:
+                row[f"{key}_geomean"] = statistics.geometric_mean(vals)
+                row[f"{key}_min"] = min(vals)
+        fractions = [r["fused"]["fraction_of_peak"] for r in rs if "fraction_of_peak" in r.get("fused", {})]
+        if fractions:
+            row["fused_fraction_of_peak_median"] = statistics.median(fractions)
+        summary[cls] = row
+    return summary
+
+
+def goals(results: dict[str, dict[str, dict]]) -> dict[str, bool | None]:
+    """The benchmark's goals, each True / False (None where no case measured it)."""
+    def every(cases, test):
+        vals = [test(r) for r in cases]
+        return all(vals) if vals else None
+
+    flat = [r for cases in results.values() for r in cases.values()]
+    large = [r for cases in results.values() for case, r in cases.items() if case.split("/")[0] in LARGE]
+    return {
+        "fused_2x_eager_every_shape": every(flat, lambda r: r.get("speedup_vs_eager", 0) >= 2.0),
+        "fused_1.2x_compile_large": every(large, lambda r: r.get("speedup_vs_compiled", 0) >= 1.2),
+        "fused_70pct_peak_large": every(large, lambda r: r.get("fused", {}).get("fraction_of_peak", 0) >= 0.7),
+        "cuda_graph_all": every(flat, lambda r: r.get("cuda_graph", {}).get("captured", False)),
+    }

@@ -65,7 +65,7 @@ def sim_fixed_direction_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: to
     generator's own samples vanishes at the fake score's optimum. `sim_loss` is the form the paper writes
     (the real score's residual, d'(y) inside the gradient: "on-policy"); both share the leading term
     d loss / dx = -w_b u_b / B, and so the same stationary point, and differ in the second-order terms
-    through the networks (`eval/sim_forms.py` measures both).
+    through the networks (`experiments/sim_forms/sim_forms.py` measures both).
 
     Shapes and dtypes as `sim_loss`; computed in float32; returns a float32 scalar.
     """

@@ -63,7 +63,7 @@ class LossConfig:
     # DMD2 authors' advice: pick the generator's GAN weight so that its gradient on the generated
     # image has `gan_balance` times the norm of the distribution-matching gradient. When set, the
     # weight follows that ratio (EMA-smoothed) instead of `gan_generator_weight`. On digits 0.5-1
-    # scored best; 6 (a GAN-dominated generator) and no GAN at all scored worse (docs/tuning/README.md).
+    # scored best; 6 (a GAN-dominated generator) and no GAN at all scored worse (experiments/tuning/README.md).
     gan_balance: Optional[float] = 1.0
     gan_discriminator_weight: float = 1e-1
     gan_max_t: float = 0.2  # diffusion-GAN: real and fake are noised at t ~ U[0, gan_max_t] fraction
