@@ -322,9 +322,13 @@ def students(run: Run) -> list[Student]:
     """The student holds the whole skip grid (999, 979, ..., 19) and samples `model.inference_steps` of it by
     default, re-noising x0 between steps (LCM) or with TCD's `model.gamma` (0: MLCM's deterministic jumps)."""
     ts = run.grid[1:].flip(0)
+    m = run.cfg.model
+    lora = m.lora_rank is not None
+    boundary = m.boundary if max(run.cfg.loss.segments) == 1 else None  # as `consistency_function` wraps it
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=ts, ema=run.ema, name=NAME,
-                               steps=run.cfg.model.inference_steps, gamma=run.cfg.model.gamma,
-                               lora_adapter="student" if run.cfg.model.lora_rank is not None else None)]
+                               steps=m.inference_steps, gamma=m.gamma, boundary=boundary,
+                               timestep_scaling=m.timestep_scaling, lora_adapter="student" if lora else None,
+                               tags=("lcm-lora",) if lora else ())]
 
 
 def main(cfg: ConsistencyDistillConfig) -> dict | None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from .sampler_spec import STUDENT_JSON
+
 _NAME = re.compile(r"^step_(\d{8})$")
 
 
@@ -35,9 +37,10 @@ CACHE_DIR = "cache"  # teacher outputs a run solved once (`Setup.cache`)
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, *, keep: int = 2,
-                    student: dict | None = None, info: dict | None = None, config: dict | None = None) -> Path:
+                    student: dict | None = None, info: dict | None = None, config: dict | None = None,
+                    record: str | None = None) -> Path:
     """Save the accelerator state for `step` (the number of completed steps) and the `student` weights
-    (a state dict), keeping the newest `keep` checkpoints (0: all of them); `info` (JSON) goes into
+    (a state dict) with its `record` (`student.json`: how it samples, `Student.record`), keeping the newest `keep` checkpoints (0: all of them); `info` (JSON) goes into
     `step.json` beside the step, `config` (the run's config as a dict) into `config.yaml`, which a resume is
     checked against. Call on every process."""
     final = Path(output_dir) / "checkpoints" / f"step_{step:08d}"
@@ -53,6 +56,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
             from safetensors.torch import save_file
 
             save_file({k: v.detach().cpu().contiguous() for k, v in student.items()}, str(tmp / STUDENT_FILE))
+        if record is not None:
+            (tmp / STUDENT_JSON).write_text(record)
         if config is not None:
             import yaml
 

@@ -8,6 +8,7 @@ conditions through it and never know whether the model is class- or text-conditi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,8 +20,13 @@ class ClassConditioner:
     """Class labels 0..num_classes-1 as `class_labels=`; `null_label` is the unconditional class
     (None for a model trained without label dropout: guidance is then unavailable)."""
 
+    kind: ClassVar[str] = "class"  # what conditions the student: picks its exporter and evaluation
     num_classes: int
     null_label: int | None = None
+
+    def call_options(self) -> dict:
+        """What an exported pipeline's call needs beyond the condition itself: nothing."""
+        return {}
 
     @classmethod
     def for_embeddings(cls, num_class_embeds: int) -> "ClassConditioner":
@@ -58,6 +64,12 @@ class TextConditioner:
     Labels are prompt indices (-1 is the empty prompt, the unconditional branch of CFG). Each prompt is
     encoded once, on first use, and cached in float16 on the CPU; the empty prompt is encoded up front.
     """
+
+    kind = "text"
+
+    def call_options(self) -> dict:
+        """The pipeline call's own arguments (Flux's embedded guidance, the prompt length, the image size)."""
+        return self.encoder.call_options()
 
     def __init__(self, prompts: list[str], encoder, *, device="cpu"):
         if not prompts:
@@ -117,6 +129,10 @@ def cat_conditions(a: dict, b: dict) -> dict:
 class Unconditional:
     """No condition: labels are placeholders (zeros) and add no keyword arguments; no guidance."""
 
+    kind = "unconditional"
+
+    def call_options(self) -> dict:
+        return {}
     num_classes = 1
     null_label = None
 
@@ -140,6 +156,10 @@ class LRConditioner:
     HR grid (bicubic upsampling) as extra input channels; `Denoiser` concatenates it after the c_in scaling of
     x_t (`concat=`). Label -1, the null condition (classifier-free guidance), is an all-zero image."""
 
+    kind = "lr"
+
+    def call_options(self) -> dict:
+        return {}
     null_label = -1
 
     def __init__(self, dataset, degradation: Degradation, channels: int):

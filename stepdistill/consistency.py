@@ -10,7 +10,7 @@ from torch import nn
 from .denoiser import Denoiser, broadcast
 from .schedules import NoiseSchedule
 
-__all__ = ["WrapsDenoiser", "consistency_scalings", "lcm_scalings", "ConsistencyDenoiser", "SegmentConsistencyDenoiser",
+__all__ = ["LCM_TIMESTEP_SCALING", "WrapsDenoiser", "consistency_scalings", "lcm_scalings", "ConsistencyDenoiser", "SegmentConsistencyDenoiser",
            "guidance_scale_embedding", "GuidanceConditioned"]
 
 
@@ -55,6 +55,9 @@ def lcm_scalings(timestep: torch.Tensor, *, sigma_data: float = 0.5,
     return c_skip.float(), c_out.float()
 
 
+LCM_TIMESTEP_SCALING = 10.0  # LCM's boundary scaling (diffusers LCMScheduler's default)
+
+
 class ConsistencyDenoiser(WrapsDenoiser):
     """f(x_t, t): a consistency function on any `Denoiser`, with the boundary condition f(x, t_min) = x.
 
@@ -67,7 +70,7 @@ class ConsistencyDenoiser(WrapsDenoiser):
     needs F for no prediction type."""
 
     def __init__(self, denoiser: Denoiser, boundary: str = "cm", *, sigma_min: float = 0.002,
-                 timestep_scaling: float = 10.0):
+                 timestep_scaling: float = LCM_TIMESTEP_SCALING):
         super().__init__()
         if boundary not in ("cm", "lcm"):
             raise ValueError(f"unknown consistency boundary {boundary!r}; expected 'cm' or 'lcm'")

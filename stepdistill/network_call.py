@@ -12,20 +12,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["call_network", "is_flux", "bottleneck_tokens"]
+from .families import family_of_network
+
+__all__ = ["call_network", "bottleneck_tokens"]
 
 
 def _inner(net: nn.Module) -> nn.Module:
     return getattr(net, "_orig_mod", net)  # torch.compile's wrapper
 
 
-def is_flux(net: nn.Module) -> bool:
-    return type(_inner(net)).__name__ == "FluxTransformer2DModel"
-
-
 def call_network(net: nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond: dict):
     """The network's output on input `x` (B, C, H, W) at `timestep` (the schedule's network time)."""
-    if is_flux(net):
+    if family_of_network(net).packed:
         return _call_flux(net, x, timestep, cond)
     return net(x, timestep=timestep, **cond)  # by keyword: SD3 / PixArt take encoder_hidden_states second
 

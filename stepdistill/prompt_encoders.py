@@ -28,8 +28,10 @@ from typing import Protocol
 
 import torch
 
+from .families import family_of_pipeline
+
 __all__ = ["PromptEncoder", "ClipPromptEncoder", "SDXLPromptEncoder", "SD3PromptEncoder", "FluxPromptEncoder",
-           "prompt_encoder", "FAMILY_OF_PIPELINE", "PromptTruncationWarning", "truncation_message"]
+           "prompt_encoder", "PromptTruncationWarning", "truncation_message"]
 
 
 class PromptTruncationWarning(UserWarning):
@@ -95,9 +97,6 @@ class _CutWarnings:
             reported |= cut
             warnings.warn(message, PromptTruncationWarning, stacklevel=3)
 
-# The pipeline classes whose teachers the text-to-image recipes distil, by family.
-FAMILY_OF_PIPELINE = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
-                      "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale: the embedded guidance Flux-dev was distilled at
 
 
@@ -261,20 +260,23 @@ def prompt_encoder(teacher, resolution: tuple[int, int], *, device="cpu", guidan
     the training images' (height, width) in pixels (SDXL's size ids); `guidance`: Flux's embedded scale."""
     from diffusers import DiffusionPipeline
 
-    family = FAMILY_OF_PIPELINE.get(teacher.pipeline_class or "StableDiffusionPipeline")
-    if family is None:
-        raise ValueError(f"text-to-image teachers of class {teacher.pipeline_class} are not supported; supported: "
-                         f"{', '.join(FAMILY_OF_PIPELINE)}")
-    if family == "sd":
+    family = family_of_pipeline(teacher.pipeline_class)  # refuses an unsupported class
+    if family.prompt_encoder == "ClipPromptEncoder":
         return ClipPromptEncoder(teacher.load_component("tokenizer"), teacher.load_component("text_encoder"),
                                  device=device)
     skip = {teacher.component: None, "vae": None, **({"image_encoder": None, "feature_extractor": None}
-                                                       if family == "sdxl" else {})}
+                                                       if family.prompt_encoder == "SDXLPromptEncoder" else {})}
     pipe = DiffusionPipeline.from_pretrained(teacher.root, **skip)
-    if family == "sdxl":
-        return SDXLPromptEncoder(pipe, resolution, device=device)
-    if family == "sd3":
-        return SD3PromptEncoder(pipe, resolution, max_sequence_length=_max_length(pipe, "tokenizer_3", 256),
-                                device=device)
-    return FluxPromptEncoder(pipe, resolution, guidance=FLUX_GUIDANCE if guidance is None else guidance,
-                             max_sequence_length=_max_length(pipe, "tokenizer_2", 512), device=device)
+    return _BUILDERS[family.prompt_encoder](pipe, resolution, device=device, guidance=guidance)
+
+
+# How each pipeline-backed encoder is built from its pipeline (`families.Family.prompt_encoder` names it).
+_BUILDERS = {
+    "SDXLPromptEncoder": lambda pipe, resolution, *, device, guidance: SDXLPromptEncoder(pipe, resolution,
+                                                                                          device=device),
+    "SD3PromptEncoder": lambda pipe, resolution, *, device, guidance: SD3PromptEncoder(
+        pipe, resolution, max_sequence_length=_max_length(pipe, "tokenizer_3", 256), device=device),
+    "FluxPromptEncoder": lambda pipe, resolution, *, device, guidance: FluxPromptEncoder(
+        pipe, resolution, guidance=FLUX_GUIDANCE if guidance is None else guidance,
+        max_sequence_length=_max_length(pipe, "tokenizer_2", 512), device=device),
+}

@@ -242,13 +242,13 @@ def _sr_model(source: str):
 
     from .teachers import load_teacher
 
+    from .sampler_spec import STUDENT_JSON, read_student_json
+
     folder = Path(source)
-    index_path = folder / "model_index.json"
-    if index_path.is_file():
-        index = json.loads(index_path.read_text())
-        if "StepDistillSuperResolutionPipeline" in (index.get("_class_name") or []):
-            unet = json.loads((folder / "unet" / "config.json").read_text())
-            return "pipeline", folder, int(index["sr_scale"]), int(unet["sample_size"])
+    if (folder / STUDENT_JSON).is_file() and read_student_json(folder)[1]["condition"] == "lr":
+        index = json.loads((folder / "model_index.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        return "pipeline", folder, int(index["sr_scale"]), int(unet["sample_size"])
     teacher = load_teacher(source)
     if "sr_scale" not in teacher.index:
         raise ValueError(f"{source} is not a super-resolution model: its model_index.json has no sr_scale")

@@ -1,7 +1,7 @@
 """What every recipe hands back: a `Student`, which samples, exports and checkpoints itself.
 
 A student is a trained generator G(z) = D(sigma(t_0) z, t_0) (`roles.Generator`) with what sampling it
-needs: its timesteps (one, or several with re-noising in between: `samplers.multistep`), the conditioner
+needs: its sampler (`sampler_spec.SamplerSpec`: its times, one or several, and the rule between them), the conditioner
 that turns labels into network inputs, the sample space (pixels, or a VAE's latents) and the teacher it
 was distilled from (the base of its export). A `RoutedStudent` (K students and a map from condition to
 student, as in multi-student distillation) has the same surface, so the end of a run never branches on
@@ -15,7 +15,6 @@ how many students a recipe trained.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -23,23 +22,14 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
-from .samplers import multistep, tcd
+from .sampler_spec import SamplerSpec, strided, student_record
 from .schedules import RectifiedFlow
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
 
 __all__ = ["Student", "RoutedStudent", "AnyStudent", "student_timesteps"]
 
-
-def student_timesteps(timesteps: torch.Tensor, steps: int | None) -> torch.Tensor:
-    """The student's own times, or `steps` of them evenly strided from the first (a 4-step DMD2 student
-    sampled in 2 steps runs 999 and 499, as LCM subsets its grid): a student is only trained at its own times."""
-    if steps is None or steps == len(timesteps):
-        return timesteps
-    if not 1 <= steps <= len(timesteps):
-        raise ValueError(f"steps={steps}: this student samples in 1..{len(timesteps)} of its times "
-                         f"{[float(t) for t in timesteps]}")
-    return timesteps[(torch.arange(steps) * len(timesteps)) // steps]
+student_timesteps = strided  # (timesteps, steps) -> the times `steps` of them runs
 
 
 @dataclass(kw_only=True)
@@ -47,46 +37,51 @@ class Student:
     generator: torch.nn.Module  # roles.Generator, unwrapped (no DDP, no autocast wrapper)
     conditioner: object
     schedule: object
-    timesteps: torch.Tensor  # float64, descending; the first is the generator's t_0
+    sampler: SamplerSpec  # how it samples: its times, default steps, the sampler between them (student.json)
     space: object
     shape: tuple[int, ...]  # one sample in the model's space
     teacher: object  # teachers.Teacher: the export's base (its folder, scheduler config, source)
     ema: Optional[object] = None  # diffusers EMAModel over the generator's trainable parameters
     name: str = "student"
-    # Steps by default, when the student may sample in any number of its times (a consistency student holds
-    # its whole skip grid, 999, 979, ..., 19, and samples K of them as LCMScheduler does); None: all of them.
-    steps: Optional[int] = None
     # The student is this LoRA adapter on the teacher's network (LCM-LoRA): a text-to-image export also writes
     # it in diffusers' LoRA format (`lora/`), for `pipe.load_lora_weights` on the stock base pipeline.
     lora_adapter: Optional[str] = None
-    # Sampling between steps: None re-noises each x0 with fresh noise (consistency models, LCMScheduler);
-    # a value samples with TCD's gamma (`samplers.tcd`, TCDScheduler's eta): 0 is a deterministic DDIM jump on
-    # the student's x0, the sampler of multistep-consistency (segment) students.
-    gamma: Optional[float] = None
+    tags: tuple[str, ...] = ()  # the recipe's model-card tags (an LCM-LoRA: "lcm-lora")
 
     @classmethod
     def from_setup(cls, setup, *, generator: torch.nn.Module, timesteps: torch.Tensor, ema=None,
                    name: str = "student", steps: int | None = None, lora_adapter: str | None = None,
-                   gamma: float | None = None) -> "Student":
-        """The student of a recipe's run: its (prepared) generator with the run's `Setup`. A generator trained as
-        a LoRA adapter (`roles.make_generator(lora_rank=...)`) is that adapter's student unless told otherwise."""
+                   gamma: float | None = None, boundary: str | None = None,
+                   timestep_scaling: float | None = None, tags: tuple[str, ...] = ()) -> "Student":
+        """The student of a recipe's run: its (prepared) generator with the run's `Setup` and its sampler
+        (`SamplerSpec`: `steps` of its `timesteps` by default, re-noising x0 between steps or with TCD's `gamma`;
+        the consistency `boundary` its network applies). A generator trained as a LoRA adapter
+        (`roles.make_generator(lora_rank=...)`) is that adapter's student unless told otherwise."""
         generator = setup.unwrap(generator)
         if lora_adapter is None:
             lora_adapter = getattr(getattr(generator, "denoiser", None), "adapter", None)
-        student = cls(generator=generator, conditioner=setup.conditioner, schedule=setup.schedule,
-                      timesteps=timesteps, space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema,
-                      name=name, steps=steps, lora_adapter=lora_adapter, gamma=gamma)
-        student_timesteps(timesteps, steps)  # a default step count it cannot sample fails here
-        return student
+        schedule = setup.schedule
+        sampler = SamplerSpec(timesteps=tuple(float(t) for t in timesteps), steps=steps, gamma=gamma,
+                              boundary=boundary, timestep_scaling=timestep_scaling,
+                              input_scale=generator.input_scale, flow=isinstance(schedule, RectifiedFlow),
+                              num_train_timesteps=getattr(schedule, "num_train_timesteps", None) or 1000)
+        return cls(generator=generator, conditioner=setup.conditioner, schedule=schedule, sampler=sampler,
+                   space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema, name=name,
+                   lora_adapter=lora_adapter, tags=tuple(tags))
 
     @property
     def nfe(self) -> int:
         """Network evaluations of the default sampling."""
-        return len(self.default_timesteps)
+        return self.sampler.nfe
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """Its own times, float64, descending."""
+        return self.sampler.tensor()
 
     @property
     def default_timesteps(self) -> torch.Tensor:
-        return student_timesteps(self.timesteps, self.steps)
+        return self.sampler.times()
 
     @property
     def device(self) -> torch.device:
@@ -102,14 +97,8 @@ class Student:
     def sample_with(self, cond: dict, n: int, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
         """`sample` for the network's condition keyword arguments themselves (e.g. `LRConditioner.condition` of
         low-resolution images from outside the training set, as an exported SR pipeline takes them)."""
-        gen = self.generator
         z = torch.randn(n, *self.shape, generator=generator).to(self.device)
-        den = partial(gen.denoiser, **cond)
-        ts = student_timesteps(self.timesteps, self.steps if steps is None else steps)
-        x = z * gen.input_scale
-        if self.gamma is not None:
-            return tcd(den, self.schedule, x, ts, gamma=self.gamma, generator=generator)
-        return multistep(den, self.schedule, x, ts, generator=generator)
+        return self.sampler.sample(partial(self.generator.denoiser, **cond), self.schedule, z, generator, steps)
 
     def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
         """Decoded images in [-1, 1]."""
@@ -157,71 +146,18 @@ class Student:
 
     # -- export -------------------------------------------------------------------------------------
 
+    def record(self, students: int = 1) -> str:
+        """The text of `student.json`, kept in every checkpoint and export: how it samples (`sampler_spec`)."""
+        return student_record(self.sampler, recipe=self.name, condition=self.conditioner.kind, shape=self.shape,
+                              call=self.conditioner.call_options(), students=students)
+
     def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
-        """A diffusers folder that samples as `sample` does (see `stepdistill.export`): the base pipeline
-        with this unet for a text-conditional student, a self-contained pipeline for a class-conditional one."""
-        from .conditioning import ClassConditioner, LRConditioner, TextConditioner
-        from .export import export_class_conditional, export_text_to_image
+        """A diffusers folder that samples as `sample` does, with `student.json` (`stepdistill.export.students`:
+        the base pipeline with this network for a text-conditional student, a self-contained pipeline for a
+        class-conditional or super-resolution one)."""
+        from .export.students import export_student
 
-        from .export import hub_reference
-
-        card = {"base_model": hub_reference(self.teacher.source), "recipe": self.name, **(model_card or {})}
-        timesteps = self.export_timesteps()
-        net = self.generator.net
-        options = self.scheduler_options()
-        if isinstance(self.conditioner, TextConditioner):
-            calls = self.conditioner.encoder.call_options()
-            folder = export_text_to_image(folder, self.teacher.root, net, timesteps=timesteps, model_card=card,
-                                          scheduler_options=options, adapter=self.lora_adapter, call_options=calls)
-            if self.lora_adapter is not None:  # also as the LoRA itself, for the stock base pipeline
-                from .export import export_lora
-
-                export_lora(folder / "lora", net, self.lora_adapter, timesteps=timesteps, scheduler_options=options,
-                            base_model=card["base_model"], call_options=calls, recipe=self.name)
-            return folder
-        if isinstance(self.conditioner, ClassConditioner):
-            return export_class_conditional(folder, net, self.teacher.scheduler_config, timesteps=timesteps,
-                                            null_label=self.conditioner.null_label, model_card=card,
-                                            scheduler_options=options, adapter=self.lora_adapter)
-        if isinstance(self.conditioner, LRConditioner) and not options:
-            from .export import export_super_resolution
-
-            return export_super_resolution(folder, net, self.teacher.scheduler_config, timesteps=timesteps,
-                                           sr_scale=self.conditioner.scale, residual=self.generator.denoiser.residual,
-                                           model_card=card, adapter=self.lora_adapter)
-        raise TypeError(f"no export for a student conditioned by {type(self.conditioner).__name__}")
-
-    def export_timesteps(self) -> list:
-        """The exported scheduler's times: integer indices (VP-discrete), or sigmas in (0, 1] for flow students."""
-        if isinstance(self.schedule, RectifiedFlow):
-            return [round(float(t), 6) for t in self.default_timesteps]
-        return [int(round(float(t))) for t in self.default_timesteps]
-
-    def scheduler_options(self) -> dict:
-        """What the exported scheduler needs beyond the teacher's schedule to sample as `sample` does: LCM's
-        boundary scaling for a consistency function with it (`consistency.ConsistencyDenoiser`, "lcm"), and, for a
-        student holding a skip grid {k-1, 2k-1, ..., N-1}, `original_inference_steps` = its length, so that
-        `num_inference_steps=K` picks the K times `sample(steps=K)` does; TCD's gamma (a TCDScheduler) if set."""
-        from .consistency import ConsistencyDenoiser, GuidanceConditioned
-
-        options = {}
-        den = self.generator.denoiser
-        while isinstance(den, GuidanceConditioned):
-            den = den.denoiser
-        if isinstance(den, ConsistencyDenoiser):
-            if den.boundary != "lcm":
-                raise ValueError("the export's LCMScheduler applies LCM's boundary condition; a 'cm' consistency "
-                                 "student has no stock-scheduler equivalent (train it with model.boundary=lcm)")
-            options["timestep_scaling"] = den.timestep_scaling
-        ts = [int(round(float(t))) for t in self.timesteps]
-        n = len(ts)
-        total = getattr(self.schedule, "num_train_timesteps", None) or 1000
-        k = total // n
-        if self.steps is not None and ts == [(i + 1) * k - 1 for i in reversed(range(n))]:
-            options["original_inference_steps"] = n
-        if self.gamma is not None:
-            options["gamma"] = self.gamma
-        return options
+        return export_student(self, folder, model_card)
 
 
 @dataclass(kw_only=True)
@@ -299,47 +235,15 @@ class RoutedStudent:
     def unwrapped(self, accelerator) -> "RoutedStudent":
         return replace(self, students=[s.unwrapped(accelerator) for s in self.students])
 
-    def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
-        """One pipeline folder, loading in stock diffusers, whose pipeline routes each condition to its student
-        (`routing["owner"]`; at most 8 students): class-conditional students route labels, text-to-image ones
-        prompts (unseen prompts by their embedding, to the nearest student's mean). More students: a folder
-        per student and `routing.json`. The model card lists the partition."""
-        from .conditioning import ClassConditioner, TextConditioner
-        from .export import ROUTED_MAX_STUDENTS, export_class_conditional, export_routed_text_to_image, hub_reference
-        from .io import atomic_write_text
+    def record(self) -> str:
+        return self.students[0].record(students=len(self.students))
 
-        folder = Path(folder)
-        owner = self.routing.get("owner")
-        first, k = self.students[0], len(self.students)
-        routable = owner is not None and k <= ROUTED_MAX_STUDENTS
-        card = {"base_model": hub_reference(first.teacher.source), "recipe": self.name, **(model_card or {})}
-        text = isinstance(first.conditioner, TextConditioner)
-        parts = [[c for c, o in enumerate(owner or []) if o == j] for j in range(k)]
-        card["extra"] = (card.get("extra", "") + "\n\n## Students\n\n" + "\n".join(
-            f"- student {j}: " + (f"prompts {', '.join(repr(first.conditioner.prompts[c]) for c in part)}" if text
-                                  else f"classes {part}") for j, part in enumerate(parts))).strip()
-        timesteps = first.export_timesteps()
-        if routable and all(isinstance(s.conditioner, ClassConditioner) for s in self.students):
-            return export_class_conditional(
-                folder, [s.generator.net for s in self.students], first.teacher.scheduler_config,
-                timesteps=timesteps, null_label=first.conditioner.null_label, model_card=card, owner=list(owner),
-                scheduler_options=first.scheduler_options())
-        if routable and text:
-            conditioner = first.conditioner
-            labels = torch.arange(conditioner.num_classes)
-            embeddings = conditioner.embeddings(labels).double().mean(1)
-            table = torch.tensor(owner)
-            centroids = torch.stack([embeddings[table == j].mean(0) for j in range(k)])
-            return export_routed_text_to_image(
-                folder, first.teacher.root, [s.generator.net for s in self.students], timesteps=timesteps,
-                prompts=list(conditioner.prompts), owner=list(owner), centroids=centroids, model_card=card,
-                adapter=first.lora_adapter, scheduler_options=first.scheduler_options(),
-                call_options=conditioner.encoder.call_options())
-        for j, s in enumerate(self.students):
-            s.export(folder / f"student_{j}", model_card=model_card)
-        atomic_write_text(folder / "routing.json", json.dumps(
-            {"students": [f"student_{j}" for j in range(k)], **self.routing}, indent=2) + "\n")
-        return folder
+    def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
+        """One pipeline folder that routes each condition to its student, or a folder per student and
+        `routing.json` (`stepdistill.export.students.export_routed`)."""
+        from .export.students import export_routed
+
+        return export_routed(self, folder, model_card)
 
 
 class AnyStudent(Protocol):
@@ -366,5 +270,7 @@ class AnyStudent(Protocol):
     def use_ema(self) -> "AnyStudent": ...
 
     def unwrapped(self, accelerator) -> "AnyStudent": ...
+
+    def record(self) -> str: ...
 
     def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path: ...

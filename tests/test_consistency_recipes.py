@@ -222,12 +222,12 @@ def test_the_exported_scheduler_picks_the_steps_the_student_samples(digits_like_
     the exported original_inference_steps and LCM's timestep scaling) pick the same K times."""
     from diffusers import LCMScheduler
 
-    from stepdistill.export import _lcm_scheduler
+    from stepdistill.export.schedulers import lcm_scheduler as _lcm_scheduler
     from stepdistill.student import student_timesteps
 
     run = cd.setup(_cd(digits_like_teacher, tmp_path))
     student = cd.students(run)[0]
-    options = student.scheduler_options()
+    options = student.sampler.scheduler_options()
     assert options == {"timestep_scaling": 10.0, "original_inference_steps": 50}
     scheduler = _lcm_scheduler(run.setup.teacher.scheduler_config, **options)
     assert isinstance(scheduler, LCMScheduler)

@@ -5,6 +5,7 @@ file is named in one line; output paths are refused before any image is generate
 from __future__ import annotations
 
 import os
+import json
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,23 @@ def test_consistency_checkpoints_evaluate_as_their_export(name, steps, runs, tmp
     cli.main(["gen", "--protocol", "digits", "--model", str(ckpt), "--num-images", "4", "--sets", "0",
               "--outdir", str(tmp_path / "eval")])
     assert (tmp_path / "eval" / f"{name}-multistep" / f"nfe{steps:03d}" / "set0" / "meta.json").is_file()
+
+
+def test_every_checkpoint_and_export_records_how_its_student_samples(runs, tmp_path):
+    """`student.json` in each checkpoint and export, the same spec; a checkpoint samples as its record says."""
+    from stepdistill.sampler_spec import STUDENT_JSON, read_student_json
+
+    for name, run in runs.items():
+        spec, record = read_student_json(_checkpoint(run))
+        assert read_student_json(run / "pipeline")[0] == spec and record["recipe"] == name, name
+    run = tmp_path / "cd"
+    shutil.copytree(runs["consistency_distill"], run)
+    ckpt = _checkpoint(run)
+    record = json.loads((ckpt / STUDENT_JSON).read_text())
+    assert record["sampler"]["steps"] == 4
+    record["sampler"]["steps"] = 2
+    (ckpt / STUDENT_JSON).write_text(json.dumps(record))
+    assert load_model(str(ckpt)).native_nfe == 2
 
 
 def test_super_resolution_checkpoint_is_refused_naming_its_export(runs, tmp_path, capsys):

@@ -53,8 +53,11 @@ def test_sr_on_a_folder_scores_the_exported_pipeline_and_saves_its_own_images(sr
     and each saved PNG of the pipeline row is what the pipeline gives for that LR file."""
     lr_dir, hr_dir = _folders(tmp_path)
     teacher = load_teacher(sr_teacher)
+    from stepdistill.sampler_spec import SamplerSpec, student_record
+
+    record = student_record(SamplerSpec(timesteps=(999,)), recipe="tadsr", condition="lr", shape=(3, 32, 32))
     pipe_dir = export_super_resolution(tmp_path / "pipe", teacher.net, teacher.scheduler_config, timesteps=[999],
-                                       sr_scale=4, residual=True)
+                                       sr_scale=4, residual=True, record=record)
     out, saved = tmp_path / "folder.json", tmp_path / "images"
     cli.main(["sr", "--model", str(pipe_dir), "--lr-dir", str(lr_dir), "--hr-dir", str(hr_dir),
               "--results", str(out), "--save-images", str(saved)])

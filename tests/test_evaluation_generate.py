@@ -45,11 +45,14 @@ def test_teacher_images_do_not_depend_on_batch_size(teacher_dir):
 def test_exported_student_images_do_not_depend_on_batch_size(teacher_dir, tmp_path):
     """A 2-step exported pipeline: its re-noising draws come from the per-image generators too."""
     from stepdistill.export import export_class_conditional
+    from stepdistill.sampler_spec import SamplerSpec, student_record
 
     unet = UNet2DModel.from_pretrained(teacher_dir / "unet")
-    sched = dict(DDPMScheduler.from_pretrained(teacher_dir / "scheduler").config)
-    folder = export_class_conditional(tmp_path / "pipe", unet, sched, timesteps=[999, 499], null_label=10,
-                                      model_card=dict(recipe="dmd2"))
+    scheduler = DDPMScheduler.from_pretrained(teacher_dir / "scheduler")
+    spec = SamplerSpec(timesteps=(999, 499), input_scale=float((1 - scheduler.alphas_cumprod[999]).sqrt()))
+    folder = export_class_conditional(tmp_path / "pipe", unet, dict(scheduler.config), timesteps=[999, 499],
+                                      null_label=10, model_card=dict(recipe="dmd2"),
+                                      record=student_record(spec, recipe="dmd2", condition="class", shape=(1, 16, 16)))
     model = load_model(str(folder))
     assert isinstance(model, PipelineModel) and (model.name, model.native_nfe, model.sampler) == ("dmd2", 2, "multistep")
     seeds, labels = list(range(7)), [3, 1, 4, 1, 5, 9, 2]

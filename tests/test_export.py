@@ -96,6 +96,7 @@ def test_class_conditional_export_samples_like_the_trained_student(tmp_path, tin
     from stepdistill.denoiser import Denoiser
     from stepdistill.latents import PixelSpace
     from stepdistill.schedules import from_scheduler_config
+    from stepdistill.sampler_spec import SamplerSpec
     from stepdistill.student import Student
     from stepdistill.roles import Generator
 
@@ -103,9 +104,9 @@ def test_class_conditional_export_samples_like_the_trained_student(tmp_path, tin
     schedule, prediction_type = from_scheduler_config(config)
     generator = Generator(Denoiser(tiny_unet, schedule, prediction_type), timesteps[0])
     assert generator.input_scale < 0.99
+    sampler = SamplerSpec(timesteps=tuple(timesteps), input_scale=generator.input_scale)
     student = Student(generator=generator, conditioner=ClassConditioner.for_embeddings(4), schedule=schedule,
-                      timesteps=torch.tensor(timesteps, dtype=torch.float64), space=PixelSpace(), shape=(1, 8, 8),
-                      teacher=None)
+                      sampler=sampler, space=PixelSpace(), shape=(1, 8, 8), teacher=None)
     folder = export_class_conditional(tmp_path / "student", tiny_unet, config, timesteps=timesteps, null_label=3)
     _, images = sample(folder)
     x = student.sample_fn()(torch.tensor(LABELS), torch.Generator().manual_seed(SEED))

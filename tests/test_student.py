@@ -8,6 +8,7 @@ import torch
 from stepdistill.conditioning import ClassConditioner
 from stepdistill.denoiser import Denoiser
 from stepdistill.latents import PixelSpace
+from stepdistill.sampler_spec import SamplerSpec
 from stepdistill.schedules import from_scheduler_config
 from stepdistill.student import RoutedStudent, Student, student_timesteps
 from stepdistill.roles import Generator
@@ -21,10 +22,11 @@ def _student(unet, timesteps, seed=0, **kwargs):
     torch.manual_seed(seed)
     net = type(unet).from_config(unet.config).eval()
     teacher = type("T", (), {"scheduler_config": dict(config), "source": "tiny", "root": ""})()
-    return Student(generator=Generator(Denoiser(net, schedule, prediction_type), timesteps[0]),
-                   conditioner=ClassConditioner.for_embeddings(4), schedule=schedule,
-                   timesteps=torch.tensor(timesteps, dtype=torch.float64), space=PixelSpace(), shape=(1, 8, 8),
-                   teacher=teacher, **kwargs)
+    generator = Generator(Denoiser(net, schedule, prediction_type), timesteps[0])
+    sampler = SamplerSpec(timesteps=tuple(timesteps), input_scale=generator.input_scale,
+                          **{k: kwargs.pop(k) for k in ("steps", "gamma") if k in kwargs})
+    return Student(generator=generator, conditioner=ClassConditioner.for_embeddings(4), schedule=schedule,
+                   sampler=sampler, space=PixelSpace(), shape=(1, 8, 8), teacher=teacher, **kwargs)
 
 
 def test_fewer_steps_take_an_evenly_strided_subset_of_the_students_times():

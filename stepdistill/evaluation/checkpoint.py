@@ -230,7 +230,21 @@ def build_student(run: CheckpointRun):
         reason = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:300]
         raise ValueError(f"{run.weights}: does not fit the {run.recipe} student that {run.config_path} builds "
                          f"({reason})") from None
-    return _for_sampling(student)
+    return _recorded_sampler(_for_sampling(student), run.checkpoint)
+
+
+def _recorded_sampler(student, checkpoint: Path):
+    """The student samples as its checkpoint's `student.json` records (a checkpoint written before that record
+    samples as its recipe builds it)."""
+    from ..sampler_spec import STUDENT_JSON, read_student_json
+    from ..student import RoutedStudent
+
+    if not (checkpoint / STUDENT_JSON).is_file():
+        return student
+    spec, _ = read_student_json(checkpoint)
+    if isinstance(student, RoutedStudent):
+        return dataclasses.replace(student, students=[dataclasses.replace(s, sampler=spec) for s in student.students])
+    return dataclasses.replace(student, sampler=spec)
 
 
 def _for_sampling(student):

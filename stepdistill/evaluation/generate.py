@@ -3,9 +3,10 @@
 Models (`load_model`):
 - a shipped or local teacher (`"digits"`, a diffusers folder) sampled with a named ODE sampler
   (`stepdistill.samplers`) at a requested NFE;
-- an exported student pipeline folder (`stepdistill.export`): class-conditional (its own
-  `LCMScheduler` multistep sampler; an NFE other than its own runs DMD2's evenly spaced timesteps
-  999 - floor(i * 1000 / K)) or text-to-image (`num_inference_steps=K`, guidance 0);
+- an exported student pipeline folder (`stepdistill.export`), sampled as its `student.json` says the student
+  samples (`sampler_spec.SamplerSpec`): NFE K runs K of the student's own times (beyond them, a plain multistep
+  class-conditional student runs DMD2's evenly spaced timesteps 999 - floor(i * 1000 / K)); a text-to-image
+  pipeline gets the call of `export.calls.pipeline_arguments`, with each image's noise from its own generator;
 - a training checkpoint folder `<output_dir>/checkpoints/step_*` of any distillation recipe: the student its
   recipe builds from the run's config (`stepdistill.evaluation.checkpoint`) with the checkpoint's
   `student.safetensors` (EMA weights where the run kept them), sampled as the student samples.
@@ -93,69 +94,90 @@ class TeacherModel:
 
 
 class PipelineModel:
-    """An exported pipeline folder (class-conditional with `trust_remote_code`, or text-to-image)."""
+    """An exported pipeline folder, sampled as its student samples: from the folder's `student.json` (`sampler_spec`),
+    at K of the student's own times for NFE K. Class-conditional (and routed) pipelines run with
+    `trust_remote_code`; text-to-image ones get the call `export.calls.pipeline_arguments` builds, with each image's
+    noise drawn here from that image's generator."""
 
     def __init__(self, folder: str | Path, name: str | None = None):
         from diffusers import DiffusionPipeline
 
-        from .inputs import read_json
+        from ..sampler_spec import read_student_json
 
         folder = Path(folder)
-        index = read_json(folder / "model_index.json")
+        self.spec, self.record = read_student_json(folder)
         self.pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
         self.pipe.set_progress_bar_config(disable=True)
-        self.text = "text_encoder" in index
-        self.own_timesteps = None if self.text else list(self.pipe.config.timesteps)
-        self.native_nfe = None if self.text else len(self.own_timesteps)
-        self.name = name or _recipe_tag(folder) or folder.name
-        self.sampler = "one_step" if self.native_nfe == 1 else "multistep"
+        self.text = self.record["condition"] == "text"
+        self.shape = tuple(self.record["shape"])
+        self.native_nfe = self.spec.nfe
+        self.name = name or self.record["recipe"]
+        gamma = self.spec.gamma
+        self.sampler = "one_step" if self.native_nfe == 1 else "multistep" if gamma is None else f"tcd_gamma_{gamma:g}"
         self.info = dict(kind="pipeline", source=str(folder), pipeline=type(self.pipe).__name__,
-                         scheduler=type(self.pipe.scheduler).__name__, timesteps=self.own_timesteps)
+                         scheduler=type(self.pipe.scheduler).__name__, timesteps=self.spec.exported_times(),
+                         sampler_spec=self.spec.to_dict())
+
+    def times(self, nfe: int) -> list:
+        """K of the student's own times for NFE K; beyond them, DMD2's evenly spaced ones (plain multistep only)."""
+        if nfe <= self.spec.max_steps:
+            return self.spec.exported_times(nfe)
+        if self.spec.gamma is not None or self.spec.flow or self.text:
+            raise ValueError(f"NFE {nfe}: this student samples in 1..{self.spec.max_steps} of its own times")
+        return _lcm_timesteps(nfe, self.spec.num_train_timesteps)
 
     @torch.no_grad()
     def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
         if self.text:
-            out = self.pipe(list(conditions), num_inference_steps=nfe, guidance_scale=0.0,
-                            generator=rng.generators, output_type="pt").images
-        else:
-            ts = self.own_timesteps if nfe == self.native_nfe else _lcm_timesteps(nfe)
-            self.pipe.register_to_config(timesteps=ts)
-            labels = None if conditions[0] is None else list(conditions)
-            owner = self.pipe.config.get("owner") if labels is not None else None
-            # a routed pipeline hands each student the first generators of the list: one call per student, with
-            # its images' own generators, keeps every image on its seed
-            groups: dict[int, list[int]] = {}
-            for i, c in enumerate(conditions):
-                groups.setdefault(0 if owner is None else owner[max(int(c), 0)], []).append(i)
-            out = None
+            return self._text(list(conditions), rng, nfe) * 2 - 1
+        own = list(self.pipe.config.timesteps)
+        self.pipe.register_to_config(timesteps=self.times(nfe))
+        labels = None if conditions[0] is None else list(conditions)
+        owner = self.pipe.config.get("owner") if labels is not None else None
+        # a routed pipeline hands each student the first generators of the list: one call per student, with
+        # its images' own generators, keeps every image on its seed
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(conditions):
+            groups.setdefault(0 if owner is None else owner[max(int(c), 0)], []).append(i)
+        out = None
+        try:
             for idx in groups.values():
                 images = self.pipe(class_labels=None if labels is None else [labels[i] for i in idx],
                                    num_images=len(idx), generator=[rng.generators[i] for i in idx],
                                    output_type="pt").images
                 out = images.new_zeros((len(conditions), *images.shape[1:])) if out is None else out
                 out[idx] = images
-            self.pipe.register_to_config(timesteps=self.own_timesteps)
+        finally:
+            self.pipe.register_to_config(timesteps=own)
         return out.float() * 2 - 1
+
+    def _text(self, prompts: list[str], rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
+        from ..export.calls import pipeline_arguments
+
+        self.times(nfe)  # an NFE it cannot sample fails before any work
+        noise = rng.randn(self.shape)
+        # one image a call where the pipeline routes prompts among students, or where a flow pipeline's re-noising
+        # draws from torch's global generator (seeded with the image's seed): the same images at any batch size
+        alone = hasattr(self.pipe, "num_students") or (self.spec.flow and nfe > 1)
+        if not alone:
+            return self.pipe(prompts, generator=rng.generators, output_type="pt",
+                             **pipeline_arguments(self.pipe, self.spec, self.record, steps=nfe, noise=noise)).images.float()
+        out = []
+        for i, (prompt, g) in enumerate(zip(prompts, rng.generators)):
+            torch.manual_seed(g.initial_seed())
+            out.append(self.pipe([prompt], generator=[g], output_type="pt", **pipeline_arguments(
+                self.pipe, self.spec, self.record, steps=nfe, noise=noise[i:i + 1])).images.float())
+        return torch.cat(out)
 
     def nfe_of(self, nfe: int) -> int:
         return nfe
-
-
-def _recipe_tag(folder: Path) -> str | None:
-    """The recipe named in the model card's tags (`stepdistill.export.write_model_card`)."""
-    from huggingface_hub import ModelCard
-
-    if not (folder / "README.md").is_file():
-        return None
-    tags = ModelCard.load(folder / "README.md").data.tags or []
-    return next((t for t in tags if t not in ("stepdistill", "diffusion-distillation")), None)
 
 
 class CheckpointModel:
     """A recipe's training checkpoint: the student its recipe builds from the run's config, with the checkpoint's
     weights (`student.safetensors`, EMA applied, as the run evaluates and exports them; a checkpoint without it
     falls back to the trained weights in `model.safetensors`): `stepdistill.evaluation.checkpoint`. It samples
-    as the student does, at K of its own times for NFE K (`student.student_timesteps`; beyond them, DMD2's evenly
+    as the student does, at K of its own times for NFE K (`SamplerSpec.times`; beyond them, DMD2's evenly
     spaced timesteps), each image from its own generator."""
 
     def __init__(self, checkpoint: str | Path, name: str | None = None):
@@ -173,7 +195,7 @@ class CheckpointModel:
                              f"is measured through its exported pipeline ({run.export})")
         self.generator = first.generator
         self.teacher = first.teacher
-        self.ts = first.default_timesteps
+        self.ts = first.sampler.times()
         self.shape = tuple(first.shape)
         self.native_nfe = self.student.nfe
         self.name = name or run.run_dir.name
@@ -182,17 +204,17 @@ class CheckpointModel:
                          teacher=str(run.cfg.model.teacher), timesteps=[float(t) for t in self.ts], ema=run.ema)
         # a plain student's chain runs batched from per-image noise; TCD's sampler and routed students draw from
         # one generator, so they sample each image on its own (the same images at any batch size)
-        self.batched = isinstance(self.student, Student) and self.student.gamma is None
+        self.batched = isinstance(self.student, Student) and self.student.sampler.gamma is None
 
     def timesteps_for(self, nfe: int):
-        """The student's own K times for NFE K (`student_timesteps`), else DMD2's evenly spaced ones."""
-        from ..student import Student, student_timesteps
+        """The student's own K times for NFE K (`SamplerSpec.times`), else DMD2's evenly spaced ones."""
+        from ..student import Student
 
         first = self.student if isinstance(self.student, Student) else self.student.students[0]
-        if 1 <= nfe <= len(first.timesteps):
-            return student_timesteps(first.timesteps, nfe)
+        if 1 <= nfe <= first.sampler.max_steps:
+            return first.sampler.times(nfe)
         if not self.batched:
-            raise ValueError(f"NFE {nfe}: this {self.info['recipe']} student samples in 1..{len(first.timesteps)} "
+            raise ValueError(f"NFE {nfe}: this {self.info['recipe']} student samples in 1..{first.sampler.max_steps} "
                              "of its own times")
         return torch.tensor(_lcm_timesteps(nfe), dtype=torch.float64)
 
@@ -210,7 +232,7 @@ class CheckpointModel:
                               for i, g in enumerate(rng.generators)])
         device = st.device
         cond = st.conditioner.cond(labels.to(device))
-        x = rng.randn(self.shape).to(device) * st.generator.input_scale
+        x = rng.randn(self.shape).to(device) * st.sampler.input_scale
         out = multistep(partial(st.generator.denoiser, **cond), st.schedule, x, ts,
                         renoise=lambda shape: rng.randn(shape[1:]).to(device))
         return st.space.decode(out)

@@ -5,8 +5,8 @@ cannot measure.
 
 - `teacher`: a shipped name (`digits`, `digits-edm`, `sr`, ...), a hub id, or a teacher folder (a diffusers
   folder with unet/ or transformer/ and no stepdistill model card; `sr_scale` in model_index.json: an SR teacher);
-- `pipeline`: an exported student pipeline (`stepdistill.export`: the class-conditional or routed pipeline, or a
-  text-to-image pipeline whose model card carries the `stepdistill` tag); `sr_pipeline`: an exported SR pipeline;
+- `pipeline`: an exported student pipeline (`stepdistill.export`), told by its `student.json` (how its student
+  samples); `sr_pipeline`: an exported SR pipeline (a student conditioned on low-resolution images);
 - `checkpoint`: a training checkpoint `OUTPUT/checkpoints/step_XXXXXXXX/` (`step.json`, `student.safetensors`,
   the run's `OUTPUT/config.yaml`), of any recipe (`stepdistill.evaluation.checkpoint`).
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..io import check_safetensors, first_line
+from ..sampler_spec import STUDENT_JSON
 
 __all__ = ["ModelInput", "identify", "read_json", "read_yaml", "check_folder_files",
            "LORA_WEIGHTS"]
@@ -98,7 +99,7 @@ def _looks_local(spec: str) -> bool:
 
 
 def _is_stepdistill_export(folder: Path) -> bool:
-    """A text-to-image export: its model card (`export.write_model_card`) carries the `stepdistill` tag."""
+    """An export of stepdistill's: its travelling pipeline, or a model card carrying the `stepdistill` tag."""
     card = folder / "README.md"
     if not card.is_file():
         return False
@@ -146,10 +147,15 @@ def identify(spec: str | Path) -> ModelInput:
         if not isinstance(index, dict):
             raise ValueError(f"{p / 'model_index.json'}: not a diffusers model index (a JSON object)")
         module = (index.get("_class_name") or [None])[0] if isinstance(index.get("_class_name"), list) else None
-        if module == SR_PIPELINE_MODULE:
-            return ModelInput("sr_pipeline", spec, p, index)
-        if module in (PIPELINE_MODULE, ROUTED_PIPELINE_MODULE) or _is_stepdistill_export(p):
-            return ModelInput("pipeline", spec, p, index)
+        if (p / STUDENT_JSON).is_file():  # an export: how its student samples is recorded beside it
+            from ..sampler_spec import read_student_json
+
+            _, record = read_student_json(p)
+            return ModelInput("sr_pipeline" if record["condition"] == "lr" else "pipeline", spec, p, index)
+        if module in (PIPELINE_MODULE, ROUTED_PIPELINE_MODULE, SR_PIPELINE_MODULE) or _is_stepdistill_export(p):
+            raise ValueError(f"{p} is an export without {STUDENT_JSON}, the record of how its student samples: "
+                             "export it again with this stepdistill, or evaluate one of the run's checkpoints "
+                             "(OUTPUT/checkpoints/step_XXXXXXXX)")
         return ModelInput("teacher", spec, p, index)
     if (p / LORA_WEIGHTS).is_file():
         beside = p.parent if (p.parent / "model_index.json").is_file() else None

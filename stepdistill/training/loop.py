@@ -75,12 +75,13 @@ def _diverged(output_dir: Path, step: int, what: str) -> DivergenceError:
 
 def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start_step: int, start_time: float,
                step_fn: StepFn, save_samples: Callable[[Path], None],
-               student_weights: Callable[[], dict] | None = None, config: dict | None = None,
+               student_weights: Callable[[], dict] | None = None, student_record: Callable[[], str] | None = None,
+               config: dict | None = None,
                decaying: bool = False, horizon: Horizon | None = None) -> int:
     """Run `step_fn` from `start_step` to the horizon (`train.max_steps`, or the steps that fit the time
     limit: see `horizon`), or until the time limit; returns the number of completed steps.
     `save_samples(path)` is called on the main process every `sample_every`; `student_weights()` is saved
-    with every checkpoint, and `config` (the run's, as a dict) too and to the trackers. `decaying`: the learning rates decay over the horizon, so a time limit that
+    with every checkpoint, beside `student_record()` (its student.json), and `config` (the run's, as a dict) too and to the trackers. `decaying`: the learning rates decay over the horizon, so a time limit that
     cuts the run short warns."""
     out = Path(train.output_dir)
     horizon = horizon or Horizon(train.max_steps)
@@ -134,7 +135,8 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                     raise _diverged(out, step, f"non-finite student weights ({broken[0]}, ...)")
                 save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints,
                                 student=weights if accelerator.is_main_process else None,
-                                info={"horizon": horizon.state(), "recipe": name}, config=config)
+                                info={"horizon": horizon.state(), "recipe": name}, config=config,
+                                record=student_record() if student_record and accelerator.is_main_process else None)
             if stop_signal:
                 log_file.flush()
                 name = signal.Signals(stop_signal).name

@@ -77,13 +77,13 @@ def student_weights(students: list[AnyStudent]) -> dict:
 
 def check_student_steps(students: list[AnyStudent], steps) -> None:
     """`eval.student_steps`: step counts every student can sample, checked before training."""
-    from ..student import Student, student_timesteps
+    from ..student import Student
 
     for k in steps:
         for s in students:
             for one in (s.students if not isinstance(s, Student) else [s]):
                 try:
-                    student_timesteps(one.timesteps, k)
+                    one.sampler.times(k)
                 except ValueError as e:
                     raise ValueError(f"eval.student_steps: {e}") from None
 
@@ -115,6 +115,7 @@ def _train_and_finish(recipe: Recipe, cfg: Any, changed: dict, evaluation, start
         step_fn=lambda draw, step: recipe.step(run, draw, step),
         save_samples=lambda path: save_samples(recipe.students(run)[0], path),
         student_weights=lambda: (sync(run), student_weights(recipe.students(run)))[1],
+        student_record=lambda: recipe.students(run)[0].record(),
         config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)), horizon=setup.horizon)
     sync(run)
     students = [s.use_ema() for s in recipe.students(run)]

@@ -27,7 +27,7 @@ from ..distributed import make_accelerator
 from ..fingerprints import run_identity
 from ..io import atomic_write_text
 from ..latents import LatentSpace, PixelSpace
-from ..network_call import is_flux
+from ..families import family_of_network
 from ..teachers import Teacher, load_teacher
 from ..schedules import RectifiedFlow, flow_shift
 from .horizon import Horizon, lr_factor
@@ -201,8 +201,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     if data.prompts is None and data.resolution is not None:
         raise ValueError(f"data.resolution={data.resolution} applies to text-to-image teachers (set data.prompts); "
                          "a pixel teacher's resolution is its network's")
-    if data.embedded_guidance is not None and not (data.prompts is not None and is_flux(teacher.net)
-                                                   and teacher.net.config.guidance_embeds):
+    if data.embedded_guidance is not None and not (data.prompts is not None
+                                                   and teacher.net.config.get("guidance_embeds")):
         raise ValueError(f"data.embedded_guidance={data.embedded_guidance} applies to text-to-image teachers that "
                          "embed the guidance scale (Flux-dev); this teacher does not")
     if data.prompts is not None:
@@ -257,24 +257,18 @@ def text_to_image_resolution(data: DataConfig, teacher: Teacher, vae) -> int:
     """`data.resolution`, else the teacher's default: its sample size times the VAE's factor (Flux's
     transformer has none: FluxPipeline's 1024). Checked against the latent grid the denoiser needs."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    packed = is_flux(teacher.net)
-    if data.resolution is not None:
-        resolution = data.resolution
-    elif packed:
-        resolution = 1024
-    else:
-        resolution = teacher.net.config.sample_size * factor
-    multiple = factor * (2 if packed else teacher.net.config.get("patch_size") or 1)
+    family = family_of_network(teacher.net)
+    resolution = family.resolution(factor, teacher.net.config) if data.resolution is None else data.resolution
+    multiple = family.latent_multiple(factor, teacher.net.config)
     if resolution < multiple or resolution % multiple:
         raise ValueError(f"data.resolution={resolution} must be a positive multiple of {multiple} for this teacher "
-                         f"(VAE factor {factor}{', 2x2 latent packing' if packed else ''})")
+                         f"(VAE factor {factor}{', 2x2 latent packing' if family.packed else ''})")
     return resolution
 
 
 def check_latent_channels(teacher: Teacher, space: LatentSpace) -> None:
     c = space.shape[0]
-    expected = 4 * c if is_flux(teacher.net) else c  # Flux's tokens are 2x2 patches of latents
-    if teacher.net.config.in_channels != expected:
+    if family_of_network(teacher.net).latent_channels(teacher.net.config) != c:
         raise ValueError(f"the teacher's {teacher.component} takes {teacher.net.config.in_channels} input channels but its "
                          f"VAE has {c} latent channels")
 

@@ -146,16 +146,17 @@ def _module_facts(obj, seen) -> list:
 
 def _student_facts(student) -> dict:
     facts = {"weights": _digest(student.state_dict())}
-    for attr in ("timesteps", "steps", "gamma", "lora_adapter"):
+    for attr in ("lora_adapter", "tags"):
         if hasattr(student, attr):
-            v = getattr(student, attr)
-            facts[attr] = v.tolist() if isinstance(v, torch.Tensor) else v
-    for method in ("scheduler_options", "export_timesteps"):
-        if hasattr(student, method):
-            try:
-                facts[method] = repr(getattr(student, method)())
-            except ValueError as e:  # a student the stock schedulers cannot express: its reason is the fact
-                facts[method] = str(e)
+            facts[attr] = getattr(student, attr)
+    spec = getattr(student, "sampler", None)
+    if spec is not None:  # how it samples, and what the export's stock scheduler gets from it
+        facts["sampler"] = spec.to_dict()
+        facts["exported_times"] = spec.exported_times()
+        try:
+            facts["scheduler_options"] = repr(spec.scheduler_options())
+        except ValueError as e:  # a student the stock schedulers cannot express: its reason is the fact
+            facts["scheduler_options"] = str(e)
     return facts
 
 
