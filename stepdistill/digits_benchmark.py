@@ -35,6 +35,7 @@ from .metrics import effective_dimension, frechet_distance, gaussian_stats, kern
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # The shipped teacher's rows on this protocol, written by `make baseline`
 # (experiments/digits_benchmark/teacher_baseline.py).
+DIGITS_SHAPE = (1, 16, 16)  # one sample: the shipped digits teacher's images
 TEACHER_TABLE = ASSETS.parent / "eval" / "results" / "teacher_digits.json"
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
 

@@ -31,7 +31,7 @@ from .evaluation.sr import hf_energy_ratio, hf_spectrum_error, psnr, ssim
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 __all__ = ["SRBenchmark", "patches_conditioner", "folder_conditioner", "teacher_fn", "pipeline_fn", "bicubic_fn",
-           "save_crop_grid", "write_sr_results", "format_row", "evaluate_sr_models", "is_sr_student",
+           "save_crop_grid", "write_sr_results", "format_row", "evaluate_sr_models",
            "evaluate_sr_student", "NUM_TEST_PATCHES", "METRICS"]
 
 NUM_TEST_PATCHES = 256
@@ -201,11 +201,6 @@ def format_row(r: dict, width: int = 40) -> str:
     scores = (f"PSNR-Y {r['psnr_y']:.2f}  SSIM-Y {r['ssim_y']:.3f}  HF err {r['hf_spectrum_error']:.3f}  "
               f"HF energy {r['hf_energy_ratio']:.2f}  " if "psnr_y" in r else "")
     return f"{str(r['model'])[:width]:>{width}} {r.get('nfe', ''):>3} NFE  {scores}{1e3 * r['seconds_per_image']:.2f} ms"
-
-
-def is_sr_student(student) -> bool:
-    """A one-model super-resolution student (conditioned on an LR image) the patch benchmark can measure."""
-    return isinstance(getattr(student, "conditioner", None), LRConditioner)
 
 
 def evaluate_sr_student(student, real_denoiser, schedule, *, teacher_sampler: str, teacher_nfe: int,

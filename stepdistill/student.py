@@ -108,13 +108,6 @@ class Student:
         """`(labels, generator) -> samples`, the benchmark's interface."""
         return lambda labels, g: self.sample(labels, g, steps)
 
-    def benchmarkable(self) -> bool:
-        """The digits benchmark measures class-conditional 16x16 one-channel students; text-to-image
-        students are measured by eval/ (FID / CLIP) on their exported pipeline."""
-        from .conditioning import ClassConditioner
-
-        return isinstance(self.conditioner, ClassConditioner) and tuple(self.shape) == (1, 16, 16)
-
     # -- weights ------------------------------------------------------------------------------------
 
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -196,6 +189,11 @@ class RoutedStudent:
         return self.students[0].space
 
     @property
+    def sampler(self) -> SamplerSpec:
+        """The students share one sampler (their times and steps)."""
+        return self.students[0].sampler
+
+    @property
     def generators(self) -> list[torch.nn.Module]:
         return [s.generator for s in self.students]
 
@@ -215,9 +213,6 @@ class RoutedStudent:
 
     def sample_fn(self, steps: int | None = None) -> SampleFn:
         return lambda labels, g: self.sample(labels, g, steps)
-
-    def benchmarkable(self) -> bool:
-        return all(s.benchmarkable() for s in self.students)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"students.{k}.{n}": v for k, s in enumerate(self.students) for n, v in s.state_dict().items()}
@@ -262,8 +257,6 @@ class AnyStudent(Protocol):
     def images(self, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor: ...
 
     def sample_fn(self, steps: int | None = None) -> SampleFn: ...
-
-    def benchmarkable(self) -> bool: ...
 
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 

@@ -141,7 +141,7 @@ def test_teacher_rows_come_from_the_committed_table_only_where_it_applies(tmp_pa
     """"table": the shipped teacher's rows are read (never re-sampled) from a table of the same protocol,
     seeds and rows, their speed timed here; another teacher, other seeds or an older table are measured."""
     from stepdistill import digits_benchmark
-    from stepdistill.training import final
+    from stepdistill.training import benchmarks
     from stepdistill.training.sections import EvalConfig
 
     row = dict(fd=0.18, fd_std=0.01, fd_per_seed=[0.17, 0.18, 0.19], kid=-0.01, kid_std=0.001, precision=0.9,
@@ -172,15 +172,15 @@ def test_teacher_rows_come_from_the_committed_table_only_where_it_applies(tmp_pa
         def seconds_per_image(self, fn):
             return 0.04
 
-    monkeypatch.setattr(final, "table_rows", lambda wanted, **kw: [dict(r) for r in rows])
-    got, source = final.teacher_rows(EvalConfig(), Bench(), None, None, (1, 16, 16), teacher="digits")
+    monkeypatch.setattr(benchmarks, "table_rows", lambda wanted, **kw: [dict(r) for r in rows])
+    got, source = benchmarks.teacher_rows(EvalConfig(), Bench(), None, None, (1, 16, 16), teacher="digits")
     assert Bench.measured == 0 and source.startswith("table: eval/results/teacher_digits.json")
     assert [(r["sampler"], r["nfe"], r["fd"], r["seconds_per_image"], bool(r.get("default"))) for r in got] == \
         [("ddim", 1, 0.18, 0.04, False), ("dpmpp_2m", 35, 0.18, 0.04, True)]
-    got, source = final.teacher_rows(EvalConfig(), Bench(), None, None, (1, 16, 16), teacher=str(tmp_path))
+    got, source = benchmarks.teacher_rows(EvalConfig(), Bench(), None, None, (1, 16, 16), teacher=str(tmp_path))
     assert Bench.measured == 2 and source == "measured in this run" and got[1]["fd"] == 0.5 and got[1]["default"]
-    got, _ = final.teacher_rows(EvalConfig(teacher_rows="measure"), Bench(), None, None, (1, 16, 16),
+    got, _ = benchmarks.teacher_rows(EvalConfig(teacher_rows="measure"), Bench(), None, None, (1, 16, 16),
                                 teacher="digits")
     assert Bench.measured == 4 and got[0]["fd"] == 0.5
-    assert final.teacher_rows(EvalConfig(teacher_rows="none"), Bench(), None, None, (1, 16, 16),
+    assert benchmarks.teacher_rows(EvalConfig(teacher_rows="none"), Bench(), None, None, (1, 16, 16),
                               teacher="digits") == ([], "none")

@@ -334,8 +334,12 @@ def test_exports_carry_no_local_paths(tmp_path, tiny_unet, base_sd):
 def test_model_card_states_the_protocol_the_teacher_rows_and_the_training():
     """A hub page must let a reader trust the numbers: protocol, where the teacher's rows come from, steps,
     minutes, command, and whether the time limit cut training short or fitted its schedule."""
-    from stepdistill.training.final import _card_text
+    from stepdistill.training.benchmarks import DigitsRun
+    from stepdistill.training.final import _card_text as training_text
     from stepdistill.training.horizon import Horizon
+
+    def _card_text(result, **run):
+        return training_text(**run) + (DigitsRun().card(result)[1] if result is not None else "")
 
     rows = [dict(model="dmd2", sampler="one_step", nfe=1, fd=0.222, fd_std=0.009, accuracy=0.996,
                  seconds_per_image=0.0012),

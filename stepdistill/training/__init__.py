@@ -14,7 +14,8 @@
 
 from . import dmd, implicit
 from .draw import Draw
-from .final import evaluate_on_digits, finish, save_samples
+from .benchmarks import evaluate_on_digits
+from .final import finish, save_samples
 from .loop import train_loop
 from .recipe import Recipe, cli, decays, run_recipe
 from .sections import DataConfig, EvalConfig, ExportConfig, LRSchedule, TrainConfig
