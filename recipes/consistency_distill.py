@@ -79,6 +79,9 @@ class ModelConfig:
 class LossConfig:
     levels: int = 50  # skip-grid levels (LCM's num_ddim_timesteps: k = 1000 / 50 = 20)
     solver: Literal["ddim", "heun"] = "ddim"  # the teacher's step (official CD on EDM: Heun)
+    # Where the teacher's step to t = 0 (the boundary pair) lands (`schedules.NoiseSchedule.zero`): clean data, or
+    # the lowest training level alphas_cumprod[0], as LCM's DDIMSolver does (VP-discrete teachers; docs/parity.md)
+    solver_zero: Literal["clean", "lowest_level"] = "clean"
     w_min: float = 0.0  # LCM's guidance w = CFG scale - 1, drawn per sample from [w_min, w_max]
     w_max: float = 0.0  # (LCM on SD: 5-15; LCM-LoRA: a fixed 7.5 - 1; digits: 0, the teacher as trained)
     metric: Literal["l2", "huber", "pseudo_huber"] = "l2"  # LCM's l2 | element-wise huber | iCT's per-sample
@@ -148,6 +151,9 @@ def check(cfg: ConsistencyDistillConfig, s: Setup) -> None:
     if m.boundary == "lcm" and not isinstance(s.schedule, VPDiscrete):
         raise ValueError("model.boundary=lcm scales integer timesteps of a VP-discrete teacher; use "
                          "model.boundary=cm for this teacher")
+    if lo.solver_zero == "lowest_level" and not isinstance(s.schedule, VPDiscrete):
+        raise ValueError("loss.solver_zero=lowest_level is a VP-discrete teacher's alphas_cumprod[0]; this teacher's "
+                         "t = 0 is clean data")
     if lo.solver == "heun" and isinstance(s.schedule, VPDiscrete):
         raise ValueError("loss.solver=heun is the EDM teachers' step; VP-discrete teachers take DDIM steps")
     if lo.states == "teacher" and lo.w_min != lo.w_max:
@@ -231,8 +237,8 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
     trajectories = None
     if cfg.loss.states == "teacher":
         solved_at = CFGDenoiser(teacher, lcm_guidance_to_cfg(cfg.loss.w_min))
-        trajectories = make_trajectories(solved_at, solver(cfg), s.schedule, s.conditioner, s.shape, grid,
-                                         n=cfg.loss.trajectories, seed=cfg.train.seed, accelerator=s.accelerator,
+        trajectories = make_trajectories(solved_at, solver(cfg), solver_schedule(cfg, s), s.conditioner, s.shape,
+                                         grid, n=cfg.loss.trajectories, seed=cfg.train.seed, accelerator=s.accelerator,
                                          cache=s.cache("trajectories"), identity=s.identity)
     return Run(cfg=cfg, setup=s, grid=grid, teacher=teacher, generator=generator, target=target, opt=opt,
                sched=sched, ema=ema, trajectories=trajectories)
@@ -240,6 +246,11 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
 
 def solver(cfg: ConsistencyDistillConfig):
     return heun_step if cfg.loss.solver == "heun" else ddim_step
+
+
+def solver_schedule(cfg: ConsistencyDistillConfig, s: Setup):
+    """The schedule the teacher's step runs on: t = 0 as `loss.solver_zero` says."""
+    return s.schedule.at_zero(cfg.loss.solver_zero)
 
 
 def segments_at(cfg: ConsistencyDistillConfig, step: int, total: int) -> int:
@@ -266,7 +277,7 @@ def states(run: Run, draw: Draw, level: torch.Tensor, w: torch.Tensor):
     labels = labels if labels is not None else draw.labels(s.conditioner)
     x = s.schedule.add_noise(s.space.encode(images), draw.randn(*s.shape), start.float())
     with torch.no_grad():
-        x_prev = solver(run.cfg)(guided_teacher(run, w, labels), s.schedule, x, start, end)
+        x_prev = solver(run.cfg)(guided_teacher(run, w, labels), solver_schedule(run.cfg, s), x, start, end)
     return labels, x, x_prev
 
 

@@ -35,9 +35,9 @@ __all__ = ["coefficients", "ddim_step", "heun_step", "ddim", "euler", "heun", "d
 
 
 def _coeffs(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[float, float]:
-    """(alpha, sigma) at a grid point; t = 0 is clean data for every schedule (for VP-discrete,
-    index 0 still holds a little noise: this is diffusers' `set_alpha_to_one`)."""
-    if float(t) == 0.0:
+    """(alpha, sigma) at a grid point; t = 0 is what the schedule says it is (`NoiseSchedule.zero`: clean data by
+    default, as diffusers' `set_alpha_to_one`; VP-discrete index 0 still holds a little noise)."""
+    if float(t) == 0.0 and schedule.zero == "clean":
         return 1.0, 0.0
     t = t.reshape(1).to(torch.float64)
     return float(schedule.alpha(t)), float(schedule.sigma(t))
@@ -49,9 +49,9 @@ def _denoise(denoise: DenoiseFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tens
 
 def coefficients(schedule: NoiseSchedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (alpha, sigma) at native times t (B,), computed in float64, returned in float32;
-    t = 0 is clean data (1, 0) for every schedule, as in `_coeffs`."""
+    t = 0 is what the schedule says (`NoiseSchedule.zero`), as in `_coeffs`."""
     t64 = t.to(torch.float64)
-    clean = t64 == 0
+    clean = (t64 == 0) & (schedule.zero == "clean")
     alpha = torch.where(clean, torch.ones_like(t64), schedule.alpha(t64))
     sigma = torch.where(clean, torch.zeros_like(t64), schedule.sigma(t64))
     return alpha.float(), sigma.float()

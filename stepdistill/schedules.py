@@ -9,8 +9,13 @@ Every schedule works in its own *native* time, the variable its papers and diffu
 | `RectifiedFlow` | t in [0, 1]                | 1 - t             | t                  | t * T            |
 
 Fractional VP times interpolate log-SNR linearly between training indices (k-diffusion's
-`DiscreteSchedule` does the same in log-sigma). Larger t is always noisier, and t = 0 is clean data
-(for EDM, t = 0 is only used as the end point of a sampling grid).
+`DiscreteSchedule` does the same in log-sigma). Larger t is always noisier.
+
+What t = 0 means to the samplers and solvers is defined here, once (`NoiseSchedule.zero`): clean data (alpha 1,
+sigma 0) by default, for every schedule. A VP-discrete schedule may instead mean its lowest training level,
+index 0 with sqrt(abar_0) and sqrt(1 - abar_0) (`at_zero("lowest_level")`): where LCM's `DDIMSolver` and
+diffusers' `TCDScheduler` step to (their `alphas_cumprod[0]`; diffusers' `set_alpha_to_one=False`).
+For EDM, t = 0 is only used as the end point of a sampling grid.
 
 `from_scheduler_config` builds the schedule and the network's prediction type from any diffusers
 scheduler config, so one teacher folder tells the whole toolkit how to read its network.
@@ -40,6 +45,20 @@ class NoiseSchedule:
 
     t_min: float  # least noisy time used for training/sampling (> 0)
     t_max: float  # noisiest time; the prior lives here
+    zero: str = "clean"  # what t = 0 means (module docstring): "clean" data, or the "lowest_level" (VP-discrete)
+
+    def at_zero(self, meaning: str) -> "NoiseSchedule":
+        """This schedule with t = 0 meaning `meaning` ("clean" or, VP-discrete only, "lowest_level")."""
+        import copy
+
+        if meaning not in ("clean", "lowest_level"):
+            raise ValueError(f"t = 0 means 'clean' or 'lowest_level', not {meaning!r}")
+        if meaning == "lowest_level" and not isinstance(self, VPDiscrete):
+            raise ValueError(f"only a VP-discrete schedule has a lowest training level; {type(self).__name__} "
+                             "reaches clean data at t = 0")
+        other = copy.copy(self)
+        other.zero = meaning
+        return other
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -291,3 +291,41 @@ def test_sim_matches_the_papers_score_unit_loss_up_to_its_stated_constant(inputs
         loss = losses.sim_loss(xs[b:b + 1], x0r[b:b + 1], x0f[b:b + 1], c) * scale_b[b]
         total += torch.autograd.grad(loss, xs)[0]
     assert relative(total, xp.grad) < 1e-5
+
+
+def _lcm_ddim_solver_step(alphas_cumprod, pred_x0, pred_noise, timestep_index, ddim_timesteps=50):
+    """diffusers' LCM distillation scripts, `DDIMSolver.ddim_step`: the previous level of the skip grid, whose
+    first entry is alphas_cumprod[0] (the lowest training level, not clean data)."""
+    step_ratio = 1000 // ddim_timesteps
+    grid = (torch.arange(1, ddim_timesteps + 1) * step_ratio).round().long() - 1
+    prev = torch.cat([alphas_cumprod[:1], alphas_cumprod[grid[:-1]]])
+    a_prev = prev[timestep_index].view(-1, 1, 1, 1)
+    return a_prev.sqrt() * pred_x0 + (1.0 - a_prev).sqrt() * pred_noise
+
+
+def test_lcm_teacher_step_at_the_boundary_pair_and_inside():
+    """The consistency target's teacher step (`samplers.ddim_step`) against LCM's DDIMSolver on SD's schedule: every
+    interior pair agrees; on the boundary pair (19 -> 0) stepdistill's default lands on clean data, 0.029 of the
+    image away (sqrt(1 - abar_0)), and `loss.solver_zero=lowest_level` (the schedule's `at_zero`) matches."""
+    from diffusers import DDPMScheduler
+
+    from stepdistill.samplers import ddim_step
+    from stepdistill.schedules import from_scheduler_config
+
+    config = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
+    schedule, _ = from_scheduler_config(config)
+    abar = DDPMScheduler.from_config(config).alphas_cumprod.double()
+    g = torch.Generator().manual_seed(0)
+    x0, x = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for index, (t, s) in [(0, (19, 0)), (1, (39, 19)), (49, (999, 979))]:
+        tt, ss = torch.full((2,), float(t)), torch.full((2,), float(s))
+        eps = (x - abar[t].sqrt().float() * x0) / (1 - abar[t]).sqrt().float()
+        official = _lcm_ddim_solver_step(abar.float(), x0, eps, torch.full((2,), index))
+        lowest = ddim_step(None, schedule.at_zero("lowest_level"), x, tt, ss, x0=x0)
+        torch.testing.assert_close(lowest, official, atol=2e-6, rtol=0)
+        clean = ddim_step(None, schedule, x, tt, ss, x0=x0)
+        if s:
+            torch.testing.assert_close(clean, official, atol=2e-6, rtol=0)
+        else:
+            gap = float((clean - official).abs().max() / eps.abs().max())
+            assert gap == pytest.approx(float((1 - abar[0]).sqrt()), rel=0.05) and 0.02 < gap < 0.04

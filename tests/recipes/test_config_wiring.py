@@ -50,6 +50,8 @@ CONTEXT: dict[str, dict[str, tuple[str, ...]]] = {
         "loss.trajectories": ("loss.segments=[2]", "loss.states=teacher", "loss.trajectories=8"),
         "loss.w_min": ("loss.w_max=3",),
         "loss.solver": ("model.teacher=digits-edm", "model.boundary=cm"),  # Heun steps are the EDM teachers'
+        # the teacher's step to t = 0 acts on the boundary pair only: two levels draw it half the time
+        "loss.solver_zero": ("loss.levels=2", "model.inference_steps=1"),
         "model.guidance_embedding_dim": _TEXT,  # w-conditioning: a UNet2DConditionModel's time_cond_proj_dim
     },
     # iCT's curriculum; fresh weights under another seed than the one that drew the tiny teacher's
