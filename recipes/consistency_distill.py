@@ -44,7 +44,7 @@ from stepdistill.roles import Generator, make_generator, make_real_score
 from stepdistill.samplers import ddim_step, heun_step
 from stepdistill.schedules import VPDiscrete
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig,
+from stepdistill.training import (RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup, TrainConfig,
                                   check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
                                   trainable_params)
 
@@ -105,7 +105,7 @@ class OptimConfig:
 
 
 @dataclass
-class ConsistencyDistillConfig:
+class ConsistencyDistillConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -113,8 +113,6 @@ class ConsistencyDistillConfig:
                                                                    output_dir="outputs/consistency_distill_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(student_steps=(1, 2, 4, 8)))
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 @dataclass(kw_only=True)

@@ -17,28 +17,22 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from stepdistill.student import Student
-from stepdistill.training import DataConfig, EvalConfig, ExportConfig, TrainConfig, cli, run_recipe
-from stepdistill.training.dmd import (GANWeight, LossConfig, ModelConfig, OptimConfig, Run, balance_gan_weight,  # noqa: F401
-                                      build, check, fake_score_step, generate, generator_step, samples, setup, step)
+from stepdistill.training import RecipeConfig, TrainConfig, cli, run_recipe
+from stepdistill.training.dmd import LossConfig, ModelConfig, OptimConfig, Run, setup, step  # noqa: F401 (the recipe)
 
 NAME = "dmd2"
 
 
 @dataclass
-class DMD2Config:
+class DMD2Config(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     # 1,600 steps: what a fast 2-core machine completes in the 11.5-minute limit; a slower one fits the decay
     # to the steps its limit holds (stepdistill.training.horizon).
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/dmd2_digits"))
-    data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 def students(run: Run) -> list[Student]:

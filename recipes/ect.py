@@ -35,7 +35,7 @@ from stepdistill.networks import replayed_rng, rng_state, set_dropout
 from stepdistill.roles import Generator, make_generator
 from stepdistill.schedules import VPDiscrete, time_grid
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, LRSchedule, Setup, TrainConfig,
+from stepdistill.training import (RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup, TrainConfig,
                                   check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
                                   trainable_params)
 
@@ -78,7 +78,7 @@ class OptimConfig:
 
 
 @dataclass
-class ECTConfig:
+class ECTConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -86,8 +86,6 @@ class ECTConfig:
                                                                    output_dir="outputs/ect_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(student_steps=(1, 2, 4, 8)))
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 @dataclass(kw_only=True)
@@ -209,9 +207,10 @@ def sampling_times(run: Run) -> torch.Tensor:
 
 def students(run: Run) -> list[Student]:
     m = run.cfg.model
+    boundary = None if m.boundary == "none" else m.boundary
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=sampling_times(run), ema=run.ema,
-                               name=NAME, steps=m.inference_steps, boundary=None if m.boundary == "none" else m.boundary,
-                               timestep_scaling=LCM_TIMESTEP_SCALING if m.boundary == "lcm" else None)]
+                               name=NAME, steps=m.inference_steps, boundary=boundary,
+                               timestep_scaling=LCM_TIMESTEP_SCALING if boundary == "lcm" else None)]
 
 
 def main(cfg: ECTConfig) -> dict | None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -44,7 +44,7 @@ from stepdistill.networks import smaller_network
 from stepdistill.roles import make_generator
 from stepdistill.time_sampling import fake_score_times
 from stepdistill.student import RoutedStudent, Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, cli, dmd,
+from stepdistill.training import (RecipeConfig, Draw, Setup, TrainConfig, cli, dmd,
                                   make_optimizer, optimizer_step, run_recipe, trainable_params)
 
 NAME = "msd"
@@ -73,15 +73,11 @@ class OptimConfig(dmd.OptimConfig):
 
 
 @dataclass
-class MSDConfig:
+class MSDConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: dmd.LossConfig = field(default_factory=dmd.LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/msd_digits"))
-    data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 @dataclass(kw_only=True)

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from stepdistill import losses
-from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, TrainConfig, cli, implicit, run_recipe
+from stepdistill.training import DataConfig, Draw, RecipeConfig, TrainConfig, cli, implicit, run_recipe
 from stepdistill.training.implicit import ModelConfig, OptimConfig, Run, setup
 
 NAME = "sid"
@@ -41,7 +40,7 @@ class LossConfig(implicit.LossConfig):
 
 
 @dataclass
-class SiDConfig:
+class SiDConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -50,9 +49,6 @@ class SiDConfig:
     # the trained networks bf16 rounding moves x0_real - x0_fake, the loss's whole signal, by 5-12%.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1150, output_dir="outputs/sid_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 __all__ = ["NAME", "SiDConfig", "LossConfig", "setup", "generator_loss", "step", "students", "main"]

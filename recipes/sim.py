@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from stepdistill import losses
-from stepdistill.training import DataConfig, Draw, EvalConfig, ExportConfig, TrainConfig, cli, implicit, run_recipe
+from stepdistill.training import DataConfig, Draw, RecipeConfig, TrainConfig, cli, implicit, run_recipe
 from stepdistill.training.implicit import ModelConfig, OptimConfig, Run, setup
 
 NAME = "sim"
@@ -43,15 +43,12 @@ class LossConfig(implicit.LossConfig):
 
 
 @dataclass
-class SIMConfig:
+class SIMConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1100, output_dir="outputs/sim_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None
 
 
 __all__ = ["NAME", "SIMConfig", "LossConfig", "setup", "make_generator_loss", "step", "students", "main"]

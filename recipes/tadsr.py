@@ -38,7 +38,7 @@ from stepdistill.roles import make_generator, make_real_score
 from stepdistill.samplers import SamplerName
 from stepdistill.time_sampling import UniformTime
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
+from stepdistill.training import (RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim, cli,
                                   make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
                                   trainable_params)
 
@@ -78,17 +78,14 @@ class OptimConfig:
 
 
 @dataclass
-class TADSRConfig:
+class TADSRConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, ema_decay=0.999,
                                                                    output_dir="outputs/tadsr_patches"))
-    data: DataConfig = field(default_factory=DataConfig)
     # the teacher's default: DPM-Solver++(2M) at 15 evaluations, the regression targets' (TAD-SR: 15 steps)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(teacher_nfe=15))
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 @dataclass(kw_only=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 import torch
 
@@ -32,7 +31,7 @@ from stepdistill.denoiser import native_loss_weight
 from stepdistill.roles import make_generator, make_real_score
 from stepdistill.time_sampling import FakeTimes, fake_score_times
 from stepdistill.student import Student
-from stepdistill.training import (DataConfig, Draw, EvalConfig, ExportConfig, Setup, TrainConfig, check_optim, cli,
+from stepdistill.training import (RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim, cli,
                                   make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
                                   trainable_params)
 
@@ -64,17 +63,14 @@ class OptimConfig:
 
 
 @dataclass
-class YONOSConfig:
+class YONOSConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, ema_decay=0.999,
                                                                    output_dir="outputs/yonos_patches"))
-    data: DataConfig = field(default_factory=DataConfig)
     # The teacher is of another scale: its rows on x`student_scale` inputs would compare unlike models
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(teacher_rows="none"))
-    export: ExportConfig = field(default_factory=ExportConfig)
-    resume: Optional[str] = None  # "latest" (in train.output_dir) or a checkpoint folder
 
 
 @dataclass(kw_only=True)

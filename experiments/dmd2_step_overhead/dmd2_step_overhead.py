@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
 import dmd2  # noqa: E402
+from stepdistill.training import dmd  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402
 from stepdistill.losses import denoising_loss  # noqa: E402
@@ -116,8 +117,8 @@ def main() -> None:
 
     def iteration():
         draw = dmd2.Draw(run.setup.accelerator, B, cfg.train.seed, step[0])
-        dmd2.fake_score_step(run, draw, *dmd2.samples(run, draw, graph=False))
-        dmd2.generator_step(run, draw, *dmd2.samples(run, draw, graph=True))
+        dmd.fake_score_step(run, draw, *dmd.samples(run, draw, graph=False))
+        dmd.generator_step(run, draw, *dmd.samples(run, draw, graph=True))
         step[0] += 1
 
     iteration_time = median_time(iteration, args.repeats)

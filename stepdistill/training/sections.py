@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from ..samplers import SamplerName
@@ -87,3 +87,16 @@ class ExportConfig:
     # The model card's license; null: the teacher's (the project's for its shipped teachers, else the
     # teacher's model card's; `other` with a note when unknown).
     license: Optional[str] = None
+
+
+@dataclass
+class RecipeConfig:
+    """The sections every recipe's config has; a recipe's config extends it with its own `model`, `loss` and `optim`
+    (and its own defaults for these, e.g. `train.max_steps`). `resume`: "latest" (in train.output_dir) or a
+    checkpoint folder."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    resume: Optional[str] = None

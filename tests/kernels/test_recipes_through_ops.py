@@ -12,13 +12,14 @@ from stepdistill.config import apply_overrides  # noqa: E402
 from stepdistill.training import Draw, implicit  # noqa: E402
 
 import dmd2  # noqa: E402
+from stepdistill.training import dmd  # noqa: E402
 import sid  # noqa: E402
 import swiftbrush  # noqa: E402
 
 # recipe -> (config, setup, one generator update returning its logs, the loss it logs)
 RECIPES = {
-    "dmd2": (dmd2.DMD2Config, dmd2.setup, lambda run, draw: dmd2.generator_step(
-        run, draw, *dmd2.samples(run, draw, graph=True)), "loss_dm"),
+    "dmd2": (dmd2.DMD2Config, dmd2.setup, lambda run, draw: dmd.generator_step(
+        run, draw, *dmd.samples(run, draw, graph=True)), "loss_dm"),
     "sid": (sid.SiDConfig, sid.setup, lambda run, draw: implicit.generator_step(
         run, draw, *implicit.generate(run, draw), sid.generator_loss(run)), "loss_g"),
     "swiftbrush": (swiftbrush.SwiftBrushConfig, swiftbrush.setup, lambda run, draw: swiftbrush.step(run, draw, 0),
