@@ -22,6 +22,7 @@ class Family:
     network: str  # the denoiser network's class
     component: str  # the pipeline component that is the denoiser (what a student replaces in an export)
     prompt_encoder: Optional[str]  # the `prompt_encoders` class that builds its text condition
+    flow: bool = False  # a rectified-flow model (its export samples with sigmas, not timesteps)
     packed: bool = False  # the network takes 2x2-packed latent tokens (Flux)
     default_resolution: Optional[int] = None  # pixels; None: the network's sample size times the VAE's factor
     lora_saver: Optional[str] = None  # the pipeline class whose `save_lora_weights` writes its LoRA
@@ -44,9 +45,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            lora_saver="StableDiffusionPipeline"),
     Family("sdxl", "StableDiffusionXLPipeline", "UNet2DConditionModel", "unet", "SDXLPromptEncoder",
            lora_saver="StableDiffusionXLPipeline"),
-    Family("sd3", "StableDiffusion3Pipeline", "SD3Transformer2DModel", "transformer", "SD3PromptEncoder",
+    Family("sd3", "StableDiffusion3Pipeline", "SD3Transformer2DModel", "transformer", "SD3PromptEncoder", flow=True,
            lora_saver="StableDiffusion3Pipeline"),
-    Family("flux", "FluxPipeline", "FluxTransformer2DModel", "transformer", "FluxPromptEncoder", packed=True,
+    Family("flux", "FluxPipeline", "FluxTransformer2DModel", "transformer", "FluxPromptEncoder", flow=True, packed=True,
            default_resolution=1024, lora_saver="FluxPipeline"),
 )}
 # pixel-space teachers (the shipped digits and SR teachers, EDM-style ImageNet UNets): no text, no VAE

@@ -98,3 +98,27 @@ def test_final_student_runs_in_float32_after_bf16_training(fresh_accelerate_stat
     assert not torch.equal(prepared(x), exact)  # bf16 inside the patched forward
     plain = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
     torch.testing.assert_close(plain(x), exact, rtol=0, atol=0)
+
+
+def test_real_images_come_from_the_data_the_teacher_was_trained_on(digits_like_teacher, sr_teacher, tmp_path):
+    """A teacher's train_config.yaml names its embedded data; a teacher folder without that record is never given
+    the digits (or the SR patches) by its shape: it needs data.images."""
+    import shutil
+
+    from stepdistill.data.digits import DigitsDataset
+    from stepdistill.data.embedded import embedded_dataset, trained_on
+    from stepdistill.data.patches import PatchDataset
+    from stepdistill.degradations import Degradation
+    from stepdistill.training.sections import DataConfig
+    from stepdistill.training.setup import setup_data
+    from stepdistill.teachers import load_teacher
+
+    assert (trained_on(digits_like_teacher), trained_on(sr_teacher)) == ("digits", "patches")
+    _, _, data = setup_data(DataConfig(), load_teacher(digits_like_teacher), "cpu", need_images=True)
+    assert isinstance(data, DigitsDataset)
+    assert isinstance(embedded_dataset(sr_teacher, 16, Degradation(4), DataConfig(patches=8)), PatchDataset)
+    own = tmp_path / "own"
+    shutil.copytree(digits_like_teacher, own)
+    (own / "train_config.yaml").unlink()
+    with pytest.raises(ValueError, match="set data.images"):
+        setup_data(DataConfig(), load_teacher(own), "cpu", need_images=True)

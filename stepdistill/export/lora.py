@@ -53,7 +53,7 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
     options = dict(scheduler_options or {})
     extra = "".join(f", {k}={v!r}" for k, v in (call_options or {}).items())
     guidance = "" if "guidance_scale" in (call_options or {}) else ", guidance_scale=0.0"
-    if prefix == "transformer":
+    if family.flow:
         scheduler = "FlowMatchEulerDiscreteScheduler"
         options = {"shift": 1.0, "use_dynamic_shifting": False, "stochastic_sampling": True}
         steps = f"num_inference_steps={len(timesteps)}, sigmas={check_sigmas(timesteps)}"
@@ -73,7 +73,7 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
         pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, **{options!r})
         image = pipe("a photo of a cat", {steps}{guidance}{extra},
                      generator=torch.Generator().manual_seed(0)).images[0]""")
-    if prefix == "transformer" and len(timesteps) > 1:
+    if family.flow and len(timesteps) > 1:
         call = call.replace("image = pipe(", f"{STOCHASTIC_SEED}\nimage = pipe(")
     with atomic_dir(folder) as tmp:
         getattr(diffusers, saver).save_lora_weights(tmp, **{f"{prefix}_lora_layers": layers,

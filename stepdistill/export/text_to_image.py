@@ -90,7 +90,7 @@ def export_routed_text_to_image(folder: str | Path, base_pipeline: str | Path, n
                                                model_card=model_card, adapter=adapter,
                                                scheduler_options=scheduler_options, call_options=call_options)
     call = call.replace(f'from_pretrained("./{folder.name}")', f'from_pretrained("./{folder.name}", trust_remote_code=True)')
-    denoiser = "unet" if "unet" in pipe.components else "transformer"
+    denoiser = family_of_network(nets[0]).component
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         base_index = json.loads((tmp / "model_index.json").read_text())
@@ -127,7 +127,7 @@ def _text_to_image_pipeline(folder: Path, base_pipeline: str | Path, net: nn.Mod
         if component not in json.loads(index_path.read_text()):
             raise ValueError(f"base pipeline {base} has no `{component}` component for the student's "
                              f"{type(net).__name__}")
-    flow = family.component == "transformer"
+    flow = family.flow
     if flow:
         timesteps = check_sigmas(timesteps)
     else:

@@ -86,6 +86,7 @@ def build_tiny_class_conditional(folder: str | Path, *, seed: int = 0) -> Path:
         unet.save_pretrained(tmp / "unet")
         DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
             tmp / "scheduler")
+        (tmp / "train_config.yaml").write_text("data: digits\n")  # the embedded data it stands in for
     return folder
 
 
@@ -109,6 +110,7 @@ def build_tiny_super_resolution(folder: str | Path, *, scale: int = 4, seed: int
         (tmp / "model_index.json").write_text(json.dumps(
             {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"], "sr_scale": scale,
              "sr_residual": residual}, indent=2) + "\n")
+        (tmp / "train_config.yaml").write_text("data: patches\n")
     return folder
 
 

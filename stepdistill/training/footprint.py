@@ -84,7 +84,7 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     """The states an optimiser will hold once it has stepped (they are allocated lazily, at the first step)."""
     per = STATES.get(type(opt).__name__)
     if per is None:  # SGD: momentum buffers only when momentum is on; anything else: Adam's two, to be safe
-        per = (1 if opt.defaults.get("momentum") else 0) if type(opt).__name__ == "SGD" else 2
+        per = (1 if opt.defaults.get("momentum") else 0) if isinstance(opt, torch.optim.SGD) else 2
     params = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
     return int(per * _bytes(params))
 

@@ -21,7 +21,8 @@ from .. import run_lock
 from ..checkpointing import CACHE_DIR, checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
 from ..conditioning import ClassConditioner, LRConditioner, TextConditioner, Unconditional
 from ..prompt_encoders import prompt_encoder
-from ..data import DigitsDataset, ImageFolder, IndexLabelled, PatchDataset, load_prompts, training_split
+from ..data import ImageFolder, IndexLabelled, load_prompts
+from ..data.embedded import embedded_dataset
 from ..degradations import Degradation
 from ..distributed import make_accelerator
 from ..fingerprints import run_identity
@@ -238,13 +239,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     dataset = None
     if data.images is not None:
         dataset = ImageFolder(data.images, resolution, channels=data.image_channels, skip_corrupt=data.skip_corrupt)
-    elif need_images and isinstance(space, PixelSpace) and out_channels == 1:
-        # one-channel pixel teachers: the digits, the split the teacher itself was trained on (the control
-        # teacher's held-out split never includes the benchmark's reference images)
-        dataset = DigitsDataset(resolution, split=training_split(teacher.root) if teacher.root else "all")
-    elif need_images and degradation is not None and out_channels == 3:  # RGB SR teachers: natural patches
-        dataset = PatchDataset(resolution, scale=degradation.scale, num_patches=data.patches, split="train",
-                               degradation=degradation)
+    elif need_images:  # the embedded set the teacher was trained on (the digits split it saw; the SR patches)
+        dataset = embedded_dataset(teacher.root, resolution, degradation, data)
     if need_images and dataset is None:
         raise ValueError("this configuration needs real images: set data.images to an image folder")
     if degradation is not None:  # each real image is conditioned on its own degraded copy
