@@ -160,6 +160,14 @@ CASES = [
     Case("evaluate", ("sr", "--model", "{sr}", "--nfe", "1", "--results", "{tmp}"), "is a folder; give the file to write"),
     Case("evaluate", ("sr", "--model", "{sr}", "--nfe", "1", "--save-images", "{file}/images"), "is a file"),
     Case("evaluate", ("calc", "--protocol", "digits", "--results", "{tmp}"), "is a folder; give the file to write"),
+    # how a student samples is recorded (student.json); where real images come from is the teacher's record
+    Case("evaluate", ("gen", "--protocol", "digits", "--model", "{tmp}/old_export", "--nfe", "1"),
+         "is an export without student.json"),
+    Case("consistency_distill", ("model.teacher=digits-edm", "model.boundary=cm", "loss.solver_zero=lowest_level"),
+         "loss.solver_zero=lowest_level is a VP-discrete teacher's alphas_cumprod[0]"),
+    Case("dmd2", ("model.teacher={tmp}/own_teacher", "loss.gan=true"), "needs real images: set data.images"),
+    Case("consistency_distill", ("model.boundary=cm", "export.enabled=true"),
+         "export.enabled: the export's LCMScheduler applies LCM's boundary condition"),
 ]
 
 
@@ -215,13 +223,22 @@ def run_folders(tmp: Path, teacher: Path) -> None:
 
 def evaluation_inputs(tmp: Path, teacher: Path) -> None:
     """Inputs evaluate.py refuses: a LoRA export, a cut model_index.json, checkpoints with a cut student, a cut
-    config.yaml (unparsable, or parsable but short), no weights."""
+    config.yaml (unparsable, or parsable but short), no weights; an export without student.json; a teacher folder
+    with no record of the data it was trained on."""
+    import json
+    import shutil
+
     import torch
     import yaml
     from safetensors.torch import save_file
 
     from stepdistill.config import apply_overrides, to_dict
 
+    (tmp / "old_export").mkdir()  # an export from before student.json
+    (tmp / "old_export" / "model_index.json").write_text(
+        json.dumps({"_class_name": ["stepdistill_pipeline", "StepDistillClassConditionalPipeline"]}))
+    shutil.copytree(teacher, tmp / "own_teacher")  # a teacher folder with no record of its training data
+    (tmp / "own_teacher" / "train_config.yaml").unlink()
     (tmp / "lora").mkdir()
     save_file({"unet.conv.lora_A.weight": torch.zeros(4, 4)}, str(tmp / "lora" / "pytorch_lora_weights.safetensors"))
     (tmp / "cut_index").mkdir()

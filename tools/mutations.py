@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "tools" / "results" / "mutations.json"
 
 RECORDED = "tests/test_recorded_losses.py"
+EVALUATE_EXPORTS = "tests/test_evaluate_exports.py"
 WIRING = "tests/recipes/test_config_wiring.py::test_changing_the_key_changes_what_the_run_does"
 RESUME = "tests/recipes/test_resume_rule.py"
 FOLDER = "tests/recipes/test_run_folder.py"
@@ -127,7 +128,7 @@ MUTANTS = [
            ("tests/test_consistency_recipes.py::test_distillation_step_is_lcm_s_loss_and_moves_the_ema_target[l2]",),
            "the target skips the teacher's solver step"),
     Mutant("cd_teacher_step_reversed", "recipes/consistency_distill.py",
-           "s.schedule, x, start, end)", "s.schedule, x, end, start)",
+           "solver_schedule(run.cfg, s), x, start, end)", "solver_schedule(run.cfg, s), x, end, start)",
            (f"{RECORDED}::test_short_run_logs_the_recorded_losses[consistency_distill]",),
            "the teacher's step taken upwards in noise"),
     Mutant("cd_guidance_to_cfg_shifted", "recipes/consistency_distill.py",
@@ -349,8 +350,8 @@ MUTANTS = [
            ("tests/test_dmd2_recipe.py::test_the_gan_terms_join_distribution_matching_at_gan_start_step",),
            "the GAN terms ignore loss.gan_start_step"),
     # the control teacher and the digits benchmark's second feature space
-    Mutant("gan_real_images_all_digits", "stepdistill/training/setup.py",
-           'split=training_split(teacher.root) if teacher.root else "all"', 'split="all"',
+    Mutant("gan_real_images_all_digits", "stepdistill/data/embedded.py",
+           "split=training_split(teacher_folder)", 'split="all"',
            ("tests/test_dmd2_recipe.py::test_gan_real_images_are_the_teachers_training_split_never_the_reference",),
            "the GAN's real images include the FD reference split whatever the teacher trained on"),
     Mutant("fd2_in_the_penultimate_space", "stepdistill/digits_benchmark.py",
@@ -541,6 +542,47 @@ MUTANTS = [
            ("tests/test_dmd2_recipe.py::test_tiny_text_to_image_preset_trains_and_exports",),
            "the model card quotes the teacher's and the output folder's absolute paths"),
 
+    # How a student samples, one definition (stepdistill/sampler_spec.py) and what reads it back
+    Mutant("spec_tcd_ignored", "stepdistill/sampler_spec.py", "        if self.gamma is not None:\n            return tcd(",
+           "        if False:\n            return tcd(", (f"{EVALUATE_EXPORTS}::test_tcd_student",),
+           "a TCD (gamma) student sampled with LCM's re-noising"),
+    Mutant("spec_skip_grid_length_dropped", "stepdistill/sampler_spec.py",
+           'options["original_inference_steps"] = len(self.timesteps)', "pass",
+           (f"{EVALUATE_EXPORTS}::test_consistency_student_at_k_steps_of_its_grid",),
+           "a skip-grid student exported without its grid's length: K steps pick other times"),
+    Mutant("export_record_dropped", "stepdistill/export/folders.py", "    if record is not None:\n        (folder",
+           "    if False:\n        (folder", (f"{EVALUATE_EXPORTS}::test_digits_one_step",),
+           "an export without student.json"),
+    Mutant("evaluate_latents_unscaled", "stepdistill/export/calls.py", "else noise * spec.input_scale", "else noise",
+           (f"{EVALUATE_EXPORTS}::test_sd_one_step_export_is_scored_as_the_student",),
+           "evaluation feeds a multistep text export unscaled noise (sigma(t_0) dropped)"),
+    Mutant("evaluate_own_times_only", "stepdistill/evaluation/generate.py",
+           "self.pipe.register_to_config(timesteps=self.times(nfe))", "self.pipe.register_to_config(timesteps=own)",
+           (f"{EVALUATE_EXPORTS}::test_consistency_student_at_k_steps_of_its_grid",),
+           "evaluation at K steps runs the export's default times"),
+    Mutant("checkpoint_record_ignored", "stepdistill/evaluation/checkpoint.py",
+           "return _recorded_sampler(_for_sampling(student), run.checkpoint)", "return _for_sampling(student)",
+           ("tests/test_evaluate_inputs.py::test_every_checkpoint_and_export_records_how_its_student_samples",),
+           "a checkpoint sampled as its recipe rebuilds it, not as its student.json says"),
+    Mutant("solver_zero_ignored", "recipes/consistency_distill.py", "return s.schedule.at_zero(cfg.loss.solver_zero)",
+           "return s.schedule",
+           ("tests/recipes/test_config_wiring.py::test_changing_the_key_changes_what_the_run_does[consistency_distill:loss.solver_zero]",),
+           "loss.solver_zero read and never passed on"),
+    Mutant("zero_always_clean", "stepdistill/samplers.py", 'clean = (t64 == 0) & (schedule.zero == "clean")',
+           "clean = t64 == 0",
+           ("tests/test_official_parity.py::test_lcm_teacher_step_at_the_boundary_pair_and_inside",),
+           "the schedule's lowest training level ignored by the solvers"),
+    Mutant("family_flux_unpacked", "stepdistill/families.py", "flow=True, packed=True,", "flow=True, packed=False,",
+           ("tests/test_model_families.py::test_flow_denoiser_recovers_x0_exactly_on_a_linear_flow",),
+           "Flux's network called on unpacked latents"),
+    Mutant("embedded_data_by_shape", "stepdistill/data/embedded.py", "        return None\n    return (yaml",
+           '        return "digits"\n    return (yaml',
+           ("tests/test_training_setup.py::test_real_images_come_from_the_data_the_teacher_was_trained_on",),
+           "a teacher without a record of its data gets the digits"),
+    Mutant("benchmark_never_applies", "stepdistill/training/benchmarks.py",
+           'all(s.conditioner.kind == "lr" for s', 'all(s.conditioner.kind == "class" for s',
+           ("tests/test_tadsr_recipe.py::test_a_run_measures_bicubic_the_teacher_and_the_student_on_held_out_patches",),
+           "the SR benchmark skips the SR students"),
 ]
 
 def scratch_copy(dest: Path) -> None:

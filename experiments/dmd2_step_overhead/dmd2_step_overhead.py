@@ -31,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
 import dmd2  # noqa: E402
-from stepdistill.training import dmd  # noqa: E402
+from stepdistill.networks import trainable  # noqa: E402
+from stepdistill.training import Draw, dmd  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
 from stepdistill.io import atomic_write_text  # noqa: E402
 from stepdistill.losses import denoising_loss  # noqa: E402
@@ -101,7 +102,7 @@ def main() -> None:
 
     def gan_generator_forward_backward():
         x = x_t.clone().requires_grad_(True)
-        with dmd2.trainable(fake, False), dmd2.trainable(head, False):
+        with trainable(fake, False), trainable(head, False):
             head(fake.features(x, t, **cond)).sum().backward()
         zero()
 
@@ -116,7 +117,7 @@ def main() -> None:
     step = [0]
 
     def iteration():
-        draw = dmd2.Draw(run.setup.accelerator, B, cfg.train.seed, step[0])
+        draw = Draw(run.setup.accelerator, B, cfg.train.seed, step[0])
         dmd.fake_score_step(run, draw, *dmd.samples(run, draw, graph=False))
         dmd.generator_step(run, draw, *dmd.samples(run, draw, graph=True))
         step[0] += 1

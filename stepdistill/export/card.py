@@ -6,15 +6,55 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..io import atomic_write_text
 
-__all__ = ['CARD_KEYS', 'PROJECT_LICENSE', 'write_model_card', 'card_arguments', 'teacher_license', 'hub_reference', 'is_local']
+__all__ = ['Usage', 'CARD_KEYS', 'PROJECT_LICENSE', 'write_model_card', 'card_arguments', 'teacher_license', 'hub_reference', 'is_local']
 
 
 CARD_KEYS = ("base_model", "recipe", "metrics", "tags", "extra", "license")
 PROJECT_LICENSE = "apache-2.0"  # the shipped teachers' too: the project trained them
+
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The model card's code, rendered once (`render`): load the pipeline, prepare, then call it for one image from
+    one seeded generator (the first input's noise and every re-noising step draw from it, as `Student.sample` does).
+    Values are Python source (the `repr` of a value)."""
+
+    source: str  # what `from_pretrained` loads, as code: './folder', or the base model's hub id
+    source_comment: str = "or the hub repo id"
+    remote_code: bool = False  # a travelling pipeline: trust_remote_code=True
+    schedulers: tuple[str, ...] = ()  # diffusers names imported beside DiffusionPipeline
+    imports: tuple[str, ...] = ()  # other import lines
+    setup: tuple[str, ...] = ()  # lines after loading (a LoRA, a scheduler)
+    draws: tuple[str, ...] = ()  # lines after the generator is made (the first input drawn from it)
+    inputs: tuple[str, ...] = ('"a photo of a cat"',)  # the call's leading arguments
+    arguments: tuple[tuple[str, str], ...] = ()  # (keyword, value as code), in order
+    result: str = "image"  # "image": `.images[0]`; "images": `.images`
+
+    def with_arguments(self, *pairs: tuple[str, str]) -> "Usage":
+        return replace(self, arguments=(*self.arguments, *pairs))
+
+    def render(self) -> str:
+        remote = ", trust_remote_code=True" if self.remote_code else ""
+        head = f"{self.result} = pipe("
+        args = [*self.inputs, *(f"{k}={v}" for k, v in self.arguments), "generator=generator"]
+        lines, line = [], head
+        for i, a in enumerate(args):
+            piece = a + (", " if i + 1 < len(args) else "")
+            if len(line) + len(piece) > 110 and line != head:
+                lines.append(line.rstrip())
+                line = " " * len(head)
+            line += piece
+        lines.append(line + ").images" + ("[0]" if self.result == "image" else ""))
+        return "\n".join(["import torch", f"from diffusers import {', '.join(['DiffusionPipeline', *self.schedulers])}",
+                          *self.imports, "",
+                          f"pipe = DiffusionPipeline.from_pretrained({self.source}{remote})  # {self.source_comment}",
+                          *self.setup, "generator = torch.Generator().manual_seed(0)", *self.draws, *lines])
 
 
 def write_model_card(folder: str | Path, *, base_model: str | None, recipe: str, metrics: Mapping,

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..io import atomic_dir
 from ..sampler_spec import STUDENT_JSON
-from .card import hub_reference, write_model_card
+from .card import Usage, hub_reference, write_model_card
 
 __all__ = ['PICKLE_SUFFIXES', 'pixel_folder', 'plain_network', 'scrub_local_paths', 'check_complete', 'write_record', 'seal']
 
@@ -22,7 +22,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def pixel_folder(folder: Path, nets: dict, scheduler, pipeline_file: Path, module: str, cls: str, config: dict, *,
-                  card: dict, call: str, pipeline_tag: str | None = None, record: str | None = None) -> Path:
+                  card: dict, call: Usage, pipeline_tag: str | None = None, record: str | None = None) -> Path:
     """A travelling-pipeline folder: the networks, the scheduler, the pipeline's file, model_index.json naming it
     and carrying `config`, the model card; written in one rename."""
     import diffusers
@@ -104,11 +104,11 @@ def check_complete(folder: Path) -> None:
         raise ValueError(f"{folder} has no *.safetensors weights")
 
 
-def seal(folder: Path, index: dict, *, call: str, pipeline_tag: str | None, card: dict, record: str | None) -> None:
+def seal(folder: Path, index: dict, *, call: Usage, pipeline_tag: str | None, card: dict, record: str | None) -> None:
     """The last writes of every pipeline folder: model_index.json, the model card, `student.json` (how the exported
     student samples: `sampler_spec.student_record`); then no local paths left, and complete."""
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    write_model_card(folder, pipeline_call=call, pipeline_tag=pipeline_tag, **card)
+    write_model_card(folder, pipeline_call=call.render(), pipeline_tag=pipeline_tag, **card)
     write_record(folder, record)
     scrub_local_paths(folder)
     check_complete(folder)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from torch import nn
 
 from ..families import family_of_network
 from ..io import atomic_dir
-from .card import write_model_card
+from .card import Usage, write_model_card
 from .folders import write_record
 from .schedulers import check_sigmas
 from .text_to_image import STOCHASTIC_SEED
@@ -51,34 +50,26 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
     layers = get_peft_model_state_dict(net, adapter_name=adapter)
     metadata = net.peft_config[adapter].to_dict()  # rank, alpha, targets: loaders rebuild the adapter from it
     options = dict(scheduler_options or {})
-    extra = "".join(f", {k}={v!r}" for k, v in (call_options or {}).items())
-    guidance = "" if "guidance_scale" in (call_options or {}) else ", guidance_scale=0.0"
     if family.flow:
         scheduler = "FlowMatchEulerDiscreteScheduler"
         options = {"shift": 1.0, "use_dynamic_shifting": False, "stochastic_sampling": True}
-        steps = f"num_inference_steps={len(timesteps)}, sigmas={check_sigmas(timesteps)}"
-
+        steps = (("num_inference_steps", str(len(timesteps))), ("sigmas", repr(check_sigmas(timesteps))))
     else:
         gamma = options.pop("gamma", None)  # a student sampled with TCD's gamma: TCDScheduler, eta = gamma
         scheduler = "LCMScheduler" if gamma is None else "TCDScheduler"
-        steps = f"num_inference_steps={len(timesteps)}" + ("" if gamma is None else f", eta={gamma}")
-    base = repr(base_model) if base_model else "BASE_MODEL"
-    where = "the base model it was distilled from" if base_model else "the teacher it was distilled from"
-    call = textwrap.dedent(f"""\
-        import torch
-        from diffusers import DiffusionPipeline, {scheduler}
-
-        pipe = DiffusionPipeline.from_pretrained({base})  # {where}
-        pipe.load_lora_weights("./{folder.name}")
-        pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, **{options!r})
-        image = pipe("a photo of a cat", {steps}{guidance}{extra},
-                     generator=torch.Generator().manual_seed(0)).images[0]""")
-    if family.flow and len(timesteps) > 1:
-        call = call.replace("image = pipe(", f"{STOCHASTIC_SEED}\nimage = pipe(")
+        steps = (("num_inference_steps", str(len(timesteps))), *((("eta", repr(gamma)),) if gamma is not None else ()))
+    guidance = () if "guidance_scale" in (call_options or {}) else (("guidance_scale", "0.0"),)
+    call = Usage(source=repr(base_model) if base_model else "BASE_MODEL",
+                 source_comment="the base model it was distilled from" if base_model else
+                 "the teacher it was distilled from", schedulers=(scheduler,),
+                 setup=(f'pipe.load_lora_weights("./{folder.name}")',
+                        f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, **{options!r})"),
+                 draws=(STOCHASTIC_SEED,) if family.flow and len(timesteps) > 1 else (),
+                 arguments=(*steps, *guidance, *((k, repr(v)) for k, v in (call_options or {}).items())))
     with atomic_dir(folder) as tmp:
         getattr(diffusers, saver).save_lora_weights(tmp, **{f"{prefix}_lora_layers": layers,
                                                            f"{prefix}_lora_adapter_metadata": metadata})
-        write_model_card(tmp, base_model=base_model, recipe=recipe, metrics={}, pipeline_call=call,
+        write_model_card(tmp, base_model=base_model, recipe=recipe, metrics={}, pipeline_call=call.render(),
                          tags=["lora", *tags], pipeline_tag="text-to-image")
         write_record(tmp, record)
     return folder

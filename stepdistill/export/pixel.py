@@ -5,13 +5,12 @@ environment without stepdistill.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
 from torch import nn
 
-from .card import card_arguments
+from .card import Usage, card_arguments
 from .folders import pixel_folder, plain_network
 from .schedulers import check_timesteps, lcm_scheduler
 
@@ -68,12 +67,8 @@ def export_class_conditional(folder: str | Path, unet: nn.Module | list[nn.Modul
         raise ValueError(f"null_label={null_label!r} is not a class of the network "
                          f"(num_class_embeds={num_classes})")
     card = card_arguments(model_card, base_model=None)
-    call = textwrap.dedent(f"""\
-        import torch
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained("./{folder.name}", trust_remote_code=True)  # or the hub repo id
-        images = pipe(class_labels=[0, 1, 2], generator=torch.Generator().manual_seed(0)).images""")
+    call = Usage(source=f'"./{folder.name}"', remote_code=True, inputs=(),
+                 arguments=(("class_labels", "[0, 1, 2]"),), result="images")
 
     names = ["unet"] + [f"unet_{k}" for k in range(1, len(nets))]
     config = {"timesteps": timesteps, "null_label": null_label, "gamma": gamma,
@@ -100,14 +95,9 @@ def export_super_resolution(folder: str | Path, unet: nn.Module, scheduler_confi
         raise ValueError(f"sr_scale={sr_scale} must be >= 1")
     net = plain_network(unet, adapter)
     card = card_arguments(model_card, base_model=None)
-    call = textwrap.dedent(f"""\
-        import torch
-        from diffusers import DiffusionPipeline
-        from PIL import Image
-
-        pipe = DiffusionPipeline.from_pretrained("./{folder.name}", trust_remote_code=True)  # or the hub repo id
-        low_resolution = Image.open("input.png")  # the output is {int(sr_scale)}x larger
-        image = pipe(image=low_resolution, generator=torch.Generator().manual_seed(0)).images[0]""")
+    call = Usage(source=f'"./{folder.name}"', remote_code=True, imports=("from PIL import Image",),
+                 setup=(f'low_resolution = Image.open("input.png")  # the output is {int(sr_scale)}x larger',),
+                 inputs=(), arguments=(("image", "low_resolution"),))
     return pixel_folder(folder, {"unet": net}, scheduler, SR_PIPELINE_FILE, SR_PIPELINE_MODULE, SR_PIPELINE_CLASS,
                          {"timesteps": timesteps, "sr_scale": int(sr_scale), "sr_residual": bool(residual)},
                          card=card, call=call, pipeline_tag="image-to-image", record=record)

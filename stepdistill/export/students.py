@@ -17,7 +17,7 @@ from .lora import export_lora
 from .pixel import export_class_conditional, export_super_resolution
 from .text_to_image import ROUTED_MAX_STUDENTS, export_routed_text_to_image, export_text_to_image
 
-__all__ = ["export_student", "export_routed", "EXPORTERS", "ROUTED_EXPORTERS"]
+__all__ = ["export_student", "export_routed", "check_exportable", "EXPORTERS", "ROUTED_EXPORTERS"]
 
 
 def _card(student, model_card: dict | None) -> dict:
@@ -63,12 +63,25 @@ def _super_resolution(student, folder: Path, card: dict) -> Path:
 EXPORTERS = {"text": _text, "class": _class, "lr": _super_resolution}
 
 
+def check_exportable(students: list) -> None:
+    """Before any training: every student has an exporter for its condition and a sampler a stock scheduler runs
+    (a 'cm' consistency boundary has none); else one line naming `export.enabled`."""
+    for student in students:
+        for one in getattr(student, "students", [student]):
+            kind = one.conditioner.kind
+            if kind not in EXPORTERS:
+                raise ValueError(f"export.enabled: no export for a student conditioned by "
+                                 f"{type(one.conditioner).__name__} (exporters: {', '.join(sorted(EXPORTERS))}); "
+                                 "set export.enabled=false")
+            try:
+                one.sampler.scheduler_options()
+            except ValueError as e:
+                raise ValueError(f"export.enabled: {e}; or set export.enabled=false") from None
+
+
 def export_student(student, folder: str | Path, model_card: dict | None = None) -> Path:
-    kind = student.conditioner.kind
-    if kind not in EXPORTERS:
-        raise TypeError(f"no export for a student conditioned by {type(student.conditioner).__name__} ({kind}); "
-                        f"exporters: {sorted(EXPORTERS)}")
-    return EXPORTERS[kind](student, Path(folder), _card(student, model_card))
+    check_exportable([student])
+    return EXPORTERS[student.conditioner.kind](student, Path(folder), _card(student, model_card))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,15 +7,15 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
-import textwrap
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
 
 from ..families import family_of_network
 from ..io import atomic_dir
-from .card import card_arguments, is_local
+from .card import Usage, card_arguments, is_local
 from .folders import plain_network, seal
 from .schedulers import check_sigmas, check_timesteps, flow_scheduler, lcm_scheduler, one_step_scheduler
 
@@ -89,7 +89,7 @@ def export_routed_text_to_image(folder: str | Path, base_pipeline: str | Path, n
     pipe, call, card = _text_to_image_pipeline(folder, base_pipeline, nets[0], timesteps=timesteps,
                                                model_card=model_card, adapter=adapter,
                                                scheduler_options=scheduler_options, call_options=call_options)
-    call = call.replace(f'from_pretrained("./{folder.name}")', f'from_pretrained("./{folder.name}", trust_remote_code=True)')
+    call = replace(call, remote_code=True)  # the routing pipeline travels with the folder
     denoiser = family_of_network(nets[0]).component
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -136,73 +136,59 @@ def _text_to_image_pipeline(folder: Path, base_pipeline: str | Path, net: nn.Mod
 
     pipe = DiffusionPipeline.from_pretrained(str(base_pipeline), **{component: net})
     options = dict(scheduler_options or {})
-    extra = "".join(f", {k}={v!r}" for k, v in (call_options or {}).items())
+    calls = tuple((k, repr(v)) for k, v in (call_options or {}).items())
+    usage = Usage(source=f'"./{folder.name}"')
     if flow:
         pipe.scheduler = flow_scheduler(pipe.scheduler.config)
-        steps = f"num_inference_steps={len(timesteps)}, sigmas={timesteps}" + extra
-        guidance = "" if "guidance_scale" in (call_options or {}) else ", guidance_scale=0.0"
-        call = _sampling_call(folder, steps + guidance)
+        usage = usage.with_arguments(("num_inference_steps", str(len(timesteps))), ("sigmas", repr(timesteps)), *calls)
         if timesteps[0] < 1:  # the student starts from t_0 z, not the pure noise z the pipeline draws at sigma 1
-            call = call.replace("image = pipe(", _flow_latents(timesteps[0], call_options or {}, family.packed)
-                                + "image = pipe(")
-            call = call.replace("guidance_scale", "latents=latents, guidance_scale", 1)
+            usage = replace(usage, draws=_flow_latents(timesteps[0], call_options or {}, family.packed))
+            usage = usage.with_arguments(("latents", "latents"))
+        if "guidance_scale" not in (call_options or {}):
+            usage = usage.with_arguments(("guidance_scale", "0.0"))
         if len(timesteps) > 1:
-            call = call.replace("image = pipe(", f"{STOCHASTIC_SEED}\nimage = pipe(")
+            usage = replace(usage, draws=(*usage.draws, STOCHASTIC_SEED))
     else:
-        call, timesteps = _unet_scheduler(pipe, timesteps, options, folder, extra)
-
-    return pipe, call, card
-
-
-def _sampling_call(folder: Path, arguments: str) -> str:
-    return textwrap.dedent(f"""\
-        import torch
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained("./{folder.name}")  # or the hub repo id
-        image = pipe("a photo of a cat", {arguments},
-                     generator=torch.Generator().manual_seed(0)).images[0]""")
+        usage, timesteps = _unet_scheduler(pipe, timesteps, options, usage, calls)
+    return pipe, usage, card
 
 
-def _unet_scheduler(pipe, timesteps: list[int], options: dict, folder: Path, extra: str) -> tuple[str, list[int]]:
+def _unet_scheduler(pipe, timesteps: list[int], options: dict, usage: Usage, calls: tuple) -> tuple[Usage, list[int]]:
     """Put the LCM (multistep) or Euler (one step) scheduler on a UNet pipeline; the card's sampling code."""
     gamma = options.pop("gamma", None)
     lcm = lcm_scheduler(pipe.scheduler.config, tcd=gamma is not None, **options)
     timesteps = check_timesteps(timesteps, lcm.config.num_train_timesteps)
     sigma_0 = float((1 - lcm.alphas_cumprod[timesteps[0]]).sqrt())  # the student's first input is sigma_0 z
     pipe.scheduler = lcm if len(timesteps) > 1 else one_step_scheduler(lcm.config)
-    steps = f"num_inference_steps={len(timesteps)}" + ("" if gamma is None else f", eta={gamma}")
+    usage = usage.with_arguments(("num_inference_steps", str(len(timesteps))),
+                                 *((("eta", repr(gamma)),) if gamma is not None else ()))
     if "timesteps" in inspect.signature(type(pipe).__call__).parameters:
-        steps += f", timesteps={timesteps}"
+        usage = usage.with_arguments(("timesteps", repr(timesteps)))
     else:
         pipe.scheduler.set_timesteps(len(timesteps))  # the pipeline's only choice: is it the student's?
         if pipe.scheduler.timesteps.tolist() != timesteps:
             raise ValueError(f"{type(pipe).__name__} takes no `timesteps` argument and its LCMScheduler would run "
                              f"{pipe.scheduler.timesteps.tolist()} for {len(timesteps)} steps, not {timesteps}")
-    call = _sampling_call(folder, f"{steps}, guidance_scale=0.0{extra}")
+    usage = usage.with_arguments(("guidance_scale", "0.0"), *calls)
     if len(timesteps) > 1 and abs(sigma_0 - 1) > 1e-6:  # LCMScheduler does not scale the initial noise
-        call = textwrap.dedent(f"""\
-            import torch
-            from diffusers import DiffusionPipeline
-
-            pipe = DiffusionPipeline.from_pretrained("./{folder.name}")  # or the hub repo id
-            # the student starts from sigma(t_0) z = {sigma_0:.6g} z (LCMScheduler would pass z unscaled)
-            shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-            latents = {sigma_0!r} * torch.randn(shape, generator=torch.Generator().manual_seed(0))
-            image = pipe("a photo of a cat", {steps}, guidance_scale=0.0{extra}, latents=latents).images[0]""")
-    return call, timesteps
+        usage = replace(usage, draws=(
+            f"# the student starts from sigma(t_0) z = {sigma_0:.6g} z (LCMScheduler would pass z unscaled)",
+            "shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)",
+            f"latents = {sigma_0!r} * torch.randn(shape, generator=generator)")).with_arguments(("latents", "latents"))
+    return usage, timesteps
 
 
-def _flow_latents(t0: float, call_options: Mapping, packed: bool) -> str:
+def _flow_latents(t0: float, call_options: Mapping, packed: bool) -> tuple[str, ...]:
     """Card lines drawing the flow student's first input t_0 z (packed into 2x2 tokens for Flux)."""
     if "height" not in call_options or "width" not in call_options:
         raise ValueError("a flow student starting below t = 1 needs height and width in call_options")
     h, w = call_options["height"], call_options["width"]
-    draw = f"{t0!r} * torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))"
+    draw = f"{t0!r} * torch.randn(1, c, h, w, generator=generator)"
+    sizes = f"{h} // pipe.vae_scale_factor, {w} // pipe.vae_scale_factor"
     if packed:
-        return (f"# the student starts from t_0 z = {t0:.6g} z, 2x2-packed as FluxPipeline takes latents\n"
-                f"c, h, w = pipe.transformer.config.in_channels // 4, {h} // pipe.vae_scale_factor, {w} // pipe.vae_scale_factor\n"
-                f"latents = pipe._pack_latents({draw}, 1, c, h, w)\n")
-    return (f"# the student starts from t_0 z = {t0:.6g} z (the pipeline would draw z at sigma 1)\n"
-            f"c, h, w = pipe.transformer.config.in_channels, {h} // pipe.vae_scale_factor, {w} // pipe.vae_scale_factor\n"
-            f"latents = {draw}\n")
+        return (f"# the student starts from t_0 z = {t0:.6g} z, 2x2-packed as FluxPipeline takes latents",
+                f"c, h, w = pipe.transformer.config.in_channels // 4, {sizes}",
+                f"latents = pipe._pack_latents({draw}, 1, c, h, w)")
+    return (f"# the student starts from t_0 z = {t0:.6g} z (the pipeline would draw z at sigma 1)",
+            f"c, h, w = pipe.transformer.config.in_channels, {sizes}",
+            f"latents = {draw}")

@@ -1,12 +1,13 @@
 """What every distillation recipe shares, so a recipe file holds only its method.
 
-- `sections`: the config sections common to the recipes (train, data, eval, export);
+- `sections`: the config sections common to the recipes (train, data, eval, export) and `RecipeConfig`;
 - `draw`: global-batch randomness sliced per process (one and N processes see the same data);
 - `setup`: `Setup` (accelerator, teacher, conditioning, sample space, real data, resume point), optimisers,
   EMA, `trainable_params`;
 - `loop`: the step loop (progress, logs, sample grids, atomic checkpoints, time limit);
 - `horizon`: where training ends and decaying learning rates reach zero, fitted to the time limit;
-- `final`: sample grids, the digits benchmark and export at the end of a run;
+- `final`: sample grids, the benchmark that applies and the export at the end of a run;
+- `benchmarks`: the end-of-run benchmarks (`Benchmark`: digits, SR patches);
 - `recipe`: the `Recipe` protocol and `run_recipe`, which drives one;
 - `implicit`: the fake-score / generator alternation SiD and SIM share;
 - `dmd`: distribution matching with a GAN, the steps DMD2 and multi-student distillation share.

@@ -46,7 +46,7 @@ def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, e
            export: ExportConfig, real_denoiser, schedule, steps_done: int, horizon: Horizon, train_minutes: float,
            config: dict) -> dict | None:
     """After training, with EMA weights in place: for each student, on the main process, a final sample
-    grid, the digits benchmark when it applies, the export (`OUTPUT/pipeline`, or `OUTPUT/pipeline/<name>`
+    grid, the benchmark that applies (`benchmarks.BENCHMARKS`), the export (`OUTPUT/pipeline`, or `OUTPUT/pipeline/<name>`
     for several students) and the upload; the results then record the minutes all this took. Returns the
     first benchmark result, if any."""
     started, first = time.time(), None

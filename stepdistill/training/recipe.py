@@ -7,10 +7,10 @@ A recipe is a module (`recipes/<method>.py`) with
     step(run, draw, step) -> dict          one optimisation step, returning the values to log
     students(run) -> list[Student]         what training produced (`stepdistill.student`)
 
-and a typed config with `train`, `data`, `eval`, `export` sections, `optim.lr_schedule` when its rates can
-decay, and `resume`. `run_recipe(recipe, cfg)` is everything around the steps: restoring a checkpoint,
+and a typed config extending `sections.RecipeConfig` (`train`, `data`, `eval`, `export`, `resume`) with its `model`,
+`loss` and `optim` (`optim.lr_schedule` when its rates can decay). `run_recipe(recipe, cfg)` is everything around the steps: restoring a checkpoint,
 the loop with logs, sample grids and checkpoints (which carry the students' weights), the EMA weights at
-the end, the digits benchmark and the export. A protocol, not a base class: a recipe file holds only its
+the end, the benchmark that applies (`benchmarks.BENCHMARKS`) and the export. A protocol, not a base class: a recipe file holds only its
 method (torchtune's `recipe_interfaces.py`).
 """
 
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .. import run_lock
 from ..checkpointing import resolve_resume
 from ..config import load_config, to_dict
+from ..export.students import check_exportable
 from ..student import AnyStudent
 from ..roles import make_real_score
 from .draw import Draw
@@ -89,7 +90,7 @@ def check_student_steps(students: list[AnyStudent], steps) -> None:
 
 
 def run_recipe(recipe: Recipe, cfg: Any) -> dict | None:
-    """Train `recipe` under `cfg` and finish: returns the digits benchmark result, if one was measured."""
+    """Train `recipe` under `cfg` and finish: returns the benchmark result, if one was measured."""
     start_time = time.time()
     writable(Path(cfg.train.output_dir) / "config.yaml", "train.output_dir")
     evaluation = replace(cfg.eval, results=str(writable(cfg.eval.results or Path(cfg.train.output_dir) / "results.json",
@@ -108,6 +109,8 @@ def _train_and_finish(recipe: Recipe, cfg: Any, changed: dict, evaluation, start
     sync = getattr(recipe, "sync", lambda run: None)
     setup.accelerator.print(format_footprint(footprint(run)))  # size a job before its first step
     check_student_steps(recipe.students(run), evaluation.student_steps)
+    if cfg.export.enabled:  # a student no export can express is refused before training, not after
+        check_exportable(recipe.students(run))
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg,
                          horizon=setup.horizon, changed=changed)
     steps_done = train_loop(
