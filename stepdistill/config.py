@@ -55,7 +55,12 @@ def _join(where: str, key: str) -> str:
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+    """A config's keys, the class's own before those it inherits: a recipe's `model`, `loss` and `optim` come before
+    the `RecipeConfig` sections in its config.yaml and help, as a reader looks for them."""
+    own = list(cls.__dict__.get("__annotations__", {}))
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    return {f.name: f for f in sorted(fields, key=lambda f: (f.name not in own, own.index(f.name) if f.name in own
+                                                             else 0))}
 
 
 def _members(tp: Any) -> tuple[Any, ...] | None:

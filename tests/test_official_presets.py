@@ -66,6 +66,7 @@ SWIFTBRUSH = {
 LCM_COMMON = {
     "model.boundary": "lcm", "model.timestep_scaling": 10.0,  # --timestep_scaling_factor 10
     "loss.levels": 50, "loss.solver": "ddim",  # --num_ddim_timesteps 50, DDIMSolver
+    "loss.solver_zero": "lowest_level",  # DDIMSolver steps the boundary pair to alphas_cumprod[0]
     "loss.states": "real",  # VAE latents of the webdataset images
     "optim.betas": (0.9, 0.999), "optim.weight_decay": 1e-2,  # --adam_beta1/2, --adam_weight_decay 1e-2
     "optim.warmup_steps": 500, "optim.lr_schedule": "constant",  # --lr_warmup_steps 500, constant

@@ -205,7 +205,7 @@ MUTANTS = [
            ("tests/test_schedules.py",), "flow DiscreteRange times without the scheduler's shift"),
     Mutant("flow_uniform_unshifted", "stepdistill/time_sampling.py", "            t = schedule.shifted(t)",
            "            t = t", ("tests/test_schedules.py",), "flow UniformTime times without the scheduler's shift"),
-    # Model families (stepdistill/prompt_encoders.py, network_call.py, conditioning.py, roles.py, export.py)
+    # Model families (stepdistill/prompt_encoders.py, network_call.py, conditioning.py, roles.py, families.py, export/)
     Mutant("sdxl_pooled_dropped", "stepdistill/prompt_encoders.py",
            '"added_cond_kwargs": {"text_embeds": rows["pooled"], "time_ids": time_ids}}',
            '"added_cond_kwargs": {"text_embeds": torch.zeros_like(rows["pooled"]), "time_ids": time_ids}}',
@@ -469,7 +469,7 @@ MUTANTS = [
            "HSD levels drawn over the whole range: loss.hsd_max_t never read"),
     Mutant("yonos_times_ignored", "recipes/yonos.py", "fake_score_times(run.cfg.loss.times)", 'fake_score_times("teacher")',
            (f"{WIRING}[yonos:loss.times]",), "YONOS's training levels ignore loss.times"),
-    # The export (stepdistill/export.py, stepdistill/student.py)
+    # The export (stepdistill/export/, stepdistill/student.py)
     Mutant("export_one_step_scheduler_for_multistep", "stepdistill/export/text_to_image.py",
            "pipe.scheduler = lcm if len(timesteps) > 1 else one_step_scheduler(lcm.config)",
            "pipe.scheduler = one_step_scheduler(lcm.config)",

@@ -39,7 +39,7 @@ def export_class_conditional(folder: str | Path, unet: nn.Module | list[nn.Modul
     betas and `prediction_type`). `timesteps`: the student's input times, strictly descending, in
     [1, num_train_timesteps). `null_label`: the label of the unconditional class, or None.
     `model_card`: keyword arguments of `write_model_card` (base_model, recipe, metrics, tags, extra).
-    `scheduler_options`: LCMScheduler settings of a consistency student (`Student.scheduler_options`).
+    `scheduler_options`: LCMScheduler settings of a consistency student (`SamplerSpec.scheduler_options`).
     `record`: the text of `student.json` (`sampler_spec.student_record`), written into the folder.
     Several students (multi-student distillation): `unet` is their list (at most 8) and `owner[label]` the
     student of each class; the pipeline routes each label to its student.
