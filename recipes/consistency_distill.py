@@ -333,10 +333,8 @@ def students(run: Run) -> list[Student]:
     ts = run.grid[1:].flip(0)
     m = run.cfg.model
     lora = m.lora_rank is not None
-    boundary = m.boundary if max(run.cfg.loss.segments) == 1 else None  # as `consistency_function` wraps it
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=ts, ema=run.ema, name=NAME,
-                               steps=m.inference_steps, gamma=m.gamma, boundary=boundary,
-                               timestep_scaling=m.timestep_scaling, lora_adapter="student" if lora else None,
+                               steps=m.inference_steps, gamma=m.gamma, lora_adapter="student" if lora else None,
                                tags=("lcm-lora",) if lora else ())]
 
 

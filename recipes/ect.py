@@ -30,7 +30,7 @@ import torch
 
 from stepdistill import losses
 from stepdistill.curricula import ICTPairs, ect_r, ict_levels
-from stepdistill.consistency import LCM_TIMESTEP_SCALING, ConsistencyDenoiser
+from stepdistill.consistency import ConsistencyDenoiser
 from stepdistill.networks import replayed_rng, rng_state, set_dropout
 from stepdistill.roles import Generator, make_generator
 from stepdistill.schedules import VPDiscrete, time_grid
@@ -206,11 +206,8 @@ def sampling_times(run: Run) -> torch.Tensor:
 
 
 def students(run: Run) -> list[Student]:
-    m = run.cfg.model
-    boundary = None if m.boundary == "none" else m.boundary
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=sampling_times(run), ema=run.ema,
-                               name=NAME, steps=m.inference_steps, boundary=boundary,
-                               timestep_scaling=LCM_TIMESTEP_SCALING if boundary == "lcm" else None)]
+                               name=NAME, steps=run.cfg.model.inference_steps)]
 
 
 def main(cfg: ECTConfig) -> dict | None:

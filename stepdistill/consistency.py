@@ -26,6 +26,11 @@ class WrapsDenoiser(nn.Module):
     def schedule(self) -> NoiseSchedule:
         return self.denoiser.schedule
 
+    def sampling_boundary(self) -> tuple[str | None, float | None]:
+        """(boundary, timestep_scaling) of the consistency boundary condition applied inside: what a student's
+        sampler and its exported scheduler must apply too (`sampler_spec.SamplerSpec`)."""
+        return self.denoiser.sampling_boundary()
+
 
 def consistency_scalings(sigma: torch.Tensor, *, sigma_data: float = 0.5,
                          sigma_min: float = 0.002) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +81,9 @@ class ConsistencyDenoiser(WrapsDenoiser):
             raise ValueError(f"unknown consistency boundary {boundary!r}; expected 'cm' or 'lcm'")
         self.denoiser, self.boundary = denoiser, boundary
         self.sigma_min, self.timestep_scaling = sigma_min, timestep_scaling
+
+    def sampling_boundary(self) -> tuple[str | None, float | None]:
+        return self.boundary, self.timestep_scaling if self.boundary == "lcm" else None
 
     def scalings(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c_skip, c_out) at native times t: c_out multiplies x0_hat ("lcm") or the EDM output F ("cm")."""

@@ -228,6 +228,10 @@ class Denoiser(nn.Module):
         base = concat.float()
         return x_t - broadcast(self.schedule.alpha(t), x_t) * base, base
 
+    def sampling_boundary(self) -> tuple[str | None, float | None]:
+        """(boundary, timestep_scaling) of the consistency boundary condition this function applies: none."""
+        return None, None
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, *, concat: torch.Tensor | None = None,
                 **cond) -> torch.Tensor:
         x_t = x_t.float()

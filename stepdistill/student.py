@@ -51,16 +51,16 @@ class Student:
     @classmethod
     def from_setup(cls, setup, *, generator: torch.nn.Module, timesteps: torch.Tensor, ema=None,
                    name: str = "student", steps: int | None = None, lora_adapter: str | None = None,
-                   gamma: float | None = None, boundary: str | None = None,
-                   timestep_scaling: float | None = None, tags: tuple[str, ...] = ()) -> "Student":
+                   gamma: float | None = None, tags: tuple[str, ...] = ()) -> "Student":
         """The student of a recipe's run: its (prepared) generator with the run's `Setup` and its sampler
         (`SamplerSpec`: `steps` of its `timesteps` by default, re-noising x0 between steps or with TCD's `gamma`;
-        the consistency `boundary` its network applies). A generator trained as a LoRA adapter
+        the consistency boundary condition its network applies, read from the network itself). A generator trained as a LoRA adapter
         (`roles.make_generator(lora_rank=...)`) is that adapter's student unless told otherwise."""
         generator = setup.unwrap(generator)
         if lora_adapter is None:
             lora_adapter = getattr(getattr(generator, "denoiser", None), "adapter", None)
         schedule = setup.schedule
+        boundary, timestep_scaling = generator.denoiser.sampling_boundary()
         sampler = SamplerSpec(timesteps=tuple(float(t) for t in timesteps), steps=steps, gamma=gamma,
                               boundary=boundary, timestep_scaling=timestep_scaling,
                               input_scale=generator.input_scale, flow=isinstance(schedule, RectifiedFlow),
