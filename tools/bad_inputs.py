@@ -166,6 +166,8 @@ CASES = [
     Case("consistency_distill", ("model.teacher=digits-edm", "model.boundary=cm", "loss.solver_zero=lowest_level"),
          "loss.solver_zero=lowest_level is a VP-discrete teacher's alphas_cumprod[0]"),
     Case("dmd2", ("model.teacher={tmp}/own_teacher", "loss.gan=true"), "needs real images: set data.images"),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.prompts={root}/assets/prompts/smoke.txt", "data.images={tmp}/classes",
+                  "loss.gan=true"), "has class sub-folders (a, b); a text-to-image run draws its prompts"),
     Case("consistency_distill", ("model.boundary=cm", "export.enabled=true"),
          "export.enabled: the export's LCMScheduler applies LCM's boundary condition"),
 ]
@@ -230,6 +232,7 @@ def evaluation_inputs(tmp: Path, teacher: Path) -> None:
 
     import torch
     import yaml
+    from PIL import Image
     from safetensors.torch import save_file
 
     from stepdistill.config import apply_overrides, to_dict
@@ -237,6 +240,9 @@ def evaluation_inputs(tmp: Path, teacher: Path) -> None:
     (tmp / "old_export").mkdir()  # an export from before student.json
     (tmp / "old_export" / "model_index.json").write_text(
         json.dumps({"_class_name": ["stepdistill_pipeline", "StepDistillClassConditionalPipeline"]}))
+    for name in ("a", "b"):  # class sub-folders, which a text-to-image run refuses
+        (tmp / "classes" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp / "classes" / name / "x.png")
     shutil.copytree(teacher, tmp / "own_teacher")  # a teacher folder with no record of its training data
     (tmp / "own_teacher" / "train_config.yaml").unlink()
     (tmp / "lora").mkdir()

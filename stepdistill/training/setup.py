@@ -239,6 +239,11 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
     dataset = None
     if data.images is not None:
         dataset = ImageFolder(data.images, resolution, channels=data.image_channels, skip_corrupt=data.skip_corrupt)
+        if data.prompts is not None and dataset.labels is not None:  # they would be read as prompt numbers
+            raise ValueError(f"data.images={data.images} has class sub-folders ({', '.join(dataset.classes[:3])}"
+                             f"{', ...' if len(dataset.classes) > 3 else ''}); a text-to-image run draws its "
+                             "prompts from data.prompts and its real images unlabelled: put the images directly "
+                             "in one folder")
     elif need_images:  # the embedded set the teacher was trained on (the digits split it saw; the SR patches)
         dataset = embedded_dataset(teacher.root, resolution, degradation, data)
     if need_images and dataset is None:
