@@ -1,8 +1,8 @@
 """What every recipe hands back: a `Student`, which samples, exports and checkpoints itself.
 
 A student is a trained generator G(z) = D(sigma(t_0) z, t_0) (`roles.Generator`) with what sampling it
-needs: its sampler (`sampler_spec.SamplerSpec`: its times, one or several, and the rule between them), the conditioner
-that turns labels into network inputs, the sample space (pixels, or a VAE's latents) and the teacher it
+needs: its sampler (`sampler_spec.SamplerSpec`: its times, one or several, and the rule between them), the
+conditioner that turns labels into network inputs, the sample space (pixels, or a VAE's latents) and the teacher it
 was distilled from (the base of its export). A `RoutedStudent` (K students and a map from condition to
 student, as in multi-student distillation) has the same surface, so the end of a run never branches on
 how many students a recipe trained.
@@ -22,14 +22,12 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
-from .sampler_spec import SamplerSpec, strided, student_record
+from .sampler_spec import SamplerSpec, student_record
 from .schedules import RectifiedFlow
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
 
-__all__ = ["Student", "RoutedStudent", "AnyStudent", "student_timesteps"]
-
-student_timesteps = strided  # (timesteps, steps) -> the times `steps` of them runs
+__all__ = ["Student", "RoutedStudent", "AnyStudent"]
 
 
 @dataclass(kw_only=True)
@@ -54,8 +52,9 @@ class Student:
                    gamma: float | None = None, tags: tuple[str, ...] = ()) -> "Student":
         """The student of a recipe's run: its (prepared) generator with the run's `Setup` and its sampler
         (`SamplerSpec`: `steps` of its `timesteps` by default, re-noising x0 between steps or with TCD's `gamma`;
-        the consistency boundary condition its network applies, read from the network itself). A generator trained as a LoRA adapter
-        (`roles.make_generator(lora_rank=...)`) is that adapter's student unless told otherwise."""
+        the consistency boundary condition its network applies, read from the network itself). A generator
+        trained as a LoRA adapter (`roles.make_generator(lora_rank=...)`) is that adapter's student unless told
+        otherwise."""
         generator = setup.unwrap(generator)
         if lora_adapter is None:
             lora_adapter = getattr(getattr(generator, "denoiser", None), "adapter", None)

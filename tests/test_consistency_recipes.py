@@ -223,7 +223,7 @@ def test_the_exported_scheduler_picks_the_steps_the_student_samples(digits_like_
     from diffusers import LCMScheduler
 
     from stepdistill.export.schedulers import lcm_scheduler as _lcm_scheduler
-    from stepdistill.student import student_timesteps
+    from stepdistill.sampler_spec import strided as student_timesteps
 
     run = cd.setup(_cd(digits_like_teacher, tmp_path))
     student = cd.students(run)[0]
@@ -283,7 +283,7 @@ def test_a_gamma_student_exports_a_tcd_scheduler_that_samples_as_the_student(dig
     from stepdistill.consistency import ConsistencyDenoiser
     from stepdistill.teachers import load_teacher
     from stepdistill.samplers import tcd
-    from stepdistill.student import student_timesteps
+    from stepdistill.sampler_spec import strided as student_timesteps
 
     out = tmp_path / "run"
     cd.main(_cd(digits_like_teacher, out, "model.gamma=0.0", "train.max_steps=1", "train.checkpoint_every=1"))

@@ -8,9 +8,9 @@ import torch
 from stepdistill.conditioning import ClassConditioner
 from stepdistill.denoiser import Denoiser
 from stepdistill.latents import PixelSpace
-from stepdistill.sampler_spec import SamplerSpec
+from stepdistill.sampler_spec import SamplerSpec, strided as student_timesteps
 from stepdistill.schedules import from_scheduler_config
-from stepdistill.student import RoutedStudent, Student, student_timesteps
+from stepdistill.student import RoutedStudent, Student
 from stepdistill.roles import Generator
 
 

@@ -160,8 +160,8 @@ class PipelineModel:
         # draws from torch's global generator (seeded with the image's seed): the same images at any batch size
         alone = hasattr(self.pipe, "num_students") or (self.spec.flow and nfe > 1)
         if not alone:
-            return self.pipe(prompts, generator=rng.generators, output_type="pt",
-                             **pipeline_arguments(self.pipe, self.spec, self.record, steps=nfe, noise=noise)).images.float()
+            arguments = pipeline_arguments(self.pipe, self.spec, self.record, steps=nfe, noise=noise)
+            return self.pipe(prompts, generator=rng.generators, output_type="pt", **arguments).images.float()
         out = []
         for i, (prompt, g) in enumerate(zip(prompts, rng.generators)):
             torch.manual_seed(g.initial_seed())

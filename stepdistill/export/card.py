@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 
-__all__ = ['Usage', 'CARD_KEYS', 'PROJECT_LICENSE', 'write_model_card', 'card_arguments', 'teacher_license', 'hub_reference', 'is_local']
+__all__ = ["Usage", "CARD_KEYS", "PROJECT_LICENSE", "write_model_card", "card_arguments", "teacher_license",
+           "hub_reference", "is_local"]
 
 
 CARD_KEYS = ("base_model", "recipe", "metrics", "tags", "extra", "license")

@@ -15,7 +15,8 @@ from ..io import atomic_dir
 from ..sampler_spec import STUDENT_JSON
 from .card import Usage, hub_reference, write_model_card
 
-__all__ = ['PICKLE_SUFFIXES', 'pixel_folder', 'plain_network', 'scrub_local_paths', 'check_complete', 'write_record', 'seal']
+__all__ = ["PICKLE_SUFFIXES", "pixel_folder", "plain_network", "scrub_local_paths", "check_complete", "write_record",
+           "seal"]
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..local_paths import files_with_local_paths
 from .folders import check_complete
 
-__all__ = ['push_to_hub']
+__all__ = ["push_to_hub"]
 
 
 def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,

@@ -15,7 +15,7 @@ from .folders import write_record
 from .schedulers import check_sigmas
 from .text_to_image import STOCHASTIC_SEED
 
-__all__ = ['export_lora']
+__all__ = ["export_lora"]
 
 
 

@@ -14,7 +14,8 @@ from .card import Usage, card_arguments
 from .folders import pixel_folder, plain_network
 from .schedulers import check_timesteps, lcm_scheduler
 
-__all__ = ['PIPELINE_MODULE', 'PIPELINE_CLASS', 'PIPELINE_FILE', 'SR_PIPELINE_FILE', 'SR_PIPELINE_MODULE', 'SR_PIPELINE_CLASS', 'export_class_conditional', 'export_super_resolution']
+__all__ = ["PIPELINE_MODULE", "PIPELINE_CLASS", "PIPELINE_FILE", "SR_PIPELINE_FILE", "SR_PIPELINE_MODULE",
+           "SR_PIPELINE_CLASS", "export_class_conditional", "export_super_resolution"]
 
 
 PIPELINE_MODULE = "stepdistill_pipeline"  # the file name diffusers imports from the folder (module cache key)

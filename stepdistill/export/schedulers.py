@@ -8,7 +8,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 
-__all__ = ['TIMESTEP_SCALING', 'lcm_scheduler', 'one_step_scheduler', 'flow_scheduler', 'check_timesteps', 'check_sigmas']
+__all__ = ["TIMESTEP_SCALING", "lcm_scheduler", "one_step_scheduler", "flow_scheduler", "check_timesteps",
+           "check_sigmas"]
 
 
 TIMESTEP_SCALING = 1e4  # LCM boundary condition: c_skip = 0.25 / ((1e4 t)^2 + 0.25) < 3e-9 for t >= 1
@@ -78,7 +79,8 @@ def check_timesteps(timesteps, num_train_timesteps: int | None) -> list[int]:
 def check_sigmas(timesteps) -> list[float]:
     ts = [float(t) for t in (timesteps or [])]
     if not ts:
-        raise ValueError("timesteps is empty: give the flow student's input times, e.g. [1.0] or [1.0, 0.75, 0.5, 0.25]")
+        raise ValueError("timesteps is empty: give the flow student's input times, e.g. [1.0] or "
+                         "[1.0, 0.75, 0.5, 0.25]")
     if any(a <= b for a, b in zip(ts, ts[1:])) or not (0 < ts[-1] and ts[0] <= 1):
         raise ValueError(f"a flow student's timesteps must be strictly descending in (0, 1], got {ts}")
     return ts

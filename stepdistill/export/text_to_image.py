@@ -19,7 +19,8 @@ from .card import Usage, card_arguments, is_local
 from .folders import plain_network, seal
 from .schedulers import check_sigmas, check_timesteps, flow_scheduler, lcm_scheduler, one_step_scheduler
 
-__all__ = ['ROUTED_PIPELINE_FILE', 'ROUTED_PIPELINE_MODULE', 'ROUTED_PIPELINE_CLASS', 'ROUTED_MAX_STUDENTS', 'STOCHASTIC_SEED', 'export_text_to_image', 'export_routed_text_to_image']
+__all__ = ["ROUTED_PIPELINE_FILE", "ROUTED_PIPELINE_MODULE", "ROUTED_PIPELINE_CLASS", "ROUTED_MAX_STUDENTS",
+           "STOCHASTIC_SEED", "export_text_to_image", "export_routed_text_to_image"]
 
 
 # ... and the one that routes prompts among several text-to-image students

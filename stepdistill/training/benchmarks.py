@@ -217,8 +217,8 @@ class PatchesRun:
             f"held-out natural-image patches, x{result['scale']}; PSNR / SSIM on the BT.601 Y channel with "
             f"{result['crop_border']} pixels cropped from each border, and the high-frequency spectrum error and "
             f"energy ratio above the low-resolution image's Nyquist frequency; bicubic and the teacher measured in "
-            f"the same run:\n\n| model | sampler | NFE | PSNR-Y | SSIM-Y | HF spectrum error | HF energy | ms / image |\n"
-            f"|---|---|---|---|---|---|---|---|\n{rows}\n")
+            f"the same run:\n\n| model | sampler | NFE | PSNR-Y | SSIM-Y | HF spectrum error | HF energy "
+            f"| ms / image |\n|---|---|---|---|---|---|---|---|\n{rows}\n")
 
 
 BENCHMARKS: list[Benchmark] = [DigitsRun(), PatchesRun()]
