@@ -15,6 +15,7 @@ def _teacher(tmp_path, **unet):
                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                 **unet).save_pretrained(tmp_path / "unet")
     DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon").save_pretrained(tmp_path / "scheduler")
+    (tmp_path / "train_config.yaml").write_text("data: digits\n")  # trained on the digits (`data.embedded`)
     return load_teacher(tmp_path)
 
 
