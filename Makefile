@@ -48,7 +48,7 @@ test-latest:
 
 # The main job on the embedded default: DMD2 distils the shipped digits teacher into a one-step
 # generator, then prints teacher-vs-student FD / accuracy / speed-up, writes sample grids under
-# outputs/dmd2_digits/samples and the exported pipeline under outputs/dmd2_digits/pipeline (~13 min:
+# outputs/dmd2_digits/samples and the exported pipeline under outputs/dmd2_digits/pipeline (10 to 13 min:
 # training fits its 11.5-minute limit on any machine). A second `make demo` starts that folder over.
 demo: venv
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -58,7 +58,7 @@ demo: venv
 teacher-demo: venv
 	$(PY) experiments/digits_benchmark/teacher_baseline.py --demo --seeds 0 1 --out outputs/demo/teacher_digits.json
 
-# The quick tier: every test not marked slow (3.7 min on 2 CPU cores); test-all: everything (15.3 min; CI runs it).
+# The quick tier: every test not marked slow (3.8 min on 2 CPU cores); test-all: everything (13.7 min; CI runs it).
 test: venv
 	$(PY) -m pytest -q -m "not slow"
 test-all: venv
