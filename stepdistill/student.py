@@ -74,6 +74,11 @@ class Student:
         return self.sampler.nfe
 
     @property
+    def members(self) -> tuple["Student", ...]:
+        """The students it is made of: itself (a `RoutedStudent`: its students)."""
+        return (self,)
+
+    @property
     def timesteps(self) -> torch.Tensor:
         """Its own times, float64, descending."""
         return self.sampler.tensor()
@@ -188,6 +193,10 @@ class RoutedStudent:
         return self.students[0].space
 
     @property
+    def members(self) -> tuple[Student, ...]:
+        return tuple(self.students)
+
+    @property
     def sampler(self) -> SamplerSpec:
         """The students share one sampler (their times and steps)."""
         return self.students[0].sampler
@@ -247,6 +256,12 @@ class AnyStudent(Protocol):
 
     @property
     def nfe(self) -> int: ...
+
+    @property
+    def members(self) -> tuple[Student, ...]: ...
+
+    @property
+    def sampler(self) -> SamplerSpec: ...
 
     @property
     def device(self) -> torch.device: ...

@@ -99,6 +99,8 @@ class PipelineModel:
     `trust_remote_code`; text-to-image ones get the call `export.calls.pipeline_arguments` builds, with each image's
     noise drawn here from that image's generator."""
 
+    CALLS = {"class": "_labelled", "text": "_prompted"}  # the export's condition -> how its pipeline is called
+
     def __init__(self, folder: str | Path, name: str | None = None):
         from diffusers import DiffusionPipeline
 
@@ -108,7 +110,7 @@ class PipelineModel:
         self.spec, self.record = read_student_json(folder)
         self.pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
         self.pipe.set_progress_bar_config(disable=True)
-        self.text = self.record["condition"] == "text"
+        self.call = getattr(self, self.CALLS[self.record["condition"]])
         self.shape = tuple(self.record["shape"])
         self.native_nfe = self.spec.nfe
         self.name = name or self.record["recipe"]
@@ -122,14 +124,16 @@ class PipelineModel:
         """K of the student's own times for NFE K; beyond them, DMD2's evenly spaced ones (plain multistep only)."""
         if nfe <= self.spec.max_steps:
             return self.spec.exported_times(nfe)
-        if self.spec.gamma is not None or self.spec.flow or self.text:
+        if self.spec.gamma is not None or self.spec.flow or self.call == self._prompted:
             raise ValueError(f"NFE {nfe}: this student samples in 1..{self.spec.max_steps} of its own times")
         return _lcm_timesteps(nfe, self.spec.num_train_timesteps)
 
     @torch.no_grad()
     def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
-        if self.text:
-            return self._text(list(conditions), rng, nfe) * 2 - 1
+        return self.call(list(conditions), rng, nfe).float() * 2 - 1
+
+    def _labelled(self, conditions: list, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
+        """A class-conditional (or routed) travelling pipeline at `nfe` of the student's times."""
         own = list(self.pipe.config.timesteps)
         self.pipe.register_to_config(timesteps=self.times(nfe))
         labels = None if conditions[0] is None else list(conditions)
@@ -149,9 +153,9 @@ class PipelineModel:
                 out[idx] = images
         finally:
             self.pipe.register_to_config(timesteps=own)
-        return out.float() * 2 - 1
+        return out
 
-    def _text(self, prompts: list[str], rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
+    def _prompted(self, prompts: list[str], rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
         from ..export.calls import pipeline_arguments
 
         self.times(nfe)  # an NFE it cannot sample fails before any work
@@ -181,21 +185,19 @@ class CheckpointModel:
     spaced timesteps), each image from its own generator."""
 
     def __init__(self, checkpoint: str | Path, name: str | None = None):
-        from ..conditioning import ClassConditioner, Unconditional
-        from ..student import Student
         from .checkpoint import build_student, read_checkpoint, refuse_unsupported
 
         checkpoint = Path(checkpoint)
         run = read_checkpoint(checkpoint)
         refuse_unsupported(run)
         self.student = build_student(run)
-        first = self.student if isinstance(self.student, Student) else self.student.students[0]
-        if not isinstance(first.conditioner, (ClassConditioner, Unconditional)):
+        first = self.student.members[0]
+        if first.conditioner.kind not in ("class", "unconditional"):  # `gen` samples labels, not prompts or images
             raise ValueError(f"{checkpoint}: a {run.recipe} student conditioned by {type(first.conditioner).__name__} "
                              f"is measured through its exported pipeline ({run.export})")
         self.generator = first.generator
         self.teacher = first.teacher
-        self.ts = first.sampler.times()
+        self.ts = self.student.sampler.times()
         self.shape = tuple(first.shape)
         self.native_nfe = self.student.nfe
         self.name = name or run.run_dir.name
@@ -204,17 +206,15 @@ class CheckpointModel:
                          teacher=str(run.cfg.model.teacher), timesteps=[float(t) for t in self.ts], ema=run.ema)
         # a plain student's chain runs batched from per-image noise; TCD's sampler and routed students draw from
         # one generator, so they sample each image on its own (the same images at any batch size)
-        self.batched = isinstance(self.student, Student) and self.student.sampler.gamma is None
+        self.batched = self.student.members[0] is self.student and self.student.sampler.gamma is None
 
     def timesteps_for(self, nfe: int):
         """The student's own K times for NFE K (`SamplerSpec.times`), else DMD2's evenly spaced ones."""
-        from ..student import Student
-
-        first = self.student if isinstance(self.student, Student) else self.student.students[0]
-        if 1 <= nfe <= first.sampler.max_steps:
-            return first.sampler.times(nfe)
+        spec = self.student.sampler
+        if 1 <= nfe <= spec.max_steps:
+            return spec.times(nfe)
         if not self.batched:
-            raise ValueError(f"NFE {nfe}: this {self.info['recipe']} student samples in 1..{first.sampler.max_steps} "
+            raise ValueError(f"NFE {nfe}: this {self.info['recipe']} student samples in 1..{spec.max_steps} "
                              "of its own times")
         return torch.tensor(_lcm_timesteps(nfe), dtype=torch.float64)
 

@@ -67,7 +67,7 @@ def check_exportable(students: list) -> None:
     """Before any training: every student has an exporter for its condition and a sampler a stock scheduler runs
     (a 'cm' consistency boundary has none); else one line naming `export.enabled`."""
     for student in students:
-        for one in getattr(student, "students", [student]):
+        for one in student.members:
             kind = one.conditioner.kind
             if kind not in EXPORTERS:
                 raise ValueError(f"export.enabled: no export for a student conditioned by "

@@ -53,10 +53,6 @@ class Benchmark(Protocol):
     def card(self, result: dict) -> tuple[dict, str]: ...
 
 
-def _students(student) -> list:
-    return list(getattr(student, "students", [student]))
-
-
 def teacher_rows(evaluation: EvalConfig, bench: DigitsBenchmark, real_denoiser, schedule, shape, *,
                  teacher: str) -> tuple[list[dict], str]:
     """The teacher's rows beside the student's (1 NFE, and the default sampler at `teacher_nfe`), and where
@@ -167,7 +163,7 @@ class DigitsRun:
     name = "digits"
 
     def applies(self, student: AnyStudent) -> bool:
-        return all(s.conditioner.kind == "class" and tuple(s.shape) == DIGITS_SHAPE for s in _students(student))
+        return all(s.conditioner.kind == "class" and tuple(s.shape) == DIGITS_SHAPE for s in student.members)
 
     def evaluate(self, student: AnyStudent, run: RunFacts) -> dict:
         return evaluate_on_digits(student, run.real_denoiser, run.schedule, run.evaluation, steps_done=run.steps_done,
@@ -199,7 +195,7 @@ class PatchesRun:
     name = "sr_patches"
 
     def applies(self, student: AnyStudent) -> bool:
-        return all(s.conditioner.kind == "lr" for s in _students(student))
+        return all(s.conditioner.kind == "lr" for s in student.members)
 
     def evaluate(self, student: AnyStudent, run: RunFacts) -> dict:
         return evaluate_on_patches(student, run.real_denoiser, run.schedule, run.evaluation, steps_done=run.steps_done,

@@ -81,8 +81,9 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     """Run `step_fn` from `start_step` to the horizon (`train.max_steps`, or the steps that fit the time
     limit: see `horizon`), or until the time limit; returns the number of completed steps.
     `save_samples(path)` is called on the main process every `sample_every`; `student_weights()` is saved
-    with every checkpoint, beside `student_record()` (its student.json), and `config` (the run's, as a dict) too and to the trackers. `decaying`: the learning rates decay over the horizon, so a time limit that
-    cuts the run short warns."""
+    with every checkpoint, beside `student_record()` (its student.json), and `config` (the run's, as a dict) too
+    and to the trackers. `decaying`: the learning rates decay over the horizon, so a time limit that cuts the run
+    short warns."""
     out = Path(train.output_dir)
     horizon = horizon or Horizon(train.max_steps)
     accelerator.init_trackers(name, config={k: str(v) for k, v in (config or {}).items()})

@@ -7,11 +7,12 @@ A recipe is a module (`recipes/<method>.py`) with
     step(run, draw, step) -> dict          one optimisation step, returning the values to log
     students(run) -> list[Student]         what training produced (`stepdistill.student`)
 
-and a typed config extending `sections.RecipeConfig` (`train`, `data`, `eval`, `export`, `resume`) with its `model`,
-`loss` and `optim` (`optim.lr_schedule` when its rates can decay). `run_recipe(recipe, cfg)` is everything around the steps: restoring a checkpoint,
-the loop with logs, sample grids and checkpoints (which carry the students' weights), the EMA weights at
-the end, the benchmark that applies (`benchmarks.BENCHMARKS`) and the export. A protocol, not a base class: a recipe file holds only its
-method (torchtune's `recipe_interfaces.py`).
+and a typed config extending `sections.RecipeConfig` (`train`, `data`, `eval`, `export`, `resume`) with its
+`model`, `loss` and `optim` (`optim.lr_schedule` when its rates can decay). `run_recipe(recipe, cfg)` is everything
+around the steps: restoring a checkpoint, the loop with logs, sample grids and checkpoints (which carry the
+students' weights and student.json), the EMA weights at the end, the benchmark that applies
+(`benchmarks.BENCHMARKS`) and the export. A protocol, not a base class: a recipe file holds only its method
+(torchtune's `recipe_interfaces.py`).
 """
 
 from __future__ import annotations
@@ -78,11 +79,9 @@ def student_weights(students: list[AnyStudent]) -> dict:
 
 def check_student_steps(students: list[AnyStudent], steps) -> None:
     """`eval.student_steps`: step counts every student can sample, checked before training."""
-    from ..student import Student
-
     for k in steps:
         for s in students:
-            for one in (s.students if not isinstance(s, Student) else [s]):
+            for one in s.members:
                 try:
                     one.sampler.times(k)
                 except ValueError as e:
