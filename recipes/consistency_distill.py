@@ -33,7 +33,7 @@ from typing import Literal, Optional
 import torch
 
 from stepdistill import losses
-from stepdistill.adapters import add_lora
+from stepdistill.adapters import add_lora, copy_lora, ema_lora
 from stepdistill.curricula import segment_edges, skip_grid
 from stepdistill.data.trajectories import Trajectories, make_trajectories
 from stepdistill.denoiser import Denoiser
@@ -44,8 +44,8 @@ from stepdistill.roles import Generator, make_generator, make_real_score
 from stepdistill.samplers import ddim_step, heun_step
 from stepdistill.schedules import VPDiscrete
 from stepdistill.student import Student
-from stepdistill.training import (RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup, TrainConfig,
-                                  check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
+from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup,
+                                  TrainConfig, check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
                                   trainable_params)
 
 NAME = "consistency_distill"
@@ -86,7 +86,8 @@ class LossConfig:
     w_max: float = 0.0  # (LCM on SD: 5-15; LCM-LoRA: a fixed 7.5 - 1; digits: 0, the teacher as trained)
     metric: Literal["l2", "huber", "pseudo_huber"] = "l2"  # LCM's l2 | element-wise huber | iCT's per-sample
     huber_c: Optional[float] = None  # None: LCM's 0.001 (huber), iCT's 0.00054 sqrt(d) (pseudo_huber)
-    target: Literal["ema", "online"] = "ema"  # EMA of the student, or the student itself under no_grad
+    # EMA of the student (a LoRA student: an EMA copy of its adapter), or the student itself under no_grad
+    target: Literal["ema", "online"] = "ema"
     target_decay: float = 0.95  # LCM's ema_decay
     # MLCM: segments per training stage (equal stages); (1,) is single-segment consistency distillation.
     segments: tuple[int, ...] = (1,)
@@ -109,7 +110,8 @@ class ConsistencyDistillConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=2000,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   max_steps=2000,
                                                                    output_dir="outputs/consistency_distill_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(student_steps=(1, 2, 4, 8)))
@@ -212,6 +214,26 @@ def make_student(cfg: ConsistencyDistillConfig, s: Setup) -> Generator:
     return gen
 
 
+def make_target_of(cfg: ConsistencyDistillConfig, s: Setup, generator: Generator) -> Optional[torch.nn.Module]:
+    """The target network (`loss.target=ema`): a frozen copy of the student, or, for a LoRA student, a frozen copy
+    of its adapter on the same network ("student_target"); None for the online target (the student, no_grad)."""
+    if cfg.loss.target == "online":
+        return None
+    if cfg.model.lora_rank is None:
+        return make_target(generator)
+    copy_lora(s.teacher.net, "student", "student_target")
+    return Generator(consistency_function(cfg, s.teacher.denoiser(adapter="student_target")), float(s.schedule.t_max))
+
+
+def update_target(run: "Run") -> None:
+    """theta^- <- mu theta^- + (1 - mu) theta, on the student's copy or on its LoRA adapter."""
+    mu = run.cfg.loss.target_decay
+    if run.cfg.model.lora_rank is not None:
+        ema_lora(run.setup.teacher.net, "student_target", "student", mu)
+    else:
+        ema_update(run.target, run.setup.unwrap(run.generator), mu)
+
+
 def setup(cfg: ConsistencyDistillConfig) -> Run:
     """Validate, build the student, its target, the optimiser, and (states=teacher) the trajectories."""
     s = Setup.build(train=cfg.train, teacher=cfg.model.teacher, resume=cfg.resume, data=cfg.data,
@@ -223,13 +245,13 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
         raise ValueError(f"loss.levels={cfg.loss.levels}: {e}") from None
     teacher = make_real_score(s.teacher)
     generator = make_student(cfg, s)
-    target = None if cfg.loss.target == "online" or cfg.model.lora_rank is not None else make_target(generator)
+    target = make_target_of(cfg, s, generator)
     params = trainable_params(generator)
     o = cfg.optim
     opt, sched = make_optimizer(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                                 warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
     generator, opt, sched = s.accelerator.prepare(generator, opt, sched)
-    if target is not None:
+    if target is not None and cfg.model.lora_rank is None:  # a LoRA target lives in the checkpointed network
         s.accelerator.register_for_checkpointing(target)
     ema = make_ema(params, cfg.train.ema_decay, s.accelerator)
     trajectories = None
@@ -321,7 +343,7 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
     params = trainable_params(run.generator)
     optimizer_step(s.accelerator, loss, params, run.opt, run.sched, grad_clip=cfg.optim.grad_clip)
     if run.target is not None:
-        ema_update(run.target, s.unwrap(run.generator), lo.target_decay)
+        update_target(run)
     if run.ema is not None:
         run.ema.step(params)
     return {"loss": loss.item(), "segments": float(segments)}

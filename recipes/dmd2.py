@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from stepdistill.student import Student
-from stepdistill.training import RecipeConfig, TrainConfig, cli, run_recipe
+from stepdistill.training import EMBEDDED_MINUTES, RecipeConfig, TrainConfig, cli, run_recipe
 from stepdistill.training.dmd import LossConfig, ModelConfig, OptimConfig, Run, setup, step  # noqa: F401 (the recipe)
 
 NAME = "dmd2"
@@ -32,7 +32,8 @@ class DMD2Config(RecipeConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     # 1,600 steps: what a fast 2-core machine completes in the 11.5-minute limit; a slower one fits the decay
     # to the steps its limit holds (stepdistill.training.horizon).
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/dmd2_digits"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   max_steps=1600, output_dir="outputs/dmd2_digits"))
 
 
 def students(run: Run) -> list[Student]:

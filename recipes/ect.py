@@ -35,8 +35,8 @@ from stepdistill.networks import replayed_rng, rng_state, set_dropout
 from stepdistill.roles import Generator, make_generator
 from stepdistill.schedules import VPDiscrete, time_grid
 from stepdistill.student import Student
-from stepdistill.training import (RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup, TrainConfig,
-                                  check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
+from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup,
+                                  TrainConfig, check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
                                   trainable_params)
 
 NAME = "ect"
@@ -82,7 +82,8 @@ class ECTConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=3000, ema_decay=0.999,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   max_steps=3000, ema_decay=0.999,
                                                                    output_dir="outputs/ect_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(student_steps=(1, 2, 4, 8)))

@@ -44,7 +44,7 @@ from stepdistill.networks import smaller_network
 from stepdistill.roles import make_generator
 from stepdistill.time_sampling import fake_score_times
 from stepdistill.student import RoutedStudent, Student
-from stepdistill.training import (RecipeConfig, Draw, Setup, TrainConfig, cli, dmd,
+from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, Setup, TrainConfig, cli, dmd,
                                   make_optimizer, optimizer_step, run_recipe, trainable_params)
 
 NAME = "msd"
@@ -77,7 +77,8 @@ class MSDConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: dmd.LossConfig = field(default_factory=dmd.LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1600, output_dir="outputs/msd_digits"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   max_steps=1600, output_dir="outputs/msd_digits"))
 
 
 @dataclass(kw_only=True)
@@ -181,12 +182,17 @@ def student_draw(run: Run, draw: Draw, student: int, step: int) -> Draw:
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
     """Every student takes DMD2's step on its part (fake score every step, generator every update_ratio), after
-    `model.tsm_steps` of Teacher Score Matching for smaller students."""
+    `model.tsm_steps` of Teacher Score Matching for smaller students. A shared fake score accumulates every
+    student's loss and steps once, after the last student: its schedule counts training steps."""
     logs: dict[str, list[float]] = {}
+    shared = run.cfg.model.fake_score == "shared"
     for student in run.owned:
         sub = run.runs[student]
         mine = student_draw(run, draw, student, step)
-        out = tsm_step(run, sub, mine, student) if step < run.cfg.model.tsm_steps else dmd.step(sub, mine, step)
+        # a shared fake score takes one update a step, on every student's samples (the mean of their losses)
+        update = dmd.FakeUpdate(1 / len(run.owned), apply=student == run.owned[-1]) if shared else dmd.FakeUpdate()
+        out = (tsm_step(run, sub, mine, student) if step < run.cfg.model.tsm_steps
+               else dmd.step(sub, mine, step, fake_update=update))
         for key, value in out.items():
             logs.setdefault(key, []).append(float(value))
     return {key: sum(values) / len(values) for key, values in logs.items()}  # the mean over its students

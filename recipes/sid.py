@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass, field
 
 from stepdistill import losses
-from stepdistill.training import DataConfig, Draw, RecipeConfig, TrainConfig, cli, implicit, run_recipe
+from stepdistill.training import (EMBEDDED_MINUTES, DataConfig, Draw, RecipeConfig, TrainConfig, cli, implicit,
+                                  run_recipe)
 from stepdistill.training.implicit import ModelConfig, OptimConfig, Run, setup
 
 NAME = "sid"
@@ -47,7 +48,8 @@ class SiDConfig(RecipeConfig):
     # 1,150 steps: what 2 CPU cores complete in the 11.5-minute limit, so the cosine decay finishes.
     # float32: bf16 autocast made steps 1.2x faster but ended worse (1,479 steps: FD 0.241 vs 0.230); on
     # the trained networks bf16 rounding moves x0_real - x0_fake, the loss's whole signal, by 5-12%.
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1150, output_dir="outputs/sid_digits"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   max_steps=1150, output_dir="outputs/sid_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from stepdistill import losses
-from stepdistill.training import DataConfig, Draw, RecipeConfig, TrainConfig, cli, implicit, run_recipe
+from stepdistill.training import (EMBEDDED_MINUTES, DataConfig, Draw, RecipeConfig, TrainConfig, cli, implicit,
+                                  run_recipe)
 from stepdistill.training.implicit import ModelConfig, OptimConfig, Run, setup
 
 NAME = "sim"
@@ -47,7 +48,8 @@ class SIMConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1100, output_dir="outputs/sim_digits"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   max_steps=1100, output_dir="outputs/sim_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
 
 

@@ -33,7 +33,7 @@ from stepdistill.guidance import CFGDenoiser
 from stepdistill.roles import make_fake_score, make_generator, make_real_score
 from stepdistill.time_sampling import DiscreteRange, FakeTimes, fake_score_times
 from stepdistill.student import Student
-from stepdistill.training import (RecipeConfig, DataConfig, Draw, Setup, TrainConfig, check_optim,
+from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, Setup, TrainConfig, check_optim,
                                   check_step_range, cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step,
                                   run_recipe, trainable_params)
 
@@ -82,7 +82,8 @@ class SwiftBrushConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="outputs/swiftbrush_digits"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   output_dir="outputs/swiftbrush_digits"))
     data: DataConfig = field(default_factory=DataConfig)  # prompt_dropout 0.1 for the LoRA, as official
 
 

@@ -38,8 +38,8 @@ from stepdistill.roles import make_generator, make_real_score
 from stepdistill.samplers import SamplerName
 from stepdistill.time_sampling import UniformTime
 from stepdistill.student import Student
-from stepdistill.training import (RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim, cli,
-                                  make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
+from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim,
+                                  cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
                                   trainable_params)
 
 NAME = "tadsr"
@@ -82,7 +82,8 @@ class TADSRConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, ema_decay=0.999,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   batch_size=16, ema_decay=0.999,
                                                                    output_dir="outputs/tadsr_patches"))
     # the teacher's default: DPM-Solver++(2M) at 15 evaluations, the regression targets' (TAD-SR: 15 steps)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(teacher_nfe=15))

@@ -31,8 +31,8 @@ from stepdistill.denoiser import native_loss_weight
 from stepdistill.roles import make_generator, make_real_score
 from stepdistill.time_sampling import FakeTimes, fake_score_times
 from stepdistill.student import Student
-from stepdistill.training import (RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim, cli,
-                                  make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
+from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim,
+                                  cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
                                   trainable_params)
 
 NAME = "yonos"
@@ -67,7 +67,8 @@ class YONOSConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, ema_decay=0.999,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
+                                                                   batch_size=32, ema_decay=0.999,
                                                                    output_dir="outputs/yonos_patches"))
     # The teacher is of another scale: its rows on x`student_scale` inputs would compare unlike models
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(teacher_rows="none"))

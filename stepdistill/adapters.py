@@ -8,6 +8,7 @@ flags peft's LoRA layers read in `forward` (`_disable_adapters`, `_active_adapte
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -86,3 +87,34 @@ def checkpoint_with_adapters(module: nn.Module, *args):
             set_adapter_state(now)
 
     return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
+
+def _counterparts(net: nn.Module, source: str, name: str) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    """(adapter `name`'s parameter, adapter `source`'s) pairs, matched by their names in `net`."""
+    params = dict(net.named_parameters())
+    pairs = [(params[key.replace(f".{source}.", f".{name}.")], p) for key, p in params.items() if f".{source}." in key]
+    if not pairs or len(pairs) != sum(f".{name}." in key for key in params):
+        raise ValueError(f"adapters {source!r} and {name!r} do not have the same layers")
+    return pairs
+
+
+def copy_lora(net: nn.Module, source: str, name: str) -> None:
+    """A frozen copy of adapter `source`, named `name`, on the same layers (a LoRA student's EMA target)."""
+    import copy
+
+    from peft import inject_adapter_in_model
+
+    if name in adapter_names(net):
+        raise ValueError(f"the network already has an adapter named {name!r}")
+    inject_adapter_in_model(copy.deepcopy(net.peft_config[source]), net, adapter_name=name)
+    activate(net, None)
+    with torch.no_grad():
+        for target, online in _counterparts(net, source, name):
+            target.copy_(online).requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_lora(net: nn.Module, target: str, online: str, mu: float) -> None:
+    """Adapter `target` <- mu * target + (1 - mu) * `online`, weight by weight (`networks.ema_update` for LoRAs)."""
+    for t, o in _counterparts(net, online, target):
+        t.lerp_(o.detach().to(t.dtype), 1.0 - mu)

@@ -82,6 +82,33 @@ def test_distillation_step_is_lcm_s_loss_and_moves_the_ema_target(metric, digits
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_a_lora_student_s_ema_target_is_an_ema_copy_of_its_adapter(digits_like_teacher, tmp_path, monkeypatch):
+    """`model.lora_rank` with `loss.target=ema`: the target is a frozen second adapter on the same network, starting
+    as the student's and moving 5% of the way to it each step; the target pass runs it (not the online student)."""
+    from stepdistill.adapters import adapter_names
+
+    run = cd.setup(_cd(digits_like_teacher, tmp_path, "model.lora_rank=4", "model.lora_targets=[to_q,to_v]",
+                       "optim.lr=0.05"))
+    s, net = run.setup, run.setup.teacher.net
+    assert run.target is not None and adapter_names(net) == {"student", "student_target"}
+
+    def adapter(name):
+        return {k.replace(f".{name}.", "."): p.detach().clone() for k, p in net.named_parameters() if f".{name}." in k}
+
+    assert all(not p.requires_grad for k, p in net.named_parameters() if ".student_target." in k)
+    assert all(torch.equal(adapter("student_target")[k], v) for k, v in adapter("student").items())
+    called = []
+    forward = run.target.forward
+    monkeypatch.setattr(run.target, "forward", lambda *a, **kw: (called.append(1), forward(*a, **kw))[1])
+    for k in range(2):
+        before = adapter("student_target")
+        cd.step(run, Draw(s.accelerator, 4, seed=0, step=k), k)
+        student, target = adapter("student"), adapter("student_target")
+        for name, value in target.items():
+            torch.testing.assert_close(value, 0.95 * before[name] + 0.05 * student[name], rtol=0, atol=1e-7)
+    assert called == [1, 1] and any(not torch.equal(student[k], target[k]) for k in student)
+
+
 def test_ect_step_is_the_official_loss_with_shared_noise(digits_like_teacher, tmp_path, monkeypatch):
     """ECT's step 0 from the same draws: t ~ LogNormal(-1.1, 2), r = ect_r(t, stage 0), one noise for both,
     the network at (x + t eps, t) against itself at (x + r eps, r) (x where r reaches the boundary), the L2 norm

@@ -64,17 +64,23 @@ def test_each_student_draws_and_sees_only_its_part(digits_like_teacher, tmp_path
 
 
 def test_a_shared_fake_score_is_one_network_and_one_optimiser_trained_by_every_student(digits_like_teacher, tmp_path):
-    run = msd.setup(_cfg(*_overrides(digits_like_teacher, tmp_path, "model.fake_score=shared")))
+    run = msd.setup(_cfg(*_overrides(digits_like_teacher, tmp_path, "model.fake_score=shared", "loss.gan=false")))
     a, b = run.runs
     assert a.fake_score is b.fake_score and a.head is b.head and a.opt_f is b.opt_f
     assert a.generator is not b.generator and a.opt_g is not b.opt_g
     before = [p.detach().clone() for p in a.fake_score.parameters()]
-    calls = []
-    original = a.opt_f.step
+    calls, backward = [], []
+    original, original_backward = a.opt_f.step, run.setup.accelerator.backward
     a.opt_f.step = lambda *args, **kw: (calls.append(1), original(*args, **kw))[1]
-    msd.step(run, Draw(run.setup.accelerator, 8, 0, 0), 0)
-    assert len(calls) == 2  # one fake-score update per student, on that student's samples
+    run.setup.accelerator.backward = lambda loss, **kw: (backward.append(loss.item()), original_backward(loss, **kw))
+    logs = [msd.step(run, Draw(run.setup.accelerator, 8, 0, k), k) for k in range(3)]
+    # one fake-score update a training step, on every student's samples: its schedule counts training steps (not
+    # K times as fast, which would end its warm-up and decay K times early)
+    assert len(calls) == 3 and a.sched_f.scheduler.last_epoch == 3
     assert any(not torch.equal(p, q) for p, q in zip(before, a.fake_score.parameters()))
+    # step 1 has no generator turn (update_ratio 2): two backward passes, each student's loss over K, whose sum is
+    # the mean the step logs
+    assert len(backward) == 4 + 2 + 4 and sum(backward[4:6]) == pytest.approx(logs[1]["loss_fake"], rel=1e-5)
 
 
 @pytest.mark.slow

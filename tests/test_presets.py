@@ -33,3 +33,20 @@ def test_every_preset_parses_into_its_recipe_config(preset):
         assert cfg.model.teacher == "digits"
     else:  # real-model presets name a hub teacher; smoke presets the tiny text-to-image pipeline
         assert cfg.model.teacher.startswith("tiny-") if "tiny" in preset.stem else "/" in cfg.model.teacher
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if "/" in load_config(CONFIGS[p.parent.name],
+                                                                              ["--config", str(p)]).model.teacher],
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_real_model_preset_trains_without_a_time_limit(preset):
+    """The embedded benchmarks' 11.5-minute CPU budget is the recipes' default; a real-model preset must not
+    inherit it (it would stop a GPU job, and end its learning-rate decay, after 11.5 minutes)."""
+    cfg = load_config(CONFIGS[preset.parent.name], ["--config", str(preset)])
+    assert cfg.train.time_limit_minutes is None
+
+
+def test_the_library_default_is_no_time_limit():
+    from stepdistill.training import EMBEDDED_MINUTES, TrainConfig
+
+    assert TrainConfig().time_limit_minutes is None
+    assert all(c().train.time_limit_minutes == EMBEDDED_MINUTES for c in CONFIGS.values())  # the embedded defaults

@@ -145,10 +145,10 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"loss_fake": 0.501587, "loss_d": 1.45316},
     ],
     "msd:shared": [
-        {"loss_fake": 0.983253, "loss_d": 1.42469, "loss_dm": 0.00152269, "loss_g_gan": 0.550791},
-        {"loss_fake": 0.725014, "loss_d": 1.30852},
-        {"loss_fake": 0.792287, "loss_d": 1.34059, "loss_dm": 0.00343276, "loss_g_gan": 0.516273},
-        {"loss_fake": 0.501965, "loss_d": 1.44839},
+        {"loss_fake": 0.986528, "loss_d": 1.42601, "loss_dm": 0.000594307, "loss_g_gan": 0.539308},
+        {"loss_fake": 0.732476, "loss_d": 1.31036},
+        {"loss_fake": 0.793504, "loss_d": 1.3391, "loss_dm": 0.00391921, "loss_g_gan": 0.519832},
+        {"loss_fake": 0.499299, "loss_d": 1.44983},
     ],
     "sid": [
         {"loss_fake": 0.548671, "loss_g": 0.00210387},

@@ -240,8 +240,18 @@ def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
     return run.generator(x_k, float(run.ts[k]), **cond)
 
 
-def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True
-                    ) -> dict[str, float]:
+@dataclass(frozen=True)
+class FakeUpdate:
+    """How a fake-score step's loss enters its optimiser: `weight` times, and stepped (`apply`) or left to
+    accumulate for a later one (multi-student distillation's shared fake score: one update per training step on
+    every student's samples, so its schedule runs at the training steps' pace)."""
+
+    weight: float = 1.0
+    apply: bool = True
+
+
+def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True,
+                    update: FakeUpdate = FakeUpdate()) -> dict[str, float]:
     """On G's samples `x` (detached here) for `labels`; `gan`: with the discriminator's step (if it has one)."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
@@ -271,8 +281,8 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
         loss = loss + cfg.loss.gan_discriminator_weight * loss_d
         logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
                  "d_fake": torch.sigmoid(logits_fake).mean().item()}
-    optimizer_step(s.accelerator, loss, trainable_params(run.fake_score, run.head), run.opt_f, run.sched_f,
-                   grad_clip=cfg.optim.grad_clip)
+    optimizer_step(s.accelerator, update.weight * loss, trainable_params(run.fake_score, run.head), run.opt_f,
+                   run.sched_f, grad_clip=cfg.optim.grad_clip, apply=update.apply)
     return logs
 
 
@@ -335,17 +345,17 @@ def samples(run: Run, draw: Draw, *, graph: bool) -> tuple[torch.Tensor, torch.T
         return generate(run, draw, labels), labels
 
 
-def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+def step(run: Run, draw: Draw, step: int, *, fake_update: FakeUpdate = FakeUpdate()) -> dict[str, float]:
     """The fake score (and discriminator) every step, the generator every `update_ratio` steps (TTUR); the GAN
-    terms from `loss.gan_start_step` on."""
+    terms from `loss.gan_start_step` on. `fake_update`: how the fake score's loss enters its optimiser."""
     generator_turn = step % run.cfg.optim.update_ratio == 0
     gan = step >= run.cfg.loss.gan_start_step
     if run.cfg.loss.fake_samples == "shared":  # the official order: G first, the fake score on its samples
         x, labels = samples(run, draw, graph=generator_turn)
         logs = generator_step(run, draw, x, labels, gan=gan) if generator_turn else {}
-        logs |= fake_score_step(run, draw, x, labels, gan=gan)
+        logs |= fake_score_step(run, draw, x, labels, gan=gan, update=fake_update)
     else:
-        logs = fake_score_step(run, draw, *samples(run, draw, graph=False), gan=gan)
+        logs = fake_score_step(run, draw, *samples(run, draw, graph=False), gan=gan, update=fake_update)
         if generator_turn:
             logs |= generator_step(run, draw, *samples(run, draw, graph=True), gan=gan)
     if draw.k is not None:

@@ -156,12 +156,11 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
 
 def _fit(accelerator: Accelerator, horizon: Horizon, train: TrainConfig, *, done: int, seconds_per_step: float,
          now: float, start_time: float, first: bool) -> None:
-    """Fit `horizon` to the time limit left at `now`; every process takes the slowest one's figures. A refit
-    (not `first`) only ever moves it earlier."""
+    """Fit `horizon` to the time limit left at `now`; every process takes the slowest one's figures."""
     mine = torch.tensor([[seconds_per_step, -(60 * train.time_limit_minutes - (now - start_time))]],
                         device=accelerator.device)
     seconds_per_step, neg_left = (float(v) for v in accelerator.gather(mine).amax(dim=0))
-    total = horizon.fit(done=done, seconds_per_step=seconds_per_step, seconds_left=-neg_left, shorten_only=not first)
+    total = horizon.fit(done=done, seconds_per_step=seconds_per_step, seconds_left=-neg_left)
     if first and total < train.max_steps and accelerator.is_main_process:
         print(f"\n{seconds_per_step:.2f} s a step: the {train.time_limit_minutes:g}-minute limit "
               f"fits {total} of train.max_steps={train.max_steps} steps, so training ends (and decaying "

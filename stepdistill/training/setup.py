@@ -287,7 +287,8 @@ def at_resolution(teacher: Teacher, shape: tuple[int, ...]):
 def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: str | Path, config,
             horizon: Horizon | None = None, changed: dict | None = None) -> int:
     """Restore a checkpoint (returns its step, else 0), then this run's optimiser settings over the
-    checkpoint's, and its fitted `horizon` unless max steps or the time limit `changed` (`resume.check_resume`).
+    checkpoint's, and its `horizon`, moved from here when max steps or the time limit `changed` (`resume.check_resume`:
+decaying rates then decay on from the value they reached, `horizon`).
     A fresh run writes its config.yaml; a resumed one appends the resume to it."""
     from ..config import save_config
 
@@ -295,8 +296,9 @@ def restore(accelerator: Accelerator, resume_from: Path | None, *, output_dir: s
     start_step = load_checkpoint(accelerator, resume_from) if resume_from else 0
     if resume_from is not None:
         apply_settings(accelerator)
-        if horizon is not None and not any(k in changed for k in HORIZON_KEYS):
-            horizon.restore(checkpoint_info(resume_from).get("horizon"))
+        if horizon is not None:  # moved to the new max_steps / time limit from here, or kept
+            horizon.restore(checkpoint_info(resume_from).get("horizon"), done=start_step,
+                            refit=any(k in changed for k in HORIZON_KEYS))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -331,10 +333,13 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tu
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {get_args(LRSchedule)}")
     own = ((lambda: -(-total_steps.total // steps_per_update)) if isinstance(total_steps, Horizon)
            else (lambda: total_steps))
+    anchors = ((lambda: [[-(-at // steps_per_update), -(-before // steps_per_update)]
+                         for at, before in total_steps.anchors]) if isinstance(total_steps, Horizon) else list)
     if schedule != "constant" and (own() is None or own() <= warmup_steps):
         raise ValueError(f"a {schedule} decay needs total_steps > warmup_steps={warmup_steps}; got {own()}")
     opt = torch.optim.AdamW(list(params), lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, warmup_steps=warmup_steps, total_steps=own))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, warmup_steps=warmup_steps, total_steps=own,
+                                                                  anchors=anchors))
     remember_settings(opt, sched, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)  # for a resume
     return opt, sched
 
@@ -350,9 +355,12 @@ def make_ema(params: list[torch.nn.Parameter], decay: float | None, accelerator:
 
 
 def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: list[torch.nn.Parameter], opt, sched, *,
-                   grad_clip: float | None, nan_to_num: bool = False) -> None:
-    """Backward, optionally zero NaN/inf gradients (SiD's `nan_to_num` on every gradient), clip, step."""
+                   grad_clip: float | None, nan_to_num: bool = False, apply: bool = True) -> None:
+    """Backward, optionally zero NaN/inf gradients (SiD's `nan_to_num` on every gradient), clip, step.
+    `apply=False`: backward only, the gradient accumulating for a later call that applies it."""
     accelerator.backward(loss)
+    if not apply:
+        return
     if nan_to_num:
         for p in params:
             if p.grad is not None:

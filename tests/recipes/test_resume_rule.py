@@ -147,3 +147,35 @@ def test_a_fitted_horizon_is_kept_unless_max_steps_or_the_time_limit_change(tmp_
         assert restore(accelerator, path, output_dir=tmp_path, config=TrainConfig(), horizon=horizon,
                        changed=changed) == 5
         assert horizon.total == expected, changed
+        if expected == 200:  # moved later at the checkpoint's step: the old horizon is anchored there
+            assert horizon.anchors == [[5, 40]]
+
+
+def test_a_run_resumed_without_its_time_limit_decays_on_from_its_rate_to_max_steps(tmp_path):
+    """A time-limited run fitted its horizon to 40 of 100 steps and stopped at 30; resumed with
+    `train.time_limit_minutes=null`, it trains to max_steps, its rate going on from the value it reached (not
+    jumping back up to the 100-step schedule's) and reaching zero at step 100."""
+    from accelerate import Accelerator
+
+    from stepdistill.checkpointing import save_checkpoint
+    from stepdistill.training.horizon import Horizon
+    from stepdistill.training.sections import TrainConfig
+    from stepdistill.training.setup import make_optimizer, restore
+
+    def rates(horizon, start, stop):
+        w = torch.nn.Parameter(torch.ones(1))
+        opt, sched = make_optimizer([w], lr=1.0, betas=(0.9, 0.999), schedule="cosine", total_steps=horizon,
+                                    warmup_steps=10)
+        for _ in range(start):
+            sched.step()
+        return [(sched.get_last_lr()[0], sched.step())[0] for _ in range(start, stop)]
+
+    fitted = Horizon(100, steps=40, seconds_per_step=1.0, fitted_at_step=5)
+    before = rates(fitted, 0, 31)
+    path = save_checkpoint(Accelerator(cpu=True), tmp_path, 30, info={"horizon": fitted.state()})
+    horizon = Horizon(100)
+    restore(Accelerator(cpu=True), path, output_dir=tmp_path, config=TrainConfig(), horizon=horizon,
+            changed={"train.time_limit_minutes": (10.0, None)})
+    after = rates(horizon, 30, 101)
+    assert after[0] == pytest.approx(before[30]) and after[0] < rates(Horizon(100), 30, 31)[0]
+    assert all(a >= b for a, b in zip(after, after[1:])) and after[-1] == pytest.approx(0.0) and after[-2] > 0
