@@ -85,4 +85,10 @@ def dispatched(reference: F, fused_name: str) -> F:
     return loss  # type: ignore[return-value]
 
 
-__all__ = ["dispatched", "triton_enabled", "use_triton"]
+def set_fused_losses(mode: str) -> None:
+    """A run's `train.fused_losses` (auto | on | off), set at setup."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"train.fused_losses={mode!r}: expected auto, on or off")
+
+
+__all__ = ["dispatched", "set_fused_losses", "triton_enabled", "use_triton"]

@@ -18,9 +18,24 @@ LRSchedule = Literal["constant", "linear", "cosine"]
 @dataclass
 class TrainConfig:
     max_steps: int = 2400
-    batch_size: int = 64  # global: split across processes
-    # "auto": bf16 autocast where the hardware runs bf16 natively (see distributed.native_bf16), else fp32
+    # The GLOBAL batch of one training step, over all processes and accumulation passes (the papers' batch sizes
+    # are global: DMD2 SD1.5 2048, SiD 512). Each step draws it from (seed, step), so any process count and any
+    # accumulation train the same model.
+    batch_size: int = 64
+    # Samples per process per forward pass; null: batch_size / processes. Smaller: the step accumulates gradients
+    # over batch_size / (processes x micro_batch_size) passes (which must be a whole number).
+    micro_batch_size: Optional[int] = None
+    # Autocast for the passes, and the dtype frozen networks (teacher, VAE, text encoders) are held in; trained
+    # roles keep fp32 master weights. "auto": the launcher's `--mixed_precision` if it gave one, else bf16 where the
+    # hardware runs it natively (distributed.native_bf16), else fp32. TF32 matmuls are on where the GPU has them.
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
+    # The fused Triton losses (DMD, VSD, SiD, pseudo-Huber) on CUDA: "auto" checks each against its reference on
+    # its first call (value and gradients) and falls back to the reference, with one warning, on a compile error or
+    # a mismatch; "on" always fused, "off" never. The backend that ran is recorded in the results and model card.
+    fused_losses: Literal["auto", "on", "off"] = "auto"
+    # torch.compile the trained roles (accelerate's dynamo backend, inductor): fixed shapes, so every step's
+    # passes compile once; the first steps are slower.
+    compile: bool = False
     seed: int = 0
     ema_decay: Optional[float] = 0.99
     log_every: int = 50

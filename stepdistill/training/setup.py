@@ -27,6 +27,7 @@ from ..degradations import Degradation
 from ..distributed import make_accelerator
 from ..fingerprints import run_identity
 from ..io import atomic_write_text
+from ..ops import set_fused_losses
 from ..latents import LatentSpace, PixelSpace
 from ..families import family_of_network
 from ..teachers import Teacher, load_teacher
@@ -78,6 +79,7 @@ class Setup:
         accelerator = make_accelerator(mixed_precision=train.mixed_precision, project_dir=train.output_dir,
                                        log_with=None if train.report_to == "none" else train.report_to)
         check_train(train, accelerator.num_processes)
+        set_fused_losses(train.fused_losses)
         resume_from = resolve_resume(resume, train.output_dir)
         take_run_lock(accelerator, train.output_dir)  # before this run writes anything there
         claim_output_dir(train.output_dir, resuming=resume is not None, overwrite=train.overwrite,
