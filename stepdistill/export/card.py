@@ -12,7 +12,7 @@ from pathlib import Path
 from ..io import atomic_write_text
 
 __all__ = ["Usage", "CARD_KEYS", "PROJECT_LICENSE", "write_model_card", "card_arguments", "teacher_license",
-           "hub_reference", "is_local"]
+           "hub_reference", "is_local", "fused_losses_line"]
 
 
 CARD_KEYS = ("base_model", "recipe", "metrics", "tags", "extra", "license")
@@ -117,6 +117,16 @@ def teacher_license(teacher: str) -> str | None:
     from huggingface_hub import ModelCard
 
     return ModelCard.load(readme).data.license or None
+
+
+def fused_losses_line(record: Mapping | None) -> str:
+    """The card's line on what computed each loss that has a fused kernel, from `stepdistill.ops.fused_losses_record()`
+    (`{"mode": ..., "backends": {loss: "fused" | "reference" | "reference (fallback: ...)"}}`); "" when none ran."""
+    backends = dict((record or {}).get("backends") or {})
+    if not backends:
+        return ""
+    ran = "; ".join(f"`{name}` {what}" for name, what in backends.items())
+    return f"Losses: {ran} (train.fused_losses={record['mode']}).\n"
 
 
 def _fmt(value) -> str:

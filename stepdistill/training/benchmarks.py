@@ -20,6 +20,7 @@ from ..digits_benchmark import (DIGITS_SHAPE, TEACHER_TABLE, DigitsBenchmark, de
                                 markdown_table, spread_cell, table_rows, teacher_sample_fn)
 from ..io import atomic_write_text
 from ..local_paths import public_command
+from ..ops import fused_losses_record
 from ..samplers import steps_for_nfe
 from ..sr_benchmark import evaluate_sr_student, format_row
 from ..student import AnyStudent
@@ -107,7 +108,7 @@ def evaluate_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation:
         train_steps=steps_done, max_steps=horizon.max_steps, horizon=horizon.state(),
         decay_complete=steps_done >= horizon.total, stopped_by_time_limit=steps_done < horizon.total,
         train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(),
-        config=config, rows=rows,
+        fused_losses=fused_losses_record(), config=config, rows=rows,
     )
     if teacher_default:
         # Speeds compared at one batch size: a teacher timed on a small batch against the student timed on
@@ -142,7 +143,8 @@ def evaluate_on_patches(student: AnyStudent, real_denoiser, schedule, evaluation
     result = dict(result, recipe=student.name, command=public_command(),
                   train_steps=steps_done, max_steps=horizon.max_steps, horizon=horizon.state(),
                   decay_complete=steps_done >= horizon.total, stopped_by_time_limit=steps_done < horizon.total,
-                  train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(), config=config)
+                  train_minutes=round(train_minutes, 2), torch_threads=torch.get_num_threads(),
+                  fused_losses=fused_losses_record(), config=config)
     rows = result["rows"]
     teacher = next((r for r in rows if r.get("default")), None)
     if teacher is not None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from ..export import push_to_hub, teacher_license
+from ..export.card import fused_losses_line
 from ..io import atomic_write_text
 from ..local_paths import public_command
+from ..ops import fused_losses_record
 from ..student import AnyStudent
 from .benchmarks import BENCHMARKS, RunFacts
 from .horizon import Horizon
@@ -29,9 +31,10 @@ def save_samples(student: AnyStudent, path: Path) -> None:
     save_image(x * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
 
 
-def _card_text(steps_done: int, horizon: Horizon, train_minutes: float) -> str:
-    """How long the student trained (and whether its time limit cut it short), with the command: what a reader of
-    the model card needs beside the benchmark's own text (`Benchmark.card`)."""
+def _card_text(steps_done: int, horizon: Horizon, train_minutes: float, fused_losses: dict | None = None) -> str:
+    """How long the student trained (and whether its time limit cut it short), with the command, and what computed
+    its fused-kernel losses (`fused_losses`: `stepdistill.ops.fused_losses_record()`): what a reader of the model
+    card needs beside the benchmark's own text (`Benchmark.card`)."""
     if steps_done < horizon.total:
         how = f"{steps_done} of {horizon.total} steps (stopped by its time limit before its decay ended)"
     elif horizon.total < horizon.max_steps:
@@ -39,7 +42,9 @@ def _card_text(steps_done: int, horizon: Horizon, train_minutes: float) -> str:
                f"{horizon.seconds_per_step:.2f} s a step)")
     else:
         how = f"{steps_done} of {horizon.max_steps} steps"
-    return f"## Training\n\n{how} in {train_minutes:.1f} minutes: `{public_command()}`\n"
+    losses = fused_losses_line(fused_losses)
+    return f"## Training\n\n{how} in {train_minutes:.1f} minutes: `{public_command()}`\n" + (
+        f"\n{losses}" if losses else "")
 
 
 def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, evaluation: EvalConfig,
@@ -63,7 +68,7 @@ def finish(students: list[AnyStudent], accelerator, *, output_dir: str | Path, e
                                       "not evaluated, not exported")
             tag = "" if len(students) == 1 else f"_{student.name}"
             save_samples(student, out / "samples" / f"final{tag}.png")
-            metrics, text = {}, _card_text(steps_done, horizon, train_minutes)
+            metrics, text = {}, _card_text(steps_done, horizon, train_minutes, fused_losses_record())
             bench = next((b for b in BENCHMARKS if b.applies(student)), None) if evaluation.enabled else None
             if bench is not None:
                 result = bench.evaluate(student, facts)
