@@ -38,7 +38,16 @@ def add_lora(net: nn.Module, name: str, *, rank: int, alpha: float | None = None
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
                         target_modules=target_modules or DEFAULT_TARGETS)
     inject_adapter_in_model(config, net, adapter_name=name)
+    _float32(net, name)
     activate(net, None)
+
+
+def _float32(net: nn.Module, name: str) -> None:
+    """Adapter `name`'s weights in float32 (master weights), also on a bf16 / fp16 frozen base, where peft makes
+    them in the base layer's dtype."""
+    for key, param in net.named_parameters():
+        if f".{name}." in key:
+            param.data = param.data.float()
 
 
 def activate(net: nn.Module, name: str | None) -> None:
@@ -107,6 +116,7 @@ def copy_lora(net: nn.Module, source: str, name: str) -> None:
     if name in adapter_names(net):
         raise ValueError(f"the network already has an adapter named {name!r}")
     inject_adapter_in_model(copy.deepcopy(net.peft_config[source]), net, adapter_name=name)
+    _float32(net, name)
     activate(net, None)
     with torch.no_grad():
         for target, online in _counterparts(net, source, name):

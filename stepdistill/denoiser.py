@@ -21,6 +21,8 @@ from torch import nn
 from .network_call import bottleneck_tokens, call_network
 from .schedules import NoiseSchedule
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
 __all__ = [
     "PREDICTION_TYPES",
     "to_eps", "to_v", "to_flow", "to_score",
@@ -170,8 +172,9 @@ class Denoiser(nn.Module):
              alpha (x0 - y) + sigma eps, and x0 = y + its prediction. Still a denoiser of x0 itself, so
              samplers, losses and recipes are unchanged; an untrained network starts near y, not noise.
 
-    The network runs in its own dtype; the input scaling and the conversion to x0 run in float32,
-    so losses never branch on dtype or prediction type.
+    The network runs in its own dtype (a bf16 / fp16 one, a frozen teacher under mixed precision, under autocast
+    to it); the input scaling and the conversion to x0 run in float32, so losses never branch on dtype or
+    prediction type.
     """
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction_type: str,
@@ -210,7 +213,11 @@ class Denoiser(nn.Module):
         if concat is not None:
             net_in = torch.cat([net_in, concat.float()], dim=1)
         self._select_adapter()
-        return call_network(self.net, net_in.to(self.dtype), self.schedule.timestep(t), cond)
+        dtype = self.dtype
+        if dtype in LOW_PRECISION:  # a frozen network held in the compute dtype: its conditions stay float32
+            with torch.autocast(net_in.device.type, dtype=dtype):
+                return call_network(self.net, net_in.to(dtype), self.schedule.timestep(t), cond)
+        return call_network(self.net, net_in.to(dtype), self.schedule.timestep(t), cond)
 
     @staticmethod
     def _times(t: torch.Tensor | float, x_t: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,42 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+def launcher_mixed_precision() -> str | None:
+    """What `accelerate launch --mixed_precision` (or its config file) chose, if it chose anything."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    return value or None
+
+
 def resolve_mixed_precision(mixed_precision: str, device_type: str) -> str:
-    """accelerate's `mixed_precision` for a config's choice: "auto" is "bf16" where `native_bf16`, else "no"."""
+    """accelerate's `mixed_precision` for a config's choice: "auto" is the launcher's `--mixed_precision` if it gave
+    one, else "bf16" where `native_bf16`, else "no". An explicit choice wins over the launcher's, and says so."""
+    launcher = launcher_mixed_precision()
     if mixed_precision != "auto":
+        if launcher is not None and launcher != mixed_precision and os.environ.get("RANK", "0") == "0":
+            print(f"note: train.mixed_precision={mixed_precision} overrides the launcher's --mixed_precision "
+                  f"{launcher} (train.mixed_precision=auto follows the launcher)", flush=True)
         return mixed_precision
+    if launcher is not None:
+        return launcher
     return "bf16" if native_bf16(device_type) else "no"
+
+
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compute_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype frozen networks are held in under accelerate's resolved `mixed_precision` (float32 for "no")."""
+    return COMPUTE_DTYPES.get(mixed_precision, torch.float32)
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """TF32 matmuls and convolutions on a CUDA GPU that has them (Ampere and later): float32 passes (the trained
+    roles' master weights outside autocast, fp32 runs) at tensor-core speed. Returns whether it is on."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    return True
 
 
 def make_accelerator(**kwargs) -> Accelerator:

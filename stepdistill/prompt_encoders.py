@@ -255,18 +255,20 @@ def _max_length(pipe, tokenizer: str, default: int) -> int:
     return min(default, int(getattr(pipe.components.get(tokenizer), "model_max_length", default) or default))
 
 
-def prompt_encoder(teacher, resolution: tuple[int, int], *, device="cpu", guidance: float | None = None):
+def prompt_encoder(teacher, resolution: tuple[int, int], *, device="cpu", guidance: float | None = None,
+                   dtype: torch.dtype = torch.float32):
     """The prompt encoder of `teacher`'s pipeline family (`teachers.Teacher.pipeline_class`). `resolution`:
-    the training images' (height, width) in pixels (SDXL's size ids); `guidance`: Flux's embedded scale."""
+    the training images' (height, width) in pixels (SDXL's size ids); `guidance`: Flux's embedded scale; `dtype`:
+    the text encoders' (frozen: mixed precision's compute dtype)."""
     from diffusers import DiffusionPipeline
 
     family = family_of_pipeline(teacher.pipeline_class)  # refuses an unsupported class
     if family.prompt_encoder == "ClipPromptEncoder":
-        return ClipPromptEncoder(teacher.load_component("tokenizer"), teacher.load_component("text_encoder"),
-                                 device=device)
+        return ClipPromptEncoder(teacher.load_component("tokenizer"),
+                                 teacher.load_component("text_encoder", dtype=dtype), device=device)
     skip = {teacher.component: None, "vae": None, **({"image_encoder": None, "feature_extractor": None}
                                                        if family.prompt_encoder == "SDXLPromptEncoder" else {})}
-    pipe = DiffusionPipeline.from_pretrained(teacher.root, **skip)
+    pipe = DiffusionPipeline.from_pretrained(teacher.root, torch_dtype=dtype, **skip)
     return _BUILDERS[family.prompt_encoder](pipe, resolution, device=device, guidance=guidance)
 
 

@@ -40,7 +40,7 @@ def make_fake_score(teacher: Teacher, *, lora_rank: int | None = None, lora_alph
     """A trainable copy of the teacher, or (lora_rank set) a LoRA adapter named `adapter` on it (several fake
     scores on one teacher, as multi-student distillation's per-student ones, each take a name of their own)."""
     if lora_rank is None:
-        net = copy.deepcopy(teacher.net).train().requires_grad_(True)
+        net = teacher.network_copy().train().requires_grad_(True)
         set_gradient_checkpointing(net, gradient_checkpointing)
         return teacher.denoiser(net=net)
     add_lora(teacher.net, adapter, rank=lora_rank, alpha=lora_alpha, target_modules=target_modules)
@@ -83,8 +83,13 @@ def make_generator(teacher: Teacher, t_init: float | None = None, *, copies: int
     t_init = teacher.schedule.t_max if t_init is None else t_init
     students = []
     for _ in range(copies):
-        net = copy.deepcopy(teacher.net if network is None else network)
-        for name in adapter_names(net):  # drop a LoRA fake score sharing the teacher's network
+        if network is not None:
+            net = copy.deepcopy(network)
+        elif lora_rank is None:  # float32 master weights, read again from the source under bf16 / fp16
+            net = teacher.network_copy()
+        else:  # a frozen base, held as the teacher is (in the compute dtype); the adapter trains in float32
+            net = copy.deepcopy(teacher.net)
+        for name in adapter_names(net):  # drop a LoRA fake score sharing the given network
             delete_lora(net, name)
         if lora_rank is None:
             net.train().requires_grad_(True)

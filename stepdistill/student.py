@@ -139,7 +139,8 @@ class Student:
         """The same student on the plain module: no DDP wrapper, and no autocast that accelerate wraps
         around a prepared module's forward under mixed precision (training is over: evaluate and export
         the float32 weights a user loads)."""
-        return replace(self, generator=accelerator.unwrap_model(self.generator, keep_fp32_wrapper=False))
+        return replace(self, generator=accelerator.unwrap_model(self.generator, keep_fp32_wrapper=False,
+                                                                keep_torch_compile=False))
 
     # -- export -------------------------------------------------------------------------------------
 

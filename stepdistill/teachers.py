@@ -5,10 +5,11 @@ denoising network and its scheduler config from a name, a local diffusers folder
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -63,6 +64,8 @@ class Teacher:
     extra: dict[str, Any] = field(default_factory=dict)  # model_index.json entries of other components
     root: str = ""  # the local folder or hub id everything was loaded from
     index: dict[str, Any] = field(default_factory=dict)  # the pipeline's model_index.json ({} for a bare network)
+    # Reads the network again from its source, float32 on the CPU (`network_copy`); None for a teacher built in memory
+    loader: Optional[Callable[[], nn.Module]] = field(default=None, repr=False, compare=False)
 
     @property
     def pipeline_class(self) -> str | None:
@@ -82,6 +85,21 @@ class Teacher:
             return cls.from_pretrained(self.root, subfolder=name, **kwargs)
         except (OSError, ValueError) as e:
             raise TeacherLoadError(f"cannot load component {name!r} of teacher {self.source}: {e}") from None
+
+    def network_copy(self, device: torch.device | str | None = None) -> nn.Module:
+        """The teacher's network as a trainable role starts from: float32, without adapters, on `device` (default:
+        the teacher's). Read again from its source (onto the CPU, then moved) when the teacher is held in a lower
+        precision, so the copy is exact and no float32 teacher ever sits on the device; copied otherwise."""
+        from .adapters import adapter_names, delete_lora
+
+        param = next(self.net.parameters())
+        device = param.device if device is None else torch.device(device)
+        if self.loader is not None and param.dtype != torch.float32:
+            return self.loader().to(device)
+        net = copy.deepcopy(self.net).to(device).float()
+        for name in adapter_names(net):  # a LoRA role sharing the teacher's network stays with the teacher
+            delete_lora(net, name)
+        return net
 
     def denoiser(self, *, adapter: str | None = None, net: nn.Module | None = None) -> Denoiser:
         n = self.net if net is None else net
@@ -163,8 +181,10 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
             net = cls.from_pretrained(root, subfolder=component, torch_dtype=dtype)
         except (OSError, ValueError, RuntimeError) as e:
             raise TeacherLoadError(f"cannot load {root / component}: {e}") from None
+        loader = _loader(cls.from_pretrained, root, subfolder=component, torch_dtype=torch.float32)
     else:
         net, scheduler_config, component, index = _load_from_hub(str(source), dtype, revision)
+        loader = _loader(lambda: _load_from_hub(str(source), torch.float32, revision)[0])
     try:
         schedule, prediction_type = from_scheduler_config(scheduler_config)
     except ValueError as e:
@@ -172,7 +192,12 @@ def load_teacher(source: str | Path, *, dtype: torch.dtype = torch.float32, devi
     net = freeze(net.to(device))
     root = str(src) if Path(src).exists() else str(source)
     return Teacher(net, schedule, prediction_type, scheduler_config, str(source), component,
-                   _components(index, component), root, index)
+                   _components(index, component), root, index, loader=loader)
+
+
+def _loader(load: Callable[..., nn.Module], *args, **kwargs) -> Callable[[], nn.Module]:
+    """A frozen float32 CPU copy of a teacher's network, read from its source on call."""
+    return lambda: freeze(load(*args, **kwargs)).float()
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype, revision: str | None):

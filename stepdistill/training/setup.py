@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional, get_args
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import TorchDynamoPlugin, set_seed
 from diffusers.training_utils import EMAModel
 
 from .. import run_lock
@@ -24,7 +24,7 @@ from ..prompt_encoders import prompt_encoder
 from ..data import ImageFolder, IndexLabelled, load_prompts
 from ..data.embedded import embedded_dataset
 from ..degradations import Degradation
-from ..distributed import make_accelerator
+from ..distributed import compute_dtype, enable_tf32, make_accelerator
 from ..fingerprints import run_identity
 from ..io import atomic_write_text
 from ..ops import set_fused_losses
@@ -35,6 +35,9 @@ from ..schedules import RectifiedFlow, flow_shift
 from .horizon import Horizon, lr_factor
 from .resume import CONFIG_FILE, HORIZON_KEYS, apply_settings, record_resume, remember_settings
 from .sections import DataConfig, LRSchedule, TrainConfig
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for train.compile
 
 
 @dataclass(kw_only=True)
@@ -68,15 +71,18 @@ class Setup:
         return self.output_dir / CACHE_DIR / f"{name}{self.cache_suffix}.safetensors"
 
     def unwrap(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
-        """A prepared module without its DDP wrapper: for passes whose weights take no gradient (DDP must
-        not wait for them) and for sampling."""
-        return None if module is None else self.accelerator.unwrap_model(module)
+        """A prepared module without its DDP wrapper (and `torch.compile`'s): for passes whose weights take no
+        gradient (DDP must not wait for them), for sampling and for its weights' own names."""
+        return None if module is None else self.accelerator.unwrap_model(module, keep_torch_compile=False)
 
     @classmethod
     def build(cls, *, train: TrainConfig, teacher: str, resume: str | None, data: DataConfig,
               need_images: bool = False) -> "Setup":
         """`need_images`: the recipe trains on real images (a GAN, say), which then must exist."""
+        # train.compile: accelerate compiles every prepared (trained) role, with fixed shapes
         accelerator = make_accelerator(mixed_precision=train.mixed_precision, project_dir=train.output_dir,
+                                       dynamo_plugin=TorchDynamoPlugin(backend=COMPILE_BACKEND if train.compile else "no",
+                                                                       dynamic=False if train.compile else None),
                                        log_with=None if train.report_to == "none" else train.report_to)
         check_train(train, accelerator.num_processes)
         set_fused_losses(train.fused_losses)
@@ -86,13 +92,27 @@ class Setup:
                          is_main=accelerator.is_main_process)
         accelerator.wait_for_everyone()
         set_seed(train.seed)
-        loaded = load_teacher(teacher, device=accelerator.device)
-        conditioner, space, dataset = setup_data(data, loaded, accelerator.device, need_images=need_images)
+        dtype = compute_dtype(accelerator.mixed_precision)
+        accelerator.print(precision_line(accelerator.mixed_precision, dtype, enable_tf32(accelerator.device)))
+        loaded = load_teacher(teacher, device=accelerator.device, dtype=dtype)
+        conditioner, space, dataset = setup_data(data, loaded, accelerator.device, need_images=need_images,
+                                                 dtype=dtype)
         return cls(accelerator=accelerator, teacher=loaded, conditioner=conditioner, space=space,
                    shape=sample_shape(loaded, conditioner, space), dataset=dataset, resume_from=resume_from,
                    output_dir=Path(train.output_dir), identity=run_identity(loaded, data),
                    horizon=Horizon(train.max_steps),
                    labelled_real=dataset is not None and "class_labels" in dataset[0])
+
+
+def precision_line(mixed_precision: str, dtype: torch.dtype, tf32: bool) -> str:
+    """The precision a run trains in, printed at setup."""
+    if mixed_precision == "no":
+        held = "float32 throughout"
+    else:
+        vae = " (the VAE in float32: fp16 overflows it)" if dtype == torch.float16 else ""
+        held = (f"{mixed_precision} autocast; the frozen networks (teacher, text encoders, VAE{vae}) held in "
+                f"{mixed_precision}; trained roles keep float32 master weights")
+    return f"precision: {held}; TF32 {'on' if tf32 else 'off (no GPU that has it)'}"
 
 
 def take_run_lock(accelerator: Accelerator, output_dir: str | Path) -> None:
@@ -185,7 +205,7 @@ def sample_shape(teacher: Teacher, conditioner, space) -> tuple[int, ...]:
     return (channels, *((size, size) if isinstance(size, int) else size))
 
 
-def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool):
+def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool, dtype: torch.dtype = torch.float32):
     """(conditioner, sample space, real-image dataset or None) for the teacher's kind of conditioning:
 
     - text-to-image (`data.prompts`): prompts (embeddings computed once and cached), the VAE's latents;
@@ -194,7 +214,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
       low-resolution copy, concatenated to the network input (label i: real image i);
     - unconditional teachers: no condition.
     Real images come from `data.images`, or the digits for the shipped digits teacher; `need_images`
-    (a GAN, an image condition) makes them mandatory.
+    (a GAN, an image condition) makes them mandatory. `dtype`: the text encoders' and the VAE's (mixed precision's
+    compute dtype; the VAE stays float32 under fp16, which overflows it).
     """
     net_cfg = teacher.net.config
     # a super-resolution teacher's folder records its scale (recipes/train_teacher.py); data.condition_scale wins
@@ -210,11 +231,12 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool)
                          "embed the guidance scale (Flux-dev); this teacher does not")
     if data.prompts is not None:
         prompts = load_prompts(data.prompts)  # the prompt file first: the cheapest thing to get wrong
-        vae = teacher.load_component("vae").to(device)
+        vae = teacher.load_component("vae", dtype=torch.float32 if dtype == torch.float16 else dtype).to(device)
         resolution = text_to_image_resolution(data, teacher, vae)
         space = LatentSpace(vae, resolution)
         check_latent_channels(teacher, space)
-        encoder = prompt_encoder(teacher, (resolution, resolution), device=device, guidance=data.embedded_guidance)
+        encoder = prompt_encoder(teacher, (resolution, resolution), device=device, guidance=data.embedded_guidance,
+                                 dtype=dtype)
         conditioner = TextConditioner(prompts, encoder, device=device)
         teacher.schedule = at_resolution(teacher, space.shape)
     elif condition_scale:  # the condition is built from the real images below
