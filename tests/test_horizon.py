@@ -207,6 +207,7 @@ def test_the_loop_fits_the_time_limit_ends_the_decay_there_and_checkpoints_the_f
     assert lrs[-1] == pytest.approx(0.0, abs=1e-4) and lrs[done // 2] == pytest.approx(0.5, abs=0.01)
     (last,) = checkpoint_dirs(tmp_path)
     assert checkpoint_info(last)["step"] == done and checkpoint_info(last)["horizon"] == horizon.state()
+    assert checkpoint_info(last)["fused_losses"]["mode"] == "auto"  # which implementation of each loss ran
     logged = [json.loads(line) for line in (tmp_path / "log_rank0.jsonl").read_text().splitlines()]
     assert {"horizon": horizon.state()} in logged
 

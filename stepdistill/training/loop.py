@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..checkpointing import checkpoint_dirs, save_checkpoint
+from ..ops import fused_losses_record
 from .draw import Draw
 from .horizon import FitClock, Horizon
 from .sections import TrainConfig
@@ -136,7 +137,8 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                     raise _diverged(out, step, f"non-finite student weights ({broken[0]}, ...)")
                 save_checkpoint(accelerator, out, done, keep=train.keep_checkpoints,
                                 student=weights if accelerator.is_main_process else None,
-                                info={"horizon": horizon.state(), "recipe": name}, config=config,
+                                info={"horizon": horizon.state(), "recipe": name,
+                                      "fused_losses": fused_losses_record()}, config=config,
                                 record=student_record() if student_record and accelerator.is_main_process else None)
             if stop_signal:
                 log_file.flush()
