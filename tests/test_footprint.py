@@ -1,7 +1,10 @@
-"""The setup report of each run's memory: roles' parameter counts, and the per-process parameter, optimiser
-and EMA memory, counted from the networks themselves (a LoRA fake score on the teacher's network counted once)."""
+"""The setup report of each run's memory: roles' parameter counts, and the per-process parameter, gradient,
+optimiser, EMA and activation memory, counted from the networks themselves (a LoRA fake score on the teacher's network
+counted once; activations measured on meta for the recipe's declared passes, `tests/test_plan.py`)."""
 
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 import quick  # noqa: E402
@@ -31,10 +34,35 @@ def test_roles_optimiser_states_and_ema_are_counted_from_the_networks(digits_lik
     assert rows["target"]["trainable"] == 0
     n = _numel(teacher)  # three copies of one architecture, float32
     assert report["mib"]["parameters"] * MIB == 3 * 4 * n
+    assert report["mib"]["gradients"] * MIB == 4 * n  # the student's, float32
     assert report["mib"]["optimizer_states"] * MIB == 2 * 4 * n  # Adam: two moments per trainable weight
     assert report["mib"]["ema"] * MIB == 4 * n
+    act = report["activations"]
+    assert act["peak_update"] == "generator" and act["micro_batch"] == 4 and report["mib"]["activations"] > 0
+    assert report["mib"]["total"] == pytest.approx(sum(v for k, v in report["mib"].items() if k != "total"))
     text = format_footprint(report)
-    assert f"{n:,}" in text and "before activations" in text
+    assert f"{n:,}" in text and "gradients" in text and "micro-batch 4, peak in the generator update" in text
+
+
+def test_activations_scale_with_the_micro_batch_and_fall_with_checkpointing(digits_like_teacher, tmp_path):
+    def activations(*extra):
+        run = cd.setup(apply_overrides(cd.ConsistencyDistillConfig(), [
+            f"model.teacher={digits_like_teacher}", f"train.output_dir={tmp_path / str(len(extra))}", *COMMON, *extra]))
+        return footprint(run)["mib"]["activations"]
+
+    four, eight = activations(), activations("train.batch_size=8")
+    assert eight == pytest.approx(2 * four, rel=0.1)
+    assert activations("train.batch_size=8", "model.gradient_checkpointing=true") < 0.8 * eight
+
+
+def test_a_recipe_without_declared_roles_reports_no_activations(digits_like_teacher, tmp_path, monkeypatch):
+    """The estimate is printed, never fatal: a recipe that declares no `plan_roles` trains, its footprint says why."""
+    monkeypatch.delattr(cd, "plan_roles")
+    run = cd.setup(apply_overrides(cd.ConsistencyDistillConfig(), [f"model.teacher={digits_like_teacher}",
+                                                                   f"train.output_dir={tmp_path}", *COMMON]))
+    report = footprint(run)
+    assert report["mib"]["activations"] is None and "plan_roles" in report["activations"]["reason"]
+    assert "activations not estimated (the recipe declares no plan_roles)" in format_footprint(report)
 
 
 def test_a_lora_fake_score_on_the_teacher_is_counted_once(digits_like_teacher, tmp_path):

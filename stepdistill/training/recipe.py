@@ -34,6 +34,7 @@ from .draw import Draw
 from .final import finish, save_samples
 from .footprint import footprint, format_footprint
 from .loop import DivergenceError, train_loop
+from .plan import DEFAULT_GPUS, format_plan, plan
 from .resume import check_resume
 from .setup import restore
 
@@ -130,11 +131,29 @@ def _train_and_finish(recipe: Recipe, cfg: Any, changed: dict, evaluation, start
 def cli(recipe: Recipe, config_cls: type, argv: list[str] | None = None) -> dict | None:
     """A recipe's command line: the config from `--config PRESET.yaml` and dotted overrides, then the run.
     Bad input (a config mistake, a missing teacher, a refused folder) prints one line, `error: ...`, and
-    exits with status 2; a diverged run exits with status 1. `--debug` keeps the traceback instead."""
+    exits with status 2; a diverged run exits with status 1. `--debug` keeps the traceback instead.
+    `--plan [--gpus N]` prints the per-GPU memory plan of the run (`plan.plan`: from the teacher's configs, on the
+    meta device) and returns before any setup: no teacher is loaded, nothing is placed on a device."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    planning = "--plan" in argv
+    argv = [a for a in argv if a != "--plan"]
     try:
+        gpus = []  # --gpus N[,M...] or --gpus=N: counts to plan for besides DEFAULT_GPUS
+        while any(a == "--gpus" or a.startswith("--gpus=") for a in argv):
+            i = next(i for i, a in enumerate(argv) if a == "--gpus" or a.startswith("--gpus="))
+            value = argv[i].split("=", 1)[1] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i:i + (1 if "=" in argv[i] else 2)]
+            if not planning or not all(v.strip().isdigit() and int(v) > 0 for v in value.split(",")):
+                raise ValueError(f"--gpus {value!r}: GPU counts for --plan, e.g. --plan --gpus 8 or --gpus 8,16")
+            gpus += [int(v) for v in value.split(",")]
+        if planning:
+            cfg = load_config(config_cls, argv)
+            world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # a launch of several processes plans for them too
+            if os.environ.get("RANK", "0") == "0":  # one plan per launch
+                print(format_plan(plan(recipe, cfg, sorted({*DEFAULT_GPUS, *gpus, world}))), flush=True)
+            return None
         return run_recipe(recipe, load_config(config_cls, argv))
     except DivergenceError as e:
         if debug:
