@@ -45,8 +45,8 @@ from stepdistill.samplers import ddim_step, heun_step
 from stepdistill.schedules import VPDiscrete
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup,
-                                  TrainConfig, check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
-                                  trainable_params)
+                                  TrainConfig, accumulate, check_optim, cli, make_ema, make_optimizer, run_recipe,
+                                  trainable_params, update)
 
 NAME = "consistency_distill"
 
@@ -312,6 +312,20 @@ def consistency_metric(run: Run, pred: torch.Tensor, target: torch.Tensor) -> to
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    """One update on the step's micro-batches (`accumulate`), then the target's EMA and the student's."""
+    segments = segments_at(run.cfg, step, run.setup.horizon.total)
+    logs, _ = accumulate(draw, lambda view: consistency_loss(run, view, segments))
+    params = trainable_params(run.generator)
+    update(run.setup.accelerator, params, run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip)
+    if run.target is not None:
+        update_target(run)
+    if run.ema is not None:
+        run.ema.step(params)
+    return logs | {"segments": float(segments)}
+
+
+def consistency_loss(run: Run, draw: Draw, segments: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The student at (x, grid[level + 1]) against its target at the teacher's step (x_prev, grid[level])."""
     cfg, s = run.cfg, run.setup
     lo = cfg.loss
     level = draw.index(len(run.grid) - 1).to(s.device)  # the pair (grid[level + 1], grid[level])
@@ -322,7 +336,6 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
     cond = s.conditioner.cond(labels)
     if cfg.model.guidance_embedding_dim is not None:
         cond["w"] = w
-    segments = segments_at(cfg, step, s.horizon.total)
 
     # The student at (x, start); its target from (x_prev, end): the boundary, or a segment's lower edge,
     # is x_prev itself.
@@ -340,13 +353,7 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
         at_edge = level == 0
     target = torch.where(at_edge.view(-1, *([1] * len(s.shape))), x_prev, target)
     loss = consistency_metric(run, online, target)
-    params = trainable_params(run.generator)
-    optimizer_step(s.accelerator, loss, params, run.opt, run.sched, grad_clip=cfg.optim.grad_clip)
-    if run.target is not None:
-        update_target(run)
-    if run.ema is not None:
-        run.ema.step(params)
-    return {"loss": loss.item(), "segments": float(segments)}
+    return loss, {"loss": loss.item()}
 
 
 def students(run: Run) -> list[Student]:
@@ -366,3 +373,32 @@ def main(cfg: ConsistencyDistillConfig) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], ConsistencyDistillConfig)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg: ConsistencyDistillConfig) -> list:
+    """The teacher (its solver step runs under no_grad), the student (a copy, a copy with the w-embedding, or an
+    LCM-LoRA adapter "student" on the teacher's network), and with `loss.target=ema` its frozen target (a copy of
+    the student, or a copy of its adapter). Only the student's forward backpropagates."""
+    from stepdistill.training.plan import LoRA, Pass, PlannedRole
+
+    m, ckpt, ema = cfg.model, cfg.model.gradient_checkpointing, bool(cfg.train.ema_decay)
+    student = (Pass("generator"),)
+    roles = [PlannedRole.teacher()]
+    if m.lora_rank is not None:
+        roles.append(PlannedRole("generator", "lora", lora=LoRA(m.lora_rank, m.lora_alpha, tuple(m.lora_targets),
+                                                                name="student"),
+                                 ema=ema, gradient_checkpointing=ckpt, passes=student))
+        if cfg.loss.target == "ema":
+            roles.append(PlannedRole("target", "lora", lora=LoRA(m.lora_rank, m.lora_alpha, tuple(m.lora_targets),
+                                                                 name="student_target"),
+                                     trainable=False, optimizers=()))
+        return roles
+    config = () if m.guidance_embedding_dim is None else (("time_cond_proj_dim", m.guidance_embedding_dim),)
+    roles.append(PlannedRole("generator", "copy", config=config, ema=ema, gradient_checkpointing=ckpt, passes=student))
+    if cfg.loss.target == "ema":
+        roles.append(PlannedRole("target", "copy", of="generator", trainable=False, optimizers=()))
+    return roles

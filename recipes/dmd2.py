@@ -46,3 +46,15 @@ def main(cfg: DMD2Config) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], DMD2Config)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg: DMD2Config) -> list:
+    """The frozen teacher (the real score runs under no_grad: no pass backpropagates through it), then DMD's trio
+    (`plan.dmd_roles`, mirroring `dmd.build`): the fake score, the generator and the GAN head."""
+    from stepdistill.training.plan import PlannedRole, dmd_roles
+
+    return [PlannedRole.teacher(), *dmd_roles(cfg)]

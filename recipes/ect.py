@@ -36,8 +36,8 @@ from stepdistill.roles import Generator, make_generator
 from stepdistill.schedules import VPDiscrete, time_grid
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup,
-                                  TrainConfig, check_optim, cli, make_ema, make_optimizer, optimizer_step, run_recipe,
-                                  trainable_params)
+                                  TrainConfig, accumulate, check_optim, cli, make_ema, make_optimizer, run_recipe,
+                                  trainable_params, update)
 
 NAME = "ect"
 
@@ -161,7 +161,7 @@ def levels(run: Run, draw: Draw, step: int) -> tuple[torch.Tensor, torch.Tensor,
     if lo.schedule == "ict":
         n = ict_levels(step, total, s0=lo.s0, s1=lo.s1)
         pairs = ICTPairs(sigma_min=run.sigma_min, sigma_max=run.sigma_max, p_mean=lo.p_mean, p_std=lo.p_std)
-        r, t = (draw.local(v) for v in pairs.sample(n, draw.batch, generator=draw.g))
+        r, t = (draw.local(v) for v in draw.sampled(lambda: pairs.sample(n, draw.batch, generator=draw.g)))
         weight = losses.ict_weight(r, t)
         r = torch.where(r <= run.sigma_min, torch.zeros_like(r), r)
         return t, r, weight
@@ -173,6 +173,16 @@ def levels(run: Run, draw: Draw, step: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    """One update on the step's micro-batches (`accumulate`), then the EMA."""
+    logs, _ = accumulate(draw, lambda view: ect_loss(run, view, step))
+    params = trainable_params(run.generator)
+    update(run.setup.accelerator, params, run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip)
+    if run.ema is not None:
+        run.ema.step(params)
+    return logs
+
+
+def ect_loss(run: Run, draw: Draw, step: int) -> tuple[torch.Tensor, dict[str, float]]:
     cfg, s = run.cfg, run.setup
     images, labels = draw.real(s.dataset)
     labels = labels if labels is not None else draw.labels(s.conditioner)
@@ -190,11 +200,7 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
     target = torch.where(clean.view(-1, *([1] * len(s.shape))), x, target)
     c = 0.00054 * x[0].numel() ** 0.5 if cfg.loss.huber_c is None else cfg.loss.huber_c
     loss = losses.pseudo_huber_loss(online, target, c, weight.to(s.device))
-    params = trainable_params(run.generator)
-    optimizer_step(s.accelerator, loss, params, run.opt, run.sched, grad_clip=cfg.optim.grad_clip)
-    if run.ema is not None:
-        run.ema.step(params)
-    return {"loss": loss.item(), "t_over_r": float((sigma_t / sigma_r.clamp_min(1e-12)).median())}
+    return loss, {"loss": loss.item(), "t_over_r": float((sigma_t / sigma_r.clamp_min(1e-12)).median())}
 
 
 def sampling_times(run: Run) -> torch.Tensor:
@@ -217,3 +223,16 @@ def main(cfg: ECTConfig) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], ECTConfig)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg: ECTConfig) -> list:
+    """The teacher (held, not called after the student is made) and the student, a full copy (iCT: fresh weights
+    of the same architecture); the target pass runs under no_grad."""
+    from stepdistill.training.plan import Pass, PlannedRole
+
+    return [PlannedRole.teacher(),
+            PlannedRole("generator", "copy", ema=bool(cfg.train.ema_decay), passes=(Pass("generator"),))]

@@ -44,8 +44,8 @@ from stepdistill.networks import smaller_network
 from stepdistill.roles import make_generator
 from stepdistill.time_sampling import fake_score_times
 from stepdistill.student import RoutedStudent, Student
-from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, Setup, TrainConfig, cli, dmd,
-                                  make_optimizer, optimizer_step, run_recipe, trainable_params)
+from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, Setup, TrainConfig, accumulate, cli, dmd,
+                                  make_optimizer, run_recipe, trainable_params, update)
 
 NAME = "msd"
 
@@ -129,6 +129,11 @@ def setup(cfg: MSDConfig) -> Run:
     if cfg.train.batch_size % (k * (1 if owning else processes)):
         raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by model.students={k}"
                          + ("" if owning else f" times {processes} process(es)") + ": each student takes an equal share")
+    share = cfg.train.batch_size // k // (1 if owning else processes)  # each student's samples per process
+    micro = cfg.train.micro_batch_size
+    if micro is not None and share % micro:
+        raise ValueError(f"train.micro_batch_size={micro} must divide each student's share of the batch per process "
+                         f"({share}: train.batch_size / model.students / processes)")
     local = LocalAccelerator(s.accelerator) if owning else s.accelerator
     runs: list[dmd.Run] = []
     for student in range(k):
@@ -157,6 +162,13 @@ def setup(cfg: MSDConfig) -> Run:
 def tsm_step(run: Run, sub: dmd.Run, draw: Draw, student: int) -> dict[str, float]:
     """Teacher Score Matching: the student's denoiser regresses the teacher's x0 (no guidance) on noised real
     images of its part at the teacher's training levels, in the teacher's parameterisation's weighting."""
+    logs, _ = accumulate(draw, lambda view: tsm_loss(sub, view))
+    opt, sched = run.tsm[student]
+    update(sub.setup.accelerator, trainable_params(sub.generator), opt, sched, grad_clip=run.cfg.optim.grad_clip)
+    return logs
+
+
+def tsm_loss(sub: dmd.Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]]:
     s = sub.setup
     real, labels = draw.real(s.dataset)
     labels = labels if labels is not None else draw.labels(s.conditioner)  # uncaptioned images: its prompts
@@ -168,16 +180,17 @@ def tsm_step(run: Run, sub: dmd.Run, draw: Draw, student: int) -> dict[str, floa
         target = sub.real_guided.denoiser(x_t, t, **cond)
     weight = native_loss_weight(s.teacher.prediction_type, s.schedule.alpha(t), s.schedule.sigma(t))
     loss = losses.denoising_loss(sub.generator(x_t, t, **cond), target, weight)
-    opt, sched = run.tsm[student]
-    optimizer_step(s.accelerator, loss, trainable_params(sub.generator), opt, sched, grad_clip=run.cfg.optim.grad_clip)
-    return {"loss_tsm": loss.item()}
+    return loss, {"loss_tsm": loss.item()}
 
 
 def student_draw(run: Run, draw: Draw, student: int, step: int) -> Draw:
     """Student k's share of the step's randomness: batch / K samples from its own seeded stream, the same
     for any number of processes."""
-    k = run.partition.num_students
-    return Draw(run.runs[student].setup.accelerator, draw.batch // k, run.cfg.train.seed * 1_000 + student + 1, step)
+    k, train = run.partition.num_students, run.cfg.train
+    accelerator = run.runs[student].setup.accelerator
+    share = draw.batch // k  # each micro-batch of a student: train.micro_batch_size samples
+    passes = 1 if train.micro_batch_size is None else share // accelerator.num_processes // train.micro_batch_size
+    return Draw(accelerator, share, train.seed * 1_000 + student + 1, step, passes=passes)
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
@@ -229,3 +242,27 @@ def main(cfg: MSDConfig) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], MSDConfig)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg: MSDConfig) -> list:
+    """The shared frozen teacher, then DMD's trio per student k (`generator_k`, `fake_score_k`, `head_k`; each
+    student steps on batch / K, one student after another); a shared fake score and its head are the first
+    student's, and every student's updates pass through them."""
+    from stepdistill.training.plan import PlannedRole, dmd_roles
+
+    m = cfg.model
+    k = m.students
+    roles = [PlannedRole.teacher()]
+    for student in range(k):
+        mine = dmd_roles(cfg, f"_{student}", batch=1 / k, width=m.student_width, tsm=m.tsm_steps > 0)
+        if m.fake_score == "shared" and student > 0:
+            shared = {f"fake_score_{student}": "fake_score_0", f"head_{student}": "head_0"}
+            passes = {shared[r.name]: r.passes for r in mine if r.name in shared}
+            roles = [replace(r, passes=r.passes + passes[r.name]) if r.name in passes else r for r in roles]
+            mine = [r for r in mine if r.name not in shared]
+        roles += mine
+    return roles

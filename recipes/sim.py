@@ -84,3 +84,15 @@ def main(cfg: SIMConfig) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], SIMConfig)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg) -> list:
+    """The teacher, the fake score and the generator of `implicit.setup` (`plan.implicit_roles`): the generator
+    loss backpropagates through both scores' activations."""
+    from stepdistill.training.plan import implicit_roles
+
+    return implicit_roles(cfg)

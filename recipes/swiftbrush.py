@@ -34,8 +34,8 @@ from stepdistill.roles import make_fake_score, make_generator, make_real_score
 from stepdistill.time_sampling import DiscreteRange, FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, Setup, TrainConfig, check_optim,
-                                  check_step_range, cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step,
-                                  run_recipe, trainable_params)
+                                  accumulate, check_step_range, cli, make_ema, make_optimizer, one_step_timesteps,
+                                  run_recipe, trainable_params, update)
 
 NAME = "swiftbrush"
 
@@ -143,12 +143,26 @@ def cond_and_uncond(denoiser, scale: float, x_t, t, conditioner, labels) -> tupl
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    """The generator's VSD update, then the LoRA's on the same (detached) samples; each phase over the step's
+    micro-batches (`accumulate`)."""
+    cfg, s = run.cfg, run.setup
+    logs, (x, labels) = accumulate(draw, lambda view: vsd_loss(run, view))
+    gen_params = trainable_params(run.generator)
+    update(s.accelerator, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
+    if run.ema is not None:
+        run.ema.step(gen_params)
+    more, _ = accumulate(draw, lambda view, x, labels: lora_loss(run, view, x, labels), x, labels)
+    update(s.accelerator, trainable_params(run.fake_score), run.opt_f, run.sched_f, grad_clip=cfg.optim.grad_clip)
+    return logs | more
+
+
+def vsd_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """1. Generator: VSD with both predictions guided; no gradient through either network. Also returns the
+    detached samples and their labels, which the LoRA then denoises."""
     cfg, s = run.cfg, run.setup
     schedule, conditioner, shape = s.schedule, s.conditioner, s.shape
     labels = draw.labels(conditioner)
     x = run.generator(draw.randn(*shape), **conditioner.cond(labels))
-
-    # 1. Generator: VSD with both predictions guided; no gradient through either network.
     t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
     x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
     fake = run.setup.unwrap(run.fake_score)
@@ -157,21 +171,20 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
         fake_c, fake_u = cond_and_uncond(fake, cfg.loss.fake_guidance, x_t, t, conditioner, labels)
     weight = schedule.alpha(t) * schedule.sigma(t)  # sigma_t^2 in eps units
     loss_vsd = losses.vsd_loss(x, real_c, real_u, fake_c, fake_u, cfg.loss.real_guidance, cfg.loss.fake_guidance, weight)
-    gen_params = trainable_params(run.generator)
-    optimizer_step(s.accelerator, loss_vsd, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
-    if run.ema is not None:
-        run.ema.step(gen_params)
+    return loss_vsd, {"loss_vsd": loss_vsd.item()}, x.detach(), labels
 
-    # 2. LoRA: denoising on the same, detached samples, labels dropped to null with prob. prompt_dropout.
+
+def lora_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """2. LoRA: denoising on the generator's detached samples, labels dropped to null with prob. prompt_dropout."""
+    cfg, s = run.cfg, run.setup
+    schedule, conditioner, shape = s.schedule, s.conditioner, s.shape
     t = draw.times(fake_score_times(cfg.loss.fake_times), schedule)
-    x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
+    x_t = schedule.add_noise(x, draw.randn(*shape), t)
     dropped = draw.dropped(labels, cfg.data.prompt_dropout)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     weight = native_loss_weight(s.teacher.prediction_type, alpha, sigma) * alpha ** 2  # MSE(a eps_hat, a eps)
-    loss_lora = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(dropped)), x.detach(), weight)
-    optimizer_step(s.accelerator, loss_lora, trainable_params(run.fake_score), run.opt_f, run.sched_f,
-                   grad_clip=cfg.optim.grad_clip)
-    return {"loss_vsd": loss_vsd.item(), "loss_lora": loss_lora.item()}
+    loss_lora = losses.denoising_loss(run.fake_score(x_t, t, **conditioner.cond(dropped)), x, weight)
+    return loss_lora, {"loss_lora": loss_lora.item()}
 
 
 def students(run: Run) -> list[Student]:
@@ -184,3 +197,20 @@ def main(cfg: SwiftBrushConfig) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], SwiftBrushConfig)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg: SwiftBrushConfig) -> list:
+    """The teacher, the generator (a full copy) and the fake score, a LoRA on the teacher's own network. The
+    generator update holds G's forward (the VSD predictions run under no_grad); the LoRA update, the fake score's."""
+    from stepdistill.training.plan import LoRA, Pass, PlannedRole
+
+    m, ckpt = cfg.model, cfg.model.gradient_checkpointing
+    return [PlannedRole.teacher(),
+            PlannedRole("generator", "copy", ema=bool(cfg.train.ema_decay), gradient_checkpointing=ckpt,
+                        passes=(Pass("generator"),)),
+            PlannedRole("fake_score", "lora", lora=LoRA(m.lora_rank, m.lora_alpha, tuple(m.lora_targets)),
+                        gradient_checkpointing=ckpt, passes=(Pass("fake_score"),))]

@@ -39,7 +39,7 @@ from stepdistill.samplers import SamplerName
 from stepdistill.time_sampling import UniformTime
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim,
-                                  cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
+                                  accumulate, cli, make_ema, make_optimizer, one_step_timesteps, run_recipe, update,
                                   trainable_params)
 
 NAME = "tadsr"
@@ -169,6 +169,23 @@ def gan_times(run: Run, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    """The student's update, then the discriminator's on the same (detached) samples; each phase over the step's
+    micro-batches (`accumulate`)."""
+    cfg, s = run.cfg, run.setup
+    logs, (x, labels) = accumulate(draw, lambda view: student_loss(run, view))
+    gen_params = trainable_params(run.generator)
+    update(s.accelerator, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
+    if run.ema is not None:
+        run.ema.step(gen_params)
+    if run.head is not None:
+        more, _ = accumulate(draw, lambda view, x, labels: discriminator_loss(run, view, x, labels), x, labels)
+        update(s.accelerator, trainable_params(run.head), run.opt_d, run.sched_d, grad_clip=cfg.optim.grad_clip)
+        logs |= more
+    return logs
+
+
+def student_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """Regression, HSD and the time-aware GAN's generator side; also the detached samples and their LR labels."""
     cfg, s = run.cfg, run.setup
     schedule, conditioner, shape, loss_cfg = s.schedule, s.conditioner, s.shape, cfg.loss
     i = draw.index(len(run.pairs))
@@ -194,26 +211,26 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
             loss_g = losses.hinge_generator_loss(head(features, frac))
         loss = loss + loss_cfg.gan_weight * loss_g
         logs["loss_g_gan"] = loss_g.item()
-    gen_params = trainable_params(run.generator)
-    optimizer_step(s.accelerator, loss, gen_params, run.opt_g, run.sched_g, grad_clip=cfg.optim.grad_clip)
-    if run.ema is not None:
-        run.ema.step(gen_params)
-    # 4. Time-aware GAN, discriminator side: real HR patches (with their own LR images) against x.
-    if run.head is not None:
-        real, real_labels = draw.real(s.dataset)
-        t, frac = gan_times(run, draw)
-        t2, frac2 = torch.cat([t, t]), torch.cat([frac, frac])  # each pair judged at one level
-        noise = torch.cat([draw.randn(*shape), draw.randn(*shape)])
-        noised = schedule.add_noise(torch.cat([real, x.detach()]), noise, t2)
-        both = conditioner.cond(torch.cat([real_labels, labels]))
-        with torch.no_grad():
-            features = run.teacher.features(noised, t2, **both)
-        logits_real, logits_fake = run.head(features, frac2).chunk(2)
-        loss_d = losses.hinge_discriminator_loss(logits_real, logits_fake)
-        optimizer_step(s.accelerator, loss_d, trainable_params(run.head), run.opt_d, run.sched_d,
-                       grad_clip=cfg.optim.grad_clip)
-        logs |= {"loss_d": loss_d.item(), "d_real": logits_real.mean().item(), "d_fake": logits_fake.mean().item()}
-    return logs
+    return loss, logs, x.detach(), labels
+
+
+def discriminator_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+    """4. Time-aware GAN, discriminator side: real HR patches (with their own LR images) against x."""
+    s = run.setup
+    schedule, conditioner, shape = s.schedule, s.conditioner, s.shape
+    real, real_labels = draw.real(s.dataset)
+    t, frac = gan_times(run, draw)
+    t2, frac2 = torch.cat([t, t]), torch.cat([frac, frac])  # each pair judged at one level
+    noise = torch.cat([draw.randn(*shape), draw.randn(*shape)])
+    noised = schedule.add_noise(torch.cat([real, x]), noise, t2)
+    both = conditioner.cond(torch.cat([real_labels, labels]))
+    with torch.no_grad():
+        features = run.teacher.features(noised, t2, **both)
+    logits_real, logits_fake = run.head(features, frac2).chunk(2)
+    loss_d = losses.hinge_discriminator_loss(logits_real, logits_fake)
+    return loss_d, {"loss_d": loss_d.item(), "d_real": logits_real.mean().item(),
+                    "d_fake": logits_fake.mean().item()}
 
 
 def students(run: Run) -> list[Student]:
@@ -226,3 +243,24 @@ def main(cfg: TADSRConfig) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], TADSRConfig)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg: TADSRConfig) -> list:
+    """The teacher, the student (a full copy) and, with the GAN, the time-aware head on the teacher's features. The
+    student's update holds its forward and, with the GAN, the teacher's encoder and the head on its samples (input
+    gradients; the HSD scores run under no_grad); the head's update, the head on real and generated features."""
+    from stepdistill.training.plan import Pass, PlannedRole
+
+    gan = cfg.loss.gan_weight > 0
+    through = (Pass("generator", weights=False, input=True, part="features"),) if gan else ()
+    roles = [PlannedRole.teacher(passes=through),
+             PlannedRole("generator", "copy", ema=bool(cfg.train.ema_decay),
+                         gradient_checkpointing=cfg.model.gradient_checkpointing, passes=(Pass("generator"),))]
+    if gan:
+        roles.append(PlannedRole("head", "head", head=TimeAwareGANHead, passes=(
+            Pass("generator", weights=False, input=True), Pass("head", batch=2))))
+    return roles

@@ -32,7 +32,7 @@ from stepdistill.roles import make_generator, make_real_score
 from stepdistill.time_sampling import FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim,
-                                  cli, make_ema, make_optimizer, one_step_timesteps, optimizer_step, run_recipe,
+                                  accumulate, cli, make_ema, make_optimizer, one_step_timesteps, run_recipe, update,
                                   trainable_params)
 
 NAME = "yonos"
@@ -112,6 +112,16 @@ def setup(cfg: YONOSConfig) -> Run:
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
+    """One update on the step's micro-batches (`accumulate`), then the EMA."""
+    logs, _ = accumulate(draw, lambda view: regression_loss(run, view))
+    params = trainable_params(run.student)
+    update(run.setup.accelerator, params, run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip)
+    if run.ema is not None:
+        run.ema.step(params)
+    return logs
+
+
+def regression_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]]:
     """The student, given the harder LR image, regresses the teacher's x0 given the easier one, at the same x_t."""
     s = run.setup
     real, labels = draw.real(s.dataset)  # HR images; labels index them (their own LR copies)
@@ -122,11 +132,7 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
     x0 = run.student(x_t, t, **run.condition.cond(labels))  # the generator's denoiser at t (through DDP)
     weight = native_loss_weight(s.teacher.prediction_type, s.schedule.alpha(t), s.schedule.sigma(t))
     loss = losses.denoising_loss(x0, target, weight)
-    params = trainable_params(run.student)
-    optimizer_step(s.accelerator, loss, params, run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip)
-    if run.ema is not None:
-        run.ema.step(params)
-    return {"loss": loss.item()}
+    return loss, {"loss": loss.item()}
 
 
 def students(run: Run) -> list[Student]:
@@ -140,3 +146,16 @@ def main(cfg: YONOSConfig) -> dict | None:
 
 if __name__ == "__main__":
     cli(sys.modules[__name__], YONOSConfig)
+
+
+# ----------------------------------------------------------------------------
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
+# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+
+def plan_roles(cfg: YONOSConfig) -> list:
+    """The teacher (its target runs under no_grad) and the student, a full copy trained at every level."""
+    from stepdistill.training.plan import Pass, PlannedRole
+
+    return [PlannedRole.teacher(),
+            PlannedRole("student", "copy", ema=bool(cfg.train.ema_decay),
+                        gradient_checkpointing=cfg.model.gradient_checkpointing, passes=(Pass("student"),))]

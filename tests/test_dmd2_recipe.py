@@ -410,7 +410,7 @@ def test_the_gan_sees_unlabelled_reals_and_fakes_under_the_null_condition(teache
     draw = Draw(run.setup.accelerator, 8, 0, 0)
     labels = torch.arange(8) % 10
     x = dmd.generate(run, draw, labels)
-    dmd.fake_score_step(run, draw, x, labels)
+    dmd.fake_score_loss(run, draw, x, labels)
     null = run.setup.conditioner.cond(torch.tensor([-1]))["class_labels"]
     assert len(seen) == 1 and seen[0].shape == (16,)
     assert bool((seen[0] == null).all()), seen[0]

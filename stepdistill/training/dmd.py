@@ -16,6 +16,7 @@ same data, so their runs agree up to reduction order.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Optional
@@ -35,7 +36,7 @@ from ..samplers import SamplerName, backward_simulation
 from ..time_sampling import DiscreteRange, FakeTimes, UniformTime, fake_score_times
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import Setup, check_optim, check_step_range, make_ema, make_optimizer, optimizer_step, trainable_params
+from .setup import Setup, accumulate, check_optim, check_step_range, make_ema, make_optimizer, trainable_params, update
 
 @dataclass
 class ModelConfig:
@@ -154,6 +155,11 @@ def check(cfg, s: Setup) -> torch.Tensor:
                          f"{cfg.train.max_steps}): the step at which the GAN terms join distribution matching")
     check_optim(cfg.optim, cfg.train.max_steps, steps_per_update=cfg.optim.update_ratio)
     check_step_range(loss_cfg)
+    if loss_cfg.gan and loss_cfg.gan_balance is not None and cfg.train.passes(s.accelerator.num_processes) > 1:
+        raise ValueError(f"loss.gan_balance={loss_cfg.gan_balance} sets the GAN weight from the whole batch's gradient "
+                         f"norms before the loss is formed, which train.micro_batch_size={cfg.train.micro_batch_size} "
+                         "splits: set loss.gan_balance=null (a fixed loss.gan_generator_weight, the paper's) or "
+                         "train.micro_batch_size=null")
     return ts
 
 
@@ -230,7 +236,7 @@ def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
     if len(run.ts) == 1:
         return run.generator(z, **cond)
     # The step index is drawn once and broadcast, so every process trains the same step.
-    k = torch.randint(0, len(run.ts), (1,), generator=draw.g).to(run.setup.device)
+    k = torch.tensor([draw.integer(len(run.ts))], device=run.setup.device)
     k = int(broadcast(k) if run.setup.accelerator.num_processes > 1 else k)
     draw.k = k
     renoise = [draw.randn(*shape) for _ in range(k)]  # global draws: any process count
@@ -242,7 +248,7 @@ def generate(run: Run, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FakeUpdate:
-    """How a fake-score step's loss enters its optimiser: `weight` times, and stepped (`apply`) or left to
+    """How a fake-score phase's loss enters its optimiser: `weight` times, and stepped (`apply`) or left to
     accumulate for a later one (multi-student distillation's shared fake score: one update per training step on
     every student's samples, so its schedule runs at the training steps' pace)."""
 
@@ -250,9 +256,9 @@ class FakeUpdate:
     apply: bool = True
 
 
-def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True,
-                    update: FakeUpdate = FakeUpdate()) -> dict[str, float]:
-    """On G's samples `x` (detached here) for `labels`; `gan`: with the discriminator's step (if it has one)."""
+def fake_score_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+    """On G's samples `x` (detached here) for `labels`; `gan`: with the discriminator's loss (if it has one)."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
     x = x.detach()
@@ -281,52 +287,65 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
         loss = loss + cfg.loss.gan_discriminator_weight * loss_d
         logs |= {"loss_d": loss_d.item(), "d_real": torch.sigmoid(logits_real).mean().item(),
                  "d_fake": torch.sigmoid(logits_fake).mean().item()}
-    optimizer_step(s.accelerator, update.weight * loss, trainable_params(run.fake_score, run.head), run.opt_f,
-                   run.sched_f, grad_clip=cfg.optim.grad_clip, apply=update.apply)
-    return logs
+    return loss, logs
 
 
-def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True
-                   ) -> dict[str, float]:
-    """On G's samples `x` (with their graph) for `labels`; `gan`: with the GAN loss (if it has a head). The fake
-    score and the head stay frozen until G's update is done: a checkpointed network recomputes its activations
-    in the backward pass, as frozen."""
+def update_fake_score(run: Run, fake_update: FakeUpdate = FakeUpdate()) -> None:
+    if fake_update.apply:
+        update(run.setup.accelerator, trainable_params(run.fake_score, run.head), run.opt_f, run.sched_f,
+               grad_clip=run.cfg.optim.grad_clip)
+
+
+def generator_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """On G's samples `x` (with their graph) for `labels`; `gan`: with the GAN loss (if it has a head). Run with the
+    fake score and the head frozen (`frozen_critics`)."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
     cond, uncond = conditioner.cond(labels), conditioner.uncond(labels)
     # Unwrapped modules: their weights take no gradient here, so DDP must not wait for them.
     fake, head = run.setup.unwrap(run.fake_score), run.setup.unwrap(run.head)
-    with trainable(fake, False), trainable(head, False):
-        # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
-        t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step, inclusive=True), schedule)
-        x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
-        with torch.no_grad():
-            x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
-            x0_fake = run.fake_score(x_t, t, **cond)
-        loss = loss_dm = losses.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
-        logs = {"loss_dm": loss_dm.item()}
-        # 2. Non-saturating GAN loss through the fake-score encoder and head.
-        if head is not None and gan:
-            t_g = draw.times(UniformTime(0.0, cfg.loss.gan_max_t), schedule)
-            gan_cond = cond if s.labelled_real else conditioner.cond(torch.full_like(labels, -1))
-            features = fake.features(schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
-            loss_g = losses.generator_gan_loss(head(features))
-            if run.gan_weight.balance is not None:
-                balance_gan_weight(run, x, loss_dm, loss_g)
-            loss = loss + run.gan_weight.value * loss_g
-            logs |= {"loss_g_gan": loss_g.item(), "gan_weight": run.gan_weight.value}
-        # 3. DMD's regression to the teacher's ODE solutions (a multistep generator's first step).
-        if run.pairs is not None:
-            i = draw.index(len(run.pairs))
-            x_reg = run.generator(run.pairs.z[i], **conditioner.cond(run.pairs.labels[i]))
-            loss_reg = losses.regression_loss(x_reg, run.pairs.x[i])
-            loss = loss + cfg.loss.regression_weight * loss_reg
-            logs["loss_reg"] = loss_reg.item()
-        optimizer_step(s.accelerator, loss, trainable_params(run.generator), run.opt_g, run.sched_g,
-                       grad_clip=cfg.optim.grad_clip)
+    # 1. Distribution matching (DMD2 Eq. 2-3): real (with CFG) and fake x0 at a noised copy of x.
+    t = draw.times(DiscreteRange(cfg.loss.min_step, cfg.loss.max_step, inclusive=True), schedule)
+    x_t = schedule.add_noise(x.detach(), draw.randn(*shape), t)
+    with torch.no_grad():
+        x0_real = run.real_guided(x_t, t, uncond=uncond, **cond)
+        x0_fake = run.fake_score(x_t, t, **cond)
+    loss = loss_dm = losses.dmd_loss(x, x0_real, x0_fake)  # fused Triton kernel on CUDA
+    logs = {"loss_dm": loss_dm.item()}
+    # 2. Non-saturating GAN loss through the fake-score encoder and head.
+    if head is not None and gan:
+        t_g = draw.times(UniformTime(0.0, cfg.loss.gan_max_t), schedule)
+        gan_cond = cond if s.labelled_real else conditioner.cond(torch.full_like(labels, -1))
+        features = fake.features(schedule.add_noise(x, draw.randn(*shape), t_g), t_g, **gan_cond)
+        loss_g = losses.generator_gan_loss(head(features))
+        if run.gan_weight.balance is not None:
+            balance_gan_weight(run, x, loss_dm, loss_g)
+        loss = loss + run.gan_weight.value * loss_g
+        logs |= {"loss_g_gan": loss_g.item(), "gan_weight": run.gan_weight.value}
+    # 3. DMD's regression to the teacher's ODE solutions (a multistep generator's first step).
+    if run.pairs is not None:
+        i = draw.index(len(run.pairs))
+        x_reg = run.generator(run.pairs.z[i], **conditioner.cond(run.pairs.labels[i]))
+        loss_reg = losses.regression_loss(x_reg, run.pairs.x[i])
+        loss = loss + cfg.loss.regression_weight * loss_reg
+        logs["loss_reg"] = loss_reg.item()
+    return loss, logs
+
+
+@contextmanager
+def frozen_critics(run: Run):
+    """The fake score and the head frozen until G's update is done: a checkpointed network recomputes its
+    activations in the backward pass, as frozen."""
+    with trainable(run.setup.unwrap(run.fake_score), False), trainable(run.setup.unwrap(run.head), False):
+        yield
+
+
+def update_generator(run: Run) -> None:
+    params = trainable_params(run.generator)
+    update(run.setup.accelerator, params, run.opt_g, run.sched_g, grad_clip=run.cfg.optim.grad_clip)
     if run.ema is not None:
-        run.ema.step(trainable_params(run.generator))
-    return logs
+        run.ema.step(params)
 
 
 def balance_gan_weight(run: Run, x: torch.Tensor, loss_dm: torch.Tensor, loss_g: torch.Tensor) -> None:
@@ -347,17 +366,35 @@ def samples(run: Run, draw: Draw, *, graph: bool) -> tuple[torch.Tensor, torch.T
 
 def step(run: Run, draw: Draw, step: int, *, fake_update: FakeUpdate = FakeUpdate()) -> dict[str, float]:
     """The fake score (and discriminator) every step, the generator every `update_ratio` steps (TTUR); the GAN
-    terms from `loss.gan_start_step` on. `fake_update`: how the fake score's loss enters its optimiser."""
+    terms from `loss.gan_start_step` on. Each phase runs over the step's micro-batches (`accumulate`) before its
+    update. `fake_update`: how the fake score's loss enters its optimiser."""
     generator_turn = step % run.cfg.optim.update_ratio == 0
     gan = step >= run.cfg.loss.gan_start_step
-    if run.cfg.loss.fake_samples == "shared":  # the official order: G first, the fake score on its samples
-        x, labels = samples(run, draw, graph=generator_turn)
-        logs = generator_step(run, draw, x, labels, gan=gan) if generator_turn else {}
-        logs |= fake_score_step(run, draw, x, labels, gan=gan, update=fake_update)
+
+    def fake_on_own_samples(view):
+        return fake_score_loss(run, view, *samples(run, view, graph=False), gan=gan)
+
+    def generator_on_own_samples(view):
+        x, labels = samples(run, view, graph=True)
+        return (*generator_loss(run, view, x, labels, gan=gan), x.detach(), labels)
+
+    logs: dict[str, float] = {}
+    if run.cfg.loss.fake_samples == "shared" and generator_turn:  # the official order: G first, the fake score
+        with frozen_critics(run):                                   # on its (detached) samples
+            logs, (x, labels) = accumulate(draw, generator_on_own_samples)
+            update_generator(run)
+        more, _ = accumulate(draw, lambda view, x, labels: fake_score_loss(run, view, x, labels, gan=gan), x, labels,
+                             weight=fake_update.weight)
+        logs |= more
+        update_fake_score(run, fake_update)
     else:
-        logs = fake_score_step(run, draw, *samples(run, draw, graph=False), gan=gan, update=fake_update)
+        logs, _ = accumulate(draw, fake_on_own_samples, weight=fake_update.weight)
+        update_fake_score(run, fake_update)
         if generator_turn:
-            logs |= generator_step(run, draw, *samples(run, draw, graph=True), gan=gan)
+            with frozen_critics(run):
+                more, _ = accumulate(draw, generator_on_own_samples)
+                update_generator(run)
+            logs |= more
     if draw.k is not None:
         logs["backsim_step"] = draw.k
     return logs

@@ -29,7 +29,8 @@ from ..networks import trainable
 from ..roles import make_fake_score, make_generator, make_real_score
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import Setup, check_optim, check_step_range, one_step_timesteps, make_ema, make_optimizer, optimizer_step, trainable_params
+from .setup import (Setup, accumulate, check_optim, check_step_range, make_ema, make_optimizer, one_step_timesteps,
+                    trainable_params, update)
 
 
 @dataclass
@@ -131,23 +132,25 @@ def setup(cfg) -> Run:
                sched_f=sched_f, ema=ema)
 
 
-def update(run: Run, loss: torch.Tensor, module: torch.nn.Module, opt, sched) -> None:
+def update_role(run: Run, module: torch.nn.Module, opt, sched) -> None:
     """One optimiser step on `module`'s trainable weights, NaN/inf gradients zeroed as SiD does."""
-    optimizer_step(run.setup.accelerator, loss, trainable_params(module), opt, sched,
-                   grad_clip=run.cfg.optim.grad_clip, nan_to_num=True)
+    update(run.setup.accelerator, trainable_params(module), opt, sched, grad_clip=run.cfg.optim.grad_clip,
+           nan_to_num=True)
 
 
-def generate(run: Run, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh samples x = G(z) with their labels, keeping G's graph for the generator step.
-
-    The official SiD loop runs G twice per step, on two batches (once under no_grad for the fake score);
-    G does not change between the two updates, so by default one forward serves both, as in SwiftBrush's
-    loop: a network pass saved per step (5% of a digits step); `loss.fake_samples=fresh` draws two."""
+def inputs(run: Run, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generator's noise z and labels for a batch."""
     labels = draw.labels(run.setup.conditioner)
-    return run.generator(draw.randn(*run.setup.shape), **run.setup.conditioner.cond(labels)), labels
+    return draw.randn(*run.setup.shape), labels
 
 
-def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def generate(run: Run, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """x = G(z) for `labels`, with G's graph where grad is enabled (for the generator step)."""
+    return run.generator(z, **run.setup.conditioner.cond(labels))
+
+
+def fake_score_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """Denoising on detached G samples (SiD Eq. 9), with LSG's guidance on the fake score's output."""
     cfg, schedule, conditioner = run.cfg, run.setup.schedule, run.setup.conditioner
     x = x.detach()
@@ -162,41 +165,66 @@ def fake_score_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor)
         weight = native_loss_weight(kind, schedule.alpha(t), schedule.sigma(t))
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)
     loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, conditioner, labels)(x_t, t), x, weight)
-    update(run, loss, run.fake_score, run.opt_f, run.sched_f)
-    return {"loss_fake": loss.item()}
+    return loss, {"loss_fake": loss.item()}
 
 
-def generator_step(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
-                   generator_loss: GeneratorLoss) -> dict[str, float]:
+def generator_objective(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, generator_loss: GeneratorLoss
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
     """`generator_loss(x, x0_real, x0_fake, t)` at a noised copy of the G samples x (with their graph);
-    gradients reach G through x, x_t and both frozen networks' activations."""
+    gradients reach G through x, x_t and both frozen networks' activations (run with the fake score frozen)."""
     cfg, schedule, conditioner = run.cfg, run.setup.schedule, run.setup.conditioner
     t = draw.times(KarrasRamp() if cfg.loss.time_sampling == "karras" else
                    DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)  # not detached: SiD differentiates through x_t
     fake = run.setup.unwrap(run.fake_score)  # its weights take no gradient here: DDP must not wait for them
-    with trainable(fake, False):
-        x0_real = guided(run.real.denoiser, cfg.loss.guidance, conditioner, labels)(x_t, t)
-        x0_fake = guided(fake, cfg.loss.guidance, conditioner, labels)(x_t, t)
-        loss = generator_loss(x, x0_real, x0_fake, t)
-        update(run, loss, run.generator, run.opt_g, run.sched_g)
-    if run.ema is not None:
-        run.ema.step(trainable_params(run.generator))
-    return {"loss_g": loss.item()}
+    x0_real = guided(run.real.denoiser, cfg.loss.guidance, conditioner, labels)(x_t, t)
+    x0_fake = guided(fake, cfg.loss.guidance, conditioner, labels)(x_t, t)
+    loss = generator_loss(x, x0_real, x0_fake, t)
+    return loss, {"loss_g": loss.item()}
 
 
 def alternate(run: Run, draw: Draw, generator_loss: GeneratorLoss) -> dict[str, float]:
     """One step of SiD's and SIM's alternation: the fake score denoises G's detached samples, then the
-    generator descends `generator_loss` through both networks (`loss.fake_samples`: on one batch or two)."""
-    if run.cfg.loss.fake_samples == "fresh":
+    generator descends `generator_loss` through both networks. `loss.fake_samples`: "fresh", two batches (the
+    official SiD loop runs G twice per step, once under no_grad for the fake score); "shared", one batch for both,
+    as in SwiftBrush's loop: G does not change between the two updates, so one forward serves both (a network pass
+    saved per step, 5% of a digits step). Each phase runs over the step's micro-batches (`accumulate`); with
+    several, a shared batch is generated again for the generator from the same noise (a micro-batch's graph at a
+    time), which gives the same samples."""
+
+    def fake_on_kept_inputs(view):
+        z, labels = inputs(run, view)
         with torch.no_grad():
-            fake_batch = generate(run, draw)
-        logs = fake_score_step(run, draw, *fake_batch)
-        x, labels = generate(run, draw)
+            x = generate(run, z, labels)
+        return (*fake_score_loss(run, view, x, labels), z, labels)
+
+    def generator_on(view, z, labels):
+        return generator_objective(run, view, generate(run, z, labels), labels, generator_loss)
+
+    if run.cfg.loss.fake_samples == "fresh":
+        logs, _ = accumulate(draw, lambda view: fake_on_kept_inputs(view)[:2])
+        update_role(run, run.fake_score, run.opt_f, run.sched_f)
+        with trainable(run.setup.unwrap(run.fake_score), False):
+            more, _ = accumulate(draw, lambda view: generator_on(view, *inputs(run, view)))
+            update_role(run, run.generator, run.opt_g, run.sched_g)
+    elif draw.passes == 1:  # one forward of G with its graph serves both updates
+        z, labels = inputs(run, draw)
+        x = generate(run, z, labels)
+        logs, _ = accumulate(draw, lambda view, x, labels: fake_score_loss(run, view, x, labels), x, labels)
+        update_role(run, run.fake_score, run.opt_f, run.sched_f)
+        with trainable(run.setup.unwrap(run.fake_score), False):
+            more, _ = accumulate(draw, lambda view, x, labels: generator_objective(run, view, x, labels,
+                                                                                  generator_loss), x, labels)
+            update_role(run, run.generator, run.opt_g, run.sched_g)
     else:
-        x, labels = generate(run, draw)
-        logs = fake_score_step(run, draw, x, labels)
-    return logs | generator_step(run, draw, x, labels, generator_loss)
+        logs, (z, labels) = accumulate(draw, fake_on_kept_inputs)
+        update_role(run, run.fake_score, run.opt_f, run.sched_f)
+        with trainable(run.setup.unwrap(run.fake_score), False):
+            more, _ = accumulate(draw, generator_on, z, labels)
+            update_role(run, run.generator, run.opt_g, run.sched_g)
+    if run.ema is not None:
+        run.ema.step(trainable_params(run.generator))
+    return logs | more
 
 
 def student(run: Run, name: str) -> Student:

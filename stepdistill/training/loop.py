@@ -96,7 +96,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     with _Signals() as signals, (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
         for step in bar:
             clock.step_starts(step, time.time())
-            draw = Draw(accelerator, train.batch_size, train.seed, step)
+            draw = Draw(accelerator, train.batch_size, train.seed, step, passes=train.passes(accelerator.num_processes))
             logs = step_fn(draw, step)
             log_file.write(json.dumps({"step": step, **logs}) + "\n")
             bad = nonfinite(logs)

@@ -36,6 +36,11 @@ class TrainConfig:
     # torch.compile the trained roles (accelerate's dynamo backend, inductor): fixed shapes, so every step's
     # passes compile once; the first steps are slower.
     compile: bool = False
+
+    def passes(self, processes: int) -> int:
+        """Micro-batches (gradient-accumulation passes) per process and step."""
+        local = self.batch_size // processes
+        return 1 if self.micro_batch_size is None else max(1, local // self.micro_batch_size)
     seed: int = 0
     ema_decay: Optional[float] = 0.99
     log_every: int = 50

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, get_args
+from typing import Any, Callable, Iterable, Optional, get_args
 
 import torch
 from accelerate import Accelerator
@@ -32,6 +32,7 @@ from ..latents import LatentSpace, PixelSpace
 from ..families import family_of_network
 from ..teachers import Teacher, load_teacher
 from ..schedules import RectifiedFlow, flow_shift
+from .draw import Draw
 from .horizon import Horizon, lr_factor
 from .resume import CONFIG_FILE, HORIZON_KEYS, apply_settings, record_resume, remember_settings
 from .sections import DataConfig, LRSchedule, TrainConfig
@@ -136,6 +137,13 @@ def check_train(train: TrainConfig, processes: int) -> None:
     if train.batch_size < 1 or train.batch_size % processes:
         raise ValueError(f"train.batch_size={train.batch_size} must be positive and divisible by "
                          f"{processes} process(es)")
+    local = train.batch_size // processes
+    if train.micro_batch_size is not None and not (1 <= train.micro_batch_size <= local
+                                                   and local % train.micro_batch_size == 0):
+        fits = [m for m in range(1, local + 1) if local % m == 0]
+        raise ValueError(f"train.micro_batch_size={train.micro_batch_size} must divide each process's share of "
+                         f"train.batch_size={train.batch_size} ({local} on {processes} process(es)): one of "
+                         f"{', '.join(map(str, fits[-8:]))} (null: {local}, no accumulation)")
     if train.keep_checkpoints < 0:
         raise ValueError(f"train.keep_checkpoints={train.keep_checkpoints} must be >= 0 (0 keeps every checkpoint)")
     for key in ("max_steps", "log_every", "sample_every", "checkpoint_every", "max_nonfinite_steps"):
@@ -378,13 +386,35 @@ def make_ema(params: list[torch.nn.Parameter], decay: float | None, accelerator:
     return ema
 
 
+def accumulate(draw: Draw, loss_fn: Callable[..., tuple], *batch: torch.Tensor, weight: float = 1.0
+               ) -> tuple[dict[str, float], tuple[torch.Tensor, ...]]:
+    """A phase's losses over the step's micro-batches (`train.micro_batch_size`; one without accumulation):
+    `loss_fn(view, *rows) -> (loss, logs, *aux)` runs on each micro-batch's view of `draw` (the same draws, its own
+    rows) and its rows of the local-batch tensors `batch`; the backward of `weight * loss / passes` accumulates the
+    gradients, for an `update` after. Returns the logs averaged over the micro-batches and each aux tensor (e.g. the
+    phase's detached samples, for the next phase) with its micro-batches joined."""
+    logs: dict[str, float] = {}
+    aux: list[list[torch.Tensor]] = []
+    for view in draw.micro_views():
+        loss, logged, *extra = loss_fn(view, *(view.slice(t) for t in batch))
+        draw.acc.backward(loss * (weight / draw.passes))
+        for key, value in logged.items():
+            logs[key] = logs.get(key, 0.0) + float(value) / draw.passes
+        aux = [parts + [e] for parts, e in zip(aux, extra)] if aux else [[e] for e in extra]
+    return logs, tuple(torch.cat(parts) for parts in aux)
+
+
 def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: list[torch.nn.Parameter], opt, sched, *,
-                   grad_clip: float | None, nan_to_num: bool = False, apply: bool = True) -> None:
-    """Backward, optionally zero NaN/inf gradients (SiD's `nan_to_num` on every gradient), clip, step.
-    `apply=False`: backward only, the gradient accumulating for a later call that applies it."""
+                   grad_clip: float | None, nan_to_num: bool = False) -> None:
+    """Backward, then `update`: one optimiser step on one batch (no accumulation)."""
     accelerator.backward(loss)
-    if not apply:
-        return
+    update(accelerator, params, opt, sched, grad_clip=grad_clip, nan_to_num=nan_to_num)
+
+
+def update(accelerator: Accelerator, params: list[torch.nn.Parameter], opt, sched, *, grad_clip: float | None,
+           nan_to_num: bool = False) -> None:
+    """The optimiser step on the accumulated gradients: optionally zero NaN/inf gradients (SiD's `nan_to_num` on
+    every gradient), clip, step the optimiser and its schedule, clear the gradients."""
     if nan_to_num:
         for p in params:
             if p.grad is not None:

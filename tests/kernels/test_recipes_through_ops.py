@@ -9,19 +9,36 @@ pytest.importorskip("diffusers", reason="the recipes need diffusers (absent on a
 
 from stepdistill import ops  # noqa: E402
 from stepdistill.config import apply_overrides  # noqa: E402
-from stepdistill.training import Draw, implicit  # noqa: E402
+from stepdistill.training import Draw, accumulate, implicit  # noqa: E402
 
 import dmd2  # noqa: E402
 from stepdistill.training import dmd  # noqa: E402
 import sid  # noqa: E402
 import swiftbrush  # noqa: E402
 
+
+def _dmd2_update(run, draw):
+    with dmd.frozen_critics(run):
+        logs, _ = accumulate(draw, lambda view: dmd.generator_loss(run, view, *dmd.samples(run, view, graph=True)))
+        dmd.update_generator(run)
+    return logs
+
+
+def _sid_update(run, draw):
+    def loss(view):
+        z, labels = implicit.inputs(run, view)
+        return implicit.generator_objective(run, view, implicit.generate(run, z, labels), labels,
+                                            sid.generator_loss(run))
+
+    logs, _ = accumulate(draw, loss)
+    implicit.update_role(run, run.generator, run.opt_g, run.sched_g)
+    return logs
+
+
 # recipe -> (config, setup, one generator update returning its logs, the loss it logs)
 RECIPES = {
-    "dmd2": (dmd2.DMD2Config, dmd2.setup, lambda run, draw: dmd.generator_step(
-        run, draw, *dmd.samples(run, draw, graph=True)), "loss_dm"),
-    "sid": (sid.SiDConfig, sid.setup, lambda run, draw: implicit.generator_step(
-        run, draw, *implicit.generate(run, draw), sid.generator_loss(run)), "loss_g"),
+    "dmd2": (dmd2.DMD2Config, dmd2.setup, _dmd2_update, "loss_dm"),
+    "sid": (sid.SiDConfig, sid.setup, _sid_update, "loss_g"),
     "swiftbrush": (swiftbrush.SwiftBrushConfig, swiftbrush.setup, lambda run, draw: swiftbrush.step(run, draw, 0),
                    "loss_vsd"),
 }
