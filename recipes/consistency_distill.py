@@ -367,17 +367,7 @@ def students(run: Run) -> list[Student]:
                                tags=("lcm-lora",) if lora else ())]
 
 
-def main(cfg: ConsistencyDistillConfig) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], ConsistencyDistillConfig)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg: ConsistencyDistillConfig) -> list:
     """The teacher (its solver step runs under no_grad), the student (a copy, a copy with the w-embedding, or an
@@ -402,3 +392,11 @@ def plan_roles(cfg: ConsistencyDistillConfig) -> list:
     if cfg.loss.target == "ema":
         roles.append(PlannedRole("target", "copy", of="generator", trainable=False, optimizers=()))
     return roles
+
+
+def main(cfg: ConsistencyDistillConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], ConsistencyDistillConfig)

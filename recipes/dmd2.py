@@ -40,17 +40,7 @@ def students(run: Run) -> list[Student]:
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=run.ts, ema=run.ema, name=NAME)]
 
 
-def main(cfg: DMD2Config) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], DMD2Config)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg: DMD2Config) -> list:
     """The frozen teacher (the real score runs under no_grad: no pass backpropagates through it), then DMD's trio
@@ -58,3 +48,11 @@ def plan_roles(cfg: DMD2Config) -> list:
     from stepdistill.training.plan import PlannedRole, dmd_roles
 
     return [PlannedRole.teacher(), *dmd_roles(cfg)]
+
+
+def main(cfg: DMD2Config) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], DMD2Config)

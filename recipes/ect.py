@@ -217,17 +217,7 @@ def students(run: Run) -> list[Student]:
                                name=NAME, steps=run.cfg.model.inference_steps)]
 
 
-def main(cfg: ECTConfig) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], ECTConfig)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg: ECTConfig) -> list:
     """The teacher (held, not called after the student is made) and the student, a full copy (iCT: fresh weights
@@ -236,3 +226,11 @@ def plan_roles(cfg: ECTConfig) -> list:
 
     return [PlannedRole.teacher(),
             PlannedRole("generator", "copy", ema=bool(cfg.train.ema_decay), passes=(Pass("generator"),))]
+
+
+def main(cfg: ECTConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], ECTConfig)

@@ -236,17 +236,7 @@ def students(run: Run) -> list[RoutedStudent]:
     return [RoutedStudent(students=each, route=run.partition.route, routing=routing, name=NAME)]
 
 
-def main(cfg: MSDConfig) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], MSDConfig)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg: MSDConfig) -> list:
     """The shared frozen teacher, then DMD's trio per student k (`generator_k`, `fake_score_k`, `head_k`; each
@@ -266,3 +256,11 @@ def plan_roles(cfg: MSDConfig) -> list:
             mine = [r for r in mine if r.name not in shared]
         roles += mine
     return roles
+
+
+def main(cfg: MSDConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], MSDConfig)

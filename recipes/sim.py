@@ -78,17 +78,7 @@ def students(run: Run) -> list:
     return [implicit.student(run, NAME)]
 
 
-def main(cfg: SIMConfig) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], SIMConfig)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg) -> list:
     """The teacher, the fake score and the generator of `implicit.setup` (`plan.implicit_roles`): the generator
@@ -96,3 +86,11 @@ def plan_roles(cfg) -> list:
     from stepdistill.training.plan import implicit_roles
 
     return implicit_roles(cfg)
+
+
+def main(cfg: SIMConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], SIMConfig)

@@ -191,17 +191,7 @@ def students(run: Run) -> list[Student]:
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=run.ts, ema=run.ema, name=NAME)]
 
 
-def main(cfg: SwiftBrushConfig) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], SwiftBrushConfig)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg: SwiftBrushConfig) -> list:
     """The teacher, the generator (a full copy) and the fake score, a LoRA on the teacher's own network. The
@@ -214,3 +204,11 @@ def plan_roles(cfg: SwiftBrushConfig) -> list:
                         passes=(Pass("generator"),)),
             PlannedRole("fake_score", "lora", lora=LoRA(m.lora_rank, m.lora_alpha, tuple(m.lora_targets)),
                         gradient_checkpointing=ckpt, passes=(Pass("fake_score"),))]
+
+
+def main(cfg: SwiftBrushConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], SwiftBrushConfig)

@@ -237,17 +237,7 @@ def students(run: Run) -> list[Student]:
     return [Student.from_setup(run.setup, generator=run.generator, timesteps=run.ts, ema=run.ema, name=NAME)]
 
 
-def main(cfg: TADSRConfig) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], TADSRConfig)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg: TADSRConfig) -> list:
     """The teacher, the student (a full copy) and, with the GAN, the time-aware head on the teacher's features. The
@@ -264,3 +254,11 @@ def plan_roles(cfg: TADSRConfig) -> list:
         roles.append(PlannedRole("head", "head", head=TimeAwareGANHead, passes=(
             Pass("generator", weights=False, input=True), Pass("head", batch=2))))
     return roles
+
+
+def main(cfg: TADSRConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], TADSRConfig)

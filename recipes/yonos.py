@@ -140,17 +140,7 @@ def students(run: Run) -> list[Student]:
     return [replace(student, conditioner=run.condition)]
 
 
-def main(cfg: YONOSConfig) -> dict | None:
-    return run_recipe(sys.modules[__name__], cfg)
-
-
-if __name__ == "__main__":
-    cli(sys.modules[__name__], YONOSConfig)
-
-
-# ----------------------------------------------------------------------------
-# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan. A recipe
-# run as a script calls `cli` before this point of the file runs: the plan imports the file again (`plan._fresh`).
+# Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.
 
 def plan_roles(cfg: YONOSConfig) -> list:
     """The teacher (its target runs under no_grad) and the student, a full copy trained at every level."""
@@ -159,3 +149,11 @@ def plan_roles(cfg: YONOSConfig) -> list:
     return [PlannedRole.teacher(),
             PlannedRole("student", "copy", ema=bool(cfg.train.ema_decay),
                         gradient_checkpointing=cfg.model.gradient_checkpointing, passes=(Pass("student"),))]
+
+
+def main(cfg: YONOSConfig) -> dict | None:
+    return run_recipe(sys.modules[__name__], cfg)
+
+
+if __name__ == "__main__":
+    cli(sys.modules[__name__], YONOSConfig)

@@ -258,10 +258,9 @@ class FakeUpdate:
 
 def fake_score_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, *, gan: bool = True
                     ) -> tuple[torch.Tensor, dict[str, float]]:
-    """On G's samples `x` (detached here) for `labels`; `gan`: with the discriminator's loss (if it has one)."""
+    """On G's samples `x` (without their graph) for `labels`; `gan`: with the discriminator's loss (if it has one)."""
     cfg, s = run.cfg, run.setup
     schedule, shape, conditioner = s.schedule, s.shape, s.conditioner
-    x = x.detach()
     # 1. Denoising loss on detached generator samples, in the teacher's own parameterisation.
     t = draw.times(fake_score_times(cfg.loss.fake_times), schedule)
     x_t = schedule.add_noise(x, draw.randn(*shape), t)

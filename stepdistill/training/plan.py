@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -771,27 +770,7 @@ def activation_bytes(updates: dict[str, dict], micro: float, *,
 # ----------------------------------------------------------------------------
 # The plan.
 
-def _fresh(module: ModuleType) -> ModuleType:
-    """A recipe module with its whole file run: a recipe started as a script calls `cli` before the end of its file
-    (where `plan_roles` is) has run, so its `__main__` module is imported again from the file, under its own name
-    (or a private one, where another module has that name)."""
-    if hasattr(module, "plan_roles") or not getattr(module, "__file__", None):
-        return module
-    name = Path(module.__file__).stem
-    loaded = sys.modules.get(name)
-    if loaded is not None and getattr(loaded, "__file__", None) == module.__file__:
-        return loaded
-    if loaded is not None:
-        name = f"_stepdistill_plan_{name}"
-    spec = importlib.util.spec_from_file_location(name, module.__file__)
-    fresh = importlib.util.module_from_spec(spec)
-    sys.modules[name] = fresh  # dataclasses resolve their module while the file runs
-    spec.loader.exec_module(fresh)
-    return fresh
-
-
 def recipe_roles(recipe: ModuleType, cfg) -> list[PlannedRole]:
-    recipe = _fresh(recipe)
     roles_fn = getattr(recipe, "plan_roles", None)
     if roles_fn is None:
         raise ValueError(f"recipe {getattr(recipe, 'NAME', recipe.__name__)} declares no plan_roles(cfg): it cannot be "
@@ -847,7 +826,7 @@ def plan(recipe: ModuleType, cfg, gpus: Iterable[int] = DEFAULT_GPUS, *, teacher
             entry[mode] = mem
             entry.setdefault("peak_update", peak)  # the update whose activations peak (data-parallel's)
         table.append(entry)
-    return dict(recipe=getattr(_fresh(recipe), "NAME", recipe.__name__), teacher=str(cfg.model.teacher),
+    return dict(recipe=getattr(recipe, "NAME", recipe.__name__), teacher=str(cfg.model.teacher),
                 model=planned.origin, precision=precision, resolution=inputs.resolution,
                 sample_shape=list(inputs.shape),
                 batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, roles=declared, rows=rows,
@@ -896,7 +875,7 @@ def run_activations(run: Any) -> dict:
     """A built run's activation estimate at its micro-batch: its recipe's passes (`plan_roles(run.cfg)`) measured on a
     meta rebuild of its teacher, at its sample shape and conditioning, in its precision."""
     module = sys.modules.get(type(run.cfg).__module__)
-    if module is None or not hasattr(_fresh(module), "plan_roles"):
+    if module is None or not hasattr(module, "plan_roles"):
         return {"mib": None, "reason": "not estimated (the recipe declares no plan_roles)"}
     roles = recipe_roles(module, run.cfg)
     s = run.setup
