@@ -126,6 +126,20 @@ def test_two_processes_train_what_one_does(name, tiny_teachers, tmp_path):
     _compare_students(_student(tmp_path / "1"), _student(tmp_path / "2"), teacher)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_accumulating_train_what_one_pass_does(name, tiny_teachers, tmp_path):
+    """Two gloo processes, each accumulating 2 micro-batches of its share, against one process in one pass."""
+    if name not in ("dmd2", "sid"):
+        pytest.skip("one distribution-matching and one score-implicit recipe; every recipe accumulates in-process above")
+    teacher = tiny_teachers[RECIPES[name].tiny_teacher]
+    extra = ("train.max_steps=3", "train.checkpoint_every=3", "export.enabled=false", "train.batch_size=8",
+             *ACCUMULATION.get(name, ()))
+    launch(name, 1, quick.overrides(teacher, tmp_path / "one", *extra))
+    launch(name, 2, quick.overrides(teacher, tmp_path / "two", *extra, "train.micro_batch_size=2"))
+    _compare_students(_student(tmp_path / "one"), _student(tmp_path / "two"), teacher)
+
+
 # -- gradient accumulation ---------------------------------------------------------------------------------------
 
 # The GAN weight that follows the gradient norms needs the whole batch before its loss is formed (refused with
