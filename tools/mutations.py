@@ -255,8 +255,8 @@ MUTANTS = [
     Mutant("dmd2_fake_unfrozen_before_backward", "stepdistill/training/dmd.py",
            "    with trainable(run.setup.unwrap(run.fake_score), False), trainable(run.setup.unwrap(run.head), False):\n        yield",
            "    yield",
-           ("tests/test_official_presets.py::test_every_real_model_preset_trains_a_step_on_its_familys_tiny_pipeline[dmd2/sdxl_4step]",),
-           "the fake score trainable again before the generator's backward pass (checkpointed recompute differs)"),
+           (f"{RECORDED}::test_short_run_logs_the_recorded_losses[dmd2]",),
+           "the fake score and head trainable in the generator's update: its GAN loss leaves gradients in them"),
     # MSD (recipes/msd.py, stepdistill/partition.py, the routed pipeline)
     Mutant("msd_labels_from_whole_space", "stepdistill/partition.py",
            "return self.part[torch.randint(0, len(self.part), (n,), generator=generator)].to(device)",
