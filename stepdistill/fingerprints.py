@@ -19,8 +19,9 @@ def weights_digest(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         flat = t.detach().reshape(-1)
-        picked = flat[torch.linspace(0, len(flat) - 1, min(len(flat), SAMPLES_PER_TENSOR), device=flat.device).long()] \
-            if len(flat) else flat
+        # float32 positions (the recorded digests'); above 2**24 elements the last one can round up to len(flat)
+        at = torch.linspace(0, len(flat) - 1, min(len(flat), SAMPLES_PER_TENSOR), device=flat.device).long()
+        picked = flat[at.clamp_(max=len(flat) - 1)] if len(flat) else flat
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(picked.to("cpu", torch.float64).numpy().tobytes())
     return h.hexdigest()[:16]

@@ -15,6 +15,8 @@ how many students a recipe trained.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -138,9 +140,9 @@ class Student:
     def unwrapped(self, accelerator) -> "Student":
         """The same student on the plain module: no DDP wrapper, and no autocast that accelerate wraps
         around a prepared module's forward under mixed precision (training is over: evaluate and export
-        the float32 weights a user loads)."""
-        return replace(self, generator=accelerator.unwrap_model(self.generator, keep_fp32_wrapper=False,
-                                                                keep_torch_compile=False))
+        the float32 weights a user loads, `float32_generator`)."""
+        generator = accelerator.unwrap_model(self.generator, keep_fp32_wrapper=False, keep_torch_compile=False)
+        return replace(self, generator=float32_generator(generator, self.teacher))
 
     # -- export -------------------------------------------------------------------------------------
 
@@ -282,3 +284,20 @@ class AnyStudent(Protocol):
     def record(self) -> str: ...
 
     def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path: ...
+
+
+def float32_generator(generator: torch.nn.Module, teacher) -> torch.nn.Module:
+    """`generator` itself when its weights are float32, else a float32 copy. A LoRA student's frozen base held in
+    bf16 / fp16 under mixed precision is the teacher's network: the copy reads it again, exactly, from the teacher's
+    source (`Teacher.network_copy`), so a merged export carries the teacher's weights plus the trained adapter, not
+    their 16-bit rounding (which, early in training, exceeds the adapter's whole change)."""
+    if all(p.dtype == torch.float32 for p in generator.parameters()):
+        return generator
+    copy_ = copy.deepcopy(generator).float()
+    net, exact = copy_.net, teacher.network_copy(device="cpu").state_dict()
+    with torch.no_grad():
+        for key, value in net.state_dict().items():
+            base = exact.get(key.replace(".base_layer.", "."))
+            if base is not None and base.shape == value.shape and "lora_" not in key:
+                value.copy_(base)
+    return copy_

@@ -67,6 +67,16 @@ def test_a_lora_generator_s_frozen_base_is_bf16_and_its_adapter_float32(tmp_path
     assert {p.dtype for p in trainable_params(run.generator)} == {torch.float32}
     logs = dmd2.step(run, Draw(run.setup.accelerator, 2, seed=0, step=0), 0)
     assert all(v == v for v in logs.values())
+    # evaluated and exported in float32: the teacher's exact weights under the trained adapter (not their bf16
+    # rounding, which after a step is larger than the adapter's whole change)
+    student = dmd2.students(run)[0].unwrapped(run.setup.accelerator)
+    weights = student.generator.net.state_dict()
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+    exact = load_teacher("tiny-sd").net.state_dict()
+    bases = {k: v for k, v in weights.items() if ".base_layer." in k or k in exact}
+    assert bases and all(torch.equal(v, exact[k.replace(".base_layer.", ".")]) for k, v in bases.items())
+    trained = dict(run.setup.unwrap(run.generator).net.named_parameters())
+    assert all(torch.equal(weights[k], p) for k, p in trained.items() if "lora_" in k)
 
 
 @pytest.mark.slow

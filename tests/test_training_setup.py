@@ -122,3 +122,15 @@ def test_real_images_come_from_the_data_the_teacher_was_trained_on(digits_like_t
     (own / "train_config.yaml").unlink()
     with pytest.raises(ValueError, match="set data.images"):
         setup_data(DataConfig(), load_teacher(own), "cpu", need_images=True)
+
+
+def test_the_weights_digest_reads_tensors_above_2_to_the_24_elements():
+    """SD 1.5's largest convolutions hold 29,491,200 weights: the digest's float32 sample positions must stay in
+    range (they rounded up to the length, an IndexError at the setup of every SD-class run)."""
+    from stepdistill.fingerprints import weights_digest
+
+    module = torch.nn.Module()
+    module.register_buffer("big", torch.arange(29_491_200, dtype=torch.int32))
+    small = torch.nn.Linear(3, 2)
+    assert len(weights_digest(module)) == 16
+    assert weights_digest(small) == weights_digest(small)
