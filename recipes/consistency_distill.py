@@ -250,10 +250,10 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
     o = cfg.optim
     opt, sched = make_optimizer(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                                 warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
-    generator, opt, sched = s.accelerator.prepare(generator, opt, sched)
+    generator, opt, sched = s.prepare(generator, opt, sched)
     if target is not None and cfg.model.lora_rank is None:  # a LoRA target lives in the checkpointed network
         s.accelerator.register_for_checkpointing(target)
-    ema = make_ema(params, cfg.train.ema_decay, s.accelerator)
+    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
     trajectories = None
     if cfg.loss.states == "teacher":
         solved_at = CFGDenoiser(teacher, lcm_guidance_to_cfg(cfg.loss.w_min))

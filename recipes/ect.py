@@ -149,8 +149,8 @@ def setup(cfg: ECTConfig) -> Run:
     o = cfg.optim
     opt, sched = make_optimizer(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                                 warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
-    generator, opt, sched = s.accelerator.prepare(generator, opt, sched)
-    ema = make_ema(params, cfg.train.ema_decay, s.accelerator)
+    generator, opt, sched = s.prepare(generator, opt, sched)
+    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
     return Run(cfg=cfg, setup=s, sigma_min=sigma_min, sigma_max=sigma_max, generator=generator, opt=opt,
                sched=sched, ema=ema)
 

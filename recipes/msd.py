@@ -33,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from stepdistill import losses
+from stepdistill import losses, sharding
 from accelerate.utils import broadcast_object_list
 
 from stepdistill.conditioning import ClassConditioner, TextConditioner
@@ -118,6 +118,9 @@ def setup(cfg: MSDConfig) -> Run:
         raise ValueError(f"model.tsm_steps={m.tsm_steps} must be fewer than train.max_steps={cfg.train.max_steps}")
     s = Setup.build(train=cfg.train, teacher=m.teacher, resume=cfg.resume, data=cfg.data,
                     need_images=cfg.loss.gan or m.tsm_steps > 0)
+    if sharding.wanted(s.accelerator):  # K trios over views of the processes: not sharded (stepdistill.sharding)
+        raise ValueError("msd trains its students data-parallel or one set per process (model.parallel), not "
+                         "sharded: launch it without --use_fsdp / recipes/accelerate/fsdp.yaml")
     ts = dmd.check(cfg, s)
     split = partition(cfg, s)
     k, processes = split.num_students, s.accelerator.num_processes
@@ -154,7 +157,7 @@ def setup(cfg: MSDConfig) -> Run:
         for sub in runs:
             opt, sched = make_optimizer(trainable_params(sub.generator), lr=cfg.optim.lr_tsm, betas=(0.9, 0.999),
                                         warmup_steps=0)
-            tsm.append(tuple(s.accelerator.prepare(opt, sched)))
+            tsm.append(tuple(s.prepare(opt, sched)))
     owned = [i for i in range(k) if not owning or i % processes == s.accelerator.process_index]
     return Run(cfg=cfg, setup=s, partition=split, runs=runs, tsm=tsm, owned=owned)
 

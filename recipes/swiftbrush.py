@@ -125,9 +125,9 @@ def setup(cfg: SwiftBrushConfig) -> Run:
                                     warmup_steps=o.warmup_steps)
     opt_f, sched_f = make_optimizer(trainable_params(fake_score), lr=o.lr_lora, betas=o.betas,
                                     weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
-    generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.accelerator.prepare(
+    generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-    ema = make_ema(gen_params, cfg.train.ema_decay, s.accelerator)
+    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
     return Run(cfg=cfg, setup=s, ts=ts, real_score=make_real_score(teacher), fake_score=fake_score,
                generator=generator, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g, sched_f=sched_f, ema=ema)
 

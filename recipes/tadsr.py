@@ -130,15 +130,15 @@ def setup(cfg: TADSRConfig) -> Run:
     gen_params = trainable_params(generator)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
                                     warmup_steps=o.warmup_steps)
-    generator, opt_g, sched_g = s.accelerator.prepare(generator, opt_g, sched_g)
+    generator, opt_g, sched_g = s.prepare(generator, opt_g, sched_g)
     head = opt_d = sched_d = None
     if loss.gan_weight > 0:
         probe = s.conditioner.cond(torch.zeros(1, dtype=torch.long, device=s.device))
         head = TimeAwareGANHead.for_denoiser(teacher, torch.zeros(1, *s.shape, device=s.device), float(ts[0]), **probe)
         opt_d, sched_d = make_optimizer(trainable_params(head), lr=o.lr_discriminator, betas=o.betas,
                                         weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
-        head, opt_d, sched_d = s.accelerator.prepare(head, opt_d, sched_d)
-    ema = make_ema(gen_params, cfg.train.ema_decay, s.accelerator)
+        head, opt_d, sched_d = s.prepare(head, opt_d, sched_d)
+    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
     pairs = make_ode_pairs(CFGDenoiser(teacher, 1.0), s.schedule, s.conditioner, s.shape, n=loss.regression_pairs,
                            sampler=loss.regression_sampler, nfe=loss.regression_nfe, seed=cfg.train.seed,
                            accelerator=s.accelerator, cache=s.cache("teacher_outputs"),

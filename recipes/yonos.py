@@ -106,9 +106,10 @@ def setup(cfg: YONOSConfig) -> Run:
     params = trainable_params(student)
     opt, sched = make_optimizer(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                                 warmup_steps=o.warmup_steps)
-    student, opt, sched = s.accelerator.prepare(student, opt, sched)
+    student, opt, sched = s.prepare(student, opt, sched)
+    ema = make_ema(trainable_params(s.unwrap(student)), cfg.train.ema_decay, s.accelerator)
     return Run(cfg=cfg, setup=s, ts=ts, teacher=make_real_score(s.teacher), student=student, condition=condition,
-               opt=opt, sched=sched, ema=make_ema(params, cfg.train.ema_decay, s.accelerator))
+               opt=opt, sched=sched, ema=ema)
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .sharding import is_sharded
 from .network_call import bottleneck_tokens, call_network
 from .schedules import NoiseSchedule
 
@@ -262,18 +263,28 @@ class Denoiser(nn.Module):
         t = self._times(t, x_t)
         x_t, _ = self._residual_input(x_t, t, concat)
         captured: list[torch.Tensor] = []
+        # FSDP gathers a unit's weights for a backward pass when gradients reach that unit's output; the network's
+        # own weights (its root unit: the input convolution, the time embedding) are gathered again, for a second
+        # backward through the same graph (DMD2's GAN balance), only from its final output. So a sharded network
+        # runs to its end, and that output joins the graph with weight zero.
+        stop = not is_sharded(self.net)
 
         def hook(_module, _inputs, output):
             captured.append(bottleneck_tokens(output))
-            raise _Stop
+            if stop:
+                raise _Stop
 
         handle = _bottleneck_module(self.net).register_forward_hook(hook)
+        out = None
         try:
-            self._run(x_t, t, concat, cond)
+            out = self._run(x_t, t, concat, cond)
         except _Stop:
             pass
         finally:
             handle.remove()
         if not captured:
             raise RuntimeError("the bottleneck hook did not fire")
+        if out is not None and torch.is_grad_enabled():
+            out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
+            return captured[0].float() + 0.0 * out.float().sum()
         return captured[0].float()

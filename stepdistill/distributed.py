@@ -66,17 +66,22 @@ def make_accelerator(**kwargs) -> Accelerator:
     if world_size > 1 and not torch.cuda.is_available():
         kwargs.setdefault("cpu", True)
         if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and os.environ.get("RANK", "0") == "0":
-            # accelerate's state switches only GPU-family process groups to FSDP; say so rather than shard nothing
-            print("note: accelerate shards (FSDP) GPU processes only; these CPU processes train data-parallel "
-                  "(every process holds every weight). tests/fsdp_worker.py checks the roles under FSDP2 on CPU.",
-                  flush=True)
+            # accelerate's state switches only GPU-family process groups to FSDP: the recipe shards its roles itself
+            print("note: accelerate shards (FSDP) GPU processes only; on these CPU processes the recipe shards its "
+                  "trained roles with torch's FSDP2 (stepdistill.sharding)", flush=True)
     if "mixed_precision" in kwargs:
         device_type = "cpu" if kwargs.get("cpu") or not torch.cuda.is_available() else "cuda"
         kwargs["mixed_precision"] = resolve_mixed_precision(kwargs["mixed_precision"], device_type)
     # Recipes draw the *global* batch and slice it per process, so a learning-rate schedule counts
     # optimiser steps; accelerate's default would step it num_processes times per step.
     kwargs.setdefault("step_scheduler_with_optimizer", False)
-    accelerator = Accelerator(**kwargs)
+    # accelerate cannot build its FSDP plugin for CPU processes: it is left out (the recipe shards, `sharding`)
+    fsdp = os.environ.pop("ACCELERATE_USE_FSDP", None) if kwargs.get("cpu") else None
+    try:
+        accelerator = Accelerator(**kwargs)
+    finally:
+        if fsdp is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = fsdp
     if accelerator.device.type == "cpu" and "STEPDISTILL_KEEP_THREADS" not in os.environ:
         # `accelerate launch` pins OMP_NUM_THREADS=1; on a CPU give each process its share of the
         # cores instead (1.5x faster DMD2 steps on 2 cores than one thread).

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from .sampler_spec import SamplerSpec, student_record
+from .sharding import full, gathered
 from .schedules import RectifiedFlow
 
 SampleFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> images
@@ -122,10 +123,11 @@ class Student:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The generator's weights (`roles.Generator` keys) with the EMA's in place of the trained ones
         when an EMA is kept: what evaluation and export use. The generator itself is not changed."""
-        state = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
+        # sharded weights (FSDP over CPU processes) are gathered whole: every process calls this
+        state = {k: full(v).detach().clone() for k, v in self.generator.state_dict().items()}
         if self.ema is not None:
             for (name, _), shadow in zip(self._trainable(), self.ema.shadow_params):
-                state[name] = shadow.detach().to(state[name].dtype).clone()
+                state[name] = full(shadow).detach().to(state[name].dtype).clone()
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -140,9 +142,16 @@ class Student:
     def unwrapped(self, accelerator) -> "Student":
         """The same student on the plain module: no DDP wrapper, and no autocast that accelerate wraps
         around a prepared module's forward under mixed precision (training is over: evaluate and export
-        the float32 weights a user loads, `float32_generator`)."""
+        the float32 weights a user loads, `float32_generator`). A sharded generator is gathered whole (every process
+        calls this: `sharding.gathered`) with the EMA's weights, where kept, gathered in place of the trained ones."""
         generator = accelerator.unwrap_model(self.generator, keep_fp32_wrapper=False, keep_torch_compile=False)
-        return replace(self, generator=float32_generator(generator, self.teacher))
+        ema, whole = self.ema, gathered(generator)
+        if whole is not generator and ema is not None:
+            with torch.no_grad():
+                for p, shadow in zip([p for p in whole.parameters() if p.requires_grad], ema.shadow_params):
+                    p.copy_(full(shadow))
+            ema = None
+        return replace(self, generator=float32_generator(whole, self.teacher), ema=ema)
 
     # -- export -------------------------------------------------------------------------------------
 

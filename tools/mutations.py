@@ -34,6 +34,7 @@ EVALUATE_EXPORTS = "tests/test_evaluate_exports.py"
 WIRING = "tests/recipes/test_config_wiring.py::test_changing_the_key_changes_what_the_run_does"
 RESUME = "tests/recipes/test_resume_rule.py"
 FOLDER = "tests/recipes/test_run_folder.py"
+SHARDING = "tests/test_sharding.py"
 
 
 @dataclass(frozen=True)
@@ -637,6 +638,25 @@ MUTANTS = [
            'all(s.conditioner.kind == "lr" for s', 'all(s.conditioner.kind == "class" for s',
            ("tests/test_tadsr_recipe.py::test_a_run_measures_bicubic_the_teacher_and_the_student_on_held_out_patches",),
            "the SR benchmark skips the SR students"),
+    # FSDP over CPU processes (stepdistill/sharding.py)
+    Mutant("fsdp_bottleneck_root_out_of_graph", "stepdistill/denoiser.py",
+           "return captured[0].float() + 0.0 * out.float().sum()", "return captured[0].float()",
+           (f"{SHARDING}::test_a_sharded_frozen_networks_bottleneck_backpropagates_as_the_whole_one",),
+           "a sharded network's final output left out of the GAN features' graph: its own weights are freed before "
+           "the second backward"),
+    Mutant("fsdp_ema_saved_sharded", "stepdistill/training/ema.py",
+           '"shadow_params": [full(p).detach().cpu() for p in self.shadow_params]',
+           '"shadow_params": [p.detach().cpu() for p in self.shadow_params]',
+           (f"{SHARDING}::test_the_ema_of_sharded_weights_checkpoints_whole_and_loads_back_sharded",),
+           "the EMA of sharded weights checkpointed as rank 0's shards"),
+    Mutant("fsdp_optimiser_state_not_loaded", "stepdistill/sharding.py",
+           "            set_optimizer_state_dict(self.roles, opt, saved, options=whole)", "            pass",
+           (f"{SHARDING}::test_sharded_roles_and_their_optimiser_checkpoint_whole_and_load_back",),
+           "a resume of sharded roles keeps the fresh Adam moments"),
+    Mutant("fsdp_student_keeps_trained_weights", "stepdistill/student.py",
+           "                    p.copy_(full(shadow))", "                    pass",
+           (f"{SHARDING}::test_a_sharded_student_is_gathered_whole_with_its_ema_for_evaluation_and_export",),
+           "the gathered student exported with the trained weights, not the EMA's"),
 ]
 
 def scratch_copy(dest: Path) -> None:

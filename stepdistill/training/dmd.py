@@ -197,6 +197,8 @@ def build(cfg, s: Setup, ts: torch.Tensor, *, generator: torch.nn.Module | None 
         head = GANHead.for_denoiser(s.unwrap(fake_score), torch.zeros(1, *s.shape, device=accelerator.device),
                                     float(ts[0]), **probe_cond)
 
+    # FSDP over CPU processes shards the trained roles before their optimisers hold their weights (`sharding`)
+    s.shard(generator, *([fake_score, head] if share_fake_with is None else []))
     # AdamW for G, and for the fake score together with the GAN head.
     o = cfg.optim
     gen_params = trainable_params(generator)
@@ -207,14 +209,13 @@ def build(cfg, s: Setup, ts: torch.Tensor, *, generator: torch.nn.Module | None 
         opt_f, sched_f = make_optimizer(trainable_params(fake_score, head), lr=o.lr_fake, betas=o.betas,
                                         weight_decay=o.weight_decay, warmup_steps=o.warmup_steps,
                                         schedule=o.lr_schedule, total_steps=s.horizon)
-        generator, fake_score, opt_g, opt_f, sched_g, sched_f = accelerator.prepare(
-            generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-        if head is not None:
-            head = accelerator.prepare(head)
+        generator, fake_score, head, opt_g, opt_f, sched_g, sched_f = s.prepare(
+            generator, fake_score, head, opt_g, opt_f, sched_g, sched_f)
     else:  # prepared by the student that built them
         opt_f, sched_f = share_fake_with.opt_f, share_fake_with.sched_f
-        generator, opt_g, sched_g = accelerator.prepare(generator, opt_g, sched_g)
-    ema = make_ema(gen_params, cfg.train.ema_decay, accelerator)
+        generator, opt_g, sched_g = s.prepare(generator, opt_g, sched_g)
+    # the weights the optimiser steps (accelerate's FSDP replaces them in `prepare`)
+    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, accelerator)
     gan_weight = GANWeight(cfg.loss.gan_generator_weight, cfg.loss.gan_balance)
     accelerator.register_for_checkpointing(gan_weight)
     pairs = None

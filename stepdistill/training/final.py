@@ -13,6 +13,7 @@ from ..export.card import fused_losses_line
 from ..io import atomic_write_text
 from ..local_paths import public_command
 from ..ops import fused_losses_record
+from ..sharding import is_sharded
 from ..student import AnyStudent
 from .benchmarks import BENCHMARKS, RunFacts
 from .horizon import Horizon
@@ -20,13 +21,20 @@ from .loop import DivergenceError, nonfinite
 from .sections import EvalConfig, ExportConfig
 
 
-def save_samples(student: AnyStudent, path: Path) -> None:
-    """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise."""
+def save_samples(student: AnyStudent, path: Path, *, write: bool = True) -> None:
+    """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise, saved where `write` (the main
+    process). Every process calls it: a sharded student (`sharding`) samples on all of them, for each of its passes
+    gathers its weights from every process; any other samples on the writing process alone."""
     from torchvision.utils import save_image
+
+    if not write and not any(is_sharded(s.generator) for s in student.members):
+        return
 
     columns = max(1, min(student.conditioner.num_classes, 10))
     labels = torch.arange(columns).repeat(8).to(student.device)
     x = student.images(labels, torch.Generator().manual_seed(0))
+    if not write:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(x * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
 

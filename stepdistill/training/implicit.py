@@ -116,6 +116,7 @@ def setup(cfg) -> Run:
         raise ValueError("loss.guidance != 1 needs a conditional teacher with an unconditional branch")
     fake_score = make_fake_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing)
     generator = make_generator(teacher, float(ts[0]), gradient_checkpointing=cfg.model.gradient_checkpointing)
+    s.shard(generator, fake_score)  # FSDP over CPU processes (`sharding`), before the optimisers hold the weights
     o = cfg.optim
     gen_params = trainable_params(generator)
     decay = dict(warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
@@ -123,9 +124,10 @@ def setup(cfg) -> Run:
                                     weight_decay=o.weight_decay, **decay)
     opt_f, sched_f = make_optimizer(trainable_params(fake_score), lr=o.lr_fake, betas=o.betas, eps=o.eps,
                                     weight_decay=o.weight_decay, **decay)
-    generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.accelerator.prepare(
+    generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-    ema = make_ema(gen_params, cfg.train.ema_decay, s.accelerator)
+    # the weights the optimiser steps (accelerate's FSDP replaces them in `prepare`)
+    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
     return Run(cfg=cfg, setup=s, ts=ts, real=CFGDenoiser(
         make_real_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing), cfg.loss.guidance),
                fake_score=fake_score, generator=generator, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g,

@@ -81,8 +81,8 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                decaying: bool = False, horizon: Horizon | None = None) -> int:
     """Run `step_fn` from `start_step` to the horizon (`train.max_steps`, or the steps that fit the time
     limit: see `horizon`), or until the time limit; returns the number of completed steps.
-    `save_samples(path)` is called on the main process every `sample_every`; `student_weights()` is saved
-    with every checkpoint, beside `student_record()` (its student.json), and `config` (the run's, as a dict) too
+    `save_samples(path)` is called on every process every `sample_every` (it writes on the main one);
+    `student_weights()` is saved with every checkpoint, beside `student_record()` (its student.json), and `config` (the run's, as a dict) too
     and to the trackers. `decaying`: the learning rates decay over the horizon, so a time limit that cuts the run
     short warns."""
     out = Path(train.output_dir)
@@ -125,7 +125,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                 log_file.flush()
                 bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
                 accelerator.log(shown, step=done)
-            if done % train.sample_every == 0 and accelerator.is_main_process:
+            if done % train.sample_every == 0:  # every process: a sharded student samples on all of them
                 save_samples(out / "samples" / f"step_{done:08d}.png")
             out_of_time = out_of_time > 0
             stop_signal = (signals.received or int(signal.SIGTERM)) if signalled > 0 else 0

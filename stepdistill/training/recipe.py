@@ -116,7 +116,7 @@ def _train_and_finish(recipe: Recipe, cfg: Any, changed: dict, evaluation, start
     steps_done = train_loop(
         setup.accelerator, cfg.train, name=recipe.NAME, start_step=start_step, start_time=start_time,
         step_fn=lambda draw, step: recipe.step(run, draw, step),
-        save_samples=lambda path: save_samples(recipe.students(run)[0], path),
+        save_samples=lambda path: save_samples(recipe.students(run)[0], path, write=setup.accelerator.is_main_process),
         student_weights=lambda: (sync(run), student_weights(recipe.students(run)))[1],
         student_record=lambda: recipe.students(run)[0].record(),
         config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)), horizon=setup.horizon)

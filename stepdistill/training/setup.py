@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import TorchDynamoPlugin, set_seed
 from diffusers.training_utils import EMAModel
 
-from .. import run_lock
+from .. import run_lock, sharding
 from ..checkpointing import CACHE_DIR, checkpoint_info, claim_output_dir, load_checkpoint, resolve_resume
 from ..conditioning import ClassConditioner, LRConditioner, TextConditioner, Unconditional
 from ..prompt_encoders import prompt_encoder
@@ -33,6 +33,7 @@ from ..families import family_of_network
 from ..teachers import Teacher, load_teacher
 from ..schedules import RectifiedFlow, flow_shift
 from .draw import Draw
+from .ema import ShardedEMA
 from .horizon import Horizon, lr_factor
 from .resume import CONFIG_FILE, HORIZON_KEYS, apply_settings, record_resume, remember_settings
 from .sections import DataConfig, LRSchedule, TrainConfig
@@ -70,6 +71,16 @@ class Setup:
         """Where this run caches a teacher output `name` (ODE pairs, trajectories): OUTPUT/cache/NAME.safetensors,
         written with `identity` and the solver settings, reused only when they match, removed by an overwrite."""
         return self.output_dir / CACHE_DIR / f"{name}{self.cache_suffix}.safetensors"
+
+    def shard(self, *roles: torch.nn.Module | None) -> None:
+        """Shard the trained roles in place where the launcher asked for FSDP on CPU processes (`sharding.shard`);
+        call before their optimisers and EMA are made."""
+        sharding.shard(self.accelerator, *roles)
+
+    def prepare(self, *objects):
+        """`accelerator.prepare` for the roles, optimisers and schedulers (`sharding.prepare`: sharded roles and
+        their optimisers are checkpointed whole, not wrapped in DDP)."""
+        return sharding.prepare(self.accelerator, *objects)
 
     def unwrap(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
         """A prepared module without its DDP wrapper (and `torch.compile`'s): for passes whose weights take no
@@ -380,7 +391,9 @@ def make_ema(params: list[torch.nn.Parameter], decay: float | None, accelerator:
     """diffusers' `EMAModel` of the generator, registered so checkpoints carry it (None: no EMA)."""
     if not decay:
         return None
-    ema = EMAModel(params, decay=decay)
+    params = list(params)
+    # sharded weights (FSDP over CPU processes, `sharding`): shadows sharded alike, gathered whole in checkpoints
+    ema = (ShardedEMA if any(sharding.is_sharded_tensor(p) for p in params) else EMAModel)(params, decay=decay)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     return ema
