@@ -162,8 +162,11 @@ def image_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("name", sorted(n for n in OFFICIAL if _family(
-    load_config(CONFIGS[n.split("/")[0]], ["--config", str(ROOT / "recipes" / "configs" / f"{n}.yaml")]).model.teacher)))
+@pytest.mark.parametrize("name", [
+    # the quick tier trains two presets (a full network, a LoRA); `make test-all` every one
+    pytest.param(n, marks=() if n in ("dmd2/sd15", "consistency_distill/sd15_lora") else pytest.mark.slow)
+    for n in sorted(n for n in OFFICIAL if _family(load_config(
+        CONFIGS[n.split("/")[0]], ["--config", str(ROOT / "recipes" / "configs" / f"{n}.yaml")]).model.teacher))])
 def test_every_real_model_preset_trains_a_step_on_its_familys_tiny_pipeline(name, image_folder, tmp_path, monkeypatch):
     """The preset's whole configuration (its loss, guidance, LoRA, step times, schedule) runs on the tiny pipeline
     of the teacher's family; only the sizes (batch, resolution, steps) and precision are overridden."""

@@ -74,7 +74,13 @@ def per_gpu(text: str) -> dict[tuple[str, int], float]:
     return rows
 
 
-@pytest.mark.parametrize("name,preset", REAL, ids=[f"{n}/{p.stem}" for n, p in REAL])
+# the quick tier plans one preset; `make test-all` (and eval/plan_presets.py) every one
+QUICK_PRESET = "dmd2/sd15"
+
+
+@pytest.mark.parametrize("name,preset", [
+    pytest.param(n, p, id=f"{n}/{p.stem}", marks=() if f"{n}/{p.stem}" == QUICK_PRESET else pytest.mark.slow)
+    for n, p in REAL])
 def test_every_real_model_preset_plans_offline_on_meta(name, preset, no_setup, capsys):
     info = RECIPES[name]
     guard = DeviceAllocations()
