@@ -8,8 +8,8 @@ recipe then shards its trained roles itself, before their optimisers are made (`
   transformer blocks: accelerate's transformer-based wrap), then the network, then nothing else: every pass of a
   role (the generator, its denoiser, the fake score's bottleneck features) goes through its network;
 - the sharded roles and their optimisers stay out of `accelerator.prepare` (which would wrap them in DDP); a
-  `ShardedState` keeps them in every checkpoint, gathered whole on rank 0, so a checkpoint resumes at any process
-  count, sharded or not; the EMA of sharded weights is a `training.ema.ShardedEMA` (its shadows gathered the same way);
+  `ShardedState` keeps them in every checkpoint, gathered whole on rank 0 (tensors that do not depend on how the
+  weights were sharded; each process shards them again on resume); the EMA of sharded weights is a `training.ema.ShardedEMA` (its shadows gathered the same way);
 - every pass of a sharded network gathers its weights from all processes, so every process samples the grids
   (`is_sharded`) and `gathered` builds the whole student, on every process, for the end of the run.
 
@@ -152,7 +152,7 @@ def _state_options():
 
 class ShardedState:
     """The sharded roles' weights and their optimisers' states in a checkpoint (`accelerator.register_for_checkpointing`),
-    gathered whole on rank 0 as accelerate's own files are: a checkpoint loads at any process count."""
+    gathered whole on rank 0 as accelerate's own files are; every process reads them back and keeps its shards."""
 
     def __init__(self, roles: Iterable[nn.Module], optimizers: Iterable[torch.optim.Optimizer]):
         self.roles = nn.ModuleList(roles)  # one tree, so each weight has one name for its optimiser's state
