@@ -194,6 +194,12 @@ class Denoiser(nn.Module):
         self.residual = residual
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The network's blocks, for FSDP's per-block units (accelerate's transformer-based wrap reads the prepared
+        module's own list: without it a role would be one unit, gathered whole for every pass)."""
+        return getattr(self.net, "_no_split_modules", None)
+
+    @property
     def dtype(self) -> torch.dtype:
         param = next(self.net.parameters(), None)
         return torch.float32 if param is None else param.dtype

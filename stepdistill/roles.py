@@ -62,6 +62,10 @@ class Generator(nn.Module):
     def net(self) -> nn.Module:
         return self.denoiser.net
 
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        return self.denoiser._no_split_modules  # FSDP's per-block units (`Denoiser._no_split_modules`)
+
     def forward(self, z: torch.Tensor, t: torch.Tensor | float | None = None, **cond) -> torch.Tensor:
         """One step from unit noise `z` at t_init; with `t`, `z` is instead an input x_t at time t
         (a multistep generator's later steps, e.g. from backward simulation)."""

@@ -160,3 +160,19 @@ def test_lora_roles_are_refused(teacher, group):
     fake = make_fake_score(teacher, lora_rank=4)
     with pytest.raises(ValueError, match="LoRA"):
         sharding.shard_roles(fake)
+
+
+def test_accelerates_fsdp_wraps_a_roles_blocks_as_it_wraps_its_networks(tiny_cond_unet):
+    """On GPUs accelerate shards the prepared role itself (`recipes/accelerate/fsdp.yaml`: transformer-based wrap):
+    the role names its network's blocks, so each block is a unit rather than the whole role one."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.schedules import VPDiscrete
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                            cpu_ram_efficient_loading=False)
+    role = Generator(Denoiser(tiny_cond_unet, VPDiscrete(torch.linspace(0.99, 0.01, 1000)), "epsilon"), 999)
+    units = lambda module: [m for m in module.modules() if fsdp2_prepare_auto_wrap_policy(plugin, module)(m)]
+    assert units(role) and units(role) == units(tiny_cond_unet)

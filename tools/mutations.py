@@ -657,6 +657,10 @@ MUTANTS = [
            "                    p.copy_(full(shadow))", "                    pass",
            (f"{SHARDING}::test_a_sharded_student_is_gathered_whole_with_its_ema_for_evaluation_and_export",),
            "the gathered student exported with the trained weights, not the EMA's"),
+    Mutant("fsdp_role_hides_its_blocks", "stepdistill/roles.py",
+           "return self.denoiser._no_split_modules", "return None",
+           (f"{SHARDING}::test_accelerates_fsdp_wraps_a_roles_blocks_as_it_wraps_its_networks",),
+           "accelerate's FSDP wraps a generator as one unit, gathered whole for every pass"),
 ]
 
 def scratch_copy(dest: Path) -> None:
