@@ -7,6 +7,7 @@ conditions through it and never know whether the model is class- or text-conditi
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -62,7 +63,8 @@ class TextConditioner:
     SD3's and Flux's `pooled_projections=` (and Flux's embedded `guidance=`).
 
     Labels are prompt indices (-1 is the empty prompt, the unconditional branch of CFG). Each prompt is
-    encoded once, on first use, and cached in float16 on the CPU; the empty prompt is encoded up front.
+    encoded on first use and cached in float16 on the CPU, up to `cache_mib` (the least recently used prompts
+    go first, and are encoded again when drawn again); the empty prompt is encoded up front.
     """
 
     kind = "text"
@@ -71,12 +73,15 @@ class TextConditioner:
         """The pipeline call's own arguments (Flux's embedded guidance, the prompt length, the image size)."""
         return self.encoder.call_options()
 
-    def __init__(self, prompts: list[str], encoder, *, device="cpu"):
+    def __init__(self, prompts: list[str], encoder, *, device="cpu", cache_mib: float = 4096.0):
         if not prompts:
             raise ValueError("TextConditioner needs at least one prompt")
+        if not cache_mib > 0:
+            raise ValueError(f"data.embedding_cache_mib={cache_mib} must be > 0")
         self.prompts, self.encoder, self.device = prompts, encoder, torch.device(device)
         self.num_classes = len(prompts)
-        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        self._cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()  # least recently used first
+        self._cache_bytes, self.cache_bytes_limit = 0, int(cache_mib * 2**20)
         check = getattr(encoder, "warn_if_cut", None)
         if check is not None:  # the whole prompt list at once: one warning, and prompts cut into one found
             check(prompts)
@@ -84,12 +89,20 @@ class TextConditioner:
 
     def rows(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each label's encoded prompt, stacked: {name: (B, ...)} in float32 on `labels`' device."""
-        missing = sorted({int(i) for i in labels.tolist() if i >= 0 and int(i) not in self._cache})
-        if missing:
-            encoded = self.encoder.encode([self.prompts[i] for i in missing])
-            for j, i in enumerate(missing):
-                self._cache[i] = {k: v[j].half().cpu() for k, v in encoded.items()}
-        picked = [self.null if int(i) < 0 else self._cache[int(i)] for i in labels.tolist()]
+        wanted = [int(i) for i in labels.tolist()]
+        missing = sorted({i for i in wanted if i >= 0 and i not in self._cache})
+        encoded = self.encoder.encode([self.prompts[i] for i in missing]) if missing else {}
+        fresh = {i: {k: v[j].half().cpu() for k, v in encoded.items()} for j, i in enumerate(missing)}
+        picked = [self.null if i < 0 else fresh.get(i) or self._cache[i] for i in wanted]
+        for i in dict.fromkeys(i for i in wanted if i >= 0):  # this batch's prompts become the most recent
+            if i in fresh:
+                self._cache[i] = fresh[i]
+                self._cache_bytes += sum(t.nbytes for t in fresh[i].values())
+            else:
+                self._cache.move_to_end(i)
+        while self._cache_bytes > self.cache_bytes_limit and len(self._cache) > 1:
+            _, gone = self._cache.popitem(last=False)
+            self._cache_bytes -= sum(t.nbytes for t in gone.values())
         return {k: torch.stack([p[k].float().to(labels.device) for p in picked]) for k in self.null}
 
     def embeddings(self, labels: torch.Tensor) -> torch.Tensor:

@@ -63,3 +63,40 @@ def test_image_conditioned_teacher_concatenates_the_low_resolution_image(tmp_pat
 
     guided = CFGDenoiser(den, 2.0)(x_t, t, uncond=conditioner.uncond(labels), **conditioner.cond(labels))
     assert guided.shape == x0.shape and torch.isfinite(guided).all()
+
+
+class _CountingEncoder:
+    """A prompt encoder whose embedding of prompt i is i everywhere (64 floats: 128 bytes in float16), counting
+    the prompts it encodes."""
+
+    def __init__(self):
+        self.encoded: list[str] = []
+
+    def encode(self, texts):
+        self.encoded += texts
+        return {"hidden": torch.stack([torch.full((4, 16), float(t.split()[-1])) for t in texts])}
+
+    def null(self):
+        return {"hidden": torch.zeros(1, 4, 16)}
+
+    def kwargs(self, rows):
+        return {"encoder_hidden_states": rows["hidden"]}
+
+
+def test_the_prompt_cache_keeps_the_most_recent_prompts_within_its_budget():
+    """`data.embedding_cache_mib`: a million prompts must not fill the CPU memory of every process. Past the
+    budget the least recently used prompts go, and come back encoded again, the same."""
+    from stepdistill.conditioning import TextConditioner
+
+    encoder = _CountingEncoder()
+    text = TextConditioner([f"prompt {i}" for i in range(10)], encoder, cache_mib=3 * 128 / 2**20)  # 3 prompts
+    first = text.embeddings(torch.tensor([1, 2, 3, 1]))
+    assert [float(first[j, 0, 0]) for j in range(4)] == [1, 2, 3, 1]
+    assert encoder.encoded == ["prompt 1", "prompt 2", "prompt 3"]
+    text.embeddings(torch.tensor([1]))  # 1 is now the most recent: 2 goes first
+    text.embeddings(torch.tensor([4]))
+    assert list(text._cache) == [3, 1, 4] and text._cache_bytes == 3 * 128
+    again = text.embeddings(torch.tensor([2, 3, -1]))  # 2 is encoded again; -1 is the empty prompt
+    assert encoder.encoded[-1] == "prompt 2" and encoder.encoded.count("prompt 3") == 1
+    assert [float(again[j, 0, 0]) for j in range(3)] == [2, 3, 0]
+    assert text._cache_bytes <= text.cache_bytes_limit

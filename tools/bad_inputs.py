@@ -80,6 +80,7 @@ CASES = [
     Case("dmd2", ("model.generator_timesteps=[1500]",), "model.generator_timesteps must descend"),
     Case("dmd2", ("loss.regression_weight=-1",), "loss.regression_weight >= 0"),
     Case("dmd2", ("data.prompt_dropout=1.5",), "data.prompt_dropout=1.5 must lie in [0, 1)"),
+    Case("dmd2", ("data.embedding_cache_mib=0",), "data.embedding_cache_mib=0.0 must be > 0"),
     Case("dmd2", ("data.prompts=/no/such/prompts.txt",), "/no/such/prompts.txt"),
     Case("dmd2", ("data.images=/no/such/images",), "/no/such/images"),
     Case("dmd2", ("eval.results=/proc/no/results.json",), "eval.results: cannot create /proc/no"),

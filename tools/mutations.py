@@ -661,6 +661,10 @@ MUTANTS = [
            "return self.denoiser._no_split_modules", "return None",
            (f"{SHARDING}::test_accelerates_fsdp_wraps_a_roles_blocks_as_it_wraps_its_networks",),
            "accelerate's FSDP wraps a generator as one unit, gathered whole for every pass"),
+    Mutant("prompt_cache_unbounded", "stepdistill/conditioning.py",
+           "while self._cache_bytes > self.cache_bytes_limit and len(self._cache) > 1:", "while False:",
+           ("tests/test_conditioning.py::test_the_prompt_cache_keeps_the_most_recent_prompts_within_its_budget",),
+           "the encoded prompts fill the CPU memory of every process"),
 ]
 
 def scratch_copy(dest: Path) -> None:

@@ -70,6 +70,9 @@ class DataConfig:
     resolution: Optional[int] = None
     # Flux-dev's embedded guidance scale (its transformer embeds it; FluxPipeline's default 3.5); null: 3.5.
     embedded_guidance: Optional[float] = None
+    # Text-to-image: the encoded prompts kept in CPU memory per process, MiB (the least recently used go first and
+    # are encoded again when drawn): about 0.12 MiB a prompt for SD1.5, 4 for Flux's T5 at 512 tokens.
+    embedding_cache_mib: float = 4096.0
     images: Optional[str] = None  # real images (an image folder); the digits teacher uses digits
     image_channels: int = 3
     # data.images are all decoded at setup; a file that does not decode stops the run there, naming it.

@@ -239,6 +239,9 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
     net_cfg = teacher.net.config
     # a super-resolution teacher's folder records its scale (recipes/train_teacher.py); data.condition_scale wins
     condition_scale = data.condition_scale or int(teacher.index.get("sr_scale") or 0)
+    if not data.embedding_cache_mib > 0:
+        raise ValueError(f"data.embedding_cache_mib={data.embedding_cache_mib} must be > 0 (MiB of encoded prompts "
+                         "each process keeps)")
     if not 0.0 <= data.prompt_dropout < 1.0:
         raise ValueError(f"data.prompt_dropout={data.prompt_dropout} must lie in [0, 1)")
     if data.prompts is None and data.resolution is not None:
@@ -256,7 +259,7 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
         check_latent_channels(teacher, space)
         encoder = prompt_encoder(teacher, (resolution, resolution), device=device, guidance=data.embedded_guidance,
                                  dtype=dtype)
-        conditioner = TextConditioner(prompts, encoder, device=device)
+        conditioner = TextConditioner(prompts, encoder, device=device, cache_mib=data.embedding_cache_mib)
         teacher.schedule = at_resolution(teacher, space.shape)
     elif condition_scale:  # the condition is built from the real images below
         conditioner, space, resolution = None, PixelSpace(), net_cfg.sample_size
