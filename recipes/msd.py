@@ -156,7 +156,7 @@ def setup(cfg: MSDConfig) -> Run:
     if m.tsm_steps > 0:
         for sub in runs:
             opt, sched = make_optimizer(trainable_params(sub.generator), lr=cfg.optim.lr_tsm, betas=(0.9, 0.999),
-                                        warmup_steps=0)
+                                        warmup_steps=0, name="tsm")
             tsm.append(tuple(s.prepare(opt, sched)))
     owned = [i for i in range(k) if not owning or i % processes == s.accelerator.process_index]
     return Run(cfg=cfg, setup=s, partition=split, runs=runs, tsm=tsm, owned=owned)

@@ -122,9 +122,9 @@ def setup(cfg: SwiftBrushConfig) -> Run:
     o = cfg.optim
     gen_params = trainable_params(generator)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
-                                    warmup_steps=o.warmup_steps)
+                                    warmup_steps=o.warmup_steps, name="generator")
     opt_f, sched_f = make_optimizer(trainable_params(fake_score), lr=o.lr_lora, betas=o.betas,
-                                    weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
+                                    weight_decay=o.weight_decay, warmup_steps=o.warmup_steps, name="fake_score")
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
     ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)

@@ -129,14 +129,15 @@ def setup(cfg: TADSRConfig) -> Run:
     o = cfg.optim
     gen_params = trainable_params(generator)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
-                                    warmup_steps=o.warmup_steps)
+                                    warmup_steps=o.warmup_steps, name="generator")
     generator, opt_g, sched_g = s.prepare(generator, opt_g, sched_g)
     head = opt_d = sched_d = None
     if loss.gan_weight > 0:
         probe = s.conditioner.cond(torch.zeros(1, dtype=torch.long, device=s.device))
         head = TimeAwareGANHead.for_denoiser(teacher, torch.zeros(1, *s.shape, device=s.device), float(ts[0]), **probe)
         opt_d, sched_d = make_optimizer(trainable_params(head), lr=o.lr_discriminator, betas=o.betas,
-                                        weight_decay=o.weight_decay, warmup_steps=o.warmup_steps)
+                                        weight_decay=o.weight_decay, warmup_steps=o.warmup_steps,
+                                        name="discriminator")
         head, opt_d, sched_d = s.prepare(head, opt_d, sched_d)
     ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
     pairs = make_ode_pairs(CFGDenoiser(teacher, 1.0), s.schedule, s.conditioner, s.shape, n=loss.regression_pairs,

@@ -130,6 +130,21 @@ def test_the_gan_terms_join_distribution_matching_at_gan_start_step(teacher_dir,
         (False, False, True), (False, False, False), (True, True, True), (True, False, False)]
 
 
+def test_the_log_holds_each_optimisers_rate_and_gradient_norm_the_speed_and_the_memory(teacher_dir, tmp_path):
+    """`train.log_every=2`: every second row also logs the learning rates and gradient norms (before clipping) of
+    the generator and the fake score, images a second and the peak memory (`training.meters`)."""
+    dmd2.main(_cfg(*_overrides(teacher_dir, tmp_path, "train.max_steps=4", "train.log_every=2",
+                               "optim.lr_schedule=constant", "optim.lr_generator=3e-5", "optim.lr_fake=7e-5",
+                               "optim.grad_clip=1e-9", "export.enabled=false")))
+    log = [json.loads(line) for line in (tmp_path / "log_rank0.jsonl").read_text().splitlines()]
+    assert ["lr_generator" in r for r in log] == [False, True, False, True]
+    for row in log[1::2]:
+        assert row["lr_generator"] == pytest.approx(3e-5) and row["lr_fake_score"] == pytest.approx(7e-5)
+        assert 1e-6 < row["grad_norm_generator"] < 1e3 and 1e-6 < row["grad_norm_fake_score"] < 1e3  # unclipped
+        assert row["images_per_second"] > 0 and row["peak_memory_mib"] > 100
+    assert log[1]["grad_norm_fake_score"] != log[3]["grad_norm_fake_score"]  # each log reads its own step's
+
+
 def _launch(teacher_dir, out, processes, *extra):
     launch("dmd2", processes, _overrides(teacher_dir, out, *extra))
 

@@ -665,6 +665,10 @@ MUTANTS = [
            "while self._cache_bytes > self.cache_bytes_limit and len(self._cache) > 1:", "while False:",
            ("tests/test_conditioning.py::test_the_prompt_cache_keeps_the_most_recent_prompts_within_its_budget",),
            "the encoded prompts fill the CPU memory of every process"),
+    Mutant("meters_norm_after_clipping", "stepdistill/training/setup.py",
+           "    record_grad_norm(opt, norm)  # logged", "    record_grad_norm(opt, norm.clamp(max=grad_clip or 1e30))  # logged",
+           ("tests/test_dmd2_recipe.py::test_the_log_holds_each_optimisers_rate_and_gradient_norm_the_speed_and_the_memory",),
+           "the logged gradient norm is the clipped one"),
 ]
 
 def scratch_copy(dest: Path) -> None:

@@ -204,11 +204,11 @@ def build(cfg, s: Setup, ts: torch.Tensor, *, generator: torch.nn.Module | None 
     gen_params = trainable_params(generator)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, weight_decay=o.weight_decay,
                                     warmup_steps=math.ceil(o.warmup_steps / o.update_ratio), schedule=o.lr_schedule,
-                                    total_steps=s.horizon, steps_per_update=o.update_ratio)
+                                    total_steps=s.horizon, steps_per_update=o.update_ratio, name="generator")
     if share_fake_with is None:
         opt_f, sched_f = make_optimizer(trainable_params(fake_score, head), lr=o.lr_fake, betas=o.betas,
                                         weight_decay=o.weight_decay, warmup_steps=o.warmup_steps,
-                                        schedule=o.lr_schedule, total_steps=s.horizon)
+                                        schedule=o.lr_schedule, total_steps=s.horizon, name="fake_score")
         generator, fake_score, head, opt_g, opt_f, sched_g, sched_f = s.prepare(
             generator, fake_score, head, opt_g, opt_f, sched_g, sched_f)
     else:  # prepared by the student that built them

@@ -121,9 +121,9 @@ def setup(cfg) -> Run:
     gen_params = trainable_params(generator)
     decay = dict(warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
     opt_g, sched_g = make_optimizer(gen_params, lr=o.lr_generator, betas=o.betas, eps=o.eps,
-                                    weight_decay=o.weight_decay, **decay)
+                                    weight_decay=o.weight_decay, name="generator", **decay)
     opt_f, sched_f = make_optimizer(trainable_params(fake_score), lr=o.lr_fake, betas=o.betas, eps=o.eps,
-                                    weight_decay=o.weight_decay, **decay)
+                                    weight_decay=o.weight_decay, name="fake_score", **decay)
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
     # the weights the optimiser steps (accelerate's FSDP replaces them in `prepare`)

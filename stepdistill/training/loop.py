@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import checkpoint_dirs, save_checkpoint
 from ..ops import fused_losses_record
+from ..sharding import sharded_optimizers
 from .draw import Draw
 from .horizon import FitClock, Horizon
+from .meters import optimizer_scalars, peak_memory_mib
 from .sections import TrainConfig
 
 StepFn = Callable[[Draw, int], dict]  # (draw, step) -> logs; one optimisation step of the recipe
@@ -93,12 +95,21 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     # Fit the horizon to the time limit from this run's speed (a resumed run keeps its checkpoint's).
     clock = FitClock(start_step, enabled=train.time_limit_minutes is not None and not horizon.fitted)
     done, shown, bad_steps = start_step, {}, 0
+    step_seconds, timed = 0.0, 0  # the steps' own time since the last log (not sampling nor checkpoints)
     with _Signals() as signals, (out / f"log_rank{accelerator.process_index}.jsonl").open("a") as log_file:
         for step in bar:
             clock.step_starts(step, time.time())
             draw = Draw(accelerator, train.batch_size, train.seed, step, passes=train.passes(accelerator.num_processes))
+            began = time.time()
             logs = step_fn(draw, step)
-            log_file.write(json.dumps({"step": step, **logs}) + "\n")
+            step_seconds, timed = step_seconds + time.time() - began, timed + 1
+            meters = {}
+            if (step + 1) % train.log_every == 0:  # rates, gradient norms, speed and memory (`meters`)
+                meters = {**optimizer_scalars([*accelerator._optimizers, *sharded_optimizers(accelerator)]),
+                          **({"images_per_second": train.batch_size * timed / step_seconds} if step_seconds > 0 else {}),
+                          "peak_memory_mib": peak_memory_mib(accelerator.device)}
+                step_seconds, timed = 0.0, 0
+            log_file.write(json.dumps({"step": step, **logs, **meters}) + "\n")
             bad = nonfinite(logs)
             out_of_time = (train.time_limit_minutes is not None
                            and time.time() - start_time > 60 * train.time_limit_minutes)
@@ -112,7 +123,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                 log_file.flush()
                 raise _diverged(out, step, f"non-finite {', '.join(bad) or 'loss on another process'} for "
                                            f"{bad_steps} consecutive steps")
-            shown |= logs
+            shown |= logs | meters
             done = step + 1
             if clock.due(done, horizon):
                 now, first = time.time(), clock.last_fit is None
@@ -123,7 +134,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                 bar.refresh()
             if done % train.log_every == 0:
                 log_file.flush()
-                bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if k not in meters})  # the losses
                 accelerator.log(shown, step=done)
             if done % train.sample_every == 0:  # every process: a sharded student samples on all of them
                 save_samples(out / "samples" / f"step_{done:08d}.png")

@@ -35,6 +35,7 @@ from ..schedules import RectifiedFlow, flow_shift
 from .draw import Draw
 from .ema import ShardedEMA
 from .horizon import Horizon, lr_factor
+from .meters import name_optimizer, record_grad_norm
 from .resume import CONFIG_FILE, HORIZON_KEYS, apply_settings, record_resume, remember_settings
 from .sections import DataConfig, LRSchedule, TrainConfig
 
@@ -370,11 +371,12 @@ def trainable_params(*modules: torch.nn.Module | None) -> list[torch.nn.Paramete
 def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tuple[float, float],
                    weight_decay: float = 0.0, warmup_steps: int = 0, eps: float = 1e-8,
                    schedule: LRSchedule = "constant", total_steps: int | Horizon | None = None,
-                   steps_per_update: int = 1):
+                   steps_per_update: int = 1, name: str = "student"):
     """AdamW after a linear warm-up over `warmup_steps` (this optimiser's own steps), then a constant
     learning rate or a linear / cosine decay to zero at `total_steps`: a number of this optimiser's steps,
     or the run's `Horizon` (training steps; the optimiser steps once every `steps_per_update` of them), which
-    the loop may fit to the time limit."""
+    the loop may fit to the time limit. `name`: the role it trains, which its logged rate and gradient norm are
+    named after (`meters`: `lr_<name>`, `grad_norm_<name>`)."""
     if schedule not in get_args(LRSchedule):
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {get_args(LRSchedule)}")
     own = ((lambda: -(-total_steps.total // steps_per_update)) if isinstance(total_steps, Horizon)
@@ -387,6 +389,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], *, lr: float, betas: tu
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, warmup_steps=warmup_steps, total_steps=own,
                                                                   anchors=anchors))
     remember_settings(opt, sched, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)  # for a resume
+    name_optimizer(opt, name)
     return opt, sched
 
 
@@ -436,7 +439,10 @@ def update(accelerator: Accelerator, params: list[torch.nn.Parameter], opt, sche
             if p.grad is not None:
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
     if grad_clip is not None:
-        accelerator.clip_grad_norm_(params, grad_clip)
+        norm = accelerator.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    record_grad_norm(opt, norm)  # logged as grad_norm_<name> (before clipping)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
