@@ -48,3 +48,30 @@ def test_a_signal_finishes_the_step_checkpoints_it_and_exits_128_plus_the_signal
     assert stop.value.code == 128 + sig and finished == [0, 1]
     assert (tmp_path / "checkpoints" / "step_00000002").is_dir()
     assert signal.getsignal(sig) == previous  # the loop's handlers are gone once it stops
+
+
+def test_the_trackers_get_the_project_the_run_name_and_every_setting_as_a_typed_hyperparameter(
+        tmp_path, monkeypatch, fresh_accelerate_state):
+    """`train.project` and `train.run_name` (null: the recipe's name, the output folder's), and the config as one
+    dotted key per setting with numbers kept numbers: what TensorBoard's hparams and W&B compare runs on; the
+    scalars go to the trackers at `log_every` (the losses with `training.meters`' rates, speed and memory)."""
+    from accelerate import Accelerator
+
+    calls, logged = [], []
+    monkeypatch.setattr(Accelerator, "init_trackers", lambda self, project, config=None, init_kwargs=None:
+                        calls.append((project, config, init_kwargs)))
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, **kw: logged.append((step, dict(values))))
+    config = {"train": {"max_steps": 2, "seed": 0, "overwrite": False, "mixed_precision": "auto",
+                        "time_limit_minutes": None}, "loss": {"betas": [0.0, 0.99]}}
+    for project, run_name, out in ((None, None, tmp_path / "run_a"), ("distill", "sd15-try-3", tmp_path / "run_b")):
+        out.mkdir()
+        train = TrainConfig(max_steps=2, time_limit_minutes=None, output_dir=str(out), checkpoint_every=1000,
+                            sample_every=1000, batch_size=4, log_every=2, project=project, run_name=run_name)
+        loop.train_loop(Accelerator(cpu=True), train, name="dmd2", start_step=0, start_time=0.0,
+                        step_fn=lambda draw, step: {"loss": 1.0 + step}, save_samples=lambda path: None, config=config)
+    assert [(p, k["wandb"]["name"]) for p, _, k in calls] == [("dmd2", "run_a"), ("distill", "sd15-try-3")]
+    assert calls[0][1] == {"train.max_steps": 2, "train.seed": 0, "train.overwrite": False,
+                           "train.mixed_precision": "auto", "train.time_limit_minutes": "None",
+                           "loss.betas": "[0.0, 0.99]"}
+    step, values = logged[0]
+    assert step == 2 and values["loss"] == 2.0 and values["peak_memory_mib"] > 0 and values["images_per_second"] > 0

@@ -669,6 +669,10 @@ MUTANTS = [
            "    record_grad_norm(opt, norm)  # logged", "    record_grad_norm(opt, norm.clamp(max=grad_clip or 1e30))  # logged",
            ("tests/test_dmd2_recipe.py::test_the_log_holds_each_optimisers_rate_and_gradient_norm_the_speed_and_the_memory",),
            "the logged gradient norm is the clipped one"),
+    Mutant("trackers_project_ignored", "stepdistill/training/loop.py",
+           "accelerator.init_trackers(train.project or name,", "accelerator.init_trackers(name,",
+           ("tests/test_training_loop.py::test_the_trackers_get_the_project_the_run_name_and_every_setting_as_a_typed_hyperparameter",),
+           "train.project never reaches the trackers"),
 ]
 
 def scratch_copy(dest: Path) -> None:

@@ -89,7 +89,8 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
     short warns."""
     out = Path(train.output_dir)
     horizon = horizon or Horizon(train.max_steps)
-    accelerator.init_trackers(name, config={k: str(v) for k, v in (config or {}).items()})
+    accelerator.init_trackers(train.project or name, config=tracker_config(config or {}),
+                              init_kwargs={"wandb": {"name": train.run_name or out.name}})
     bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=horizon.total,
                desc=name, disable=not accelerator.is_main_process)
     # Fit the horizon to the time limit from this run's speed (a resumed run keeps its checkpoint's).
@@ -165,6 +166,14 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                     warnings.warn(_stopped_early(train, horizon, done, start_step), stacklevel=2)
                 break
     return done
+
+
+def tracker_config(config: dict) -> dict[str, int | float | str | bool]:
+    """The run's config as the trackers' hyperparameters: one dotted key per setting (`train.max_steps`), numbers
+    and flags as they are (TensorBoard's hparams and W&B compare runs on them), anything else as text."""
+    from .resume import flatten
+
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
 
 
 def _fit(accelerator: Accelerator, horizon: Horizon, train: TrainConfig, *, done: int, seconds_per_step: float,

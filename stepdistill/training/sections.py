@@ -53,6 +53,10 @@ class TrainConfig:
     time_limit_minutes: Optional[float] = None
     output_dir: str = "outputs/run"
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    # The trackers' project (TensorBoard: OUTPUT/<project>/; W&B: the project) and run name (W&B's); null: the
+    # recipe's name, and the output folder's name.
+    project: Optional[str] = None
+    run_name: Optional[str] = None
     # Divergence guard: this many consecutive steps with a non-finite loss stop the run (non-zero exit),
     # keeping the last good checkpoint; a checkpoint or export of non-finite weights is never written.
     max_nonfinite_steps: int = 3
