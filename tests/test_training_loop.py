@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from stepdistill.training import loop
 from stepdistill.training.sections import TrainConfig
@@ -75,3 +76,31 @@ def test_the_trackers_get_the_project_the_run_name_and_every_setting_as_a_typed_
                            "loss.betas": "[0.0, 0.99]"}
     step, values = logged[0]
     assert step == 2 and values["loss"] == 2.0 and values["peak_memory_mib"] > 0 and values["images_per_second"] > 0
+
+
+def test_the_sample_grid_decodes_its_latents_a_few_at_a_time_and_only_where_it_is_written(tmp_path):
+    """80 latents decoded by a 512-1024 px VAE in one call need tens of GiB: the grid decodes `DECODE_BATCH` at a
+    time, in order, and a process that does not write the grid decodes nothing."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from stepdistill.training.final import DECODE_BATCH, save_samples
+
+    decoded = []
+
+    def decode(z):
+        decoded.append(len(z))
+        return z[:, :1].repeat(1, 3, 2, 2).clamp(-1, 1)  # 8x8 latents -> 16x16 RGB, each sample its own value
+
+    sampled = torch.linspace(-1, 1, 80).view(80, 1, 1, 1).repeat(1, 4, 8, 8)
+    student = SimpleNamespace(conditioner=SimpleNamespace(num_classes=10), device=torch.device("cpu"), members=(),
+                              space=SimpleNamespace(decode=decode), sample=lambda labels, g: sampled[:len(labels)])
+    save_samples(student, tmp_path / "none.png", write=False)
+    assert decoded == [] and not (tmp_path / "none.png").exists()
+    save_samples(student, tmp_path / "grid.png")
+    assert sum(decoded) == 80 and max(decoded) <= DECODE_BATCH
+    grid = torch.tensor(list(Image.open(tmp_path / "grid.png").convert("L").getdata()), dtype=torch.float32)
+    grid = grid.view(8 * 17 + 1, 10 * 17 + 1)
+    corners = grid[1::17, 1::17][:8, :10].flatten() / 255  # each cell's first pixel, row-major: sample i
+    torch.testing.assert_close(corners, sampled[:, 0, 0, 0] * 0.5 + 0.5, atol=1 / 255, rtol=0)  # in order

@@ -673,6 +673,10 @@ MUTANTS = [
            "accelerator.init_trackers(train.project or name,", "accelerator.init_trackers(name,",
            ("tests/test_training_loop.py::test_the_trackers_get_the_project_the_run_name_and_every_setting_as_a_typed_hyperparameter",),
            "train.project never reaches the trackers"),
+    Mutant("sample_grid_decoded_at_once", "stepdistill/training/final.py",
+           "for part in x.split(DECODE_BATCH)", "for part in [x]",
+           ("tests/test_training_loop.py::test_the_sample_grid_decodes_its_latents_a_few_at_a_time_and_only_where_it_is_written",),
+           "the sample grid's 80 latents decoded in one VAE call"),
 ]
 
 def scratch_copy(dest: Path) -> None:

@@ -21,6 +21,9 @@ from .loop import DivergenceError, nonfinite
 from .sections import EvalConfig, ExportConfig
 
 
+DECODE_BATCH = 8  # latents the sample grid decodes at once
+
+
 def save_samples(student: AnyStudent, path: Path, *, write: bool = True) -> None:
     """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise, saved where `write` (the main
     process). Every process calls it: a sharded student (`sharding`) samples on all of them, for each of its passes
@@ -32,9 +35,11 @@ def save_samples(student: AnyStudent, path: Path, *, write: bool = True) -> None
 
     columns = max(1, min(student.conditioner.num_classes, 10))
     labels = torch.arange(columns).repeat(8).to(student.device)
-    x = student.images(labels, torch.Generator().manual_seed(0))
+    x = student.sample(labels, torch.Generator().manual_seed(0))
     if not write:
         return
+    # decoded a few at a time: a VAE decoding 80 latents at 512-1024 px in one call needs tens of GiB
+    x = torch.cat([student.space.decode(part) for part in x.split(DECODE_BATCH)])
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(x * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
 
