@@ -280,3 +280,16 @@ def test_a_multistep_flow_export_runs_the_students_sampler(cache, tmp_path):
         x0 = gen(0.5 * x0 + 0.5 * torch.randn(1, *space.shape), 0.5, **cond)
         expected = space.decode(x0) * 0.5 + 0.5
     torch.testing.assert_close(images, expected, atol=3e-3, rtol=0)
+
+
+def test_data_embedding_cache_mib_bounds_the_text_conditioners_cache(cache, tmp_path):
+    """The key reaches the conditioner `setup_data` builds (its test of eviction: tests/test_conditioning.py)."""
+    from stepdistill.training import DataConfig, setup_data
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\na cat\n")
+    teacher = load_teacher(cache / "tiny-sdxl")
+    for mib in (4096.0, 0.25):
+        conditioner, _, _ = setup_data(DataConfig(prompts=str(prompts), embedding_cache_mib=mib), teacher, "cpu",
+                                       need_images=False)
+        assert conditioner.cache_bytes_limit == int(mib * 2**20)
