@@ -45,7 +45,7 @@ from stepdistill.samplers import ddim_step, heun_step
 from stepdistill.schedules import VPDiscrete
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup,
-                                  TrainConfig, accumulate, check_optim, cli, make_ema, make_optimizer, run_recipe,
+                                  TrainConfig, accumulate, check_optim, cli, make_optimizer, run_recipe,
                                   trainable_params, update)
 
 NAME = "consistency_distill"
@@ -253,7 +253,7 @@ def setup(cfg: ConsistencyDistillConfig) -> Run:
     generator, opt, sched = s.prepare(generator, opt, sched)
     if target is not None and cfg.model.lora_rank is None:  # a LoRA target lives in the checkpointed network
         s.accelerator.register_for_checkpointing(target)
-    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
+    ema = s.ema_of(generator, cfg.train.ema_decay)
     trajectories = None
     if cfg.loss.states == "teacher":
         solved_at = CFGDenoiser(teacher, lcm_guidance_to_cfg(cfg.loss.w_min))

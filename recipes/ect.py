@@ -36,7 +36,7 @@ from stepdistill.roles import Generator, make_generator
 from stepdistill.schedules import VPDiscrete, time_grid
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup,
-                                  TrainConfig, accumulate, check_optim, cli, make_ema, make_optimizer, run_recipe,
+                                  TrainConfig, accumulate, check_optim, cli, make_optimizer, run_recipe,
                                   trainable_params, update)
 
 NAME = "ect"
@@ -150,7 +150,7 @@ def setup(cfg: ECTConfig) -> Run:
     opt, sched = make_optimizer(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                                 warmup_steps=o.warmup_steps, schedule=o.lr_schedule, total_steps=s.horizon)
     generator, opt, sched = s.prepare(generator, opt, sched)
-    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
+    ema = s.ema_of(generator, cfg.train.ema_decay)
     return Run(cfg=cfg, setup=s, sigma_min=sigma_min, sigma_max=sigma_max, generator=generator, opt=opt,
                sched=sched, ema=ema)
 

@@ -34,7 +34,7 @@ from stepdistill.roles import make_fake_score, make_generator, make_real_score
 from stepdistill.time_sampling import DiscreteRange, FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, Setup, TrainConfig, check_optim,
-                                  accumulate, check_step_range, cli, make_ema, make_optimizer, one_step_timesteps,
+                                  accumulate, check_step_range, cli, make_optimizer, one_step_timesteps,
                                   run_recipe, trainable_params, update)
 
 NAME = "swiftbrush"
@@ -127,7 +127,7 @@ def setup(cfg: SwiftBrushConfig) -> Run:
                                     weight_decay=o.weight_decay, warmup_steps=o.warmup_steps, name="fake_score")
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
+    ema = s.ema_of(generator, cfg.train.ema_decay)
     return Run(cfg=cfg, setup=s, ts=ts, real_score=make_real_score(teacher), fake_score=fake_score,
                generator=generator, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g, sched_f=sched_f, ema=ema)
 

@@ -39,7 +39,7 @@ from stepdistill.samplers import SamplerName
 from stepdistill.time_sampling import UniformTime
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim,
-                                  accumulate, cli, make_ema, make_optimizer, one_step_timesteps, run_recipe, update,
+                                  accumulate, cli, make_optimizer, one_step_timesteps, run_recipe, update,
                                   trainable_params)
 
 NAME = "tadsr"
@@ -139,7 +139,7 @@ def setup(cfg: TADSRConfig) -> Run:
                                         weight_decay=o.weight_decay, warmup_steps=o.warmup_steps,
                                         name="discriminator")
         head, opt_d, sched_d = s.prepare(head, opt_d, sched_d)
-    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
+    ema = s.ema_of(generator, cfg.train.ema_decay)
     pairs = make_ode_pairs(CFGDenoiser(teacher, 1.0), s.schedule, s.conditioner, s.shape, n=loss.regression_pairs,
                            sampler=loss.regression_sampler, nfe=loss.regression_nfe, seed=cfg.train.seed,
                            accelerator=s.accelerator, cache=s.cache("teacher_outputs"),

@@ -32,7 +32,7 @@ from stepdistill.roles import make_generator, make_real_score
 from stepdistill.time_sampling import FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim,
-                                  accumulate, cli, make_ema, make_optimizer, one_step_timesteps, run_recipe, update,
+                                  accumulate, cli, make_optimizer, one_step_timesteps, run_recipe, update,
                                   trainable_params)
 
 NAME = "yonos"
@@ -107,7 +107,7 @@ def setup(cfg: YONOSConfig) -> Run:
     opt, sched = make_optimizer(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                                 warmup_steps=o.warmup_steps)
     student, opt, sched = s.prepare(student, opt, sched)
-    ema = make_ema(trainable_params(s.unwrap(student)), cfg.train.ema_decay, s.accelerator)
+    ema = s.ema_of(student, cfg.train.ema_decay)
     return Run(cfg=cfg, setup=s, ts=ts, teacher=make_real_score(s.teacher), student=student, condition=condition,
                opt=opt, sched=sched, ema=ema)
 

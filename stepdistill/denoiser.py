@@ -291,6 +291,5 @@ class Denoiser(nn.Module):
         if not captured:
             raise RuntimeError("the bottleneck hook did not fire")
         if out is not None and torch.is_grad_enabled():
-            out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
-            return captured[0].float() + 0.0 * out.float().sum()
+            return captured[0].float() + 0.0 * network_output(out).float().sum()
         return captured[0].float()

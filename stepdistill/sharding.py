@@ -40,6 +40,8 @@ def wanted(accelerator) -> bool:
 
 
 def is_sharded(module: nn.Module | None) -> bool:
+    """It holds an FSDP unit (its weights are not a reliable sign: between a unit's forward and its reshard they
+    are its gathered, plain tensors)."""
     from torch.distributed.fsdp import FSDPModule
 
     return module is not None and any(isinstance(m, FSDPModule) for m in module.modules())
@@ -175,10 +177,11 @@ class ShardedState:
             set_optimizer_state_dict(self.roles, opt, saved, options=whole)
 
 
-def sharded_optimizers(accelerator) -> list[torch.optim.Optimizer]:
-    """The optimisers of sharded roles, which accelerate does not hold."""
-    return [o for obj in getattr(accelerator, "_custom_objects", ()) if isinstance(obj, ShardedState)
-            for o in obj.optimizers]
+def all_optimizers(accelerator) -> list:
+    """Every optimiser of the run: accelerate's prepared ones, then the sharded roles' (which accelerate does not
+    hold)."""
+    return [*accelerator._optimizers, *(o for obj in getattr(accelerator, "_custom_objects", ())
+                                        if isinstance(obj, ShardedState) for o in obj.optimizers)]
 
 
 def prepare(accelerator, *objects):

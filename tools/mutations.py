@@ -640,7 +640,7 @@ MUTANTS = [
            "the SR benchmark skips the SR students"),
     # FSDP over CPU processes (stepdistill/sharding.py)
     Mutant("fsdp_bottleneck_root_out_of_graph", "stepdistill/denoiser.py",
-           "return captured[0].float() + 0.0 * out.float().sum()", "return captured[0].float()",
+           "return captured[0].float() + 0.0 * network_output(out).float().sum()", "return captured[0].float()",
            (f"{SHARDING}::test_a_sharded_frozen_networks_bottleneck_backpropagates_as_the_whole_one",),
            "a sharded network's final output left out of the GAN features' graph: its own weights are freed before "
            "the second backward"),

@@ -36,7 +36,7 @@ from ..samplers import SamplerName, backward_simulation
 from ..time_sampling import DiscreteRange, FakeTimes, UniformTime, fake_score_times
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import Setup, accumulate, check_optim, check_step_range, make_ema, make_optimizer, trainable_params, update
+from .setup import Setup, accumulate, check_optim, check_step_range, make_optimizer, trainable_params, update
 
 @dataclass
 class ModelConfig:
@@ -214,8 +214,7 @@ def build(cfg, s: Setup, ts: torch.Tensor, *, generator: torch.nn.Module | None 
     else:  # prepared by the student that built them
         opt_f, sched_f = share_fake_with.opt_f, share_fake_with.sched_f
         generator, opt_g, sched_g = s.prepare(generator, opt_g, sched_g)
-    # the weights the optimiser steps (accelerate's FSDP replaces them in `prepare`)
-    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, accelerator)
+    ema = s.ema_of(generator, cfg.train.ema_decay)
     gan_weight = GANWeight(cfg.loss.gan_generator_weight, cfg.loss.gan_balance)
     accelerator.register_for_checkpointing(gan_weight)
     pairs = None

@@ -29,7 +29,7 @@ from ..networks import trainable
 from ..roles import make_fake_score, make_generator, make_real_score
 from .draw import Draw
 from .sections import LRSchedule
-from .setup import (Setup, accumulate, check_optim, check_step_range, make_ema, make_optimizer, one_step_timesteps,
+from .setup import (Setup, accumulate, check_optim, check_step_range, make_optimizer, one_step_timesteps,
                     trainable_params, update)
 
 
@@ -126,8 +126,7 @@ def setup(cfg) -> Run:
                                     weight_decay=o.weight_decay, name="fake_score", **decay)
     generator, fake_score, opt_g, opt_f, sched_g, sched_f = s.prepare(
         generator, fake_score, opt_g, opt_f, sched_g, sched_f)
-    # the weights the optimiser steps (accelerate's FSDP replaces them in `prepare`)
-    ema = make_ema(trainable_params(s.unwrap(generator)), cfg.train.ema_decay, s.accelerator)
+    ema = s.ema_of(generator, cfg.train.ema_decay)
     return Run(cfg=cfg, setup=s, ts=ts, real=CFGDenoiser(
         make_real_score(teacher, gradient_checkpointing=cfg.model.gradient_checkpointing), cfg.loss.guidance),
                fake_score=fake_score, generator=generator, opt_g=opt_g, opt_f=opt_f, sched_g=sched_g,

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import checkpoint_dirs, save_checkpoint
 from ..ops import fused_losses_record
-from ..sharding import sharded_optimizers
+from ..sharding import all_optimizers
 from .draw import Draw
 from .horizon import FitClock, Horizon
 from .meters import optimizer_scalars, peak_memory_mib
@@ -106,7 +106,7 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
             step_seconds, timed = step_seconds + time.time() - began, timed + 1
             meters = {}
             if (step + 1) % train.log_every == 0:  # rates, gradient norms, speed and memory (`meters`)
-                meters = {**optimizer_scalars([*accelerator._optimizers, *sharded_optimizers(accelerator)]),
+                meters = {**optimizer_scalars(all_optimizers(accelerator)),
                           **({"images_per_second": train.batch_size * timed / step_seconds} if step_seconds > 0 else {}),
                           "peak_memory_mib": peak_memory_mib(accelerator.device)}
                 step_seconds, timed = 0.0, 0

@@ -122,10 +122,10 @@ def apply_settings(accelerator) -> list[dict]:
     """Set every prepared (or sharded, `sharding`) optimiser's learning rate, betas, weight decay and eps, and its scheduler's base
     rate, to the values this run was configured with; the learning rate resumes at the schedule's factor
     for the restored step. Returns each optimiser's applied settings (for the resume record and tests)."""
-    from ..sharding import sharded_optimizers
+    from ..sharding import all_optimizers
 
     applied = []
-    for wrapped in [*accelerator._optimizers, *sharded_optimizers(accelerator)]:
+    for wrapped in all_optimizers(accelerator):
         opt = getattr(wrapped, "optimizer", wrapped)
         settings = _SETTINGS.get(opt)
         if settings is None:

@@ -83,6 +83,11 @@ class Setup:
         their optimisers are checkpointed whole, not wrapped in DDP)."""
         return sharding.prepare(self.accelerator, *objects)
 
+    def ema_of(self, module: torch.nn.Module, decay: float | None) -> EMAModel | None:
+        """`make_ema` over a prepared role's trainable weights as they are after `prepare` (accelerate's FSDP replaces
+        them there; an EMA of the weights before would never move)."""
+        return make_ema(trainable_params(self.unwrap(module)), decay, self.accelerator)
+
     def unwrap(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
         """A prepared module without its DDP wrapper (and `torch.compile`'s): for passes whose weights take no
         gradient (DDP must not wait for them), for sampling and for its weights' own names."""
