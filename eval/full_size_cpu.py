@@ -380,7 +380,7 @@ def dmd2_passes(run, seed: int = 12345) -> tuple[dict, object]:
     t_f = draw.times(dmd.fake_score_times(cfg.loss.fake_times), schedule)
     x_f = schedule.add_noise(x, draw.randn(*shape), t_f)
     weight = dmd.native_loss_weight(s.teacher.prediction_type, schedule.alpha(t_f), schedule.sigma(t_f))
-    real_images, real_labels = draw.real(s.dataset)
+    real_images, real_labels = draw.real(s.real)
     with torch.no_grad():
         real = s.space.encode(real_images)
     fake_labels = labels if real_labels is not None else torch.full_like(labels, -1)
@@ -464,7 +464,7 @@ def lcm_passes(run, seed: int = 12345) -> tuple[dict, object]:
     level = draw.index(len(run.grid) - 1).to(s.device)
     level = torch.clamp(level, min=1)  # off the boundary pair, so the target pass counts (as at 49 of 50 levels)
     w = lo.w_min + (lo.w_max - lo.w_min) * draw.rand()
-    images, labels = draw.real(s.dataset)
+    images, labels = draw.real(s.real)
     labels = labels if labels is not None else draw.labels(s.conditioner)
     grid = run.grid.to(s.device)
     start, end = grid[level + 1], grid[level]

@@ -293,7 +293,7 @@ def states(run: Run, draw: Draw, level: torch.Tensor, w: torch.Tensor):
         which = draw.index(len(run.trajectories))
         x, x_prev = run.trajectories.pair(which, level)
         return run.trajectories.labels[which.to(s.device)], x.to(s.device), x_prev.to(s.device)
-    images, labels = draw.real(s.dataset)
+    images, labels = draw.real(s.real)
     labels = labels if labels is not None else draw.labels(s.conditioner)
     x = s.schedule.add_noise(s.space.encode(images), draw.randn(*s.shape), start.float())
     with torch.no_grad():

@@ -184,7 +184,7 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
 
 def ect_loss(run: Run, draw: Draw, step: int) -> tuple[torch.Tensor, dict[str, float]]:
     cfg, s = run.cfg, run.setup
-    images, labels = draw.real(s.dataset)
+    images, labels = draw.real(s.real)
     labels = labels if labels is not None else draw.labels(s.conditioner)
     x = s.space.encode(images)
     eps = draw.randn(*s.shape)

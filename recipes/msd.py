@@ -141,8 +141,9 @@ def setup(cfg: MSDConfig) -> Run:
     runs: list[dmd.Run] = []
     for student in range(k):
         part = split.part(student)
+        real = part_dataset(s.dataset, part)  # the GAN's real images: those of the student's classes
         view = replace(s, accelerator=local, conditioner=PartConditioner(s.conditioner, part),
-                       dataset=part_dataset(s.dataset, part), cache_suffix=f"_student{student}",
+                       dataset=real, real=s.real and s.real.over(real), cache_suffix=f"_student{student}",
                        identity={**s.identity, "part": ",".join(map(str, part))})
         shared = runs[0] if runs and cfg.model.fake_score == "shared" else None
         generator = None
@@ -173,7 +174,7 @@ def tsm_step(run: Run, sub: dmd.Run, draw: Draw, student: int) -> dict[str, floa
 
 def tsm_loss(sub: dmd.Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]]:
     s = sub.setup
-    real, labels = draw.real(s.dataset)
+    real, labels = draw.real(s.real)
     labels = labels if labels is not None else draw.labels(s.conditioner)  # uncaptioned images: its prompts
     x0 = s.space.encode(real)
     t = draw.times(fake_score_times("teacher"), s.schedule)

@@ -220,7 +220,7 @@ def discriminator_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tens
     """4. Time-aware GAN, discriminator side: real HR patches (with their own LR images) against x."""
     s = run.setup
     schedule, conditioner, shape = s.schedule, s.conditioner, s.shape
-    real, real_labels = draw.real(s.dataset)
+    real, real_labels = draw.real(s.real)
     t, frac = gan_times(run, draw)
     t2, frac2 = torch.cat([t, t]), torch.cat([frac, frac])  # each pair judged at one level
     noise = torch.cat([draw.randn(*shape), draw.randn(*shape)])

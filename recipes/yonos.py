@@ -125,7 +125,7 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
 def regression_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]]:
     """The student, given the harder LR image, regresses the teacher's x0 given the easier one, at the same x_t."""
     s = run.setup
-    real, labels = draw.real(s.dataset)  # HR images; labels index them (their own LR copies)
+    real, labels = draw.real(s.real)  # HR images; labels index them (their own LR copies)
     t = draw.times(fake_score_times(run.cfg.loss.times), s.schedule)
     x_t = s.schedule.add_noise(real, draw.randn(*s.shape), t)
     with torch.no_grad():

@@ -73,25 +73,29 @@ class TextConditioner:
         """The pipeline call's own arguments (Flux's embedded guidance, the prompt length, the image size)."""
         return self.encoder.call_options()
 
-    def __init__(self, prompts: list[str], encoder, *, device="cpu", cache_mib: float = 4096.0):
+    def __init__(self, prompts: list[str], encoder, *, device="cpu", cache_mib: float = 4096.0,
+                 captions: list[str] | None = None):
+        """`prompts`: what the generator is trained on (labels 0..len - 1); `captions`: the real images' own (label
+        `caption_offset + i` is caption i; `data.paired`)."""
         if not prompts:
             raise ValueError("TextConditioner needs at least one prompt")
         if not cache_mib > 0:
             raise ValueError(f"data.embedding_cache_mib={cache_mib} must be > 0")
         self.prompts, self.encoder, self.device = prompts, encoder, torch.device(device)
-        self.num_classes = len(prompts)
+        self.captions = list(captions or [])
+        self.num_classes = self.caption_offset = len(prompts)
         self._cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()  # least recently used first
         self._cache_bytes, self.cache_bytes_limit = 0, int(cache_mib * 2**20)
         check = getattr(encoder, "warn_if_cut", None)
         if check is not None:  # the whole prompt list at once: one warning, and prompts cut into one found
-            check(prompts)
+            check(prompts + self.captions)
         self.null = {k: v[0] for k, v in encoder.null().items()}
 
     def rows(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each label's encoded prompt, stacked: {name: (B, ...)} in float32 on `labels`' device."""
         wanted = [int(i) for i in labels.tolist()]
         missing = sorted({i for i in wanted if i >= 0 and i not in self._cache})
-        encoded = self.encoder.encode([self.prompts[i] for i in missing]) if missing else {}
+        encoded = self.encoder.encode([self.text(i) for i in missing]) if missing else {}
         fresh = {i: {k: v[j].half().cpu() for k, v in encoded.items()} for j, i in enumerate(missing)}
         picked = [self.null if i < 0 else fresh.get(i) or self._cache[i] for i in wanted]
         for i in dict.fromkeys(i for i in wanted if i >= 0):  # this batch's prompts become the most recent
@@ -104,6 +108,10 @@ class TextConditioner:
             _, gone = self._cache.popitem(last=False)
             self._cache_bytes -= sum(t.nbytes for t in gone.values())
         return {k: torch.stack([p[k].float().to(labels.device) for p in picked]) for k in self.null}
+
+    def text(self, label: int) -> str:
+        """The prompt or caption a label stands for."""
+        return self.prompts[label] if label < self.caption_offset else self.captions[label - self.caption_offset]
 
     def embeddings(self, labels: torch.Tensor) -> torch.Tensor:
         """The prompts' token states (B, L, D): what every family's cross-attention reads."""

@@ -61,7 +61,7 @@ def test_distillation_step_is_lcm_s_loss_and_moves_the_ema_target(metric, digits
     d = Draw(s.accelerator, 16, seed=0, step=0)
     level = d.index(50)
     d.rand()  # w (0 here)
-    images, labels = d.real(s.dataset)
+    images, labels = d.real(s.real.over(s.dataset))
     start, end = grid[level + 1], grid[level]
     x = teacher.schedule.add_noise(images, d.randn(1, 16, 16), start.float())
     cond = {"class_labels": labels}
@@ -132,7 +132,7 @@ def test_ect_step_is_the_official_loss_with_shared_noise(digits_like_teacher, tm
     teacher = load_teacher(digits_like_teacher)
     den, sched = teacher.denoiser(), teacher.schedule
     d = Draw(s.accelerator, 16, seed=0, step=0)
-    images, labels = d.real(s.dataset)
+    images, labels = d.real(s.real.over(s.dataset))
     eps = d.randn(1, 16, 16)
     sigma_min = float(sched.ratio(torch.tensor(0.0, dtype=torch.float64)))
     sigma_t = torch.exp(-1.1 + 2.0 * d.randn()).clamp(sigma_min * 1.0001, 80.0)

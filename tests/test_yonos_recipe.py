@@ -33,7 +33,7 @@ def test_the_x4_student_regresses_the_x2_teachers_prediction_at_the_same_noisy_i
     assert s.conditioner.scale == 2 and run.condition.scale == 4
     # replay the step's draws: real images, levels, noise
     draw = Draw(s.accelerator, 4, 0, 0)
-    real, labels = draw.real(s.dataset)
+    real, labels = draw.real(s.real.over(s.dataset))
     t = draw.times(fake_score_times("teacher"), s.schedule)
     x_t = s.schedule.add_noise(real, draw.randn(*s.shape), t)
     hard, easy = run.condition.cond(labels)["concat"], s.conditioner.cond(labels)["concat"]

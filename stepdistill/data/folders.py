@@ -31,18 +31,44 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def decoded(file, channels: Literal[3, 1] = 3) -> Image.Image:
+    """An image (a path or a binary file object), upright (EXIF rotation applied), as RGB or L, every pixel decoded."""
+    with Image.open(file) as im:
+        im = ImageOps.exif_transpose(im)  # camera JPEGs store rotation in EXIF
+        return im.convert("RGB" if channels == 3 else "L")
+
+
 def read_image(path: Path, channels: Literal[3, 1] = 3) -> Image.Image:
-    """An image file, upright (EXIF rotation applied), as RGB or L; an unreadable one is a `CorruptImageError`."""
+    """`decoded(path)`; an unreadable file is a `CorruptImageError`."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)  # camera JPEGs store rotation in EXIF
-            return im.convert("RGB" if channels == 3 else "L")
+        return decoded(path, channels)
     except Exception as e:  # verify() does not decode pixels, so truncation shows up here
         raise CorruptImageError(f"corrupt image {path}: {e}") from e
 
 
+def square_transform(resolution: int, channels: Literal[3, 1] = 3, *, center_crop: bool = True,
+                     random_flip: bool = False):
+    """PIL image -> (C, r, r) float tensor in [-1, 1]: the shorter side resized to r (Lanczos), a centre or random
+    r x r crop, an optional horizontal flip (diffusers' training scripts' transform). Random crops and flips draw from
+    torch's generator, which the real-image stream seeds per item (`stream.RealStream`)."""
+    from torchvision.transforms import v2
+
+    crop = v2.CenterCrop(resolution) if center_crop else v2.RandomCrop(resolution)
+    return v2.Compose([v2.Resize(resolution, interpolation=v2.InterpolationMode.LANCZOS), crop,
+                       *([v2.RandomHorizontalFlip()] if random_flip else []),
+                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize([0.5] * channels, [0.5] * channels), _PlainTensor()])
+
+
+class _PlainTensor(torch.nn.Module):
+    """torchvision's `Image` tensor subclass -> a plain tensor (what collation and the networks expect)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.as_subclass(torch.Tensor).contiguous()
+
+
 @contextlib.contextmanager
-def _strict_decoding() -> Iterator[None]:
+def strict_decoding() -> Iterator[None]:
     """PIL's `LOAD_TRUNCATED_IMAGES` off for the block (another library may have set it): truncation is an error."""
     before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -76,7 +102,7 @@ def find_corrupt(paths: list[Path], channels: Literal[3, 1] = 3, *, desc: str = 
     from tqdm.auto import tqdm
 
     workers = min(8, os.cpu_count() or 1) if len(paths) > 16 else 1
-    with _strict_decoding(), tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < PROGRESS_FROM,
+    with strict_decoding(), tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < PROGRESS_FROM,
                                   leave=False) as bar:
         def check(path: Path) -> str | None:
             reason = _decode_error(path, channels)
@@ -109,6 +135,8 @@ class ImageFolder(Dataset):
     `verify`: decode every image at construction; a file that does not decode is a `CorruptImageError` naming it,
     or, with `skip_corrupt`, is left out (one warning gives the count and the first names)."""
 
+    reads_files = True  # decoded in loader workers (`stream.RealStream`)
+
     def __init__(
         self,
         root: str | Path,
@@ -130,7 +158,7 @@ class ImageFolder(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder is not a directory: {self.root}")
         self.resolution, self.channels = resolution, channels
-        self.center_crop, self.random_flip = center_crop, random_flip
+        self.transform = square_transform(resolution, channels, center_crop=center_crop, random_flip=random_flip)
 
         # A class is a sub-folder with images anywhere below it (walked once: folders can be large).
         per_dir = {d: _find_images(d) for d in sorted(self.root.iterdir()) if d.is_dir()}
@@ -192,25 +220,7 @@ class ImageFolder(Dataset):
         return read_image(path, self.channels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        im = self._load(self.paths[index])
-        r = self.resolution
-        w, h = im.size
-        scale = r / min(w, h)
-        # max(r, ...) guards against rounding the shorter side to r - 1.
-        size = (max(r, round(w * scale)), max(r, round(h * scale)))
-        im = im.resize(size, Image.Resampling.LANCZOS)
-        if self.center_crop:
-            left, top = (size[0] - r) // 2, (size[1] - r) // 2
-        else:  # torch RNG, so DataLoader's per-worker seeding applies
-            left = int(torch.randint(0, size[0] - r + 1, ()))
-            top = int(torch.randint(0, size[1] - r + 1, ()))
-        im = im.crop((left, top, left + r, top + r))
-        x = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True))
-        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
-        x = x.float().div(127.5).sub(1.0).contiguous()
-        if self.random_flip and bool(torch.rand(()) < 0.5):
-            x = x.flip(-1)
-        item = {"images": x}
+        item = {"images": self.transform(self._load(self.paths[index]))}
         if self.labels is not None:
             item["class_labels"] = torch.tensor(self.labels[index], dtype=torch.long)
         return item

@@ -269,7 +269,7 @@ def fake_score_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor,
     logs = {"loss_fake": loss_fake.item()}
     # 2. Diffusion-GAN discriminator on the fake score's bottleneck: noised real vs noised fake.
     if run.head is not None and gan:
-        real, real_labels = draw.real(s.dataset)
+        real, real_labels = draw.real(s.real)
         real = s.space.encode(real)
         # Real images without labels (an uncaptioned folder): both sides get the null condition, so
         # the discriminator cannot tell them apart by their conditioning.

@@ -1,7 +1,7 @@
 """Randomness for the global batch, sliced per process and per micro-batch.
 
-Every random draw of a step (noise, times, labels, real images) is made for the *global* batch from
-a generator seeded by (seed, step), and each process takes its slice: one and N processes see the
+Every random draw of a step (noise, times, labels) is made for the *global* batch from a generator seeded by
+(seed, step), and each process takes its slice (real images likewise, keyed by (seed, step), `data.stream`): one and N processes see the
 same data, so their runs agree up to reduction order, and a resumed run draws what the
 uninterrupted one would have.
 
@@ -45,6 +45,7 @@ class Draw:
     def __init__(self, accelerator: Accelerator, batch: int, seed: int, step: int, *, passes: int = 1):
         """`batch`: the global batch; `passes`: micro-batches per process (gradient accumulation)."""
         self.acc, self.batch, self.passes, self.k = accelerator, batch, passes, None
+        self.seed, self.step = seed, step
         self.g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         self._micro: tuple[int, int] = (0, 1)  # (this view's micro-batch, of how many)
         self._tape: _Tape | None = None
@@ -111,9 +112,8 @@ class Draw:
         """Indices into a collection of `n` items (CPU), drawn with replacement."""
         return self.local(self.sampled(lambda: torch.randint(0, n, (self.batch,), generator=self.g))).cpu()
 
-    def real(self, dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
-        idx = self.index(len(dataset))
-        items = [dataset[int(i)] for i in idx]
-        labels = torch.stack([it["class_labels"] for it in items]).to(self.acc.device) \
-            if "class_labels" in items[0] else None
-        return torch.stack([it["images"] for it in items]).to(self.acc.device), labels
+    def real(self, stream) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This view's rows of the step's real images and their labels (class labels, caption numbers) or None,
+        from a `data.stream.RealStream` (keyed by this draw's seed, batch and step, not drawn from `self.g`)."""
+        images, labels = self.sampled(lambda: stream.take(self))
+        return self.slice(images), None if labels is None else self.slice(labels)

@@ -77,9 +77,25 @@ class DataConfig:
     # Text-to-image: the encoded prompts kept in CPU memory per process, MiB (the least recently used go first and
     # are encoded again when drawn): about 0.12 MiB a prompt for SD1.5, 4 for Flux's T5 at 512 tokens.
     embedding_cache_mib: float = 4096.0
-    images: Optional[str] = None  # real images (an image folder); the digits teacher uses digits
+    # Real images, from one source: an image folder (class sub-folders are class labels; a metadata.jsonl in it,
+    # diffusers' imagefolder layout, pairs each file with its caption), a Hugging Face dataset (a Hub name or a
+    # save_to_disk folder) or webdataset tar shards (brace patterns: data/{000..127}.tar). A paired source's
+    # captions condition its images (DMD2's GAN, LCM on real images) and, without data.prompts, are the prompts.
+    images: Optional[str] = None  # the digits teacher uses the digits
+    dataset: Optional[str] = None
+    split: str = "train"  # data.dataset's split
+    shards: Optional[str] = None
+    # Paired sources' columns (a shard's member extensions); null: the Image-typed column, else image / img (shards:
+    # jpg, jpeg, png, webp; metadata.jsonl: file_name), and the first of text, caption, prompt, txt.
+    image_column: Optional[str] = None
+    caption_column: Optional[str] = None
+    label_column: Optional[str] = None  # class-conditional teachers: the class label's column (shards: cls)
     image_channels: int = 3
-    # data.images are all decoded at setup; a file that does not decode stops the run there, naming it.
+    center_crop: bool = True  # false: a random square crop of each image (its shorter side resized first)
+    random_flip: bool = False
+    # DataLoader worker processes (per training process) decoding the next steps' real images from files
+    loader_workers: int = 4
+    # Real images are all decoded at setup; a file that does not decode stops the run there, naming it.
     # true: such files are skipped instead (one warning gives the count and the first names).
     skip_corrupt: bool = False
     # Image-conditioned teachers (super-resolution): the real images degraded (`stepdistill.degradations`:

@@ -22,6 +22,8 @@ from ..checkpointing import CACHE_DIR, checkpoint_info, claim_output_dir, load_c
 from ..conditioning import ClassConditioner, LRConditioner, TextConditioner, Unconditional
 from ..prompt_encoders import prompt_encoder
 from ..data import ImageFolder, IndexLabelled, load_prompts
+from ..data.paired import PairedImages, open_source
+from ..data.stream import RealStream
 from ..data.embedded import embedded_dataset
 from ..degradations import Degradation
 from ..distributed import compute_dtype, enable_tf32, make_accelerator
@@ -53,6 +55,7 @@ class Setup:
     space: Any  # PixelSpace | LatentSpace
     shape: tuple[int, ...]  # one sample in the space the networks denoise
     dataset: Optional[Any]  # real images (and labels), or None
+    real: Optional[RealStream] = None  # the dataset's batches for the training draw (`Draw.real`)
     resume_from: Optional[Path]
     output_dir: Path
     identity: dict[str, str]  # what produced the teacher's outputs: teacher and data (`fingerprints.run_identity`)
@@ -117,6 +120,8 @@ class Setup:
                                                  dtype=dtype)
         return cls(accelerator=accelerator, teacher=loaded, conditioner=conditioner, space=space,
                    shape=sample_shape(loaded, conditioner, space), dataset=dataset, resume_from=resume_from,
+                   real=None if dataset is None else RealStream(dataset, workers=data.loader_workers,
+                                                                pin_memory=accelerator.device.type == "cuda"),
                    output_dir=Path(train.output_dir), identity=run_identity(loaded, data),
                    horizon=Horizon(train.max_steps),
                    labelled_real=dataset is not None and "class_labels" in dataset[0])
@@ -233,16 +238,19 @@ def sample_shape(teacher: Teacher, conditioner, space) -> tuple[int, ...]:
 def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool, dtype: torch.dtype = torch.float32):
     """(conditioner, sample space, real-image dataset or None) for the teacher's kind of conditioning:
 
-    - text-to-image (`data.prompts`): prompts (embeddings computed once and cached), the VAE's latents;
-    - class-conditional pixel teachers (class embeddings): class labels;
+    - text-to-image teachers: the prompts of `data.prompts`, else a paired source's captions (embeddings encoded when
+      drawn and cached, `data.embedding_cache_mib`), the VAE's latents; a paired source's images carry their own
+      captions' labels (`TextConditioner.captions`);
+    - class-conditional pixel teachers (class embeddings): class labels (class sub-folders, `data.label_column`);
     - image-conditioned teachers (`data.condition_scale` > 0, super-resolution): each real image's degraded
       low-resolution copy, concatenated to the network input (label i: real image i);
     - unconditional teachers: no condition.
-    Real images come from `data.images`, or the digits for the shipped digits teacher; `need_images`
-    (a GAN, an image condition) makes them mandatory. `dtype`: the text encoders' and the VAE's (mixed precision's
-    compute dtype; the VAE stays float32 under fp16, which overflows it).
+    Real images come from `data.images`, `data.dataset` or `data.shards` (`data.paired`), or the digits for the shipped
+    digits teacher; `need_images` (a GAN, an image condition) makes them mandatory. `dtype`: the text encoders' and
+    the VAE's (mixed precision's compute dtype; the VAE stays float32 under fp16, which overflows it).
     """
     net_cfg = teacher.net.config
+    text = data.prompts is not None or family_of_network(teacher.net).prompt_encoder is not None
     # a super-resolution teacher's folder records its scale (recipes/train_teacher.py); data.condition_scale wins
     condition_scale = data.condition_scale or int(teacher.index.get("sr_scale") or 0)
     if not data.embedding_cache_mib > 0:
@@ -250,22 +258,34 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
                          "each process keeps)")
     if not 0.0 <= data.prompt_dropout < 1.0:
         raise ValueError(f"data.prompt_dropout={data.prompt_dropout} must lie in [0, 1)")
-    if data.prompts is None and data.resolution is not None:
-        raise ValueError(f"data.resolution={data.resolution} applies to text-to-image teachers (set data.prompts); "
+    if data.loader_workers < 0:
+        raise ValueError(f"data.loader_workers={data.loader_workers} must be >= 0 (0: load in the training process)")
+    if not text and data.resolution is not None:
+        raise ValueError(f"data.resolution={data.resolution} applies to text-to-image teachers; "
                          "a pixel teacher's resolution is its network's")
-    if data.embedded_guidance is not None and not (data.prompts is not None
-                                                   and teacher.net.config.get("guidance_embeds")):
+    if data.embedded_guidance is not None and not (text and teacher.net.config.get("guidance_embeds")):
         raise ValueError(f"data.embedded_guidance={data.embedded_guidance} applies to text-to-image teachers that "
                          "embed the guidance scale (Flux-dev); this teacher does not")
-    if data.prompts is not None:
-        prompts = load_prompts(data.prompts)  # the prompt file first: the cheapest thing to get wrong
+    if text and data.label_column is not None:
+        raise ValueError(f"data.label_column={data.label_column} applies to class-conditional teachers; a "
+                         "text-to-image teacher's real images are conditioned on their captions (data.caption_column)")
+    prompts = load_prompts(data.prompts) if data.prompts is not None else None  # the cheapest thing to get wrong
+    # the source's index (captions, labels) before anything large is loaded; its images are decoded further down
+    source = open_source(data, want="captions" if text else "labels" if data.label_column else None)
+    captions = getattr(source, "captions", None)
+    if text:
+        if prompts is None and not captions:
+            raise ValueError("a text-to-image teacher needs prompts: data.prompts (a prompt file) or a captioned "
+                             "data source (data.dataset, data.shards, or data.images with metadata.jsonl)")
         vae = teacher.load_component("vae", dtype=torch.float32 if dtype == torch.float16 else dtype).to(device)
         resolution = text_to_image_resolution(data, teacher, vae)
         space = LatentSpace(vae, resolution)
         check_latent_channels(teacher, space)
         encoder = prompt_encoder(teacher, (resolution, resolution), device=device, guidance=data.embedded_guidance,
                                  dtype=dtype)
-        conditioner = TextConditioner(prompts, encoder, device=device, cache_mib=data.embedding_cache_mib)
+        # without a prompt file the generator is trained on the captions (labels 0..N-1 for both)
+        conditioner = TextConditioner(prompts or captions, encoder, device=device, cache_mib=data.embedding_cache_mib,
+                                      captions=captions if prompts is not None else None)
         teacher.schedule = at_resolution(teacher, space.shape)
     elif condition_scale:  # the condition is built from the real images below
         conditioner, space, resolution = None, PixelSpace(), net_cfg.sample_size
@@ -289,21 +309,39 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
                                   data.degradation_jpeg)
     out_channels = net_cfg.get("out_channels") or net_cfg.in_channels
     dataset = None
-    if data.images is not None:
-        dataset = ImageFolder(data.images, resolution, channels=data.image_channels, skip_corrupt=data.skip_corrupt)
-        if data.prompts is not None and dataset.labels is not None:  # they would be read as prompt numbers
+    crops = dict(channels=data.image_channels, center_crop=data.center_crop, random_flip=data.random_flip,
+                 skip_corrupt=data.skip_corrupt)
+    if source is not None:
+        dataset = PairedImages(source, resolution, **crops)
+        if text and isinstance(conditioner, TextConditioner):
+            dataset.caption_offset = conditioner.caption_offset if conditioner.captions else 0
+        elif getattr(conditioner, "num_classes", None) and source.labels is not None:
+            check_labels(source, conditioner.num_classes)
+    elif data.images is not None:
+        dataset = ImageFolder(data.images, resolution, **crops)
+        if text and dataset.labels is not None:  # they would be read as prompt numbers
             raise ValueError(f"data.images={data.images} has class sub-folders ({', '.join(dataset.classes[:3])}"
                              f"{', ...' if len(dataset.classes) > 3 else ''}); a text-to-image run draws its "
                              "prompts from data.prompts and its real images unlabelled: put the images directly "
-                             "in one folder")
+                             "in one folder, or caption them in a metadata.jsonl")
     elif need_images:  # the embedded set the teacher was trained on (the digits split it saw; the SR patches)
         dataset = embedded_dataset(teacher.root, resolution, degradation, data)
     if need_images and dataset is None:
-        raise ValueError("this configuration needs real images: set data.images to an image folder")
+        raise ValueError("this configuration needs real images: set data.images (an image folder), data.dataset or "
+                         "data.shards")
     if degradation is not None:  # each real image is conditioned on its own degraded copy
         dataset = IndexLabelled(dataset)
         conditioner = LRConditioner(dataset, degradation, net_cfg.in_channels - out_channels)
     return conditioner, space, dataset
+
+
+def check_labels(source, num_classes: int) -> None:
+    """A labelled source's class labels against the teacher's class count."""
+    top = max(source.labels)
+    if top >= num_classes:
+        at = source.labels.index(top)
+        raise ValueError(f"{source.where}: {source.describe(at)} has class label {top}, but the teacher has "
+                         f"{num_classes} classes (0..{num_classes - 1})")
 
 
 def text_to_image_resolution(data: DataConfig, teacher: Teacher, vae) -> int:

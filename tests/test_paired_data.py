@@ -1,0 +1,249 @@
+"""Paired real data (stepdistill.data.paired) and the real-image stream (stepdistill.data.stream): the three sources
+give the same items, bad sources are one line each, and the stream's batches do not depend on workers, process
+count or where a run resumed."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from stepdistill.data.folders import CorruptImageError
+from stepdistill.data.paired import DataSourceError, HubDataset, MetadataFolder, PairedImages, TarShards
+from stepdistill.data.stream import RealStream
+
+N = 6
+CAPTIONS = [f"a square of colour {i}" for i in range(N)]
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return (40 * i, 255 - 40 * i, (97 * i) % 256)
+
+
+def png(i: int, size=(20, 14)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour(i)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def metadata_folder(root, n=N, *, extra: dict | None = None):
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        (root / f"{i}.png").write_bytes(png(i))
+        rows.append({"file_name": f"{i}.png", "text": CAPTIONS[i], "label": i % 3, **(extra or {})})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def saved_dataset(root, n=N):
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
+                                  "label": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": png(i), "path": None} for i in range(n)],
+                                     "caption": CAPTIONS[:n], "label": [i % 3 for i in range(n)]}, features=features)
+    ds.save_to_disk(str(root))
+    return root
+
+
+def shards(root, n=N, per_shard=3):
+    """Two webdataset shards written by webdataset's own writer."""
+    import webdataset as wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    for shard in range(-(-n // per_shard)):
+        with wds.TarWriter(str(root / f"part-{shard:03d}.tar")) as sink:
+            for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):
+                sink.write({"__key__": f"sample{i:04d}", "png": png(i), "txt": CAPTIONS[i], "cls": i % 3})
+    return f"{root}/part-{{000..{-(-n // per_shard) - 1:03d}}}.tar"
+
+
+@pytest.fixture
+def sources(tmp_path):
+    return {
+        "metadata.jsonl": MetadataFolder(metadata_folder(tmp_path / "folder"), want="captions"),
+        "save_to_disk": HubDataset(str(saved_dataset(tmp_path / "saved")), want="captions"),
+        "webdataset": TarShards(shards(tmp_path / "shards"), want="captions"),
+    }
+
+
+def test_the_three_sources_give_the_same_captioned_items(sources):
+    for name, source in sources.items():
+        assert source.captions == CAPTIONS, name
+        data = PairedImages(source, 8)
+        assert len(data) == N
+        for i in range(N):
+            item = data[i]
+            assert item["images"].shape == (3, 8, 8)
+            expected = torch.tensor(colour(i)).float() / 127.5 - 1
+            torch.testing.assert_close(item["images"][:, 4, 4], expected, atol=2 / 255, rtol=0, msg=name)
+            assert int(item["class_labels"]) == i  # caption i (caption_offset 0)
+        data.caption_offset = 10  # after a prompt file's 10 prompts in the conditioner's table
+        assert int(data[2]["class_labels"]) == 12
+
+
+def test_class_labels_from_each_source(tmp_path):
+    made = [MetadataFolder(metadata_folder(tmp_path / "f"), want="labels"),
+            HubDataset(str(saved_dataset(tmp_path / "d")), want="labels"),
+            TarShards(shards(tmp_path / "s"), want="labels")]
+    for source in made:
+        assert source.labels == [i % 3 for i in range(N)] and source.captions is None
+        assert int(PairedImages(source, 8)[4]["class_labels"]) == 1
+    # an unconditional teacher reads images only
+    assert "class_labels" not in PairedImages(MetadataFolder(tmp_path / "f", want=None), 8)[0]
+
+
+def test_bad_sources_are_one_line_each(tmp_path):
+    folder = metadata_folder(tmp_path / "f")
+    with pytest.raises(DataSourceError, match="no caption column 'prompt_en'; its columns"):
+        MetadataFolder(folder, want="captions", caption_column="prompt_en")
+    with pytest.raises(DataSourceError, match="no caption column 'alt'"):
+        HubDataset(str(saved_dataset(tmp_path / "d")), want="captions", caption_column="alt")
+    with pytest.raises(DataSourceError, match="no such folder"):
+        HubDataset(str(tmp_path / "missing"), want="captions")
+    with pytest.raises(DataSourceError, match="could not be loaded"):
+        HubDataset("nobody/no-such-dataset", want="captions")  # offline in tests: the Hub is not reached
+    pattern = shards(tmp_path / "s")
+    (tmp_path / "s" / "part-001.tar").write_bytes(b"")
+    with pytest.raises(DataSourceError, match="part-001.tar holds no samples"):
+        TarShards(pattern, want="captions")
+    with tarfile.open(tmp_path / "s" / "part-001.tar", "w"):
+        pass  # a tar with no members
+    with pytest.raises(DataSourceError, match="part-001.tar holds no samples"):
+        TarShards(pattern, want="captions")
+    (tmp_path / "s" / "part-001.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(DataSourceError, match="part-001.tar is not a readable tar"):
+        TarShards(pattern, want="captions")
+    with pytest.raises(DataSourceError, match="matches no files"):
+        TarShards(str(tmp_path / "nowhere" / "*.tar"), want="captions")
+    (folder / "3.png").write_bytes(png(3)[:40])  # truncated
+    with pytest.raises(CorruptImageError, match="3.png"):
+        PairedImages(MetadataFolder(folder, want="captions"), 8)
+    kept = pytest.warns(UserWarning, match="skipped 1 corrupt")
+    with kept:
+        data = PairedImages(MetadataFolder(folder, want="captions"), 8, skip_corrupt=True)
+    assert len(data) == N - 1 and int(data[3]["class_labels"]) == 4  # its own caption still
+
+
+class _Acc(SimpleNamespace):
+    device = torch.device("cpu")
+
+
+def _draw(step, rank=0, processes=1, batch=4, seed=0):
+    return SimpleNamespace(step=step, seed=seed, batch=batch, acc=_Acc(process_index=rank, num_processes=processes))
+
+
+def _run(stream, steps, calls=1, **kw):
+    return [[stream.take(_draw(s, **kw)) for _ in range(calls)] for s in steps]
+
+
+def test_the_stream_does_not_depend_on_workers_processes_or_resume(sources):
+    data = PairedImages(sources["webdataset"], 8, center_crop=False, random_flip=True)  # random crops and flips
+    alone = _run(RealStream(data, workers=0), range(6), calls=2)
+    workers = _run(RealStream(data, workers=2), range(6), calls=2)
+    halves = [_run(RealStream(data, workers=1), range(6), calls=2, rank=r, processes=2) for r in range(2)]
+    resumed = _run(RealStream(data, workers=2), range(3, 6), calls=2)
+    for step in range(6):
+        for call in range(2):
+            images, labels = alone[step][call]
+            assert torch.equal(workers[step][call][0], images) and torch.equal(workers[step][call][1], labels)
+            assert torch.equal(torch.cat([h[step][call][0] for h in halves]), images)
+            if step >= 3:
+                assert torch.equal(resumed[step - 3][call][0], images)
+    # the two calls of a step, and successive steps, draw different batches
+    assert not torch.equal(alone[0][0][1], alone[0][1][1]) or not torch.equal(alone[0][0][0], alone[0][1][0])
+    assert not torch.equal(alone[0][0][0], alone[1][0][0])
+    # each image is its caption's: the label names the colour (a crop of a solid square is that colour)
+    images, labels = alone[2][0]
+    for x, label in zip(images, labels):
+        torch.testing.assert_close(x[:, 0, 0], torch.tensor(colour(int(label))).float() / 127.5 - 1,
+                                   atol=2 / 255, rtol=0)
+
+
+def test_an_unpredicted_request_restarts_the_workers_and_still_gets_its_batch(sources):
+    data = PairedImages(sources["metadata.jsonl"], 8)
+    steady = RealStream(data, workers=1)
+    _run(steady, range(4))
+    assert steady.restarts == 0  # one call a step, predicted after the first
+    reference = _run(RealStream(data, workers=0), [5, 5, 9])
+    wandering = RealStream(data, workers=1)
+    got = [wandering.take(_draw(5)), wandering.take(_draw(5)), wandering.take(_draw(9))]
+    assert wandering.restarts >= 1
+    for (a, _), (b, _) in zip([r[0] for r in reference], got):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("source,with_prompts", [("metadata.jsonl", False), ("save_to_disk", False),
+                                                 ("webdataset", False), ("metadata.jsonl", True)])
+def test_a_text_to_image_run_trains_on_each_source_and_its_gan_judges_each_image_under_its_own_caption(
+        source, with_prompts, tmp_path, monkeypatch, fresh_accelerate_state):
+    """DMD2 on the tiny SD pipeline: real images come with their captions' labels, and the discriminator's real half
+    is conditioned on exactly those (the official code's); without a prompt file the generator trains on the
+    captions, with one on its prompts (the captions then follow them in the conditioner's table)."""
+    import dmd2
+    import quick
+
+    from stepdistill.data.stream import RealStream
+    from stepdistill.training import Draw
+    from stepdistill.training.setup import trainable_params
+
+    made = {"metadata.jsonl": lambda: f"data.images={metadata_folder(tmp_path / 'folder')}",
+            "save_to_disk": lambda: f"data.dataset={saved_dataset(tmp_path / 'saved')}",
+            "webdataset": lambda: f"data.shards={shards(tmp_path / 'shards')}"}[source]()
+    extra = []
+    if with_prompts:
+        (tmp_path / "prompts.txt").write_text("a prompt\nanother prompt\n")
+        extra = [f"data.prompts={tmp_path / 'prompts.txt'}"]
+    cfg = quick.config("dmd2", "tiny-sd", tmp_path / "run", made, *extra, "train.batch_size=2",
+                       "optim.update_ratio=1", "data.loader_workers=1")
+    run = dmd2.setup(cfg)
+    s = run.setup
+    offset = 2 if with_prompts else 0
+    assert s.conditioner.num_classes == (2 if with_prompts else N) and s.labelled_real
+    taken, conditioned = [], []
+    take, cond = RealStream.take, type(s.conditioner).cond
+
+    def spy_take(self, draw):
+        taken.append(take(self, draw))
+        return taken[-1]
+
+    def spy_cond(self, labels):
+        conditioned.append(labels.clone())
+        return cond(self, labels)
+
+    monkeypatch.setattr(RealStream, "take", spy_take)
+    monkeypatch.setattr(type(s.conditioner), "cond", spy_cond)
+    before = [p.detach().clone() for p in trainable_params(run.generator)]
+    for step in range(2):
+        logs = dmd2.step(run, Draw(s.accelerator, 2, seed=0, step=step), step)
+        assert all(v == v for v in logs.values()), logs  # finite
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainable_params(run.generator)))
+    assert len(taken) == 2
+    for images, labels in taken:
+        assert bool((labels >= offset).all())
+        for x, label in zip(images, labels.tolist()):  # each image under its own caption
+            text = s.conditioner.text(label)
+            torch.testing.assert_close(x[:, 0, 0], torch.tensor(colour(CAPTIONS.index(text))).float() / 127.5 - 1,
+                                       atol=2 / 255, rtol=0)
+        # the discriminator's batch: the reals' own labels first, then the fakes'
+        assert any(len(c) == 4 and torch.equal(c[:2], labels) for c in conditioned)
+    generated = [c for c in conditioned if len(c) == 2 and bool((c >= 0).all())]
+    assert generated and all(bool((c < s.conditioner.num_classes).all()) for c in generated)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_stream_leaves_torchs_global_generator_alone(sources, workers):
+    """Dropout and the rest draw from torch's global generator; a stream (its loader's start, its crops) must not,
+    or a resumed run, whose loader starts at another step, would train differently."""
+    data = PairedImages(sources["metadata.jsonl"], 8, center_crop=False, random_flip=True)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    stream = RealStream(data, workers=workers)
+    stream.take(_draw(3))
+    stream.take(_draw(7))  # unpredicted: a second loader
+    assert torch.equal(torch.get_rng_state(), state)
