@@ -109,6 +109,13 @@ class TextConditioner:
             self._cache_bytes -= sum(t.nbytes for t in gone.values())
         return {k: torch.stack([p[k].float().to(labels.device) for p in picked]) for k in self.null}
 
+    def labels_for(self, texts: list[str]) -> torch.Tensor:
+        """Labels standing for `texts` (validation prompts): appended to the captions' table, beyond every prompt the
+        generator draws."""
+        start = self.caption_offset + len(self.captions)
+        self.captions += list(texts)
+        return torch.arange(start, start + len(texts))
+
     def text(self, label: int) -> str:
         """The prompt or caption a label stands for."""
         return self.prompts[label] if label < self.caption_offset else self.captions[label - self.caption_offset]

@@ -33,11 +33,16 @@ def file_digest(path: str | Path) -> str:
 
 def folder_digest(folder: str | Path) -> str:
     """A digest of a folder's files: relative names, sizes and modification times (not their bytes)."""
-    h = hashlib.sha256()
     root = Path(folder)
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+    return files_digest(sorted(q for q in root.rglob("*") if q.is_file()), root)
+
+
+def files_digest(paths: list[Path], root: Path | None = None) -> str:
+    """A digest of files' names (relative to `root`), sizes and modification times, in the given order."""
+    h = hashlib.sha256()
+    for p in paths:
         st = p.stat()
-        h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.relative_to(root) if root else p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -49,7 +54,14 @@ def run_identity(teacher, data) -> dict[str, str]:
         identity["prompts"] = file_digest(data.prompts)
     if data.images is not None and Path(data.images).is_dir():
         identity["images"] = folder_digest(data.images)
+    if data.dataset is not None:  # a save_to_disk folder by its files; a Hub dataset by its name
+        identity["dataset"] = folder_digest(data.dataset) if Path(data.dataset).is_dir() else data.dataset
+    if data.shards is not None:
+        from .data.paired import expand_shards
+
+        identity["shards"] = files_digest(expand_shards(data.shards))
     for key in ("resolution", "embedded_guidance", "image_channels", "condition_scale", "degradation_blur",
-                "degradation_noise", "degradation_jpeg", "patches"):
+                "degradation_noise", "degradation_jpeg", "patches", "split", "image_column", "caption_column",
+                "label_column", "center_crop", "random_flip"):
         identity[f"data.{key}"] = str(getattr(data, key))
     return identity

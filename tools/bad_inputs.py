@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an unknown Hub dataset is refused at once, not after retries
 RESULTS = ROOT / "tools" / "results" / "bad_inputs.md"
 sys.path.insert(0, str(ROOT / "recipes"))  # the recipes are scripts: recipes/registry.py lists them
 from registry import RECIPES  # noqa: E402
@@ -181,6 +183,23 @@ CASES = [
     Case("dmd2", ("model.teacher={tmp}/own_teacher", "loss.gan=true"), "needs real images: set data.images"),
     Case("dmd2", ("model.teacher=tiny-sd", "data.prompts={root}/assets/prompts/smoke.txt", "data.images={tmp}/classes",
                   "loss.gan=true"), "has class sub-folders (a, b); a text-to-image run draws its prompts"),
+    # paired sources: a column that is not there, a corrupt image, an empty shard, an unknown dataset, two sources
+    Case("dmd2", ("model.teacher=tiny-sd", "data.images={tmp}/captioned", "data.caption_column=prompt_en",
+                  "loss.gan=true"), "metadata.jsonl has no caption column 'prompt_en'; its columns: ['file_name', 'text']"),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.images={tmp}/captioned_cut", "loss.gan=true"),
+         "captioned_cut/1.png: "),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.shards={tmp}/shards/part-{{000..001}}.tar", "loss.gan=true"),
+         "part-001.tar holds no samples"),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.dataset=nobody/no-such-dataset", "loss.gan=true"),
+         "data.dataset=nobody/no-such-dataset: could not be loaded"),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.dataset={tmp}/no_such_saved_dataset", "loss.gan=true"),
+         "no_such_saved_dataset: no such folder"),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.images={tmp}/captioned", "data.dataset=nobody/x", "loss.gan=true"),
+         "real images come from one source; set only one of data.images, data.dataset"),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.loader_workers=-1"), "data.loader_workers=-1 must be >= 0"),
+    Case("dmd2", ("model.teacher=tiny-sd", "loss.gan=true"), "a text-to-image teacher needs prompts: data.prompts"),
+    Case("dmd2", ("train.validation_labels=[1,12]",), "train.validation_labels=[1, 12]: 12 is not a class of this teacher"),
+    Case("dmd2", ("train.validation_prompts=[a cat]",), "train.validation_prompts applies to text-to-image teachers"),
     Case("consistency_distill", ("model.boundary=cm", "export.enabled=true"),
          "export.enabled: the export's LCMScheduler applies LCM's boundary condition"),
 ]
@@ -205,6 +224,7 @@ def prepare(tmp: Path) -> dict[str, str]:
     (half / "model.safetensors").write_bytes(b"")
     run_folders(tmp, teacher)
     corrupt_images(tmp)
+    paired_sources(tmp)
     evaluation_inputs(tmp, teacher)
     return {"teacher": str(teacher), "tmp": str(tmp), "file": str(tmp / "a_file"), "root": str(ROOT),
             "sr": str(tmp / "sr")}
@@ -294,6 +314,29 @@ def corrupt_images(tmp: Path) -> None:
         (tmp / name / f"cut.{ext}").write_bytes(data[: len(data) // 2])
     (tmp / "bad_webp").mkdir()
     (tmp / "bad_webp" / "noise.webp").write_bytes(b"not a webp file " * 16)
+
+
+def paired_sources(tmp: Path) -> None:
+    """A captioned folder (metadata.jsonl), one with a cut PNG, and two webdataset shards, the second empty."""
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    for name in ("captioned", "captioned_cut"):
+        (tmp / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(tmp / name / f"{i}.png")
+        (tmp / name / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": f"red {i}"})
+                                                           + "\n" for i in range(2)))
+    cut = tmp / "captioned_cut" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:40])
+    (tmp / "shards").mkdir()
+    with tarfile.open(tmp / "shards" / "part-000.tar", "w") as tar:
+        for name in ("0.png", "0.txt"):
+            tar.add(tmp / "captioned" / ("0.png" if name.endswith("png") else "metadata.jsonl"), arcname=name)
+    with tarfile.open(tmp / "shards" / "part-001.tar", "w"):
+        pass
 
 
 def run_case(case: Case, paths: dict[str, str], out: Path) -> tuple[int, str]:

@@ -24,24 +24,50 @@ from .sections import EvalConfig, ExportConfig
 DECODE_BATCH = 8  # latents the sample grid decodes at once
 
 
-def save_samples(student: AnyStudent, path: Path, *, write: bool = True) -> None:
-    """A grid with one column per class (or prompt, up to 10), 8 rows, fixed noise, saved where `write` (the main
-    process). Every process calls it: a sharded student (`sharding`) samples on all of them, for each of its passes
-    gathers its weights from every process; any other samples on the writing process alone."""
-    from torchvision.utils import save_image
+def save_samples(student: AnyStudent, path: Path, *, write: bool = True,
+                 columns: torch.Tensor | None = None) -> torch.Tensor | None:
+    """A grid with one column per label of `columns` (default: the first 10 classes or prompts), 8 rows, fixed noise,
+    saved where `write` (the main process), and returned there as a (3, H, W) tensor in [0, 1] for the trackers.
+    Every process calls it: a sharded student (`sharding`) samples on all of them, for each of its passes gathers its
+    weights from every process; any other samples on the writing process alone."""
+    from torchvision.utils import make_grid, save_image
 
     if not write and not any(is_sharded(s.generator) for s in student.members):
-        return
-
-    columns = max(1, min(student.conditioner.num_classes, 10))
-    labels = torch.arange(columns).repeat(8).to(student.device)
+        return None
+    if columns is None:
+        columns = torch.arange(max(1, min(student.conditioner.num_classes, 10)))
+    labels = columns.repeat(8).to(student.device)
     x = student.sample(labels, torch.Generator().manual_seed(0))
     if not write:
-        return
+        return None
     # decoded a few at a time: a VAE decoding 80 latents at 512-1024 px in one call needs tens of GiB
     x = torch.cat([student.space.decode(part) for part in x.split(DECODE_BATCH)])
+    grid = make_grid((x * 0.5 + 0.5).clamp(0, 1).float().cpu(), nrow=len(columns), padding=1, pad_value=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x * 0.5 + 0.5, path, nrow=columns, padding=1, pad_value=1.0)
+    save_image(grid, path)
+    return grid
+
+
+def validation_columns(train, conditioner) -> torch.Tensor | None:
+    """`train.validation_prompts` (text-to-image teachers) or `train.validation_labels` (class-conditional) as the
+    sample grid's column labels; None: the default columns. Checked before training."""
+    prompts, labels = list(train.validation_prompts), list(train.validation_labels)
+    if prompts and labels:
+        raise ValueError("set train.validation_prompts (text-to-image) or train.validation_labels (classes), not both")
+    if prompts:
+        if not hasattr(conditioner, "labels_for"):
+            raise ValueError("train.validation_prompts applies to text-to-image teachers; a class-conditional one "
+                             "takes train.validation_labels")
+        return conditioner.labels_for(prompts)
+    if labels:
+        classes = getattr(conditioner, "num_classes", 0) if getattr(conditioner, "kind", None) == "class" else 0
+        bad = [k for k in labels if not 0 <= k < classes]
+        if not classes or bad:
+            raise ValueError(f"train.validation_labels={labels}: " + (
+                f"{bad[0]} is not a class of this teacher (0..{classes - 1})" if classes else
+                "this teacher is not class-conditional"))
+        return torch.tensor(labels)
+    return None
 
 
 def _card_text(steps_done: int, horizon: Horizon, train_minutes: float, fused_losses: dict | None = None) -> str:

@@ -76,14 +76,25 @@ def _diverged(output_dir: Path, step: int, what: str) -> DivergenceError:
                            f"(optim.lr_*) or the guidance scales, or raise warm-up steps")
 
 
+def log_images(accelerator: Accelerator, images: dict[str, torch.Tensor], *, step: int) -> None:
+    """(3, H, W) images in [0, 1] to every tracker that takes images (TensorBoard, W&B; called on the main process,
+    where accelerate keeps the trackers)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({k: v[None] for k, v in images.items()}, step=step)  # add_images: NCHW
+        elif tracker.name == "wandb":
+            tracker.log_images({k: [v.permute(1, 2, 0).numpy()] for k, v in images.items()}, step=step)
+
+
 def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start_step: int, start_time: float,
-               step_fn: StepFn, save_samples: Callable[[Path], None],
+               step_fn: StepFn, save_samples: Callable[[Path], torch.Tensor | None],
                student_weights: Callable[[], dict] | None = None, student_record: Callable[[], str] | None = None,
                config: dict | None = None,
                decaying: bool = False, horizon: Horizon | None = None) -> int:
     """Run `step_fn` from `start_step` to the horizon (`train.max_steps`, or the steps that fit the time
     limit: see `horizon`), or until the time limit; returns the number of completed steps.
-    `save_samples(path)` is called on every process every `sample_every` (it writes on the main one);
+    `save_samples(path)` is called on every process every `sample_every` (it writes on the main one, and returns the
+    grid there, which goes to the trackers as an image);
     `student_weights()` is saved with every checkpoint, beside `student_record()` (its student.json), and `config` (the run's, as a dict) too
     and to the trackers. `decaying`: the learning rates decay over the horizon, so a time limit that cuts the run
     short warns."""
@@ -138,7 +149,9 @@ def train_loop(accelerator: Accelerator, train: TrainConfig, *, name: str, start
                 bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if k not in meters})  # the losses
                 accelerator.log(shown, step=done)
             if done % train.sample_every == 0:  # every process: a sharded student samples on all of them
-                save_samples(out / "samples" / f"step_{done:08d}.png")
+                grid = save_samples(out / "samples" / f"step_{done:08d}.png")
+                if grid is not None:
+                    log_images(accelerator, {"samples": grid}, step=done)
             out_of_time = out_of_time > 0
             stop_signal = (signals.received or int(signal.SIGTERM)) if signalled > 0 else 0
             reached = done >= horizon.total

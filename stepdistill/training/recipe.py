@@ -31,7 +31,7 @@ from ..export.students import check_exportable
 from ..student import AnyStudent
 from ..roles import make_real_score
 from .draw import Draw
-from .final import finish, save_samples
+from .final import finish, save_samples, validation_columns
 from .footprint import footprint, format_footprint
 from .loop import DivergenceError, train_loop
 from .plan import DEFAULT_GPUS, format_plan, plan
@@ -109,6 +109,7 @@ def _train_and_finish(recipe: Recipe, cfg: Any, changed: dict, evaluation, start
     sync = getattr(recipe, "sync", lambda run: None)
     setup.accelerator.print(format_footprint(footprint(run)))  # size a job before its first step
     check_student_steps(recipe.students(run), evaluation.student_steps)
+    columns = validation_columns(cfg.train, recipe.students(run)[0].conditioner)
     if cfg.export.enabled:  # a student no export can express is refused before training, not after
         check_exportable(recipe.students(run))
     start_step = restore(setup.accelerator, setup.resume_from, output_dir=cfg.train.output_dir, config=cfg,
@@ -116,7 +117,8 @@ def _train_and_finish(recipe: Recipe, cfg: Any, changed: dict, evaluation, start
     steps_done = train_loop(
         setup.accelerator, cfg.train, name=recipe.NAME, start_step=start_step, start_time=start_time,
         step_fn=lambda draw, step: recipe.step(run, draw, step),
-        save_samples=lambda path: save_samples(recipe.students(run)[0], path, write=setup.accelerator.is_main_process),
+        save_samples=lambda path: save_samples(recipe.students(run)[0], path, write=setup.accelerator.is_main_process,
+                                               columns=columns),
         student_weights=lambda: (sync(run), student_weights(recipe.students(run)))[1],
         student_record=lambda: recipe.students(run)[0].record(),
         config=to_dict(cfg), decaying=decays(getattr(cfg, "optim", None)), horizon=setup.horizon)

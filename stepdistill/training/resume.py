@@ -26,8 +26,9 @@ from ..io import atomic_write_text
 # Dotted keys (or section prefixes ending in ".") that may change on resume; everything else defines the run.
 MAY_CHANGE = ("optim.", "train.max_steps", "train.time_limit_minutes", "train.log_every", "train.sample_every",
               "train.checkpoint_every", "train.keep_checkpoints", "train.report_to", "train.project", "train.run_name",
-              "train.max_nonfinite_steps",
-              "train.output_dir", "train.overwrite", "data.embedding_cache_mib", "eval.", "export.", "resume")
+              "train.max_nonfinite_steps", "train.validation_",
+              "train.output_dir", "train.overwrite", "data.embedding_cache_mib", "data.loader_workers", "eval.", "export.",
+              "resume")
 DEFINES_RUN = ("optim.update_ratio",)  # an optim key that shapes the step: which optimiser steps when
 # Keys after whose change a fitted horizon no longer holds: it is fitted anew from this run's speed.
 HORIZON_KEYS = ("train.max_steps", "train.time_limit_minutes")

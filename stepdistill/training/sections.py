@@ -45,6 +45,10 @@ class TrainConfig:
     ema_decay: Optional[float] = 0.99
     log_every: int = 50
     sample_every: int = 500
+    # The sample grid's columns (8 seeded samples each), written to OUTPUT/samples and logged to the trackers as an
+    # image every sample_every steps: prompts (text-to-image) or class labels; empty: the first 10 prompts or classes.
+    validation_prompts: tuple[str, ...] = ()
+    validation_labels: tuple[int, ...] = ()
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # the newest N (0: all, e.g. to score a run's checkpoints afterwards)
     # Stop (then still evaluate and export) after this long, counted from the start of the process; learning
