@@ -155,10 +155,20 @@ class Student:
 
     # -- export -------------------------------------------------------------------------------------
 
+    def call_options(self) -> dict:
+        """The exported pipeline call's own arguments: the conditioner's (Flux's embedded guidance, the prompt length,
+        the image size) and, for a w-conditioned student (LCM's guidance embedding), `guidance_scale = w + 1`:
+        diffusers embeds w = guidance_scale - 1 (0.0 would run it at w = -1, outside what it was trained on)."""
+        from .consistency import GuidanceConditioned
+
+        options = self.conditioner.call_options()
+        w = next((m.w for m in self.generator.modules() if isinstance(m, GuidanceConditioned)), None)
+        return options if w is None else {**options, "guidance_scale": w + 1.0}
+
     def record(self, students: int = 1) -> str:
         """The text of `student.json`, kept in every checkpoint and export: how it samples (`sampler_spec`)."""
         return student_record(self.sampler, recipe=self.name, condition=self.conditioner.kind, shape=self.shape,
-                              call=self.conditioner.call_options(), students=students)
+                              call=self.call_options(), students=students)
 
     def export(self, folder: str | Path, *, model_card: dict | None = None) -> Path:
         """A diffusers folder that samples as `sample` does, with `student.json` (`stepdistill.export.students`:

@@ -114,3 +114,31 @@ def test_bad_evaluation_inputs_are_refused_before_any_work(tmp_path):
     (half / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="incomplete checkpoint"):
         load_model(str(half))
+
+
+def test_every_model_goes_to_the_device_it_is_given(teacher_dir, tmp_path, monkeypatch):
+    """`--device` moves the teacher and the exported pipeline there, and each image's noise is drawn on the CPU from
+    its seed, then moved: the same images on any device (a CUDA generator would draw other numbers)."""
+    from diffusers import DiffusionPipeline
+
+    import stepdistill.teachers as teachers
+    from stepdistill.export import export_class_conditional
+    from stepdistill.sampler_spec import SamplerSpec, student_record
+
+    placed = []
+    load = teachers.load_teacher
+    monkeypatch.setattr(teachers, "load_teacher", lambda source, **kw: (placed.append(("teacher", str(kw.get("device")))),
+                                                                        load(source, **kw))[1])
+    move = DiffusionPipeline.to
+    monkeypatch.setattr(DiffusionPipeline, "to", lambda self, *a, **kw: (placed.append(("pipeline", str(a[0]))),
+                                                                         move(self, *a, **kw))[1])
+    unet = UNet2DModel.from_pretrained(teacher_dir / "unet")
+    scheduler = DDPMScheduler.from_pretrained(teacher_dir / "scheduler")
+    spec = SamplerSpec(timesteps=(999,), input_scale=float((1 - scheduler.alphas_cumprod[999]).sqrt()))
+    folder = export_class_conditional(tmp_path / "pipe", unet, dict(scheduler.config), timesteps=[999],
+                                      null_label=10, model_card=dict(recipe="dmd2"),
+                                      record=student_record(spec, recipe="dmd2", condition="class", shape=(1, 16, 16)))
+    load_model(str(teacher_dir), device="cpu")
+    load_model(str(folder), device="cpu")
+    assert placed == [("teacher", "cpu"), ("pipeline", "cpu")]
+    assert all(g.device == torch.device("cpu") for g in StackedRandomGenerator([1, 2]).generators)

@@ -708,6 +708,22 @@ MUTANTS = [
            "                                               columns=columns),",
            "                                               columns=None),", ("tests/test_tracking.py::test_tensorboard_gets_the_validation_grid_and_the_scalars",),
            "the sample grid shows the first prompts, not train.validation_prompts"),
+    Mutant("w_conditioned_card_at_minus_one", "stepdistill/student.py",
+           "return options if w is None else {**options, \"guidance_scale\": w + 1.0}", "return options",
+           ("tests/test_cards.py::test_a_w_conditioned_lcm_card_runs_at_the_students_guidance",),
+           "a w-conditioned LCM export is called with guidance_scale=0.0, which diffusers embeds as w = -1"),
+    Mutant("lora_card_scheduler_spacing", "stepdistill/export/lora.py",
+           "(\"timesteps\", repr(list(timesteps))),", "", ("tests/test_cards.py::test_lora_cards_the_merged_pipeline_and_the_lora_on_its_base",),
+           "the LoRA card runs the stock LCMScheduler's spacing, not the student's times"),
+    Mutant("lora_card_first_input_unscaled", "stepdistill/export/lora.py",
+           "f\"latents = (1 - pipe.scheduler.alphas_cumprod[{timesteps[0]}]).sqrt() * torch.randn(shape, \"",
+           "f\"latents = torch.randn(shape, \"", ("tests/test_cards.py::test_lora_cards_the_merged_pipeline_and_the_lora_on_its_base[from-625]",),
+           "the LoRA card's first input is z, not sigma(t_0) z"),
+    Mutant("evaluation_pipeline_left_on_cpu", "stepdistill/evaluation/generate.py",
+           "DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True).to(device)",
+           "DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)",
+           ("tests/test_evaluation_generate.py::test_every_model_goes_to_the_device_it_is_given",),
+           "an exported pipeline stays on the CPU under --device cuda"),
 ]
 
 

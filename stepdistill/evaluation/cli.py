@@ -186,7 +186,7 @@ def cmd_gen(opts: Options) -> None:
     conds = conditions(proto, caps)
     fmt = proto.image_format
     for spec in opts.models:
-        model = load_model(spec, sampler=opts.sampler)
+        model = load_model(spec, sampler=opts.sampler, device=opts.device)
         grid = opts.nfe if model.native_nfe is None else (opts.student_nfe or opts.nfe or [model.native_nfe])
         if not grid:
             raise ValueError(f"--nfe is required for {spec} (a teacher sampled with {opts.sampler})")
@@ -197,7 +197,7 @@ def cmd_gen(opts: Options) -> None:
                 folder = opts.outdir / f"{model.name}-{model.sampler}" / f"nfe{nfe:03d}" / f"set{s}"
                 _check_owner(folder, describe(model))
                 timing = generate_images(model, conds, image_seeds(proto, s), nfe, folder,
-                                         batch_size=opts.batch_size, image_format=fmt, device=opts.device)
+                                         batch_size=opts.batch_size, image_format=fmt)
                 if PartialState().is_main_process:
                     meta = dict(describe(model), nfe=model.nfe_of(nfe), requested_nfe=nfe, set_seed=s,
                                 image_seeds=[image_seeds(proto, s)[0], image_seeds(proto, s)[-1]],

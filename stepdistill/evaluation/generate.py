@@ -34,15 +34,14 @@ __all__ = ["StackedRandomGenerator", "load_model", "check_model", "generate_imag
 
 
 class StackedRandomGenerator:
-    """One `torch.Generator` per image seed; `randn(shape)` draws (len(seeds), *shape)."""
+    """One CPU `torch.Generator` per image seed; `randn(shape)` draws (len(seeds), *shape) on the CPU, which the model
+    moves to its device: an image's noise depends on its seed alone, not on the device that samples it."""
 
-    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self.generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+    def __init__(self, seeds: Sequence[int]):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        return torch.stack([torch.randn(tuple(shape), generator=g, dtype=dtype) for g in self.generators])
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -61,11 +60,12 @@ def _lcm_timesteps(nfe: int, num_train_timesteps: int = 1000) -> list[int]:
 class TeacherModel:
     """A teacher with an ODE sampler; class labels go to the network as `class_labels`."""
 
-    def __init__(self, source: str, sampler: str = "dpmpp_2m", spacing: str = "karras"):
+    def __init__(self, source: str, sampler: str = "dpmpp_2m", spacing: str = "karras", device="cpu"):
         from ..roles import make_real_score
         from ..teachers import load_teacher
 
-        self.teacher = load_teacher(source)
+        self.device = torch.device(device)
+        self.teacher = load_teacher(source, device=self.device)
         if "sr_scale" in self.teacher.index:
             raise ValueError(f"{source} is a super-resolution teacher: measure it with "
                              f"`python eval/evaluate.py sr --model {source}`")
@@ -82,8 +82,9 @@ class TeacherModel:
     def __call__(self, conditions: Sequence, rng: StackedRandomGenerator, nfe: int) -> torch.Tensor:
         from ..samplers import sample, steps_for_nfe
 
-        noise = self.teacher.schedule.prior_std() * rng.randn(self.shape)
-        labels = None if conditions[0] is None else torch.as_tensor(list(conditions), dtype=torch.long)
+        noise = self.teacher.schedule.prior_std() * rng.randn(self.shape).to(self.device)
+        labels = None if conditions[0] is None else torch.as_tensor(list(conditions), dtype=torch.long,
+                                                                     device=self.device)
         return sample(partial(self.denoiser, class_labels=labels), self.teacher.schedule, noise,
                       sampler=self.sampler, steps=steps_for_nfe(self.sampler, nfe), spacing=self.spacing)
 
@@ -101,14 +102,14 @@ class PipelineModel:
 
     CALLS = {"class": "_labelled", "text": "_prompted"}  # the export's condition -> how its pipeline is called
 
-    def __init__(self, folder: str | Path, name: str | None = None):
+    def __init__(self, folder: str | Path, name: str | None = None, device="cpu"):
         from diffusers import DiffusionPipeline
 
         from ..sampler_spec import read_student_json
 
         folder = Path(folder)
         self.spec, self.record = read_student_json(folder)
-        self.pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
+        self.pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.call = getattr(self, self.CALLS[self.record["condition"]])
         self.shape = tuple(self.record["shape"])
@@ -159,7 +160,7 @@ class PipelineModel:
         from ..export.calls import pipeline_arguments
 
         self.times(nfe)  # an NFE it cannot sample fails before any work
-        noise = rng.randn(self.shape)
+        noise = rng.randn(self.shape).to(self.pipe.device)
         # one image a call where the pipeline routes prompts among students, or where a flow pipeline's re-noising
         # draws from torch's global generator (seeded with the image's seed): the same images at any batch size
         alone = hasattr(self.pipe, "num_students") or (self.spec.flow and nfe > 1)
@@ -259,15 +260,16 @@ def check_model(spec: str):
     return found
 
 
-def load_model(spec: str, *, sampler: str = "dpmpp_2m", name: str | None = None):
+def load_model(spec: str, *, sampler: str = "dpmpp_2m", name: str | None = None, device="cpu"):
     """`digits` or a teacher folder -> TeacherModel; an exported pipeline folder -> PipelineModel; a training
-    checkpoint folder of any recipe -> CheckpointModel; anything else is refused with one line (`check_model`)."""
+    checkpoint folder of any recipe -> CheckpointModel; anything else is refused with one line (`check_model`).
+    `device`: where it samples (a checkpoint's student goes where its recipe's setup puts it: the GPU, if any)."""
     found = check_model(spec)
     if found.kind == "checkpoint":
         return CheckpointModel(found.path, name)
     if found.kind == "pipeline":
-        return PipelineModel(found.path, name)
-    return TeacherModel(spec, sampler)
+        return PipelineModel(found.path, name, device=device)
+    return TeacherModel(spec, sampler, device=device)
 
 
 # ----------------------------------------------------------------------------
@@ -281,8 +283,7 @@ def _state():
 
 
 def generate_images(model, conditions: Sequence, seeds: Sequence[int], nfe: int, out_dir: str | Path, *,
-                    batch_size: int = 250, image_format: str = "npz", device: str | torch.device = "cpu",
-                    progress: bool = True) -> dict:
+                    batch_size: int = 250, image_format: str = "npz", progress: bool = True) -> dict:
     """Generate one image per (seed, condition) into `out_dir`, this process's share of them; returns this
     process's timing. Call on every process; all processes return after the folder is complete."""
     from tqdm.auto import tqdm
@@ -304,7 +305,7 @@ def generate_images(model, conditions: Sequence, seeds: Sequence[int], nfe: int,
     for batch in bar:
         bseeds = [s for s, _ in batch]
         start = time.perf_counter()
-        x = model([c for _, c in batch], StackedRandomGenerator(bseeds, device), nfe)
+        x = model([c for _, c in batch], StackedRandomGenerator(bseeds), nfe)
         elapsed += time.perf_counter() - start
         u8 = to_uint8(x)
         if image_format == "png":

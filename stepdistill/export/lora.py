@@ -54,18 +54,25 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
         scheduler = "FlowMatchEulerDiscreteScheduler"
         options = {"shift": 1.0, "use_dynamic_shifting": False, "stochastic_sampling": True}
         steps = (("num_inference_steps", str(len(timesteps))), ("sigmas", repr(check_sigmas(timesteps))))
+        draws = (STOCHASTIC_SEED,) if len(timesteps) > 1 else ()
     else:
         gamma = options.pop("gamma", None)  # a student sampled with TCD's gamma: TCDScheduler, eta = gamma
         scheduler = "LCMScheduler" if gamma is None else "TCDScheduler"
-        steps = (("num_inference_steps", str(len(timesteps))), *((("eta", repr(gamma)),) if gamma is not None else ()))
+        # the student's own times (the scheduler's spacing would give 999, 759, 499, 259 for 999, 749, 499, 249) and
+        # its first input sigma(t_0) z, which the scheduler does not scale
+        steps = (("num_inference_steps", str(len(timesteps))), ("timesteps", repr(list(timesteps))),
+                 *((("eta", repr(gamma)),) if gamma is not None else ()), ("latents", "latents"))
+        draws = (f"# the student starts from sigma(t_0) z at t_0 = {timesteps[0]} ({scheduler} passes z unscaled)",
+                 "shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)",
+                 f"latents = (1 - pipe.scheduler.alphas_cumprod[{timesteps[0]}]).sqrt() * torch.randn(shape, "
+                 "generator=generator)")
     guidance = () if "guidance_scale" in (call_options or {}) else (("guidance_scale", "0.0"),)
     call = Usage(source=repr(base_model) if base_model else "BASE_MODEL",
                  source_comment="the base model it was distilled from" if base_model else
                  "the teacher it was distilled from", schedulers=(scheduler,),
                  setup=(f'pipe.load_lora_weights("./{folder.name}")',
                         f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config, **{options!r})"),
-                 draws=(STOCHASTIC_SEED,) if family.flow and len(timesteps) > 1 else (),
-                 arguments=(*steps, *guidance, *((k, repr(v)) for k, v in (call_options or {}).items())))
+                 draws=draws, arguments=(*steps, *guidance, *((k, repr(v)) for k, v in (call_options or {}).items())))
     with atomic_dir(folder) as tmp:
         getattr(diffusers, saver).save_lora_weights(tmp, **{f"{prefix}_lora_layers": layers,
                                                            f"{prefix}_lora_adapter_metadata": metadata})

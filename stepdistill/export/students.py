@@ -28,7 +28,7 @@ def _card(student, model_card: dict | None) -> dict:
 
 def _text(student, folder: Path, card: dict) -> Path:
     """The base pipeline with the student's network (and, for a LoRA student, its LoRA in `lora/`)."""
-    calls = student.conditioner.call_options()
+    calls = student.call_options()
     spec, net = student.sampler, student.generator.net
     timesteps, options = spec.exported_times(), spec.scheduler_options()
     folder = export_text_to_image(folder, student.teacher.root, net, timesteps=timesteps, model_card=card,

@@ -170,7 +170,8 @@ def _unet_scheduler(pipe, timesteps: list[int], options: dict, usage: Usage, cal
         if pipe.scheduler.timesteps.tolist() != timesteps:
             raise ValueError(f"{type(pipe).__name__} takes no `timesteps` argument and its LCMScheduler would run "
                              f"{pipe.scheduler.timesteps.tolist()} for {len(timesteps)} steps, not {timesteps}")
-    usage = usage.with_arguments(("guidance_scale", "0.0"), *calls)
+    guidance = () if any(k == "guidance_scale" for k, _ in calls) else (("guidance_scale", "0.0"),)
+    usage = usage.with_arguments(*guidance, *calls)
     if len(timesteps) > 1 and abs(sigma_0 - 1) > 1e-6:  # LCMScheduler does not scale the initial noise
         usage = replace(usage, draws=(
             f"# the student starts from sigma(t_0) z = {sigma_0:.6g} z (LCMScheduler would pass z unscaled)",
