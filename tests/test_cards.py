@@ -134,3 +134,43 @@ def test_other_family_cards(tiny, tmp_path, family, t0):
     student = _text_student(tiny(family), t0, timesteps=(t0,))
     folder = student.export(tmp_path / "pipeline")
     assert_same_image(run_card(folder, cwd=tmp_path), student_image(student, CAT))
+
+
+def test_routed_multi_student_card(digits_like_teacher, tmp_path):
+    """MSD's routed pipeline: the card's labels go to their owners, each student sampling its own."""
+    import copy
+
+    from stepdistill.student import RoutedStudent
+
+    a = _class_student(digits_like_teacher, timesteps=(999,))
+    b = copy.copy(a)
+    b.generator = _perturbed(a.generator, 1)
+    owner = [0, 1] * 5
+    routed = RoutedStudent(students=[a, b], route=lambda labels: torch.tensor([owner[int(c)] for c in labels]),
+                           routing={"owner": owner}, name="msd")
+    folder = routed.export(tmp_path / "pipeline")
+    labels = [int(c) for c in card_code(folder).split("class_labels=[", 1)[1].split("]", 1)[0].split(",")]
+    assert len({owner[c] for c in labels}) == 2  # the card's call reaches both students
+    expected = to_uint8(routed.images(torch.tensor(labels), torch.Generator().manual_seed(0)).clamp(-1, 1))
+    assert_same_image(run_card(folder, cwd=tmp_path), expected)
+
+
+def test_super_resolution_card(sr_teacher, tmp_path):
+    """The SR card opens `input.png` and upsamples it: the student's image for that low-resolution input."""
+    from PIL import Image
+
+    from stepdistill.conditioning import LRConditioner
+    from stepdistill.degradations import Degradation
+    from stepdistill.latents import PixelSpace
+    from stepdistill.roles import make_generator
+    from stepdistill.teachers import load_teacher
+
+    teacher = load_teacher(sr_teacher)
+    low = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(5))
+    Image.fromarray(to_uint8(low[None] * 2 - 1)[0]).save(tmp_path / "input.png")
+    saved = torch.from_numpy(np.asarray(Image.open(tmp_path / "input.png"))).permute(2, 0, 1).float() / 127.5 - 1
+    conditioner = LRConditioner([{"images": torch.zeros(3, 16, 16), "lr": saved}], Degradation(4), channels=3)
+    gen = _perturbed(make_generator(teacher, 749.0), 0)
+    student = _student(teacher, gen, conditioner, PixelSpace(), (3, 16, 16), timesteps=(749, 249))
+    folder = student.export(tmp_path / "pipeline")
+    assert_same_image(run_card(folder, cwd=tmp_path), student_image(student, 0))
