@@ -74,9 +74,11 @@ class TextConditioner:
         return self.encoder.call_options()
 
     def __init__(self, prompts: list[str], encoder, *, device="cpu", cache_mib: float = 4096.0,
-                 captions: list[str] | None = None):
+                 captions: list[str] | None = None, store=None):
         """`prompts`: what the generator is trained on (labels 0..len - 1); `captions`: the real images' own (label
-        `caption_offset + i` is caption i; `data.paired`)."""
+        `caption_offset + i` is caption i; `data.paired`); `store`: precomputed embeddings (`data.precomputed`), read
+        for the texts it holds instead of encoding them."""
+        self.store = store
         if not prompts:
             raise ValueError("TextConditioner needs at least one prompt")
         if not cache_mib > 0:
@@ -95,8 +97,13 @@ class TextConditioner:
         """Each label's encoded prompt, stacked: {name: (B, ...)} in float32 on `labels`' device."""
         wanted = [int(i) for i in labels.tolist()]
         missing = sorted({i for i in wanted if i >= 0 and i not in self._cache})
-        encoded = self.encoder.encode([self.text(i) for i in missing]) if missing else {}
-        fresh = {i: {k: v[j].half().cpu() for k, v in encoded.items()} for j, i in enumerate(missing)}
+        stored = [i for i in missing if self.store is not None and self.text(i) in self.store]
+        missing = [i for i in missing if i not in set(stored)]
+        fresh = {}
+        for ids, rows in ((missing, self.encoder.encode), (stored, self.store and self.store.rows)):
+            if ids:
+                found = rows([self.text(i) for i in ids])
+                fresh |= {i: {k: v[j].half().cpu() for k, v in found.items()} for j, i in enumerate(ids)}
         picked = [self.null if i < 0 else fresh.get(i) or self._cache[i] for i in wanted]
         for i in dict.fromkeys(i for i in wanted if i >= 0):  # this batch's prompts become the most recent
             if i in fresh:

@@ -56,6 +56,8 @@ def run_identity(teacher, data) -> dict[str, str]:
         identity["images"] = folder_digest(data.images)
     if data.dataset is not None:  # a save_to_disk folder by its files; a Hub dataset by its name
         identity["dataset"] = folder_digest(data.dataset) if Path(data.dataset).is_dir() else data.dataset
+    if data.precomputed is not None and Path(data.precomputed).is_dir():
+        identity["precomputed"] = folder_digest(data.precomputed)
     if data.shards is not None:
         from .data.paired import expand_shards
 

@@ -33,6 +33,10 @@ class LatentSpace:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> latents; a batch that already has the latents' shape (`data.precomputed`'s) is
+        returned as it is (an image has 1 or 3 channels at `resolution`, never a latent's shape)."""
+        if tuple(images.shape[1:]) == self.shape:
+            return images.float()
         posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         return ((posterior.mean - self.shift) * self.scale).float()
 

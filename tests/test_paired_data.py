@@ -255,3 +255,62 @@ def test_the_stream_leaves_torchs_global_generator_alone(sources, workers):
     stream.take(_draw(3))
     stream.take(_draw(7))  # unpredicted: a second loader
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_lcm_on_real_images_solves_the_teachers_step_under_each_images_caption(tmp_path, monkeypatch,
+                                                                               fresh_accelerate_state):
+    """Consistency distillation with `loss.states=real` on a captioned folder: the teacher's guided step from each
+    noised real image is conditioned on that image's caption."""
+    import consistency_distill as cd
+    import quick
+
+    from stepdistill.data.stream import RealStream
+    from stepdistill.training import Draw
+
+    folder = metadata_folder(tmp_path / "folder")
+    cfg = quick.config("consistency_distill", "tiny-sd", tmp_path / "run", f"data.images={folder}",
+                       "train.batch_size=2", "data.loader_workers=0", "loss.states=real")
+    run = cd.setup(cfg)
+    taken, guided = [], []
+    take, guide = RealStream.take, cd.guided_teacher
+    monkeypatch.setattr(RealStream, "take", lambda self, draw: taken.append(take(self, draw)) or taken[-1])
+    monkeypatch.setattr(cd, "guided_teacher", lambda run, w, labels: guided.append(labels.clone()) or guide(run, w, labels))
+    cd.step(run, Draw(run.setup.accelerator, 2, seed=0, step=0), 0)
+    images, labels = taken[0]
+    assert len(guided) == 1 and torch.equal(guided[0], labels)
+    for x, label in zip(images, labels.tolist()):
+        is_colour(x, CAPTIONS.index(run.setup.conditioner.text(label)))
+
+
+def test_a_class_conditional_gan_judges_real_images_under_their_own_labels(digits_like_teacher, tmp_path, monkeypatch,
+                                                                           fresh_accelerate_state):
+    """`data.label_column` on a class-conditional teacher: DMD2's discriminator sees each real image with its label."""
+    import dmd2
+    import quick
+
+    from stepdistill.data.stream import RealStream
+    from stepdistill.denoiser import Denoiser
+    from stepdistill.training import Draw, dmd
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    rows = []
+    for i in range(6):
+        Image.fromarray(((torch.rand(16, 16) * 255).byte()).numpy(), mode="L").save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "digit": (3 * i) % 10}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = quick.config("dmd2", digits_like_teacher, tmp_path / "run", f"data.images={folder}", "data.image_channels=1",
+                       "data.label_column=digit", "train.batch_size=8", "data.loader_workers=0")
+    run = dmd2.setup(cfg)
+    assert run.setup.labelled_real
+    taken, seen = [], []
+    take, features = RealStream.take, Denoiser.features
+    monkeypatch.setattr(RealStream, "take", lambda self, draw: taken.append(take(self, draw)) or taken[-1])
+    monkeypatch.setattr(Denoiser, "features", lambda self, x_t, t, **cond: seen.append(cond["class_labels"].clone())
+                        or features(self, x_t, t, **cond))
+    draw = Draw(run.setup.accelerator, 8, 0, 0)
+    labels = torch.arange(8) % 10
+    dmd.fake_score_loss(run, draw, dmd.generate(run, draw, labels), labels)
+    real_labels = taken[0][1]
+    assert set(real_labels.tolist()) <= {(3 * i) % 10 for i in range(6)}
+    assert torch.equal(seen[0][:8], real_labels) and torch.equal(seen[0][8:], labels)

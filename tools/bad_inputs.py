@@ -198,6 +198,8 @@ CASES = [
          "real images come from one source; set only one of data.images, data.dataset"),
     Case("dmd2", ("model.teacher=tiny-sd", "data.loader_workers=-1"), "data.loader_workers=-1 must be >= 0"),
     Case("dmd2", ("model.teacher=tiny-sd", "loss.gan=true"), "a text-to-image teacher needs prompts: data.prompts"),
+    Case("dmd2", ("model.teacher=tiny-sd", "data.precomputed={tmp}/captioned"), "no index.json (write the folder with"),
+    Case("dmd2", ("data.precomputed={tmp}/captioned",), "precomputed latents serve text-to-image teachers"),
     Case("dmd2", ("train.validation_labels=[1,12]",), "train.validation_labels=[1, 12]: 12 is not a class of this teacher"),
     Case("dmd2", ("train.validation_prompts=[a cat]",), "train.validation_prompts applies to text-to-image teachers"),
     Case("consistency_distill", ("model.boundary=cm", "export.enabled=true"),

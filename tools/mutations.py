@@ -724,6 +724,23 @@ MUTANTS = [
            "DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)",
            ("tests/test_evaluation_generate.py::test_every_model_goes_to_the_device_it_is_given",),
            "an exported pipeline stays on the CPU under --device cuda"),
+    Mutant("precomputed_latents_encoded_again", "stepdistill/latents.py",
+           "if tuple(images.shape[1:]) == self.shape:", "if False:",
+           ("tests/test_precompute.py::test_a_run_on_the_folder_steps_as_the_run_on_the_images_without_encoding_anything",),
+           "precomputed latents are fed to the VAE's encoder as if they were images"),
+    Mutant("precomputed_embeddings_ignored", "stepdistill/conditioning.py",
+           "stored = [i for i in missing if self.store is not None and self.text(i) in self.store]", "stored = []",
+           ("tests/test_precompute.py::test_a_run_on_the_folder_steps_as_the_run_on_the_images_without_encoding_anything",),
+           "a run with precomputed embeddings encodes every text again"),
+    Mutant("precomputed_rows_lose_their_captions", "stepdistill/data/precomputed.py",
+           "item[\"class_labels\"] = self.caption_offset + self.rows.row(i, \"sources\").long()",
+           "item[\"class_labels\"] = torch.tensor(self.caption_offset)",
+           ("tests/test_precompute.py::test_the_folder_holds_each_images_latent_and_each_texts_embedding",),
+           "every precomputed latent is labelled with the first caption"),
+    Mutant("precomputed_identity_unchecked", "stepdistill/data/precomputed.py",
+           "differs = [k for k, v in expected.items() if str(made.get(k)) != str(v)]", "differs = []",
+           ("tests/test_precompute.py::test_a_folder_of_another_teacher_or_a_random_crop_is_refused",),
+           "a folder precomputed with another teacher's VAE is used"),
 ]
 
 

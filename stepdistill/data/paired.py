@@ -288,12 +288,14 @@ def open_source(data, *, want: Literal["captions", "labels"] | None) -> Source |
     """The paired source `data` (a `DataConfig`) names: `data.dataset`, `data.shards`, or `data.images` holding
     `metadata.jsonl`; None for a plain image folder or no real data. `want`: what each image must come with (its
     caption, its class label from `data.label_column`, or nothing)."""
-    named = [k for k in ("images", "dataset", "shards") if getattr(data, k) is not None]
+    named = [k for k in ("images", "dataset", "shards", "precomputed") if getattr(data, k) is not None]
     if len(named) > 1:
         raise DataSourceError(f"real images come from one source; set only one of "
                               f"{', '.join('data.' + k for k in named)}")
     columns = dict(image_column=data.image_column, want=want, caption_column=data.caption_column,
                    label_column=data.label_column)
+    if data.precomputed is not None:  # its index holds the captions (`data.precomputed`)
+        return None
     if data.dataset is not None:
         return HubDataset(data.dataset, split=data.split, **columns)
     if data.shards is not None:

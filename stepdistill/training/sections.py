@@ -94,6 +94,9 @@ class DataConfig:
     image_column: Optional[str] = None
     caption_column: Optional[str] = None
     label_column: Optional[str] = None  # class-conditional teachers: the class label's column (shards: cls)
+    # A folder `python -m stepdistill.precompute` wrote for this teacher and resolution: its VAE latents are the real
+    # images and its text embeddings are read instead of encoded (instead of data.images / dataset / shards).
+    precomputed: Optional[str] = None
     image_channels: int = 3
     center_crop: bool = True  # false: a random square crop of each image (its shorter side resized first)
     random_flip: bool = False

@@ -23,11 +23,12 @@ from ..conditioning import ClassConditioner, LRConditioner, TextConditioner, Unc
 from ..prompt_encoders import prompt_encoder
 from ..data import ImageFolder, IndexLabelled, load_prompts
 from ..data.paired import PairedImages, open_source
+from ..data.precomputed import EmbeddingStore, PrecomputedLatents, captions_of, check_made_for, read_index
 from ..data.stream import RealStream
 from ..data.embedded import embedded_dataset
 from ..degradations import Degradation
 from ..distributed import compute_dtype, enable_tf32, make_accelerator
-from ..fingerprints import run_identity
+from ..fingerprints import run_identity, weights_digest
 from ..io import atomic_write_text
 from ..ops import set_fused_losses
 from ..latents import LatentSpace, PixelSpace
@@ -273,6 +274,12 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
     # the source's index (captions, labels) before anything large is loaded; its images are decoded further down
     source = open_source(data, want="captions" if text else "labels" if data.label_column else None)
     captions = getattr(source, "captions", None)
+    precomputed = None
+    if data.precomputed is not None:  # latents and embeddings written ahead (`stepdistill.precompute`)
+        if not text:
+            raise ValueError(f"data.precomputed={data.precomputed}: precomputed latents serve text-to-image teachers")
+        precomputed = read_index(data.precomputed)
+        captions = captions_of(data.precomputed)
     if text:
         if prompts is None and not captions:
             raise ValueError("a text-to-image teacher needs prompts: data.prompts (a prompt file) or a captioned "
@@ -285,7 +292,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
                                  dtype=dtype)
         # without a prompt file the generator is trained on the captions (labels 0..N-1 for both)
         conditioner = TextConditioner(prompts or captions, encoder, device=device, cache_mib=data.embedding_cache_mib,
-                                      captions=captions if prompts is not None else None)
+                                      captions=captions if prompts is not None else None,
+                                      store=precomputed and EmbeddingStore(data.precomputed, precomputed))
         teacher.schedule = at_resolution(teacher, space.shape)
     elif condition_scale:  # the condition is built from the real images below
         conditioner, space, resolution = None, PixelSpace(), net_cfg.sample_size
@@ -311,7 +319,14 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
     dataset = None
     crops = dict(channels=data.image_channels, center_crop=data.center_crop, random_flip=data.random_flip,
                  skip_corrupt=data.skip_corrupt)
-    if source is not None:
+    if precomputed is not None:
+        check_made_for(precomputed, Path(data.precomputed),
+                       {"teacher_weights": weights_digest(teacher.net), "vae_weights": weights_digest(space.vae),
+                        "resolution": str(resolution)})
+        if precomputed.get("latent_shards"):
+            dataset = PrecomputedLatents(data.precomputed, precomputed)
+            dataset.caption_offset = conditioner.caption_offset if conditioner.captions else 0
+    elif source is not None:
         dataset = PairedImages(source, resolution, **crops)
         if text and isinstance(conditioner, TextConditioner):
             dataset.caption_offset = conditioner.caption_offset if conditioner.captions else 0
