@@ -94,8 +94,14 @@ def read_captions(path: str) -> list[str]:
 
     p = Path(path)
     if p.suffix == ".json":
-        first: dict[int, str] = {}
-        for a in sorted(json.loads(p.read_text())["annotations"], key=lambda a: (a["image_id"], a["id"])):
-            first.setdefault(a["image_id"], a["caption"].strip())
+        try:
+            annotations = json.loads(p.read_text())["annotations"]
+            first: dict[int, str] = {}
+            # by caption id where the file has them (COCO's), else in file order
+            for _, a in sorted(enumerate(annotations), key=lambda e: (e[1]["image_id"], e[1].get("id", e[0]))):
+                first.setdefault(a["image_id"], a["caption"].strip())
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"--captions {p}: not a COCO captions file (annotations with image_id and caption): "
+                             f"{type(e).__name__}: {e}") from None
         return [first[k] for k in sorted(first)]
     return [line.strip() for line in p.read_text().splitlines() if line.strip()]
