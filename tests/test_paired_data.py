@@ -314,3 +314,41 @@ def test_a_class_conditional_gan_judges_real_images_under_their_own_labels(digit
     real_labels = taken[0][1]
     assert set(real_labels.tolist()) <= {(3 * i) % 10 for i in range(6)}
     assert torch.equal(seen[0][:8], real_labels) and torch.equal(seen[0][8:], labels)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_with_loader_workers_train_as_one_on_shards(digits_like_teacher, tmp_path):
+    """DMD2 with its GAN on labelled webdataset shards, random crops and flips, a loader worker per process: two
+    processes x 4 samples train the weights one process x 8 does (float reduction order only)."""
+    import webdataset as wds
+    from safetensors.torch import load_file
+
+    import quick
+    from launching import launch
+
+    root = tmp_path / "shards"
+    root.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    for shard in range(2):
+        with wds.TarWriter(str(root / f"digits-{shard}.tar")) as sink:
+            for i in range(6):
+                buffer = io.BytesIO()
+                Image.fromarray((torch.rand(20, 20, generator=rng) * 255).byte().numpy(), mode="L").save(buffer, "PNG")
+                sink.write({"__key__": f"{shard}_{i}", "png": buffer.getvalue(), "cls": (shard * 6 + i) % 10})
+    extra = [f"data.shards={root}/digits-{{0..1}}.tar", "data.label_column=cls", "data.image_channels=1",
+             "data.center_crop=false", "data.random_flip=true", "data.loader_workers=1", "train.batch_size=8",
+             "train.max_steps=3", "train.checkpoint_every=3", "optim.update_ratio=1", "export.enabled=false"]
+    for processes, name in ((1, "one"), (2, "two")):
+        launch("dmd2", processes, quick.overrides(digits_like_teacher, tmp_path / name, *extra))
+    one, two = (load_file(str(tmp_path / n / "checkpoints" / "step_00000003" / "model.safetensors"))
+                for n in ("one", "two"))
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert worst < 5e-5, worst  # Adam's first steps amplify reduction-order differences (other data: ~1e-3)
+    logs = {name: [[json.loads(line) for line in (tmp_path / name / f"log_rank{r}.jsonl").read_text().splitlines()
+                    if "loss_d" in line] for r in range(ranks)] for name, ranks in (("one", 1), ("two", 2))}
+    # the discriminator's loss at the first step is a mean over the real and fake images: the two processes' halves
+    # average to the one process's (the same real images, crops and flips)
+    first_one, halves = logs["one"][0][0], [log[0] for log in logs["two"]]
+    assert first_one["loss_d"] == pytest.approx(sum(h["loss_d"] for h in halves) / 2, rel=1e-5)
+    assert first_one["d_real"] == pytest.approx(sum(h["d_real"] for h in halves) / 2, rel=1e-5)
