@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for row in rows:
         median = row["median_step_s"]
-        print(f"{row['torch_threads']} torch threads, {row['workers']} workers: folder {median['folder'] * 1e3:.1f} ms, "
+        print(f"{row['torch_threads']} torch threads, {row['workers']} workers: "
+              f"folder {median['folder'] * 1e3:.1f} ms, "
               f"memory {median['memory'] * 1e3:.1f} ms a step: x{row['ratio']:.3f}")
 
 

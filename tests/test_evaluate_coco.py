@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_evaluate_exports import _text_student, tiny  # noqa: F401
+from test_evaluate_exports import _text_student, tiny  # noqa: F401 (tiny: a fixture)
 from test_evaluation_fid_clip import TINY_CLIP
 
 CAPTIONS = {1: "a photo of a cat", 2: "a red square", 3: "a bowl of fruit", 4: "a lighthouse at dusk"}

@@ -274,7 +274,8 @@ def test_lcm_on_real_images_solves_the_teachers_step_under_each_images_caption(t
     taken, guided = [], []
     take, guide = RealStream.take, cd.guided_teacher
     monkeypatch.setattr(RealStream, "take", lambda self, draw: taken.append(take(self, draw)) or taken[-1])
-    monkeypatch.setattr(cd, "guided_teacher", lambda run, w, labels: guided.append(labels.clone()) or guide(run, w, labels))
+    monkeypatch.setattr(cd, "guided_teacher",
+                        lambda run, w, labels: guided.append(labels.clone()) or guide(run, w, labels))
     cd.step(run, Draw(run.setup.accelerator, 2, seed=0, step=0), 0)
     images, labels = taken[0]
     assert len(guided) == 1 and torch.equal(guided[0], labels)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .folders import IMAGE_EXTENSIONS, CorruptImageError, decoded, square_transform, strict_decoding
+from .folders import CorruptImageError, decoded, square_transform, strict_decoding
 
 CAPTION_KEYS = ("text", "caption", "prompt", "txt")  # tried in this order when data.caption_column is null
 SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

@@ -63,7 +63,8 @@ def export_lora(folder: str | Path, net: nn.Module, adapter: str, *, timesteps: 
         steps = (("num_inference_steps", str(len(timesteps))), ("timesteps", repr(list(timesteps))),
                  *((("eta", repr(gamma)),) if gamma is not None else ()), ("latents", "latents"))
         draws = (f"# the student starts from sigma(t_0) z at t_0 = {timesteps[0]} ({scheduler} passes z unscaled)",
-                 "shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)",
+                 "size = pipe.unet.config.sample_size",
+                 "shape = (1, pipe.unet.config.in_channels, size, size)",
                  f"latents = (1 - pipe.scheduler.alphas_cumprod[{timesteps[0]}]).sqrt() * torch.randn(shape, "
                  "generator=generator)")
     guidance = () if "guidance_scale" in (call_options or {}) else (("guidance_scale", "0.0"),)
