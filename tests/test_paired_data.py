@@ -188,8 +188,9 @@ def test_an_unpredicted_request_restarts_the_workers_and_still_gets_its_batch(so
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("source,with_prompts", [("metadata.jsonl", False), ("save_to_disk", False),
-                                                 ("webdataset", False), ("metadata.jsonl", True)])
+@pytest.mark.parametrize("source,with_prompts", [  # the quick tier: a captioned folder; the other sources: slow
+    ("metadata.jsonl", False), pytest.param("save_to_disk", False, marks=pytest.mark.slow),
+    pytest.param("webdataset", False, marks=pytest.mark.slow), ("metadata.jsonl", True)])
 def test_a_text_to_image_run_trains_on_each_source_and_its_gan_judges_each_image_under_its_own_caption(
         source, with_prompts, tmp_path, monkeypatch, fresh_accelerate_state):
     """DMD2 on the tiny SD pipeline: real images come with their captions' labels, and the discriminator's real half

@@ -133,10 +133,10 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"loss": 15.6661},
     ],
     "ect:ict": [
-        {"loss": 9.34613},
-        {"loss": 9.6134},
-        {"loss": 9.39904},
-        {"loss": 13.7451},
+        {"loss": 9.28672},
+        {"loss": 9.47168},
+        {"loss": 9.55136},
+        {"loss": 13.6399},
     ],
     "msd": [
         {"loss_fake": 0.986528, "loss_d": 1.40003, "loss_dm": 0.000648625, "loss_g_gan": 0.732289},
