@@ -354,3 +354,29 @@ def test_two_processes_with_loader_workers_train_as_one_on_shards(digits_like_te
     first_one, halves = logs["one"][0][0], [log[0] for log in logs["two"]]
     assert first_one["loss_d"] == pytest.approx(sum(h["loss_d"] for h in halves) / 2, rel=1e-5)
     assert first_one["d_real"] == pytest.approx(sum(h["d_real"] for h in halves) / 2, rel=1e-5)
+
+
+def test_loader_workers_outlive_a_sigterm_so_the_run_can_checkpoint(sources):
+    """SLURM and Kubernetes send SIGTERM to every process of a job: a worker that died of it would fail the step the
+    training process finishes before its clean stop."""
+    import os
+    import signal as signals
+
+    data = PairedImages(sources["metadata.jsonl"], 8)
+    stream = RealStream(data, workers=2)
+    first = stream.take(_draw(0))
+    workers = stream._batches._workers  # the loader's worker processes
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signals.SIGTERM)
+    for worker in workers:
+        worker.join(timeout=0.5)
+    assert all(w.is_alive() for w in workers)
+    again = RealStream(data, workers=0)
+    again.take(_draw(0))
+    torch.testing.assert_close(stream.take(_draw(1))[0], again.take(_draw(1))[0])
+    assert first[0].shape == (4, 3, 8, 8)
+    stream.close()  # they ignore SIGTERM, so they must stop when asked (and at exit: `stream._close_all`)
+    for worker in workers:
+        worker.join(timeout=3)
+    assert not any(w.is_alive() for w in workers)

@@ -741,6 +741,10 @@ MUTANTS = [
            "differs = [k for k, v in expected.items() if str(made.get(k)) != str(v)]", "differs = []",
            ("tests/test_precompute.py::test_a_folder_of_another_teacher_or_a_random_crop_is_refused",),
            "a folder precomputed with another teacher's VAE is used"),
+    Mutant("stream_workers_die_of_sigterm", "stepdistill/data/stream.py",
+           "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n", "    pass\n",
+           ("tests/test_paired_data.py::test_loader_workers_outlive_a_sigterm_so_the_run_can_checkpoint",),
+           "a job-wide SIGTERM kills the loader's workers before the run's clean stop"),
 ]
 
 

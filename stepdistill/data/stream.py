@@ -11,7 +11,10 @@ guess costs time, never different data.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import signal
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -54,6 +57,37 @@ class _Seeded(Dataset):
             item = dict(self.dataset[index])
         item["tag"] = torch.tensor(tag)
         return item
+
+
+def _schedule(first: Key, pattern: list[tuple[int, int]]) -> Iterator[Key]:
+    """`first`, then the predicted requests: this step's rest and every later step as `pattern` (the previous step's
+    requests) went."""
+    yield first
+    pattern = pattern or [(first.seed, first.batch)]
+    for call, (seed, batch) in enumerate(pattern[first.call + 1:], start=first.call + 1):
+        yield Key(seed, batch, first.step, call)
+    step = first.step
+    while True:
+        step += 1
+        for call, (seed, batch) in enumerate(pattern):
+            yield Key(seed, batch, step, call)
+
+
+def _worker_init(_: int) -> None:
+    """A cluster's SIGTERM reaches every process of the job: the workers leave it to the training process, which
+    finishes its step and checkpoints (`training.loop`) while they keep serving it. They exit when it closes its
+    streams (`RealStream.close`, also at interpreter exit: `_close_all`) or, if it is killed, when their loader's
+    watchdog sees it gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_OPEN: "weakref.WeakSet[RealStream]" = weakref.WeakSet()
+
+
+@atexit.register  # registered after torch's exit hook, so it runs before it, while loaders can still shut down
+def _close_all() -> None:
+    for stream in list(_OPEN):
+        stream.close()
 
 
 def reads_files(dataset) -> bool:
@@ -113,30 +147,21 @@ class RealStream:
         labels = batch["class_labels"].to(device, non_blocking=True) if "class_labels" in batch else None
         return images, labels
 
-    @staticmethod
-    def _schedule(first: Key, pattern: list[tuple[int, int]]) -> Iterator[Key]:
-        """`first`, then the predicted requests: this step's rest and every later step as `pattern` (the previous
-        step's requests) went."""
-        yield first
-        pattern = pattern or [(first.seed, first.batch)]
-        for call, (seed, batch) in enumerate(pattern[first.call + 1:], start=first.call + 1):
-            yield Key(seed, batch, first.step, call)
-        step = first.step
-        while True:
-            step += 1
-            for call, (seed, batch) in enumerate(pattern):
-                yield Key(seed, batch, step, call)
+    def close(self) -> None:
+        """Shut the loader's workers down (they exit once they read the loader's stop)."""
+        self._batches, self._next = None, None  # the iterator holds no reference back: freed, it stops its workers
+        _OPEN.discard(self)
 
     def _restart(self, key: Key, acc) -> None:
         self.restarts += self._batches is not None
-        self._batches = None  # its workers exit with it
+        self.close()
         pattern = list(self._pattern)
-        self._plan, self._position = self._schedule(key, pattern), 0
+        self._plan, self._position = _schedule(key, pattern), 0
         next(self._plan)  # `key` itself
         n, rank, processes = len(self.dataset), acc.process_index, acc.num_processes
 
-        def requests() -> Iterator[list[tuple[int, int, int]]]:
-            for tag, k in enumerate(self._schedule(key, pattern)):
+        def requests() -> Iterator[list[tuple[int, int, int]]]:  # no reference to self: see `close`
+            for tag, k in enumerate(_schedule(key, pattern)):
                 indices, seeds = k.indices(n)
                 rows = slice(rank * (k.batch // processes), (rank + 1) * (k.batch // processes))
                 yield [(int(i), int(s), tag) for i, s in zip(indices[rows], seeds[rows])]
@@ -145,5 +170,7 @@ class RealStream:
         # (dropout's), or a resumed run (whose loader starts later) would drop out differently
         loader = DataLoader(_Seeded(self.dataset), batch_sampler=requests(), num_workers=self.workers,
                             prefetch_factor=PREFETCH if self.workers else None, pin_memory=self.pin_memory,
-                            generator=torch.Generator().manual_seed(key.step))
+                            generator=torch.Generator().manual_seed(key.step),
+                            worker_init_fn=_worker_init if self.workers else None)
         self._batches = iter(loader)
+        _OPEN.add(self)

@@ -1,8 +1,8 @@
 """Randomness for the global batch, sliced per process and per micro-batch.
 
 Every random draw of a step (noise, times, labels) is made for the *global* batch from a generator seeded by
-(seed, step), and each process takes its slice (real images likewise, keyed by (seed, step), `data.stream`): one and N processes see the
-same data, so their runs agree up to reduction order, and a resumed run draws what the
+(seed, step), and each process takes its slice (real images likewise, keyed by (seed, step): `data.stream`). One
+and N processes see the same data, so their runs agree up to reduction order, and a resumed run draws what the
 uninterrupted one would have.
 
 Gradient accumulation (`train.micro_batch_size`) splits a process's slice into `passes` micro-batches. A phase
