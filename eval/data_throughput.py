@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "what": "DMD2 steps on the tiny SD pipeline (GAN on): median step time with the GAN's real images read from a "
                 "captioned JPEG folder by DataLoader workers, over the same images decoded in memory",
-        "command": "python eval/data_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python eval/data_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
         "images": args.images, "source_size": args.source_size, "resolution": args.resolution, "batch": args.batch,
         "goal": "ratio <= 1.05 with 2 workers",
