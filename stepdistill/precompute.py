@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from .training.sections import DataConfig
 
@@ -53,9 +55,6 @@ def check(cfg: PrecomputeConfig) -> None:
 
 def precompute(cfg: PrecomputeConfig) -> Path:
     """Write `cfg.output` (in one rename: an interrupted run leaves no half folder) and return it."""
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
     from .conditioning import TextConditioner
     from .data.precomputed import INDEX, TEXTS
     from .fingerprints import run_identity, weights_digest
@@ -81,10 +80,10 @@ def precompute(cfg: PrecomputeConfig) -> Path:
     captions = list(getattr(dataset, "captions", None) or []) if dataset is not None else []
     with atomic_dir(cfg.output) as out:
         if cfg.latents:
-            index |= _latents(dataset, space, out, cfg, dtype, save_file, tqdm)
+            index |= _latents(dataset, space, out, cfg, dtype)
         texts = list(dict.fromkeys([*conditioner.prompts, *conditioner.captions]))
         if cfg.embeddings:
-            index |= _embeddings(conditioner.encoder, texts, out, cfg, dtype, save_file, tqdm)
+            index |= _embeddings(conditioner.encoder, texts, out, cfg, dtype)
         (out / TEXTS).write_text(json.dumps({"texts": texts if cfg.embeddings else [],
                                              "captions": captions or None}) + "\n")
         (out / INDEX).write_text(json.dumps(index, indent=1) + "\n")
@@ -92,7 +91,7 @@ def precompute(cfg: PrecomputeConfig) -> Path:
 
 
 @torch.no_grad()
-def _latents(dataset, space, out: Path, cfg: PrecomputeConfig, dtype, save_file, tqdm) -> dict:
+def _latents(dataset, space, out: Path, cfg: PrecomputeConfig, dtype) -> dict:
     """Every real image's latent, in dataset order, sharded; with its class label, or its caption's number."""
     from torch.utils.data import DataLoader
 
@@ -127,7 +126,7 @@ def _latents(dataset, space, out: Path, cfg: PrecomputeConfig, dtype, save_file,
 
 
 @torch.no_grad()
-def _embeddings(encoder, texts: list[str], out: Path, cfg: PrecomputeConfig, dtype, save_file, tqdm) -> dict:
+def _embeddings(encoder, texts: list[str], out: Path, cfg: PrecomputeConfig, dtype) -> dict:
     """Every prompt's and caption's encoder rows (`prompt_encoders`), in `texts` order, sharded."""
     shards, names = [], []
     for start in tqdm(range(0, len(texts), cfg.shard_size), desc="embeddings", unit="shard"):

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Protocol
@@ -355,7 +356,6 @@ class PairedImages(Dataset):
                                     f"{self.source.describe(bad[0][0])}: {bad[0][1]}")
         dropped = {i for i, _ in bad}
         self.indices = [i for i in self.indices if i not in dropped]
-        import warnings
         names = ", ".join(self.source.describe(i) for i, _ in bad[:5])
         warnings.warn(f"skipped {len(bad)} corrupt image(s) of {len(bad) + len(self.indices)} in {where} "
                       f"(data.skip_corrupt=true): {names}{' ...' if len(bad) > 5 else ''}", stacklevel=3)
