@@ -15,6 +15,7 @@ from PIL import Image
 from stepdistill.data.folders import CorruptImageError
 from stepdistill.data.paired import DataSourceError, HubDataset, MetadataFolder, PairedImages, TarShards
 from stepdistill.data.stream import RealStream
+from stepdistill.training.sections import DataConfig
 
 N = 6
 CAPTIONS = [f"a square of colour {i}" for i in range(N)]
@@ -216,6 +217,7 @@ def test_a_text_to_image_run_trains_on_each_source_and_its_gan_judges_each_image
     s = run.setup
     offset = 2 if with_prompts else 0
     assert s.conditioner.num_classes == (2 if with_prompts else N) and s.labelled_real
+    assert s.real.workers == 1  # data.loader_workers
     taken, conditioned = [], []
     take, cond = RealStream.take, type(s.conditioner).cond
 
@@ -302,9 +304,12 @@ def test_a_class_conditional_gan_judges_real_images_under_their_own_labels(digit
         rows.append(json.dumps({"file_name": f"{i}.png", "digit": (3 * i) % 10}))
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     cfg = quick.config("dmd2", digits_like_teacher, tmp_path / "run", f"data.images={folder}", "data.image_channels=1",
-                       "data.label_column=digit", "train.batch_size=8", "data.loader_workers=0")
+                       "data.label_column=digit", "train.batch_size=8", "data.loader_workers=0",
+                       "data.center_crop=false", "data.random_flip=true")
     run = dmd2.setup(cfg)
     assert run.setup.labelled_real
+    steps = [type(t).__name__ for t in run.setup.dataset.transform.transforms]  # data.center_crop, data.random_flip
+    assert "RandomCrop" in steps and "RandomHorizontalFlip" in steps and "CenterCrop" not in steps
     taken, seen = [], []
     take, features = RealStream.take, Denoiser.features
     monkeypatch.setattr(RealStream, "take", lambda self, draw: taken.append(take(self, draw)) or taken[-1])
@@ -380,3 +385,21 @@ def test_loader_workers_outlive_a_sigterm_so_the_run_can_checkpoint(sources):
     for worker in workers:
         worker.join(timeout=3)
     assert not any(w.is_alive() for w in workers)
+
+
+def test_data_split_and_image_column_pick_a_datasets_split_and_column(tmp_path):
+    import datasets
+
+    from stepdistill.data.paired import open_source
+
+    features = datasets.Features({"picture": datasets.Image(), "text": datasets.Value("string")})
+    splits = {name: datasets.Dataset.from_dict({"picture": [{"bytes": png(i), "path": None} for i in rows],
+                                                "text": [CAPTIONS[i] for i in rows]}, features=features)
+              for name, rows in (("train", [0, 1, 2]), ("test", [4, 5]))}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
+    data = DataConfig(dataset=str(tmp_path / "saved"), split="test", image_column="picture")
+    source = open_source(data, want="captions")
+    assert source.captions == CAPTIONS[4:6]
+    is_colour(PairedImages(source, 8)[1]["images"], 5)
+    with pytest.raises(DataSourceError, match="has no split 'validation'; its splits: \\['test', 'train'\\]"):
+        open_source(DataConfig(dataset=str(tmp_path / "saved"), split="validation"), want="captions")

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -95,26 +95,41 @@ def _decode_error(path: Path, channels: Literal[3, 1]) -> str | None:
 PROGRESS_FROM = 1000
 
 
-def find_corrupt(paths: list[Path], channels: Literal[3, 1] = 3, *, desc: str = "checking images"
-                 ) -> list[tuple[Path, str]]:
-    """(path, reason) of each file in `paths` that does not decode completely, in `paths`' order. Decodes in a
-    thread pool (PIL's decoders release the GIL), with a progress bar from `PROGRESS_FROM` files."""
+def keep_decodable(items: list, reason: Callable[[Any], str | None], describe: Callable[[Any], str], where: str,
+                   *, skip: bool, desc: str = "checking images") -> list:
+    """The `items` whose image decodes completely (`reason(item)` is None; else it says why), checked in a thread pool
+    (PIL's decoders release the GIL) with PIL's truncation check on and a progress bar from `PROGRESS_FROM` items.
+    A bad item is a `CorruptImageError` naming it (`describe`), or, with `skip`, is left out with one warning (all of
+    them bad is an error still). `where`: the source, for the messages ("under ROOT", "in data.shards=...")."""
     from tqdm.auto import tqdm
 
-    workers = min(8, os.cpu_count() or 1) if len(paths) > 16 else 1
-    with strict_decoding(), tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < PROGRESS_FROM,
+    workers = min(8, os.cpu_count() or 1) if len(items) > 16 else 1
+    with strict_decoding(), tqdm(total=len(items), desc=desc, unit="img", disable=len(items) < PROGRESS_FROM,
                                   leave=False) as bar:
-        def check(path: Path) -> str | None:
-            reason = _decode_error(path, channels)
+        def check(item) -> str | None:
+            why = reason(item)
             bar.update(1)
-            return reason
+            return why
 
         if workers == 1:
-            reasons = [check(p) for p in paths]
+            reasons = [check(x) for x in items]
         else:
             with ThreadPoolExecutor(workers) as pool:
-                reasons = list(pool.map(check, paths))
-    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+                reasons = list(pool.map(check, items))
+    bad = [(x, why) for x, why in zip(items, reasons) if why is not None]
+    if not bad:
+        return list(items)
+    if not skip:
+        more = f" ({len(bad) - 1} more corrupt image(s) {where})" if len(bad) > 1 else ""
+        raise CorruptImageError(f"corrupt image {describe(bad[0][0])}: {bad[0][1]}{more}; remove it or set "
+                                "data.skip_corrupt=true to skip corrupt images")
+    if len(bad) == len(items):
+        raise CorruptImageError(f"all {len(items)} images {where} are corrupt, e.g. {describe(bad[0][0])}: "
+                                f"{bad[0][1]}")
+    names = ", ".join(f"{describe(x)} ({why})" for x, why in bad[:5])
+    warnings.warn(f"skipped {len(bad)} corrupt image(s) of {len(items)} {where} (data.skip_corrupt=true): "
+                  f"{names}{' ...' if len(bad) > 5 else ''}", stacklevel=4)
+    return [x for x, why in zip(items, reasons) if why is None]
 
 
 def _to_tensor(im: Image.Image) -> torch.Tensor:
@@ -189,25 +204,12 @@ class ImageFolder(Dataset):
             self._drop_corrupt(skip_corrupt)
 
     def _drop_corrupt(self, skip: bool) -> None:
-        bad = find_corrupt(self.paths, self.channels, desc=f"checking {self.root.name or self.root}")
-        if not bad:
-            return
-        if not skip:
-            path, reason = bad[0]
-            more = f" ({len(bad) - 1} more corrupt image(s) under {self.root})" if len(bad) > 1 else ""
-            raise CorruptImageError(f"corrupt image {path}: {reason}{more}; remove it or set data.skip_corrupt=true "
-                                    "to skip corrupt images")
-        dropped = {p for p, _ in bad}
-        keep = [i for i, p in enumerate(self.paths) if p not in dropped]
-        if not keep:
-            raise CorruptImageError(f"all {len(self.paths)} images under {self.root} are corrupt, e.g. "
-                                    f"{bad[0][0]}: {bad[0][1]}")
+        keep = keep_decodable(list(range(len(self.paths))), lambda i: _decode_error(self.paths[i], self.channels),
+                              lambda i: str(self.paths[i]), f"under {self.root}", skip=skip,
+                              desc=f"checking {self.root.name or self.root}")
         self.paths = [self.paths[i] for i in keep]
         if self.labels is not None:
             self.labels = [self.labels[i] for i in keep]
-        names = ", ".join(f"{p.relative_to(self.root)} ({reason})" for p, reason in bad[:5])
-        warnings.warn(f"skipped {len(bad)} corrupt image(s) of {len(bad) + len(keep)} under {self.root} "
-                      f"(data.skip_corrupt=true): {names}{' ...' if len(bad) > 5 else ''}", stacklevel=3)
 
     @property
     def num_classes(self) -> int:

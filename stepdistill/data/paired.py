@@ -16,10 +16,7 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import tarfile
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -27,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .folders import CorruptImageError, decoded, square_transform, strict_decoding
+from .folders import CorruptImageError, decoded, keep_decodable, square_transform, strict_decoding
 
 CAPTION_KEYS = ("text", "caption", "prompt", "txt")  # tried in this order when data.caption_column is null
 SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -340,25 +337,8 @@ class PairedImages(Dataset):
                 return str(e.__cause__ or e)
             return None
 
-        workers = min(8, os.cpu_count() or 1)
-        with strict_decoding(), ThreadPoolExecutor(workers) as pool:
-            bad = [(i, r) for i, r in zip(self.indices, pool.map(reason, self.indices)) if r is not None]
-        if not bad:
-            return
-        where = self.source.where
-        if not skip:
-            i, why = bad[0]
-            more = f" ({len(bad) - 1} more corrupt image(s) in {where})" if len(bad) > 1 else ""
-            raise CorruptImageError(f"corrupt image {self.source.describe(i)}: {why}{more}; remove it or set "
-                                    "data.skip_corrupt=true to skip corrupt images")
-        if len(bad) == len(self.indices):
-            raise CorruptImageError(f"all {len(bad)} images in {where} are corrupt, e.g. "
-                                    f"{self.source.describe(bad[0][0])}: {bad[0][1]}")
-        dropped = {i for i, _ in bad}
-        self.indices = [i for i in self.indices if i not in dropped]
-        names = ", ".join(self.source.describe(i) for i, _ in bad[:5])
-        warnings.warn(f"skipped {len(bad)} corrupt image(s) of {len(bad) + len(self.indices)} in {where} "
-                      f"(data.skip_corrupt=true): {names}{' ...' if len(bad) > 5 else ''}", stacklevel=3)
+        self.indices = keep_decodable(self.indices, reason, self.source.describe, f"in {self.source.where}",
+                                      skip=skip)
 
     @property
     def captions(self) -> list[str] | None:

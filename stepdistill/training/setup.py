@@ -325,12 +325,9 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
                         "resolution": str(resolution)})
         if precomputed.get("latent_shards"):
             dataset = PrecomputedLatents(data.precomputed, precomputed)
-            dataset.caption_offset = conditioner.caption_offset if conditioner.captions else 0
     elif source is not None:
         dataset = PairedImages(source, resolution, **crops)
-        if text and isinstance(conditioner, TextConditioner):
-            dataset.caption_offset = conditioner.caption_offset if conditioner.captions else 0
-        elif getattr(conditioner, "num_classes", None) and source.labels is not None:
+        if not text and getattr(conditioner, "num_classes", None) and source.labels is not None:
             check_labels(source, conditioner.num_classes)
     elif data.images is not None:
         dataset = ImageFolder(data.images, resolution, **crops)
@@ -341,6 +338,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
                              "in one folder, or caption them in a metadata.jsonl")
     elif need_images:  # the embedded set the teacher was trained on (the digits split it saw; the SR patches)
         dataset = embedded_dataset(teacher.root, resolution, degradation, data)
+    if text and dataset is not None:  # caption i is label caption_offset + i (after the prompt file's prompts)
+        dataset.caption_offset = conditioner.caption_offset if conditioner.captions else 0
     if need_images and dataset is None:
         raise ValueError("this configuration needs real images: set data.images (an image folder), data.dataset or "
                          "data.shards")
