@@ -161,9 +161,9 @@ def check(cfg: ConsistencyDistillConfig, s: Setup) -> None:
                          "loss.w_min = loss.w_max")
     if lo.states == "teacher" and lo.trajectories < 1:
         raise ValueError(f"loss.trajectories={lo.trajectories} must be >= 1")
-    if lo.states == "real" and s.dataset is None:
-        raise ValueError("loss.states=real needs real images (data.images); or train on the teacher's own "
-                         "trajectories with loss.states=teacher")
+    if lo.states == "real" and s.real is None:
+        raise ValueError("loss.states=real needs real images (data.images, data.dataset or data.shards); or "
+                         "train on the teacher's own trajectories with loss.states=teacher")
     if m.guidance_embedding_dim is not None:
         if m.lora_rank is not None:
             raise ValueError("model.guidance_embedding_dim with model.lora_rank: an LCM-LoRA distils one "

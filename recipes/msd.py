@@ -116,6 +116,10 @@ def setup(cfg: MSDConfig) -> Run:
                          "random weights and need Teacher Score Matching steps (> 0); never negative")
     if m.tsm_steps >= cfg.train.max_steps:
         raise ValueError(f"model.tsm_steps={m.tsm_steps} must be fewer than train.max_steps={cfg.train.max_steps}")
+    if cfg.data.streaming and (cfg.loss.gan or m.tsm_steps > 0):
+        raise ValueError("msd: each student's GAN and teacher score matching read the real images of its own "
+                         "conditions, picked by index; a stream (data.streaming=true) has no index: download the "
+                         "dataset, or set data.shards")
     s = Setup.build(train=cfg.train, teacher=m.teacher, resume=cfg.resume, data=cfg.data,
                     need_images=cfg.loss.gan or m.tsm_steps > 0)
     if sharding.wanted(s.accelerator):  # K trios over views of the processes: not sharded (stepdistill.sharding)

@@ -57,6 +57,10 @@ class ClassConditioner:
         return torch.where(mask, torch.full_like(labels, self.null_label), labels)
 
 
+# Labels of streamed captions (`TextConditioner.streamed_labels`): a ring of STREAMED, far past any prompt table.
+STREAMED_BASE, STREAMED = 2**40, 65_536
+
+
 class TextConditioner:
     """Prompts as the text-conditioning keyword arguments of the teacher's family (`prompt_encoders`):
     `encoder_hidden_states=` for SD 1.x / 2.x, plus SDXL's `added_cond_kwargs=` (pooled embedding, size ids),
@@ -92,6 +96,8 @@ class TextConditioner:
         if check is not None:  # the whole prompt list at once: one warning, and prompts cut into one found
             check(prompts + self.captions)
         self.null = {k: v[0] for k, v in encoder.null().items()}
+        self._ring: dict[int, str] = {}  # streamed captions by ring slot (`streamed_labels`)
+        self._streamed = 0
 
     def rows(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each label's encoded prompt, stacked: {name: (B, ...)} in float32 on `labels`' device."""
@@ -123,8 +129,23 @@ class TextConditioner:
         self.captions += list(texts)
         return torch.arange(start, start + len(texts))
 
+    def streamed_labels(self, texts: list[str]) -> torch.Tensor:
+        """Labels standing for a streamed batch's captions (`data.streaming`: no table of them exists ahead), from a
+        ring of `STREAMED` labels past every other: a label is reused `STREAMED` captions later (long after its step),
+        its cached embedding dropped then."""
+        start = self._streamed
+        labels = [STREAMED_BASE + (start + i) % STREAMED for i in range(len(texts))]
+        for label, text in zip(labels, texts):
+            if label in self._cache:
+                self._cache_bytes -= sum(t.nbytes for t in self._cache.pop(label).values())
+            self._ring[label - STREAMED_BASE] = text
+        self._streamed = start + len(texts)
+        return torch.tensor(labels)
+
     def text(self, label: int) -> str:
         """The prompt or caption a label stands for."""
+        if label >= STREAMED_BASE:
+            return self._ring[label - STREAMED_BASE]
         return self.prompts[label] if label < self.caption_offset else self.captions[label - self.caption_offset]
 
     def embeddings(self, labels: torch.Tensor) -> torch.Tensor:

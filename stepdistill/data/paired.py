@@ -136,9 +136,15 @@ class MetadataFolder:
         return str(self.paths[i])
 
 
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether a folder was written by `save_to_disk` (a Dataset's `state.json`, a DatasetDict's
+    `dataset_dict.json`), rather than holding data files (parquet, csv, an imagefolder) `load_dataset` reads."""
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
 class HubDataset:
-    """A `datasets` dataset: a `save_to_disk` folder, or a name `load_dataset` resolves (the Hub, a local script or
-    data folder). Images are read undecoded (`datasets.Image(decode=False)`) and decoded in the loader's workers."""
+    """A `datasets` dataset: a `save_to_disk` folder, or a name `load_dataset` resolves (the Hub, a local folder of
+    data files: parquet, an imagefolder). Images are read undecoded (`datasets.Image(decode=False)`) and decoded in the loader's workers."""
 
     def __init__(self, name: str, *, want: Want, split: str = "train", image_column: str | None = None,
                  caption_column: str | None = None, label_column: str | None = None):
@@ -147,11 +153,11 @@ class HubDataset:
         self.where = f"data.dataset={name}"
         if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a Hub name (user/name)
             if not Path(name).expanduser().is_dir():
-                raise DataSourceError(f"{self.where}: no such folder (a save_to_disk folder, or a Hub dataset's "
-                                      "name such as user/name)")
+                raise DataSourceError(f"{self.where}: no such folder (a save_to_disk folder, a folder of data files "
+                                      "or a Hub dataset's name such as user/name)")
             name = str(Path(name).expanduser())
         try:
-            if Path(name).is_dir():
+            if Path(name).is_dir() and is_saved_dataset(Path(name)):
                 ds = datasets.load_from_disk(name)
             else:
                 ds = datasets.load_dataset(name, split=split)

@@ -99,18 +99,21 @@ def reads_files(dataset) -> bool:
     return False
 
 
+def worker_cap(workers: int) -> int:
+    """`data.loader_workers`, checked, and no more than this process may run on (more only contend)."""
+    if workers < 0:
+        raise ValueError(f"data.loader_workers={workers} must be >= 0")
+    return min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 class RealStream:
     """`take(draw)`: this process's real images (and labels) for the draw's step, on its device.
 
     `workers`: DataLoader worker processes for datasets read from files (in-memory ones load in the step)."""
 
     def __init__(self, dataset, *, workers: int = 0, pin_memory: bool = False):
-        if workers < 0:
-            raise ValueError(f"data.loader_workers={workers} must be >= 0")
         self.dataset, self.pin_memory = dataset, pin_memory
-        # no more workers than this process may run on (the suggested cap: more only contend)
-        self.workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                           else os.cpu_count() or 1) if reads_files(dataset) else 0
+        self.workers = worker_cap(workers) if reads_files(dataset) else 0
         self._step: int | None = None
         self._calls: list[tuple[int, int]] = []  # (seed, batch) of this step's requests so far
         self._pattern: list[tuple[int, int]] = []  # the previous step's

@@ -88,6 +88,10 @@ class DataConfig:
     images: Optional[str] = None  # the digits teacher uses the digits
     dataset: Optional[str] = None
     split: str = "train"  # data.dataset's split
+    # Read data.dataset as a stream, in order (`data.streamed`): nothing downloaded or indexed ahead. The samples then
+    # depend on the process count; the generator's prompts come from data.prompts (the captions are not known ahead).
+    streaming: bool = False
+    shuffle_buffer: int = 1000  # streaming: rows shuffled within a buffer of this many (datasets' default); 0: none
     shards: Optional[str] = None
     # Paired sources' columns (a shard's member extensions); null: the Image-typed column, else image / img (shards:
     # jpg, jpeg, png, webp; metadata.jsonl: file_name), and the first of text, caption, prompt, txt.

@@ -25,6 +25,7 @@ from ..data import ImageFolder, IndexLabelled, load_prompts
 from ..data.paired import PairedImages, open_source
 from ..data.precomputed import EmbeddingStore, PrecomputedLatents, captions_of, check_made_for, read_index
 from ..data.stream import RealStream
+from ..data.streamed import OrderedStream, StreamedSource
 from ..data.embedded import embedded_dataset
 from ..degradations import Degradation
 from ..distributed import compute_dtype, enable_tf32, make_accelerator
@@ -120,12 +121,30 @@ class Setup:
         conditioner, space, dataset = setup_data(data, loaded, accelerator.device, need_images=need_images,
                                                  dtype=dtype)
         return cls(accelerator=accelerator, teacher=loaded, conditioner=conditioner, space=space,
-                   shape=sample_shape(loaded, conditioner, space), dataset=dataset, resume_from=resume_from,
-                   real=None if dataset is None else RealStream(dataset, workers=data.loader_workers,
-                                                                pin_memory=accelerator.device.type == "cuda"),
+                   shape=sample_shape(loaded, conditioner, space),
+                   dataset=None if isinstance(dataset, StreamedSource) else dataset, resume_from=resume_from,
+                   real=real_stream(dataset, data, accelerator, conditioner),
                    output_dir=Path(train.output_dir), identity=run_identity(loaded, data),
                    horizon=Horizon(train.max_steps),
-                   labelled_real=dataset is not None and "class_labels" in dataset[0])
+                   labelled_real=(dataset.want is not None if isinstance(dataset, StreamedSource)
+                                  else dataset is not None and "class_labels" in dataset[0]))
+
+
+def real_stream(dataset, data: DataConfig, accelerator, conditioner) -> RealStream | OrderedStream | None:
+    """The training draw's real images: keyed draws from an indexed dataset, or a streamed source's rows in order
+    (checkpointed with the run: where it resumes)."""
+    if dataset is None:
+        return None
+    pin = accelerator.device.type == "cuda"
+    if not isinstance(dataset, StreamedSource):
+        return RealStream(dataset, workers=data.loader_workers, pin_memory=pin)
+    stream = OrderedStream(dataset, dataset.resolution, channels=data.image_channels, center_crop=data.center_crop,
+                           random_flip=data.random_flip, skip_corrupt=data.skip_corrupt,
+                           workers=data.loader_workers, pin_memory=pin,
+                           label=getattr(conditioner, "streamed_labels", None),
+                           num_classes=getattr(conditioner, "num_classes", None))
+    accelerator.register_for_checkpointing(stream)
+    return stream
 
 
 def precision_line(mixed_precision: str, dtype: torch.dtype, tf32: bool) -> str:
@@ -271,8 +290,14 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
         raise ValueError(f"data.label_column={data.label_column} applies to class-conditional teachers; a "
                          "text-to-image teacher's real images are conditioned on their captions (data.caption_column)")
     prompts = load_prompts(data.prompts) if data.prompts is not None else None  # the cheapest thing to get wrong
-    # the source's index (captions, labels) before anything large is loaded; its images are decoded further down
-    source = open_source(data, want="captions" if text else "labels" if data.label_column else None)
+    want = "captions" if text else "labels" if data.label_column else None
+    if data.streaming:
+        check_streaming(data, text=text, condition_scale=condition_scale)
+        source = StreamedSource(data.dataset, want=want, split=data.split, image_column=data.image_column,
+                                caption_column=data.caption_column, label_column=data.label_column,
+                                shuffle_buffer=data.shuffle_buffer)
+    else:  # the source's index (captions, labels) before anything large is loaded; its images are decoded below
+        source = open_source(data, want=want)
     captions = getattr(source, "captions", None)
     precomputed = None
     if data.precomputed is not None:  # latents and embeddings written ahead (`stepdistill.precompute`)
@@ -325,6 +350,8 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
                         "resolution": str(resolution)})
         if precomputed.get("latent_shards"):
             dataset = PrecomputedLatents(data.precomputed, precomputed)
+    elif isinstance(source, StreamedSource):  # its rows are decoded as they arrive (`real_stream`)
+        source.resolution, dataset = resolution, source
     elif source is not None:
         dataset = PairedImages(source, resolution, **crops)
         if not text and getattr(conditioner, "num_classes", None) and source.labels is not None:
@@ -338,7 +365,7 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
                              "in one folder, or caption them in a metadata.jsonl")
     elif need_images:  # the embedded set the teacher was trained on (the digits split it saw; the SR patches)
         dataset = embedded_dataset(teacher.root, resolution, degradation, data)
-    if text and dataset is not None:  # caption i is label caption_offset + i (after the prompt file's prompts)
+    if text and dataset is not None and source is not dataset:  # caption i is label caption_offset + i (after the prompt file's prompts)
         dataset.caption_offset = conditioner.caption_offset if conditioner.captions else 0
     if need_images and dataset is None:
         raise ValueError("this configuration needs real images: set data.images (an image folder), data.dataset or "
@@ -347,6 +374,25 @@ def setup_data(data: DataConfig, teacher: Teacher, device, *, need_images: bool,
         dataset = IndexLabelled(dataset)
         conditioner = LRConditioner(dataset, degradation, net_cfg.in_channels - out_channels)
     return conditioner, space, dataset
+
+
+def check_streaming(data: DataConfig, *, text: bool, condition_scale: int) -> None:
+    """What a streamed dataset cannot serve, before anything is read."""
+    if data.dataset is None:
+        raise ValueError("data.streaming=true streams data.dataset (a Hub name or a folder); set data.dataset, or "
+                         "leave data.streaming false for data.images / data.shards")
+    others = [k for k in ("images", "shards", "precomputed") if getattr(data, k) is not None]
+    if others:
+        raise ValueError(f"real images come from one source; data.streaming=true streams data.dataset, so unset "
+                         f"{', '.join('data.' + k for k in others)}")
+    if condition_scale:
+        raise ValueError("data.streaming=true: super-resolution runs condition each image on its own degraded copy, "
+                         "looked up by index; stream-free data.images or data.dataset serve them")
+    if text and data.prompts is None:
+        raise ValueError("data.streaming=true: a streamed dataset's captions are not known ahead, so the generator's "
+                         "prompts come from data.prompts (a prompt file); set it")
+    if data.shuffle_buffer < 0:
+        raise ValueError(f"data.shuffle_buffer={data.shuffle_buffer} must be >= 0 (0: the stream's own order)")
 
 
 def check_labels(source, num_classes: int) -> None:
