@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
+from test_paired_data import CAPTIONS, N, _draw, is_colour, png, saved_dataset
 
 from stepdistill.data.folders import CorruptImageError
 from stepdistill.data.paired import DataSourceError
 from stepdistill.data.streamed import OrderedStream, StreamedSource
-from test_paired_data import CAPTIONS, N, _draw, is_colour, png, saved_dataset
 
 
 @pytest.fixture(autouse=True)

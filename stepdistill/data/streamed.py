@@ -32,9 +32,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .folders import CorruptImageError, decoded, square_transform, strict_decoding
-from .paired import (CAPTION_KEYS, LABEL_KEYS, DataSourceError, Want, _as_caption, _as_label, _first_line, _pick,
-                     is_saved_dataset)
-from .stream import PREFETCH, _OPEN, _worker_init, worker_cap
+from .paired import (
+    CAPTION_KEYS,
+    LABEL_KEYS,
+    DataSourceError,
+    Want,
+    _as_caption,
+    _as_label,
+    _first_line,
+    _pick,
+    is_saved_dataset,
+)
+from .stream import _OPEN, PREFETCH, _worker_init, worker_cap
 
 
 def open_streamed(name: str, split: str):
