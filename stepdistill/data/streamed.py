@@ -32,17 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .folders import CorruptImageError, decoded, square_transform, strict_decoding
-from .paired import (
-    CAPTION_KEYS,
-    LABEL_KEYS,
-    DataSourceError,
-    Want,
-    _as_caption,
-    _as_label,
-    _first_line,
-    _pick,
-    is_saved_dataset,
-)
+from .paired import (CAPTION_KEYS, LABEL_KEYS, DataSourceError, Want, _as_caption, _as_label, _first_line, _pick,
+                     is_saved_dataset)
 from .stream import _OPEN, PREFETCH, _worker_init, worker_cap
 
 
