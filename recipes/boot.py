@@ -1,28 +1,40 @@
 """BOOT: data-free distillation of a diffusion teacher by bootstrapping (Gu et al. 2023, arXiv:2306.05544).
 
     accelerate launch recipes/boot.py                                          # digits, 1 step, CPU minutes
+    accelerate launch recipes/boot.py model.steps=4                            # a 4-step student
     accelerate launch recipes/boot.py --config recipes/configs/boot/tiny_t2i.yaml   # text-to-image smoke test
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/boot.py \
         --config recipes/configs/boot/sd15.yaml data.prompts=PROMPTS.txt
 
-No official code exists; this follows the paper and `stepdistill.losses.boot`. No image is read: every step
-draws noise eps, conditions and a pair of neighbouring times s < t on a grid, and
-  1. runs the student at t under no_grad: y_t = g(eps, t) (at the grid's top, t = t_max, the trajectory's start:
-     x = sigma_t eps, y = 0);
-  2. evaluates the (guided) teacher there, at x_t = alpha_t y_t + sigma_t eps, and takes one step of the signal
-     ODE down to s (`losses.signal_step`, DDIM's step in signal space);
-  3. regresses g(eps, s) onto that stop-gradient target (`losses.boot_loss`).
-So the student learns the teacher's deterministic trajectory from noise, from its start downwards, without EMA
-target or data. g is a copy of the teacher called on sigma(t_max) eps at time t, its x0 output read as the signal;
-the student samples g(eps, t_min) in one step (a stock scheduler's one step at t_min from sigma(t_max) z).
+No official code exists; this follows the paper and `stepdistill.losses.boot`. No image is read. The student
+learns the teacher's deterministic trajectory from noise through its *signal* y_t = (x_t - sigma_t eps) / alpha_t:
+every step draws noise, conditions and a pair of neighbouring times s < t on a grid of `loss.levels` intervals, and
+  1. takes the student's signal at t under no_grad (at the top of the trajectory, x = sigma_t eps: y = 0);
+  2. evaluates the (guided) teacher at x_t = alpha_t y_t + sigma_t eps and takes one step of the signal ODE down to
+     s (`losses.signal_step`: DDIM's step in signal space);
+  3. regresses the student's signal at s onto that stop-gradient target (`losses.boot_loss`).
+
+Steps (`model.steps` = K): the grid is cut into K segments at tau_0 = t_max > tau_1 > ... > tau_K = t_min, and the
+student learns each segment's trajectory from its start x_tau (noise for the first; for the others, the state
+the student's own earlier segments reach, so no data either: BOOT's bootstrapping, one segment after another).
+Within segment k, eps = x_tau / sigma_tau and y_tau = 0 describe the same DDIM trajectory, and the student
+network D(x_tau, .) gives the signal as
+
+    y_t = (1 - rho_tau / rho_t) D(x_tau, tau_k + tau_{k+1} - t),      rho = alpha / sigma,
+
+so that at the segment's end (t = tau_{k+1}) the network runs at tau_k and its output is the x0 whose DDIM jump
+from x_tau lands on x_{tau_{k+1}}. That is a stock scheduler's step: the student samples with
+`TCDScheduler(gamma=0)` (DDIM jumps) at tau_0..tau_{K-1}, one step a segment, and K = 1 is a one-step generator
+fed sigma(t_max) z at t_max. The loss is taken on D's output (the target divided by 1 - rho_tau / rho_s), so
+every pair weighs alike whatever its distance from the segment's start.
 
 Where the paper is unclear (its exact discretisation and weights are not published as code):
   - the step is the exact exponential-integrator (DDIM) step, not Euler: on the coarse grids a CPU budget
     allows, the Euler step in lambda overshoots the teacher's trajectory at the grid's top, where lambda moves most;
   - the times are a uniform grid of `loss.levels` intervals in the teacher's timesteps, each interval drawn
-    equally often, so the start (pure noise) anchors one pair in `loss.levels`;
-  - each pair weighs the same: a 1 / step^2 weight (the paper's derivative-matching form) would put the weight on
-    the finest intervals, which the student's error there does not call for, and Adam absorbs any global scale.
+    equally often, so a segment's start anchors one pair in `loss.levels / K`;
+  - each pair weighs the same (above): a 1 / step^2 weight (the paper's derivative-matching form) would put the
+    weight on the finest intervals, and Adam absorbs any global scale.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import torch
 from stepdistill import losses
 from stepdistill.guidance import guided
 from stepdistill.roles import make_generator, make_real_score
+from stepdistill.samplers import ddim_step
 from stepdistill.schedules import VPDiscrete
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, DataConfig, Draw, LRSchedule, RecipeConfig, Setup, TrainConfig,
@@ -47,13 +60,14 @@ NAME = "boot"
 @dataclass
 class ModelConfig:
     teacher: str = "digits"  # "digits", a local diffusers folder, or a hub id
+    steps: int = 1  # K: the student's sampling steps, one segment of the trajectory each
     gradient_checkpointing: bool = False
 
 
 @dataclass
 class LossConfig:
     # Intervals of the time grid from t_max down to t_min (the signal ODE's steps: the trajectory the student
-    # learns is the teacher's DDIM path of this many steps).
+    # learns is the teacher's DDIM path of this many steps), a multiple of model.steps.
     levels: int = 32
     guidance: float = 1.0  # the teacher's classifier-free guidance scale: the student learns the guided trajectory
 
@@ -85,7 +99,7 @@ class Run:
     setup: Setup
     grid: torch.Tensor  # the time grid, descending from t_max to t_min (float64, CPU)
     teacher: torch.nn.Module  # the teacher's denoiser (x0 predictions), frozen
-    generator: torch.nn.Module  # roles.Generator: g(eps, t) = D(sigma(t_max) eps, t) (prepared)
+    generator: torch.nn.Module  # roles.Generator over D, fed sigma(t_max) z (prepared)
     opt: torch.optim.Optimizer
     sched: object
     ema: object
@@ -94,8 +108,11 @@ class Run:
 def check(cfg: BOOTConfig) -> None:
     """Bad input, before anything is built."""
     check_optim(cfg.optim, cfg.train.max_steps)
-    if cfg.loss.levels < 1:
-        raise ValueError(f"loss.levels={cfg.loss.levels} must be >= 1 (intervals of the time grid)")
+    if cfg.model.steps < 1:
+        raise ValueError(f"model.steps={cfg.model.steps} must be >= 1")
+    if cfg.loss.levels < 1 or cfg.loss.levels % cfg.model.steps:
+        raise ValueError(f"loss.levels={cfg.loss.levels} must be a positive multiple of model.steps="
+                         f"{cfg.model.steps} (each step a segment of the time grid)")
     if not cfg.loss.guidance >= 1.0:
         raise ValueError(f"loss.guidance={cfg.loss.guidance} must be >= 1 (1: the teacher unguided)")
     given = [k for k in ("images", "dataset", "shards", "precomputed") if getattr(cfg.data, k) is not None]
@@ -128,39 +145,67 @@ def setup(cfg: BOOTConfig) -> Run:
                generator=generator, opt=opt, sched=sched, ema=s.ema_of(generator, cfg.train.ema_decay))
 
 
-def signal(run: Run, generator: torch.nn.Module, eps: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-    """g(eps, t): the student's signal at t of the trajectory from eps."""
-    return generator(eps * generator_input_scale(run), t, **cond)
+def coefficients(run: Run, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(alpha, sigma, rho = alpha / sigma) at times `t` (float64, CPU), as float32 on the run's device."""
+    sched, device = run.setup.schedule, run.setup.device
+    alpha, sigma = sched.alpha(t), sched.sigma(t)
+    return alpha.float().to(device), sigma.float().to(device), (alpha / sigma).float().to(device)
 
 
-def generator_input_scale(run: Run) -> float:
-    return run.setup.unwrap(run.generator).input_scale
+def per_sample(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    return x.view(-1, *([1] * (ndim - 1)))
 
 
-def float_on(x: torch.Tensor, device) -> torch.Tensor:
-    return x.float().to(device)
+def segment_starts(run: Run) -> torch.Tensor:
+    """tau_0..tau_K: the grid's times where the K segments start (and t_min, where the last ends)."""
+    return run.grid[:: run.cfg.loss.levels // run.cfg.model.steps]
+
+
+def network_time(starts: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The time D is run at for the signal at t in segment k: tau_k + tau_{k+1} - t (tau_k at the segment's end)."""
+    return starts[k] + starts[k + 1] - t
+
+
+def segment_start(run: Run, generator, z: torch.Tensor, k: torch.Tensor, cond: dict) -> torch.Tensor:
+    """x_tau_k for each sample: sigma(t_max) z, carried through segments 0..k-1 by the student's own DDIM jumps
+    (how it samples), under no_grad."""
+    starts = segment_starts(run)
+    x = z * run.setup.unwrap(run.generator).input_scale
+    for j in range(int(k.max()) if len(k) else 0):
+        tau, nxt = starts[j].expand(len(z)), starts[j + 1].expand(len(z))
+        jumped = ddim_step(None, run.setup.schedule, x, tau, nxt, x0=generator(x, tau.float().to(x.device), **cond))
+        x = torch.where(per_sample(k.to(x.device) > j, x.dim()), jumped, x)
+    return x
 
 
 def bootstrap_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]]:
-    """g(eps, s) against one signal-ODE step from sg(g(eps, t)) with the teacher, for neighbouring grid times."""
+    """The student's signal at s against one signal-ODE step from its own (stop-gradient) signal at t with the
+    teacher, for neighbouring grid times s < t in one segment, from that segment's start."""
     s, cfg = run.setup, run.cfg
-    schedule, conditioner = s.schedule, s.conditioner
+    conditioner = s.conditioner
     labels = draw.labels(conditioner)
-    eps = draw.randn(*s.shape)
+    z = draw.randn(*s.shape)
     i = draw.local(draw.sampled(lambda: torch.randint(0, cfg.loss.levels, (draw.batch,), generator=draw.g))).cpu()
-    t64, s64 = run.grid[i], run.grid[i + 1]
-    t, t_s = t64.float().to(s.device), s64.float().to(s.device)
-    alpha_t, sigma_t = float_on(schedule.alpha(t64), s.device), float_on(schedule.sigma(t64), s.device)
-    rho_t, rho_s = (float_on(schedule.alpha(u) / schedule.sigma(u), s.device) for u in (t64, s64))
+    k = i // (cfg.loss.levels // cfg.model.steps)  # the segment
+    starts = segment_starts(run)
+    t, u = run.grid[i], run.grid[i + 1]  # the pair, t > u
+    _, sigma_tau, rho_tau = coefficients(run, starts[k])
+    alpha_t, sigma_t, rho_t = coefficients(run, t)
+    _, _, rho_u = coefficients(run, u)
     cond = conditioner.cond(labels)
-    view = (-1,) + (1,) * len(s.shape)
+    dims = z.dim()
+    generator = s.unwrap(run.generator)
     with torch.no_grad():
-        y_t = signal(run, s.unwrap(run.generator), eps, t, cond)
-        y_t = torch.where((i == 0).to(s.device).view(view), torch.zeros_like(y_t), y_t)  # the start: x = sigma eps
-        x_t = alpha_t.view(view) * y_t + sigma_t.view(view) * eps
-        x0 = guided(run.teacher, cfg.loss.guidance, conditioner, labels)(x_t, t)
-        target = losses.signal_step(y_t, x0, rho_t, rho_s)
-    loss = losses.boot_loss(signal(run, run.generator, eps, t_s, cond), target)
+        x_tau = segment_start(run, generator, z, k, cond)
+        eps = x_tau / per_sample(sigma_tau, dims)
+        at_start = per_sample((i % (cfg.loss.levels // cfg.model.steps) == 0).to(s.device), dims)
+        y_t = per_sample(1 - rho_tau / rho_t, dims) * generator(x_tau, network_time(starts, k, t).float().to(s.device),
+                                                                **cond)
+        y_t = torch.where(at_start, torch.zeros_like(y_t), y_t)  # the segment's start: x_tau = sigma_tau eps
+        x_t = per_sample(alpha_t, dims) * y_t + per_sample(sigma_t, dims) * eps
+        x0 = guided(run.teacher, cfg.loss.guidance, conditioner, labels)(x_t, t.float().to(s.device))
+        target = losses.signal_step(y_t, x0, rho_t, rho_u) / per_sample(1 - rho_tau / rho_u, dims)
+    loss = losses.boot_loss(run.generator(x_tau, network_time(starts, k, u).float().to(s.device), **cond), target)
     return loss, {"loss": loss.item()}
 
 
@@ -175,8 +220,11 @@ def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
 
 
 def students(run: Run) -> list[Student]:
-    """One step: g(z, t_min), from sigma(t_max) z (the generator's input scale) at the grid's last time."""
-    return [Student.from_setup(run.setup, generator=run.generator, timesteps=run.grid[-1:], ema=run.ema, name=NAME)]
+    """K steps: D at each segment's start, DDIM jumps between them (TCD's gamma = 0); one step: D(sigma(t_max) z,
+    t_max)."""
+    k = run.cfg.model.steps
+    return [Student.from_setup(run.setup, generator=run.generator, timesteps=segment_starts(run)[:-1], ema=run.ema,
+                               name=NAME, gamma=0.0 if k > 1 else None)]
 
 
 # Planning (`--plan`, `stepdistill.training.plan`): the roles `setup` builds, declared for the memory plan.

@@ -45,9 +45,10 @@ def test_boot_loss_is_the_mean_squared_error_to_a_detached_target():
 
 
 def test_boot_reaches_the_target_mixture_from_noise_alone():
-    """An MLP g(eps, t) trained only with BOOT's loss against the exact mixture denoiser, from noise and never a
-    sample of the mixture: g(eps, t_min) lands on the 8 modes. Thresholds as the other toy2d tests: sliced
-    Wasserstein < 0.1 (untrained ~0.6) and every mode >= 6% of the samples."""
+    """An MLP D trained only with BOOT's loss, in the recipe's one-step form (y_t = (1 - rho_T / rho_t) D(x_T,
+    T - t), x_T = sigma_T eps), against the exact mixture denoiser, from noise and never a sample of the mixture:
+    D(x_T, T) lands on the 8 modes. Thresholds as the other toy2d tests: sliced Wasserstein < 0.1 (untrained ~0.6)
+    and every mode >= 6% of the samples."""
     from stepdistill.data.toy2d import GaussianMixtureDenoiser
     from stepdistill.metrics import sliced_wasserstein
 
@@ -56,25 +57,30 @@ def test_boot_reaches_the_target_mixture_from_noise_alone():
     net = mlp(3, 2)
     grid = torch.linspace(999, 0, 17).round()
     rho = SCHEDULE.alpha(grid) / SCHEDULE.sigma(grid)
+    top = float(SCHEDULE.sigma(grid[:1]))
 
-    def g(eps, t):
-        return net(torch.cat([eps, (t / 1000.0)[:, None]], 1))
+    def d(x, t):
+        return net(torch.cat([x, (t / 1000.0)[:, None]], 1))
+
+    def signal(x, t, r):  # the signal at grid time t (its rho r) of the trajectory from x = sigma_T eps
+        return (1 - rho[0] / r)[:, None] * d(x, 999 - t)
 
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     for _ in range(1500):
         eps = torch.randn(256, 2)
+        x = top * eps
         i = torch.randint(0, 16, (256,))
         with torch.no_grad():
-            y_t = torch.where((i == 0)[:, None], torch.zeros_like(eps), g(eps, grid[i]))
+            y_t = torch.where((i == 0)[:, None], torch.zeros_like(eps), signal(x, grid[i], rho[i]))
             x_t = SCHEDULE.alpha(grid[i])[:, None] * y_t + SCHEDULE.sigma(grid[i])[:, None] * eps
-            target = losses.signal_step(y_t, teacher(x_t, grid[i]), rho[i], rho[i + 1])
-        loss = losses.boot_loss(g(eps, grid[i + 1]), target)
+            target = losses.signal_step(y_t, teacher(x_t, grid[i]), rho[i], rho[i + 1]) / (1 - rho[0] / rho[i + 1])[:, None]
+        loss = losses.boot_loss(d(x, 999 - grid[i + 1]), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
     reference, _ = MIXTURE.sample(2000, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        samples = g(torch.randn(2000, 2, generator=torch.Generator().manual_seed(2)), torch.zeros(2000))
+        samples = d(top * torch.randn(2000, 2, generator=torch.Generator().manual_seed(2)), torch.full((2000,), 999.0))
     assert sliced_wasserstein(samples, reference) < 0.1
     assert float(mode_fractions(samples).min()) > 0.06
 
@@ -90,39 +96,55 @@ def boot_run(digits_like_teacher, tmp_path, fresh_accelerate_state):
     return make
 
 
-def test_the_loss_is_the_papers_bootstrap_on_the_same_draws(boot_run):
-    """The recipe's loss against the formula computed here, independently, from the same draws (labels, eps, the
-    interval): g(eps, s) regressed onto sg[y_t + (1 - rho_t / rho_s)(f_w(alpha_t y_t + sigma_t eps, t) - y_t)],
-    y_t = g(eps, t) or 0 at the grid's top, f_w the teacher guided at w, g(eps, t) = D(sigma(t_max) eps, t)."""
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_loss_is_the_papers_bootstrap_on_the_same_draws(boot_run, steps):
+    """The recipe's loss against the formula computed here, independently, from the same draws (labels, z, the
+    interval): in segment k from x_tau (sigma(t_max) z, carried by the student's DDIM jumps through the earlier
+    segments), the student's signal y_u = (1 - rho_tau / rho_u) D(x_tau, tau_k + tau_k+1 - u) regressed onto
+    sg[y_t + (1 - rho_t / rho_u)(f_w(alpha_t y_t + sigma_t x_tau / sigma_tau, t) - y_t)], y_t = 0 at the segment's
+    start, f_w the teacher guided at w; the regression taken in D's units."""
     import boot
 
     from stepdistill.training import Draw
 
-    run = boot_run("loss.guidance=2.0", "loss.levels=4")
+    run = boot_run("loss.guidance=2.0", "loss.levels=4", f"model.steps={steps}")
     s = run.setup
     sched = s.schedule
-    for step in range(3):  # draws that include the grid's top
+    grid = torch.tensor([999.0, 749.0, 500.0, 250.0, 0.0], dtype=torch.float64)
+    assert torch.equal(run.grid, grid)
+    per = 4 // steps
+    starts = grid[::per]
+    a = lambda v: sched.alpha(v).float().view(-1, 1, 1, 1)  # noqa: E731
+    sg = lambda v: sched.sigma(v).float().view(-1, 1, 1, 1)  # noqa: E731
+    seen = set()
+    for step in range(4):
         loss, _ = boot.bootstrap_loss(run, Draw(s.accelerator, 4, seed=0, step=step))
         draw = Draw(s.accelerator, 4, seed=0, step=step)
         labels = draw.labels(s.conditioner)
-        eps = draw.randn(*s.shape)
+        z = draw.randn(*s.shape)
         i = torch.randint(0, 4, (4,), generator=draw.g)
-        grid = torch.tensor([999.0, 749.0, 500.0, 250.0, 0.0], dtype=torch.float64)
-        assert torch.equal(run.grid, grid)
-        t, u = grid[i], grid[i + 1]
-        scale = float(sched.sigma(torch.tensor(999.0, dtype=torch.float64)))
-        gen, cond = run.generator, s.conditioner.cond(labels)
-        uncond = s.conditioner.uncond(labels)
+        k = i // per
+        seen |= set(k.tolist())
+        t, u, tau = grid[i], grid[i + 1], starts[k]
+        gen, cond, uncond = run.generator, s.conditioner.cond(labels), s.conditioner.uncond(labels)
         with torch.no_grad():
-            y_t = gen(eps * scale, t.float(), **cond)
-            y_t[i == 0] = 0
-            x_t = sched.alpha(t).float().view(-1, 1, 1, 1) * y_t + sched.sigma(t).float().view(-1, 1, 1, 1) * eps
+            x = z * float(sched.sigma(torch.tensor(999.0, dtype=torch.float64)))
+            for row in range(4):  # the student's DDIM jumps to its segment's start, one sample at a time
+                for j in range(int(k[row])):
+                    one = {key: v[row:row + 1] for key, v in cond.items()}
+                    x0 = gen(x[row:row + 1], starts[j:j + 1].float(), **one)
+                    eps_hat = (x[row:row + 1] - a(starts[j:j + 1]) * x0) / sg(starts[j:j + 1])
+                    x[row:row + 1] = a(starts[j + 1:j + 2]) * x0 + sg(starts[j + 1:j + 2]) * eps_hat
+            rho = lambda v: a(v) / sg(v)  # noqa: E731
+            y_t = (1 - rho(tau) / rho(t)) * gen(x, (starts[k] + starts[k + 1] - t).float(), **cond)
+            y_t[i % per == 0] = 0
+            x_t = a(t) * y_t + sg(t) * x / sg(tau)
             c, n = run.teacher(x_t, t.float(), **cond), run.teacher(x_t, t.float(), **uncond)
             f = n + 2.0 * (c - n)
-            rho = lambda v: (sched.alpha(v) / sched.sigma(v)).float().view(-1, 1, 1, 1)  # noqa: E731
-            target = y_t + (1 - rho(t) / rho(u)) * (f - y_t)
-            expected = ((gen(eps * scale, u.float(), **cond) - target) ** 2).mean()
+            target = (y_t + (1 - rho(t) / rho(u)) * (f - y_t)) / (1 - rho(tau) / rho(u))
+            expected = ((gen(x, (starts[k] + starts[k + 1] - u).float(), **cond) - target) ** 2).mean()
         torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-7)
+    assert seen == set(range(steps))  # every segment drawn
 
 
 def test_a_run_reads_no_image_and_refuses_real_data_keys(boot_run, monkeypatch, tmp_path):
@@ -150,19 +172,25 @@ def test_a_run_reads_no_image_and_refuses_real_data_keys(boot_run, monkeypatch, 
         boot_run(f"data.images={tmp_path}")
 
 
-def test_the_student_samples_its_signal_at_t_min_in_one_step(boot_run):
+def test_the_student_samples_each_segment_with_a_ddim_jump(boot_run):
+    """One step: D(sigma(t_max) z, t_max). K steps: D at each segment's start and a deterministic DDIM jump (TCD's
+    gamma = 0, what the exported TCDScheduler runs), which is the training's own carry between segments."""
     import boot
 
-    run = boot_run("loss.levels=8")
+    one = boot.students(boot_run("loss.levels=8"))[0]
+    assert one.sampler.timesteps == (999.0,) and one.nfe == 1 and one.sampler.kind == "multistep"
+    run = boot_run("loss.levels=8", "model.steps=4")
     student = boot.students(run)[0]
-    assert student.sampler.timesteps == (0.0,) and student.nfe == 1
-    z = torch.randn(2, *run.setup.shape, generator=torch.Generator().manual_seed(3))
+    assert student.sampler.timesteps == (999.0, 749.0, 500.0, 250.0) and student.sampler.gamma == 0.0
     labels = torch.tensor([1, 2])
+    cond = run.setup.conditioner.cond(labels)
+    z = torch.randn(2, *run.setup.shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        expected = boot.signal(run, run.setup.unwrap(run.generator), z, torch.zeros(2),
-                               run.setup.conditioner.cond(labels))
         got = student.sample(labels, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        x = boot.segment_start(run, run.generator, z, torch.full((2,), 4), cond)  # the jump past the last segment
+    sched = run.setup.schedule
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5)
+    assert float(sched.sigma(torch.tensor(0.0, dtype=torch.float64))) < 0.02  # x at t = 0 is the sample
 
 
 def test_a_text_to_image_run_takes_prompts_only(tmp_path, fresh_accelerate_state):
@@ -177,9 +205,10 @@ def test_a_text_to_image_run_takes_prompts_only(tmp_path, fresh_accelerate_state
     assert logs["loss"] == logs["loss"] and run.setup.real is None
 
 
-@pytest.mark.parametrize("override,match", [("loss.levels=0", "loss.levels=0 must be >= 1"),
+@pytest.mark.parametrize("override,match", [("loss.levels=0", "loss.levels=0 must be a positive multiple"),
                                             ("loss.guidance=0.5", "loss.guidance=0.5 must be >= 1"),
-                                            ("loss.levels=5000", "loss.levels=5000 exceeds the teacher's")])
+                                            ("loss.levels=5000", "loss.levels=5000 exceeds the teacher's"),
+                                            ("model.steps=3", "loss.levels=32 must be a positive multiple of model")])
 def test_bad_input_fails_before_any_step(boot_run, override, match):
     with pytest.raises(ValueError, match=match):
         boot_run(override)
