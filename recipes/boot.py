@@ -88,7 +88,7 @@ class BOOTConfig(RecipeConfig):
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(time_limit_minutes=EMBEDDED_MINUTES,
-                                                                   max_steps=1500, ema_decay=0.999,
+                                                                   max_steps=2400, ema_decay=0.999,
                                                                    output_dir="outputs/boot_digits"))
     data: DataConfig = field(default_factory=lambda: DataConfig(prompt_dropout=0.0))
 

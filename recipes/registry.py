@@ -27,7 +27,8 @@ class RecipeInfo:
     teacher: str  # the embedded default's teacher (the config's default `model.teacher`)
     default_preset: str  # the preset that is the recipe's defaults written out
     tiny_teacher: str = "digits"  # the tiny random teacher tests run it on: "digits", "sr" (x4) or "sr-x2"
-    family: str = "distribution"  # "distribution" (a fake score), "consistency", "multi_student", "super_resolution"
+    # "distribution" (a fake score), "consistency", "bootstrapping" (BOOT), "multi_student", "super_resolution"
+    family: str = "distribution"
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.name)
@@ -47,9 +48,11 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in [
     RecipeInfo("sid", "SiDConfig", "SiD", "digits", "digits"),
     RecipeInfo("sim", "SIMConfig", "SIM", "digits", "digits"),
     RecipeInfo("swiftbrush", "SwiftBrushConfig", "SwiftBrush", "digits", "digits"),
+    RecipeInfo("sfd", "SFDConfig", "SFD", "digits", "digits"),
     RecipeInfo("consistency_distill", "ConsistencyDistillConfig", "Consistency distillation", "digits", "digits",
                family="consistency"),
     RecipeInfo("ect", "ECTConfig", "ECT", "digits", "digits", family="consistency"),
+    RecipeInfo("boot", "BOOTConfig", "BOOT", "digits", "digits", family="bootstrapping"),
     RecipeInfo("msd", "MSDConfig", "MSD", "digits", "digits", family="multi_student"),
     RecipeInfo("tadsr", "TADSRConfig", "TAD-SR", "sr", "sr_x4", tiny_teacher="sr", family="super_resolution"),
     RecipeInfo("yonos", "YONOSConfig", "YONOS-SR", "sr-x2", "sr_x4", tiny_teacher="sr-x2",

@@ -48,11 +48,15 @@ class Student:
     # it in diffusers' LoRA format (`lora/`), for `pipe.load_lora_weights` on the stock base pipeline.
     lora_adapter: Optional[str] = None
     tags: tuple[str, ...] = ()  # the recipe's model-card tags (an LCM-LoRA: "lcm-lora")
+    # What the student was trained to forget (SFD): {"forget": [...], "override": [...] or "random", "form":
+    # "class" or "prompt"}; its model card states it, and the forgetting benchmark measures it.
+    forgetting: Optional[dict] = None
 
     @classmethod
     def from_setup(cls, setup, *, generator: torch.nn.Module, timesteps: torch.Tensor, ema=None,
                    name: str = "student", steps: int | None = None, lora_adapter: str | None = None,
-                   gamma: float | None = None, tags: tuple[str, ...] = ()) -> "Student":
+                   gamma: float | None = None, tags: tuple[str, ...] = (), forgetting: dict | None = None
+                   ) -> "Student":
         """The student of a recipe's run: its (prepared) generator with the run's `Setup` and its sampler
         (`SamplerSpec`: `steps` of its `timesteps` by default, re-noising x0 between steps or with TCD's `gamma`;
         the consistency boundary condition its network applies, read from the network itself). A generator
@@ -69,7 +73,7 @@ class Student:
                               num_train_timesteps=getattr(schedule, "num_train_timesteps", None) or 1000)
         return cls(generator=generator, conditioner=setup.conditioner, schedule=schedule, sampler=sampler,
                    space=setup.space, shape=setup.shape, teacher=setup.teacher, ema=ema, name=name,
-                   lora_adapter=lora_adapter, tags=tuple(tags))
+                   lora_adapter=lora_adapter, tags=tuple(tags), forgetting=forgetting)
 
     @property
     def nfe(self) -> int:

@@ -212,3 +212,29 @@ def test_a_text_to_image_run_takes_prompts_only(tmp_path, fresh_accelerate_state
 def test_bad_input_fails_before_any_step(boot_run, override, match):
     with pytest.raises(ValueError, match=match):
         boot_run(override)
+
+
+@pytest.mark.slow
+def test_a_four_step_student_exports_to_a_stock_scheduler_that_samples_its_images(tiny_teachers, tmp_path,
+                                                                                   fresh_accelerate_state):
+    """K steps export as a stock `TCDScheduler` at gamma 0 over the segments' starts: the pipeline, loaded without
+    stepdistill, gives the student's images."""
+    import boot
+    import quick
+    from safetensors.torch import load_file
+    from without_stepdistill import SEEDED, images_without_stepdistill
+
+    teacher = tiny_teachers["digits"]
+    out = tmp_path / "run"
+    run = ("model.steps=4", "loss.levels=8", "train.max_steps=2", "train.checkpoint_every=2", "export.enabled=true")
+    boot.main(quick.config("boot", teacher, out, *run))
+    assert '"TCDScheduler"' in (out / "pipeline" / "scheduler" / "scheduler_config.json").read_text()
+    fresh = boot.setup(quick.config("boot", teacher, tmp_path / "fresh", *run))
+    student = boot.students(fresh)[0]
+    student.load_state_dict(load_file(str(sorted((out / "checkpoints").glob("step_*"))[-1] / "student.safetensors")))
+    images = images_without_stepdistill(out / "pipeline", tmp_path, f"class_labels=[7, 3, 0], {SEEDED}")
+    expected = student.images(torch.tensor((7, 3, 0)), torch.Generator().manual_seed(0)) * 0.5 + 0.5
+    # diffusers' TCDScheduler ends its last DDIM jump at training index 0 (alpha_0 x0 + sigma_0 eps, sigma_0 = 0.006
+    # on the cosine schedule) where stepdistill's sampler returns x0: every other step agrees to float rounding
+    torch.testing.assert_close(images, expected, atol=0.01, rtol=0)
+    assert (images - expected).abs().mean() < 2e-3

@@ -23,7 +23,21 @@ __all__ = ["export_student", "export_routed", "check_exportable", "EXPORTERS", "
 def _card(student, model_card: dict | None) -> dict:
     card = {"base_model": hub_reference(student.teacher.source), "recipe": student.name, **(model_card or {})}
     card["tags"] = [*student.tags, *card.get("tags", [])]
+    forgetting = getattr(student, "forgetting", None)
+    if forgetting:  # an unlearned student says what it no longer generates, and what it generates instead
+        card["extra"] = forgetting_section(forgetting) + card.get("extra", "")
     return card
+
+
+def forgetting_section(forgetting: dict) -> str:
+    """The model card's statement of what a student was trained to forget (`Student.forgetting`)."""
+    what = "classes" if forgetting["form"] == "class" else "prompts"
+    override = forgetting["override"]
+    instead = ("a random retained class for each sample" if override == "random"
+               else ", ".join(repr(o) for o in override))
+    return (f"## Forgotten conditions\n\nThis student was trained to forget the {what} "
+            f"{', '.join(repr(f) for f in forgetting['forget'])}: asked for them, it generates what its teacher "
+            f"generates for {instead} instead. Every other condition was distilled as it was.\n\n")
 
 
 def _text(student, folder: Path, card: dict) -> Path:

@@ -11,6 +11,8 @@ are `stepdistill.losses.<family>.<name>` (and `losses.<name>.reference`); the ke
   DMD / DMD2     dmd.py           dmd_grad, dmd_loss*, regression_loss
   GAN            gan.py           discriminator_loss, generator_gan_loss
   SiD            sid.py           sid_loss*, sid_normaliser
+  SFD            sfd.py           sfd_loss (SiD's, each row weighted by its term's coefficient)
+  BOOT           boot.py          boot_loss, signal_step
   SIM            sim.py           sim_loss, sim_fixed_direction_loss
   VSD            vsd.py           vsd_loss*
   consistency    consistency.py   pseudo_huber_loss*, consistency_l2_loss, lcm_huber_loss, ict_weight,
@@ -22,10 +24,12 @@ are `stepdistill.losses.<family>.<name>` (and `losses.<name>.reference`); the ke
 from stepdistill.ops import dispatched
 
 from . import consistency, dmd, sid, vsd
+from .boot import boot_loss, signal_step
 from .consistency import consistency_l2_loss, ect_weight, ict_weight, lcm_huber_loss
 from .denoising import denoising_loss
 from .dmd import dmd_grad, regression_loss
 from .gan import discriminator_loss, generator_gan_loss
+from .sfd import sfd_loss
 from .sid import sid_normaliser
 from .sim import sim_fixed_direction_loss, sim_loss
 from .sr import hinge_discriminator_loss, hinge_generator_loss, hsd_loss
@@ -36,7 +40,7 @@ vsd_loss = dispatched(vsd.vsd_loss, "vsd_loss_fused")
 sid_loss = dispatched(sid.sid_loss, "sid_loss_fused")
 pseudo_huber_loss = dispatched(consistency.pseudo_huber_loss, "pseudo_huber_loss_fused")
 
-__all__ = ["consistency_l2_loss", "denoising_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "ect_weight",
+__all__ = ["boot_loss", "consistency_l2_loss", "denoising_loss", "discriminator_loss", "dmd_grad", "dmd_loss", "ect_weight",
            "generator_gan_loss", "hinge_discriminator_loss", "hinge_generator_loss", "hsd_loss", "ict_weight",
-           "lcm_huber_loss", "per_sample", "pseudo_huber_loss", "regression_loss", "sid_loss", "sid_normaliser",
-           "sim_fixed_direction_loss", "sim_loss", "vsd_loss"]
+           "lcm_huber_loss", "per_sample", "pseudo_huber_loss", "regression_loss", "sfd_loss", "sid_loss", "sid_normaliser",
+           "signal_step", "sim_fixed_direction_loss", "sim_loss", "vsd_loss"]

@@ -27,7 +27,7 @@ from ..student import AnyStudent
 from .horizon import Horizon
 from .sections import EvalConfig
 
-__all__ = ["Benchmark", "RunFacts", "BENCHMARKS", "DigitsRun", "PatchesRun", "teacher_rows", "evaluate_on_digits",
+__all__ = ["Benchmark", "RunFacts", "BENCHMARKS", "DigitsRun", "ForgettingDigitsRun", "PatchesRun", "teacher_rows", "evaluate_on_digits",
            "evaluate_on_patches"]
 
 
@@ -219,4 +219,56 @@ class PatchesRun:
             f"| ms / image |\n|---|---|---|---|---|---|---|---|\n{rows}\n")
 
 
-BENCHMARKS: list[Benchmark] = [DigitsRun(), PatchesRun()]
+class ForgettingDigitsRun(DigitsRun):
+    """The digits benchmark of a student trained to forget digits (SFD, `Student.forgetting`): the digits rows, and
+    the forgetting figures (`forgetting_benchmark`) of the student and of the teacher's default sampler."""
+
+    name = "digits_forgetting"
+
+    def applies(self, student: AnyStudent) -> bool:
+        return super().applies(student) and (getattr(student, "forgetting", None) or {}).get("form") == "class"
+
+    def evaluate(self, student: AnyStudent, run: RunFacts) -> dict:
+        result = super().evaluate(student, run)
+        result.update(forgetting_on_digits(student, run.real_denoiser, run.schedule, run.evaluation))
+        atomic_write_text(run.evaluation.results, json.dumps(result, indent=2) + "\n")
+        f = result["forgetting"]
+        print(f"forgotten {f['forget']} recognised in {f['student']['forget_recognised']:.1%} of their samples "
+              f"(teacher {f['teacher']['forget_recognised']:.1%}), override {f['student']['override_fraction']:.1%}; "
+              f"retained-class FD {f['student']['retained_fd']:.3f} vs the teacher's {f['teacher']['retained_fd']:.3f} "
+              f"({f['retained_fd_ratio']:.2f}x)")
+        return result
+
+    def card(self, result: dict) -> tuple[dict, str]:
+        metrics, text = super().card(result)
+        f = result["forgetting"]
+        s, t = f["student"], f["teacher"]
+        metrics = dict(metrics, forget_recognised=s["forget_recognised"], override_fraction=s["override_fraction"],
+                       retained_fd=s["retained_fd"])
+        return metrics, text + (
+            f"\nForgetting (stepdistill.forgetting_benchmark), samples asked for the forgotten digits {f['forget']} "
+            f"(override {f['override']}) and for every retained digit, same seeds:\n\n"
+            f"| model | forgotten digit recognised | labelled as the override | retained-class FD |\n|---|---|---|---|\n"
+            f"| student | {s['forget_recognised']:.3f} | {s['override_fraction']:.3f} | {s['retained_fd']:.3f} |\n"
+            f"| teacher ({t['sampler']}, {t['nfe']} NFE) | {t['forget_recognised']:.3f} | {t['override_fraction']:.3f} | "
+            f"{t['retained_fd']:.3f} |\n")
+
+
+def forgetting_on_digits(student: AnyStudent, real_denoiser, schedule, evaluation: EvalConfig) -> dict:
+    """{"forgetting": the student's and the teacher's forgetting figures, and the retained-class FD ratio}."""
+    from ..data.digits import NUM_CLASSES
+    from ..forgetting_benchmark import RetainedSpace, forgetting_scores
+
+    bench, record, seeds = DigitsBenchmark(), student.forgetting, list(evaluation.seeds)
+    space = RetainedSpace(bench, [c for c in range(NUM_CLASSES) if c not in record["forget"]])
+    mine = forgetting_scores(bench, student.sample_fn(), record["forget"], record["override"], seeds, space)
+    sampler, nfe = evaluation.teacher_sampler, evaluation.teacher_nfe
+    teacher_fn = teacher_sample_fn(real_denoiser, schedule, sampler=sampler, steps=steps_for_nfe(sampler, nfe),
+                                   shape=student.shape)
+    theirs = dict(forgetting_scores(bench, teacher_fn, record["forget"], record["override"], seeds, space),
+                  sampler=sampler, nfe=nfe)
+    return {"forgetting": dict(forget=record["forget"], override=record["override"], student=mine, teacher=theirs,
+                               retained_fd_ratio=mine["retained_fd"] / theirs["retained_fd"])}
+
+
+BENCHMARKS: list[Benchmark] = [ForgettingDigitsRun(), DigitsRun(), PatchesRun()]

@@ -88,6 +88,32 @@ class OptimConfig:
 GeneratorLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class Conditions:
+    """Which condition each network sees for a row of the step's batch, and what the row weighs. These are SiD's
+    and SIM's: one drawn label for the generator, the teacher and the fake score, every row alike. A recipe that
+    conditions the networks differently overrides them (SFD, `recipes/sfd.py`: on forgotten rows the teacher sees an
+    override label while G and the fake score see the forgotten one, and each term has its own coefficient)."""
+
+    def labels(self, run: "Run", draw: Draw) -> torch.Tensor:
+        """The rows' labels: G's and the fake score's condition."""
+        return draw.labels(run.setup.conditioner)
+
+    def teacher(self, draw: Draw, labels: torch.Tensor) -> torch.Tensor:
+        """The teacher's condition for rows of `labels` (drawn from `draw` where it is random)."""
+        return labels
+
+    def fake_weight(self, labels: torch.Tensor) -> torch.Tensor | float:
+        """Each row's weight in the fake score's denoising loss."""
+        return 1.0
+
+    def weighted(self, generator_loss: GeneratorLoss, labels: torch.Tensor) -> GeneratorLoss:
+        """The generator loss for rows of `labels` (a recipe that weights rows binds their weights here)."""
+        return generator_loss
+
+
+SAME = Conditions()
+
+
 @dataclass(kw_only=True)
 class Run:
     """Everything `setup` builds; the steps below read it."""
@@ -139,9 +165,9 @@ def update_role(run: Run, module: torch.nn.Module, opt, sched) -> None:
            nan_to_num=True)
 
 
-def inputs(run: Run, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(run: Run, draw: Draw, conditions: Conditions = SAME) -> tuple[torch.Tensor, torch.Tensor]:
     """The generator's noise z and labels for a batch."""
-    labels = draw.labels(run.setup.conditioner)
+    labels = conditions.labels(run, draw)
     return draw.randn(*run.setup.shape), labels
 
 
@@ -150,11 +176,12 @@ def generate(run: Run, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return run.generator(z, **run.setup.conditioner.cond(labels))
 
 
-def fake_score_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor
+def fake_score_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, conditions: Conditions = SAME
                     ) -> tuple[torch.Tensor, dict[str, float]]:
     """Denoising on detached G samples (SiD Eq. 9), with LSG's guidance on the fake score's output."""
     cfg, schedule, conditioner = run.cfg, run.setup.schedule, run.setup.conditioner
     x = x.detach()
+    rows = conditions.fake_weight(labels)  # of the drawn labels, before dropout replaces some by the null label
     labels = draw.dropped(labels, cfg.data.prompt_dropout)
     if cfg.loss.fake_weighting == "edm":  # EDM Eq. 8: lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2
         t = draw.times(LogNormalSigma(cfg.loss.p_mean, cfg.loss.p_std), schedule)
@@ -165,12 +192,13 @@ def fake_score_loss(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor
         kind = "epsilon" if cfg.loss.fake_weighting == "eps" else run.setup.teacher.prediction_type
         weight = native_loss_weight(kind, schedule.alpha(t), schedule.sigma(t))
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)
-    loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, conditioner, labels)(x_t, t), x, weight)
+    loss = losses.denoising_loss(guided(run.fake_score, cfg.loss.guidance, conditioner, labels)(x_t, t), x,
+                                 weight * rows)
     return loss, {"loss_fake": loss.item()}
 
 
-def generator_objective(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, generator_loss: GeneratorLoss
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
+def generator_objective(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Tensor, generator_loss: GeneratorLoss,
+                        conditions: Conditions = SAME) -> tuple[torch.Tensor, dict[str, float]]:
     """`generator_loss(x, x0_real, x0_fake, t)` at a noised copy of the G samples x (with their graph);
     gradients reach G through x, x_t and both frozen networks' activations (run with the fake score frozen)."""
     cfg, schedule, conditioner = run.cfg, run.setup.schedule, run.setup.conditioner
@@ -178,44 +206,45 @@ def generator_objective(run: Run, draw: Draw, x: torch.Tensor, labels: torch.Ten
                    DiscreteRange(cfg.loss.min_step, cfg.loss.max_step), schedule)
     x_t = schedule.add_noise(x, draw.randn(*run.setup.shape), t)  # not detached: SiD differentiates through x_t
     fake = run.setup.unwrap(run.fake_score)  # its weights take no gradient here: DDP must not wait for them
-    x0_real = guided(run.real.denoiser, cfg.loss.guidance, conditioner, labels)(x_t, t)
+    x0_real = guided(run.real.denoiser, cfg.loss.guidance, conditioner, conditions.teacher(draw, labels))(x_t, t)
     x0_fake = guided(fake, cfg.loss.guidance, conditioner, labels)(x_t, t)
+    generator_loss = conditions.weighted(generator_loss, labels)
     loss = generator_loss(x, x0_real, x0_fake, t)
     return loss, {"loss_g": loss.item()}
 
 
-def alternate(run: Run, draw: Draw, generator_loss: GeneratorLoss) -> dict[str, float]:
+def alternate(run: Run, draw: Draw, generator_loss: GeneratorLoss, conditions: Conditions = SAME) -> dict[str, float]:
     """One step of SiD's and SIM's alternation: the fake score denoises G's detached samples, then the
     generator descends `generator_loss` through both networks. `loss.fake_samples`: "fresh", two batches (the
     official SiD loop runs G twice per step, once under no_grad for the fake score); "shared", one batch for both,
     as in SwiftBrush's loop: G does not change between the two updates, so one forward serves both (a network pass
     saved per step, 5% of a digits step). Each phase runs over the step's micro-batches (`accumulate`); with
     several, a shared batch is generated again for the generator from the same noise (a micro-batch's graph at a
-    time), which gives the same samples."""
+    time), which gives the same samples. `conditions`: who sees which label, and the rows' weights (`Conditions`)."""
 
     def fake_on_kept_inputs(view):
-        z, labels = inputs(run, view)
+        z, labels = inputs(run, view, conditions)
         with torch.no_grad():
             x = generate(run, z, labels)
-        return (*fake_score_loss(run, view, x, labels), z, labels)
+        return (*fake_score_loss(run, view, x, labels, conditions), z, labels)
 
     def generator_on(view, z, labels):
-        return generator_objective(run, view, generate(run, z, labels), labels, generator_loss)
+        return generator_objective(run, view, generate(run, z, labels), labels, generator_loss, conditions)
 
     if run.cfg.loss.fake_samples == "fresh":
         logs, _ = accumulate(draw, lambda view: fake_on_kept_inputs(view)[:2])
         update_role(run, run.fake_score, run.opt_f, run.sched_f)
         with trainable(run.setup.unwrap(run.fake_score), False):
-            more, _ = accumulate(draw, lambda view: generator_on(view, *inputs(run, view)))
+            more, _ = accumulate(draw, lambda view: generator_on(view, *inputs(run, view, conditions)))
             update_role(run, run.generator, run.opt_g, run.sched_g)
     elif draw.passes == 1:  # one forward of G with its graph serves both updates
-        z, labels = inputs(run, draw)
+        z, labels = inputs(run, draw, conditions)
         x = generate(run, z, labels)
-        logs, _ = accumulate(draw, lambda view, x, labels: fake_score_loss(run, view, x, labels), x, labels)
+        logs, _ = accumulate(draw, lambda view, x, labels: fake_score_loss(run, view, x, labels, conditions), x, labels)
         update_role(run, run.fake_score, run.opt_f, run.sched_f)
         with trainable(run.setup.unwrap(run.fake_score), False):
             more, _ = accumulate(draw, lambda view, x, labels: generator_objective(run, view, x, labels,
-                                                                                  generator_loss), x, labels)
+                                                                                  generator_loss, conditions), x, labels)
             update_role(run, run.generator, run.opt_g, run.sched_g)
     else:
         logs, (z, labels) = accumulate(draw, fake_on_kept_inputs)

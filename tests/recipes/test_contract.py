@@ -327,10 +327,11 @@ def image_folder(tmp_path_factory):
     return folder
 
 
-def _text_data(teacher: str, images: Path) -> list[str]:
+def _text_data(name: str, teacher: str, images: Path) -> list[str]:
     if not teacher.startswith("tiny-"):
         return []
-    return [f"data.prompts={ROOT / 'assets' / 'prompts' / 'smoke.txt'}", f"data.images={images}"]
+    prompts = [f"data.prompts={ROOT / 'assets' / 'prompts' / 'smoke.txt'}"]
+    return prompts if RECIPES[name].family == "bootstrapping" else [*prompts, f"data.images={images}"]  # data-free
 
 
 @pytest.mark.slow
@@ -346,7 +347,7 @@ def test_every_preset_parses_and_trains_a_step_on_its_tiny_teacher(name, tiny_te
         cfg = load_config(info.config_class(), [
             "--config", str(preset), f"model.teacher={teacher}", f"train.output_dir={tmp_path / preset.stem}",
             f"train.batch_size={2 * students}", "train.time_limit_minutes=0", "train.sample_every=100000", "train.mixed_precision=no",
-            "eval.enabled=false", "export.enabled=false", *PRECOMPUTED.get(name, ()), *_text_data(teacher, image_folder),
+            "eval.enabled=false", "export.enabled=false", *PRECOMPUTED.get(name, ()), *_text_data(name, teacher, image_folder),
             *extra])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the limit cuts a decaying schedule short
