@@ -104,6 +104,15 @@ OFFICIAL = DMD2 | TRANSFERRED | {
     "sid/sd15": SID_LSG | {"loss.alpha": 1.0}, "sid/sd21_base": SID_LSG | {"loss.alpha": 1.0},
     "sim/sd15": SID_LSG, "sim/sd21_base": SID_LSG,
     "swiftbrush/sd21_base": SWIFTBRUSH, "swiftbrush/sd15": SWIFTBRUSH,
+    # tqch/score-forgetting-distillation: DDPM/configs/cifar10_sfd.yml and runners/diffusion.py::train_sfd
+    "sfd/cifar10": {"loss.alpha": 1.2, "model.generator_timesteps": (440.0,), "loss.min_step": 0.038,
+                    "loss.max_step": 0.712, "loss.remain_coef": 1.0, "loss.forget_coef": 0.01,
+                    "loss.fake_remain_coef": 1.0, "loss.fake_forget_coef": 0.01, "loss.override": (1,),
+                    "optim.lr_generator": 1e-5, "optim.lr_fake": 1e-5, "optim.betas": (0.0, 0.999),
+                    "train.batch_size": 256, "train.max_steps": 50000, "train.ema_decay": 0.9999},
+    # BOOT publishes no code or configuration: the preset's own choices, pinned (SD1.5's 50-step DDIM trajectory at
+    # its pipeline's default guidance 7.5)
+    "boot/sd15": {"loss.levels": 50, "loss.guidance": 7.5, "model.steps": 1},
 }
 
 
@@ -181,8 +190,8 @@ def test_every_real_model_preset_trains_a_step_on_its_familys_tiny_pipeline(name
     cfg = load_config(CONFIGS[recipe], [
         "--config", str(preset), f"model.teacher={_family(cfg.model.teacher)}", f"train.output_dir={tmp_path / 'run'}",
         "train.batch_size=2", "train.max_steps=1", "train.mixed_precision=no", "optim.warmup_steps=0",
-        "data.prompts=assets/prompts/smoke.txt", f"data.images={image_folder}", "data.resolution=64",
-        "export.enabled=false", "eval.enabled=false"])
+        "data.prompts=assets/prompts/smoke.txt", "data.resolution=64", "export.enabled=false", "eval.enabled=false",
+        *([] if RECIPES[recipe].family == "bootstrapping" else [f"data.images={image_folder}"])])  # BOOT: data-free
     module.main(cfg)
     log = (tmp_path / "run" / "log_rank0.jsonl").read_text().splitlines()
     assert log and all(torch.isfinite(torch.tensor(v)) for v in json.loads(log[0]).values())

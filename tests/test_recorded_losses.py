@@ -48,6 +48,11 @@ RUNS = {
     "msd:tsm": (["model.students=2", "optim.update_ratio=2", "model.student_width=0.5", "model.tsm_steps=2"],
                 ("loss_tsm", "loss_fake", "loss_dm")),
     "ect": ([], ("loss",)),
+    # BOOT's bootstrapping loss, one step and a 2-step student (its segments carried by the student's DDIM jumps)
+    "boot": ([], ("loss",)),
+    "boot:segments": (["model.steps=2", "loss.levels=8"], ("loss",)),
+    # SFD: SiD on retained and forgotten rows (forget 3, the teacher at 8)
+    "sfd": ([], ("loss_fake", "loss_g")),
     # two students of 2 samples each, DMD2's steps on their halves of the classes; then one shared fake score
     "msd": (["model.students=2", "optim.update_ratio=2"], ("loss_fake", "loss_d", "loss_dm", "loss_g_gan")),
     "msd:shared": (["model.students=2", "optim.update_ratio=2", "model.fake_score=shared"],
@@ -161,6 +166,24 @@ RECORDED: dict[str, list[dict[str, float]]] = {
         {"loss_fake": 0.346367, "loss_g": 0.00231568},
         {"loss_fake": 0.636649, "loss_g": 0.00402984},
         {"loss_fake": 0.0912446, "loss_g": 0.00163634},
+    ],
+    "boot": [
+        {"loss": 0.0439027},
+        {"loss": 0.0132218},
+        {"loss": 0.00638982},
+        {"loss": 0.0195701},
+    ],
+    "boot:segments": [
+        {"loss": 0.0274161},
+        {"loss": 0.0934416},
+        {"loss": 0.0438652},
+        {"loss": 0.0321681},
+    ],
+    "sfd": [
+        {"loss_fake": 1.59969, "loss_g": -0.00461764},
+        {"loss_fake": 0.720864, "loss_g": 0.00695596},
+        {"loss_fake": 1.06665, "loss_g": -0.0163901},
+        {"loss_fake": 1.15356, "loss_g": 0.0018203},
     ],
     "sim": [
         {"loss_fake": 0.548671, "loss_g": 1.84714},
