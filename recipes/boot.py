@@ -198,10 +198,9 @@ def bootstrap_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]
     with torch.no_grad():
         x_tau = segment_start(run, generator, z, k, cond)
         eps = x_tau / per_sample(sigma_tau, dims)
-        at_start = per_sample((i % (cfg.loss.levels // cfg.model.steps) == 0).to(s.device), dims)
+        # 0 at the segment's start (t = tau: x_tau = sigma_tau eps), by its factor
         y_t = per_sample(1 - rho_tau / rho_t, dims) * generator(x_tau, network_time(starts, k, t).float().to(s.device),
                                                                 **cond)
-        y_t = torch.where(at_start, torch.zeros_like(y_t), y_t)  # the segment's start: x_tau = sigma_tau eps
         x_t = per_sample(alpha_t, dims) * y_t + per_sample(sigma_t, dims) * eps
         x0 = guided(run.teacher, cfg.loss.guidance, conditioner, labels)(x_t, t.float().to(s.device))
         target = losses.signal_step(y_t, x0, rho_t, rho_u) / per_sample(1 - rho_tau / rho_u, dims)

@@ -808,7 +808,7 @@ MUTANTS = [
            (f"{SFD}::test_sfd_loss_is_the_official_two_term_loss_up_to_its_element_count",),
            "the SFD loss ignores its row weights"),
     Mutant("boot_start_not_zero", "recipes/boot.py",
-           "y_t = torch.where(at_start, torch.zeros_like(y_t), y_t)", "y_t = y_t",
+           "y_t = per_sample(1 - rho_tau / rho_t, dims) * generator(", "y_t = generator(",
            ("tests/test_boot_recipe.py::test_the_loss_is_the_papers_bootstrap_on_the_same_draws",), "a segment's first interval bootstraps from the student instead of the trajectory's start"),
     Mutant("boot_teacher_unguided", "recipes/boot.py",
            "guided(run.teacher, cfg.loss.guidance, conditioner, labels)", "guided(run.teacher, 1.0, conditioner, labels)",
