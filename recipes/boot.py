@@ -52,7 +52,7 @@ from stepdistill.samplers import ddim_step
 from stepdistill.schedules import VPDiscrete
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, DataConfig, Draw, LRSchedule, RecipeConfig, Setup, TrainConfig,
-                                  accumulate, check_optim, cli, make_optimizer, run_recipe, trainable_params, update)
+                                  check_optim, cli, make_optimizer, run_recipe, single_network_step, trainable_params)
 
 NAME = "boot"
 
@@ -209,13 +209,9 @@ def bootstrap_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
-    """One update on the step's micro-batches (`accumulate`), then the EMA."""
-    logs, _ = accumulate(draw, lambda view: bootstrap_loss(run, view))
-    params = trainable_params(run.generator)
-    update(run.setup.accelerator, params, run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip)
-    if run.ema is not None:
-        run.ema.step(params)
-    return logs
+    """One update on the step's micro-batches, then the EMA (`single_network_step`)."""
+    return single_network_step(draw, lambda view: bootstrap_loss(run, view), run.setup.accelerator, run.generator,
+                               run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip, ema=run.ema)
 
 
 def students(run: Run) -> list[Student]:

@@ -36,8 +36,8 @@ from stepdistill.roles import Generator, make_generator
 from stepdistill.schedules import VPDiscrete, time_grid
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, DataConfig, Draw, EvalConfig, LRSchedule, Setup,
-                                  TrainConfig, accumulate, check_optim, cli, make_optimizer, run_recipe,
-                                  trainable_params, update)
+                                  TrainConfig, check_optim, cli, make_optimizer, run_recipe, single_network_step,
+                                  trainable_params)
 
 NAME = "ect"
 
@@ -173,13 +173,9 @@ def levels(run: Run, draw: Draw, step: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
-    """One update on the step's micro-batches (`accumulate`), then the EMA."""
-    logs, _ = accumulate(draw, lambda view: ect_loss(run, view, step))
-    params = trainable_params(run.generator)
-    update(run.setup.accelerator, params, run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip)
-    if run.ema is not None:
-        run.ema.step(params)
-    return logs
+    """One update on the step's micro-batches, then the EMA (`single_network_step`)."""
+    return single_network_step(draw, lambda view: ect_loss(run, view, step), run.setup.accelerator, run.generator,
+                               run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip, ema=run.ema)
 
 
 def ect_loss(run: Run, draw: Draw, step: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -32,7 +32,7 @@ from stepdistill.roles import make_generator, make_real_score
 from stepdistill.time_sampling import FakeTimes, fake_score_times
 from stepdistill.student import Student
 from stepdistill.training import (EMBEDDED_MINUTES, RecipeConfig, Draw, EvalConfig, Setup, TrainConfig, check_optim,
-                                  accumulate, cli, make_optimizer, one_step_timesteps, run_recipe, update,
+                                  cli, make_optimizer, one_step_timesteps, run_recipe, single_network_step,
                                   trainable_params)
 
 NAME = "yonos"
@@ -113,13 +113,9 @@ def setup(cfg: YONOSConfig) -> Run:
 
 
 def step(run: Run, draw: Draw, step: int) -> dict[str, float]:
-    """One update on the step's micro-batches (`accumulate`), then the EMA."""
-    logs, _ = accumulate(draw, lambda view: regression_loss(run, view))
-    params = trainable_params(run.student)
-    update(run.setup.accelerator, params, run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip)
-    if run.ema is not None:
-        run.ema.step(params)
-    return logs
+    """One update on the step's micro-batches, then the EMA (`single_network_step`)."""
+    return single_network_step(draw, lambda view: regression_loss(run, view), run.setup.accelerator, run.student,
+                               run.opt, run.sched, grad_clip=run.cfg.optim.grad_clip, ema=run.ema)
 
 
 def regression_loss(run: Run, draw: Draw) -> tuple[torch.Tensor, dict[str, float]]:

@@ -21,10 +21,11 @@ from .loop import train_loop
 from .recipe import Recipe, cli, decays, run_recipe
 from .sections import EMBEDDED_MINUTES, DataConfig, EvalConfig, ExportConfig, LRSchedule, RecipeConfig, TrainConfig
 from .setup import (Setup, accumulate, check_optim, check_step_range, make_ema, make_optimizer, one_step_timesteps,
-                    optimizer_step, restore, setup_data, trainable_params, update)
+                    optimizer_step, restore, setup_data, single_network_step, trainable_params, update)
 
 __all__ = ["dmd", "implicit", "EMBEDDED_MINUTES", "DataConfig", "Draw", "EvalConfig", "ExportConfig", "LRSchedule",
            "Recipe", "RecipeConfig", "Setup", "TrainConfig", "accumulate", "check_optim", "check_step_range", "cli",
            "decays", "evaluate_on_digits", "finish", "make_ema", "make_optimizer", "one_step_timesteps",
-           "optimizer_step", "restore", "run_recipe", "save_samples", "setup_data", "train_loop", "trainable_params",
+           "optimizer_step", "restore", "run_recipe", "save_samples", "setup_data", "single_network_step", "train_loop",
+           "trainable_params",
            "update"]

@@ -533,6 +533,18 @@ def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: list[to
     update(accelerator, params, opt, sched, grad_clip=grad_clip, nan_to_num=nan_to_num)
 
 
+def single_network_step(draw: Draw, loss_fn: Callable[[Draw], tuple], accelerator: Accelerator,
+                        module: torch.nn.Module, opt, sched, *, grad_clip: float | None, ema=None) -> dict[str, float]:
+    """The whole step of a recipe that trains one network on one loss (ECT, YONOS-SR, BOOT): `loss_fn(view)` over the
+    step's micro-batches (`accumulate`), one `update` of `module`'s trainable weights, then its EMA."""
+    logs, _ = accumulate(draw, loss_fn)
+    params = trainable_params(module)
+    update(accelerator, params, opt, sched, grad_clip=grad_clip)
+    if ema is not None:
+        ema.step(params)
+    return logs
+
+
 def update(accelerator: Accelerator, params: list[torch.nn.Parameter], opt, sched, *, grad_clip: float | None,
            nan_to_num: bool = False) -> None:
     """The optimiser step on the accumulated gradients: optionally zero NaN/inf gradients (SiD's `nan_to_num` on
