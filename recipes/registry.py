@@ -27,7 +27,8 @@ class RecipeInfo:
     teacher: str  # the embedded default's teacher (the config's default `model.teacher`)
     default_preset: str  # the preset that is the recipe's defaults written out
     tiny_teacher: str = "digits"  # the tiny random teacher tests run it on: "digits", "sr" (x4) or "sr-x2"
-    # "distribution" (a fake score), "consistency", "bootstrapping" (BOOT), "multi_student", "super_resolution"
+    # "distribution" (a fake score), "consistency", "bootstrapping" (BOOT), "forgetting" (SFD), "multi_student",
+    # "super_resolution"
     family: str = "distribution"
 
     def module(self) -> ModuleType:
@@ -48,7 +49,7 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in [
     RecipeInfo("sid", "SiDConfig", "SiD", "digits", "digits"),
     RecipeInfo("sim", "SIMConfig", "SIM", "digits", "digits"),
     RecipeInfo("swiftbrush", "SwiftBrushConfig", "SwiftBrush", "digits", "digits"),
-    RecipeInfo("sfd", "SFDConfig", "SFD", "digits", "digits"),
+    RecipeInfo("sfd", "SFDConfig", "SFD", "digits", "digits", family="forgetting"),
     RecipeInfo("consistency_distill", "ConsistencyDistillConfig", "Consistency distillation", "digits", "digits",
                family="consistency"),
     RecipeInfo("ect", "ECTConfig", "ECT", "digits", "digits", family="consistency"),

@@ -25,7 +25,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets" / "model_configs"
 
 # name -> folder of its configs
 MODEL_CONFIGS: dict[str, Path] = {name: ASSETS / name for name in (
-    "sd15", "sd21_base", "sdxl", "sd3_medium", "flux_dev", "edm_imagenet64")}
+    "sd15", "sd21_base", "sdxl", "sd3_medium", "flux_dev", "edm_imagenet64", "cifar10_cond_ddpm")}
 
 # name -> the hub repository the folder mirrors (None: no diffusers release; see the README)
 HUB_IDS: dict[str, str | None] = {
@@ -35,6 +35,7 @@ HUB_IDS: dict[str, str | None] = {
     "sd3_medium": "stabilityai/stable-diffusion-3-medium-diffusers",
     "flux_dev": "black-forest-labs/FLUX.1-dev",
     "edm_imagenet64": None,
+    "cifar10_cond_ddpm": None,
 }
 
 

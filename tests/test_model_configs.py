@@ -37,11 +37,13 @@ EXPECTED = {
     ("flux_dev", "transformer"): 11.90e9, ("flux_dev", "vae"): 83.82 * M, ("flux_dev", "text_encoder"): CLIP_L,
     ("flux_dev", "text_encoder_2"): T5_XXL,
     ("edm_imagenet64", "unet"): 296 * M,  # EDM (Karras et al. 2022): its ImageNet-64 ADM network, 296 M
+    ("cifar10_cond_ddpm", "unet"): 35.75 * M,  # DDPM's CIFAR-10 network (Ho et al. 2020), 35.7 M, with 11 class rows
 }
 DENOISERS = [(name, c) for name in MODEL_CONFIGS for c in preset_model(name) if c in ("unet", "transformer")]
 # the pipeline family and prediction type each preset's scheduler gives the project
 SCHEDULES = {"sd15": ("sd", "epsilon"), "sd21_base": ("sd", "epsilon"), "sdxl": ("sdxl", "epsilon"),
-             "sd3_medium": ("sd3", "flow"), "flux_dev": ("flux", "flow"), "edm_imagenet64": (None, "edm")}
+             "sd3_medium": ("sd3", "flow"), "flux_dev": ("flux", "flow"), "edm_imagenet64": (None, "edm"),
+             "cifar10_cond_ddpm": (None, "epsilon")}
 
 
 def test_every_shipped_network_is_listed_once():

@@ -135,6 +135,22 @@ def test_the_prompt_form_maps_a_concepts_prompts_to_override_prompts(tmp_path, m
     assert sfd.students(run)[0].forgetting["override"] == texts
 
 
+def test_override_prompts_map_line_by_line(tmp_path, monkeypatch):
+    """`loss.override_prompts`: line i of the file is the teacher's prompt for forgotten prompt i."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "forget.txt").write_text("a red car\na red bus\n")
+    (tmp_path / "override.txt").write_text("a blue car\na blue bus\n")
+    run = sfd.setup(quick.config("sfd", "tiny-sd", tmp_path / "run", f"data.prompts={root}/assets/prompts/smoke.txt",
+                                 "data.resolution=64", f"loss.forget_prompts={tmp_path / 'forget.txt'}",
+                                 f"loss.override_prompts={tmp_path / 'override.txt'}"))
+    conditioner, forgetting = run.setup.conditioner, run.forgetting
+    assert [conditioner.text(int(i)) for i in forgetting.forget] == ["a red car", "a red bus"]
+    assert [conditioner.text(int(i)) for i in forgetting.override] == ["a blue car", "a blue bus"]
+
+
 # -- the exact 2-D teacher --------------------------------------------------------------------------------------
 
 class _Conditional(nn.Module):

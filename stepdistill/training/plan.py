@@ -63,7 +63,7 @@ __all__ = ["LoRA", "Pass", "PlannedRole", "plan", "format_plan", "dmd_roles", "i
 DEFAULT_GPUS = (1, 8)
 GIB = 2 ** 30
 # Folders of networks that have no hub release, planned from a shipped config when they are not here
-RELEASE_NAMES = {"edm-imagenet-64x64-cond-adm": "edm_imagenet64"}
+RELEASE_NAMES = {"edm-imagenet-64x64-cond-adm": "edm_imagenet64", "cifar10_cond_ddpm": "cifar10_cond_ddpm"}
 # Text tokens per prompt (the prompt encoders' defaults): CLIP's 77; SD3 joins T5's 256 after them; Flux T5's 512
 TOKENS = {"sd": 77, "sdxl": 77, "sd3": 77 + 256, "flux": 512}
 

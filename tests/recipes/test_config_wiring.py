@@ -59,11 +59,18 @@ CONTEXT: dict[str, dict[str, tuple[str, ...]]] = {
             "loss.s1": ("loss.schedule=ict",), "model.init": ("train.seed=3",)},
     "sim": {"loss.c": ("loss.weighting=sid",), "loss.p_mean": _EDM_FAKE_LOSS, "loss.p_std": _EDM_FAKE_LOSS},
     "sid": {"loss.p_mean": _EDM_FAKE_LOSS, "loss.p_std": _EDM_FAKE_LOSS},
+    "sfd": {"loss.p_mean": _EDM_FAKE_LOSS, "loss.p_std": _EDM_FAKE_LOSS},
 }
 
 # recipe.key -> the test that pins a key whose effect cannot show in the first steps of one process
 LATER: dict[str, dict[str, str]] = {
     "ect": {"loss.s1": "tests/test_curricula.py::test_ict_discretisation_doubles_from_s0_to_s1"},  # reached late
+    # the prompt form's keys act on a text-to-image teacher only
+    "sfd": {k: f"tests/test_sfd_recipe.py::{t}" for k, t in (
+        ("loss.forget_prompts", "test_the_prompt_form_maps_a_concepts_prompts_to_override_prompts"),
+        ("loss.concept", "test_the_prompt_form_maps_a_concepts_prompts_to_override_prompts"),
+        ("loss.override_concept", "test_the_prompt_form_maps_a_concepts_prompts_to_override_prompts"),
+        ("loss.override_prompts", "test_override_prompts_map_line_by_line"))},
     "msd": {"model.parallel": "tests/test_msd_recipe.py::test_process_owned_students_train_as_one_process_training_them_in_turn",
             "model.partition": "tests/test_msd_recipe.py::test_text_students_export_as_one_pipeline_that_routes_prompts_without_stepdistill"},
 }
