@@ -58,7 +58,7 @@ demo: venv
 teacher-demo: venv
 	$(PY) experiments/digits_benchmark/teacher_baseline.py --demo --seeds 0 1 --out outputs/demo/teacher_digits.json
 
-# The quick tier: every test not marked slow (6 min on 2 CPU cores); test-all: everything (25 min; CI runs it).
+# The quick tier: every test not marked slow (7 min on 2 CPU cores); test-all: everything (29 min; CI runs it).
 test: venv
 	$(PY) -m pytest -q -m "not slow"
 test-all: venv
