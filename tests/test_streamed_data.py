@@ -83,6 +83,8 @@ def test_workers_do_not_change_the_rows_and_a_resume_goes_on_with_the_next(folde
 
 def test_two_processes_read_disjoint_halves_and_a_changed_count_warns_on_resume(folders):
     source = StreamedSource(folders["parquet"], want="captions", shuffle_buffer=0)
+    in_order = OrderedStream(source, 8, label=by_caption).take(_draw(0, batch=N))[1]
+    assert in_order.tolist() == list(range(N))  # data.shuffle_buffer=0: the stream's own order
     halves = [take(OrderedStream(source, 8, label=by_caption), range(1), rank=r, processes=2)[0][1] for r in range(2)]
     assert len(halves[0]) == len(halves[1]) == 2
     assert not set(halves[0].tolist()) & set(halves[1].tolist())
@@ -201,7 +203,7 @@ def test_a_streamed_run_resumes_bit_identically_from_its_checkpoint(folders, tmp
     a, b = (tmp_path / d / "checkpoints" / "step_00000003" for d in ("straight", "resumed"))
     x, y = load_file(str(a / "student.safetensors")), load_file(str(b / "student.safetensors"))
     assert all(torch.equal(x[k], y[k]) for k in x)
-    assert torch.load(b / "custom_checkpoint_0.pkl", weights_only=False) == {"rows": 6, "processes": 1}
+    assert torch.load(b / "custom_checkpoint_0.pkl", weights_only=True) == {"rows": 6, "processes": 1}
 
 
 @pytest.mark.parametrize("extra,message", [
