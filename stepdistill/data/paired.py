@@ -136,6 +136,16 @@ class MetadataFolder:
         return str(self.paths[i])
 
 
+def dataset_path(name: str, where: str) -> Path:
+    """`data.dataset` as a path: a local folder (which must exist), or a Hub name (user/name) left as it is."""
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a Hub name
+        if not Path(name).expanduser().is_dir():
+            raise DataSourceError(f"{where}: no such folder (a save_to_disk folder, a folder of data files or a Hub "
+                                  "dataset's name such as user/name)")
+        return Path(name).expanduser()
+    return Path(name)
+
+
 def is_saved_dataset(folder: Path) -> bool:
     """Whether a folder was written by `save_to_disk` (a Dataset's `state.json`, a DatasetDict's
     `dataset_dict.json`), rather than holding data files (parquet, csv, an imagefolder) `load_dataset` reads."""
@@ -151,11 +161,7 @@ class HubDataset:
         import datasets
 
         self.where = f"data.dataset={name}"
-        if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a Hub name (user/name)
-            if not Path(name).expanduser().is_dir():
-                raise DataSourceError(f"{self.where}: no such folder (a save_to_disk folder, a folder of data files "
-                                      "or a Hub dataset's name such as user/name)")
-            name = str(Path(name).expanduser())
+        name = str(dataset_path(name, self.where))
         try:
             if Path(name).is_dir() and is_saved_dataset(Path(name)):
                 ds = datasets.load_from_disk(name)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import itertools
 import warnings
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .folders import CorruptImageError, decoded, square_transform, strict_decoding
 from .paired import (CAPTION_KEYS, LABEL_KEYS, DataSourceError, Want, _as_caption, _as_label, _first_line, _pick,
-                     is_saved_dataset)
+                     dataset_path, is_saved_dataset)
 from .stream import _OPEN, PREFETCH, _worker_init, worker_cap
 
 
@@ -43,11 +42,7 @@ def open_streamed(name: str, split: str):
     import datasets
 
     where = f"data.dataset={name}"
-    path = Path(name).expanduser()
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        if not path.is_dir():
-            raise DataSourceError(f"{where}: no such folder (a save_to_disk folder, a folder of data files or a "
-                                  "Hub dataset's name such as user/name)")
+    path = dataset_path(name, where)
     try:
         if path.is_dir() and is_saved_dataset(path):
             ds = datasets.load_from_disk(str(path))
